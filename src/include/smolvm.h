@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libsmolvm: hardware-isolated microVM sandboxes.
+ *
+ * Conventions (see docs/c-api.md):
+ *  - A fallible function returns 0 or a negative SMOLVM_E* code, takes its output
+ *    first and a `smolvm_error **err` last. Outputs are set only on success. When err
+ *    is not NULL and the call fails, *err receives an error the caller frees with
+ *    smolvm_error_free().
+ *  - Handles are opaque. Destructors accept NULL and return NULL.
+ *  - Option structs start with `unsigned version`; initialise them with the
+ *    matching _INIT macro. Fields are only ever appended.
+ *  - The library never prints; it reports through errors and the log callback.
+ *  - Thread safety: a handle may be used by one thread at a time. Different handles
+ *    may be used from different threads. Many processes may share one state dir.
+ */
+#ifndef SMOLVM_H
+#define SMOLVM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SMOLVM_VERSION "0.1.0"
+
+#if defined(__GNUC__)
+#define SMOLVM_EXTERN __attribute__((visibility("default")))
+#else
+#define SMOLVM_EXTERN
+#endif
+
+/* ---------------------------------------------------------------- errors */
+
+/* Error codes. Stable: smolvm_error_name() gives the string used by the Lua API. */
+enum {
+    SMOLVM_OK = 0,
+    SMOLVM_EINVAL = -1,    /* bad argument or option */
+    SMOLVM_ENOENT = -2,    /* no such VM, image, file */
+    SMOLVM_EEXIST = -3,    /* already exists (id, host port) */
+    SMOLVM_ETIMEDOUT = -4, /* a deadline passed */
+    SMOLVM_EVMM = -5,      /* the VMM failed or died */
+    SMOLVM_EIO = -6,       /* system call or file failure */
+    SMOLVM_ENOMEM = -7,    /* out of memory */
+    SMOLVM_EDB = -8,       /* state database unusable (corrupt, foreign, locked) */
+    SMOLVM_EPERM = -9,     /* missing privilege */
+    SMOLVM_EHOST = -10,    /* the host cannot run sandboxes (no VMM, no image) */
+    SMOLVM_ESSH = -11,     /* SSH transport or authentication failure */
+    SMOLVM_ENOSPC = -12,   /* a range is exhausted (addresses, ports, ids) */
+    SMOLVM_ESTATE = -13,   /* operation not valid in the VM's current state */
+    SMOLVM_ENET = -14,     /* network setup failure */
+};
+
+typedef struct smolvm_error smolvm_error;
+
+/* The code (a SMOLVM_E* value). */
+SMOLVM_EXTERN int smolvm_error_code(const smolvm_error *e);
+/* The message, borrowed until the error is freed. Never NULL. */
+SMOLVM_EXTERN const char *smolvm_error_message(const smolvm_error *e);
+/* "EINVAL", "ENOENT", ...: a static string for a code. */
+SMOLVM_EXTERN const char *smolvm_error_name(int code);
+SMOLVM_EXTERN smolvm_error *smolvm_error_free(smolvm_error *e);
+
+/* ---------------------------------------------------------------- context */
+
+enum { SMOLVM_LOG_ERROR = 0, SMOLVM_LOG_WARN = 1, SMOLVM_LOG_INFO = 2, SMOLVM_LOG_DEBUG = 3 };
+
+/* Called for log lines. `msg` is borrowed for the duration of the call. */
+typedef void (*smolvm_log_fn)(int level, const char *msg, void *payload);
+
+typedef struct smolvm_ctx smolvm_ctx;
+
+typedef struct smolvm_ctx_options {
+    unsigned version;
+    /* State directory (database, keys, per-VM dirs). NULL: $SMOLVM_STATE_DIR, else
+     * $XDG_STATE_HOME/smolvm, else ~/.local/state/smolvm. */
+    const char *state_dir;
+    /* Image directory root. NULL: $SMOLVM_IMAGE_DIR, else
+     * $XDG_DATA_HOME/smolvm/images, else ~/.local/share/smolvm/images. */
+    const char *image_dir;
+    smolvm_log_fn log;
+    void *log_payload;
+    int log_level; /* highest level passed to log; default SMOLVM_LOG_INFO */
+} smolvm_ctx_options;
+#define SMOLVM_CTX_OPTIONS_VERSION 1
+#define SMOLVM_CTX_OPTIONS_INIT {SMOLVM_CTX_OPTIONS_VERSION, NULL, NULL, NULL, NULL, SMOLVM_LOG_INFO}
+
+/* Create a context: resolves and creates the state directory (mode 0700) and opens
+ * the state database. `opts` may be NULL. */
+SMOLVM_EXTERN int smolvm_ctx_new(smolvm_ctx **out, const smolvm_ctx_options *opts,
+                                 smolvm_error **err);
+SMOLVM_EXTERN smolvm_ctx *smolvm_ctx_free(smolvm_ctx *ctx);
+/* Borrowed until the context is freed. */
+SMOLVM_EXTERN const char *smolvm_ctx_state_dir(const smolvm_ctx *ctx);
+SMOLVM_EXTERN const char *smolvm_ctx_image_dir(const smolvm_ctx *ctx);
+SMOLVM_EXTERN const char *smolvm_ctx_db_path(const smolvm_ctx *ctx);
+
+/* Resolve the default state directory without creating anything. Caller frees. */
+SMOLVM_EXTERN int smolvm_default_state_dir(char **out, smolvm_error **err);
+
+/* ---------------------------------------------------------------- store */
+
+typedef struct smolvm_store smolvm_store;
+
+/* Open (creating if absent) a state database file. A file that is not a smolvm
+ * database, or is damaged, gives SMOLVM_EDB and is left untouched. */
+SMOLVM_EXTERN int smolvm_store_open(smolvm_store **out, const char *path, smolvm_error **err);
+SMOLVM_EXTERN smolvm_store *smolvm_store_free(smolvm_store *s);
+/* Borrowed until the store is freed. */
+SMOLVM_EXTERN const char *smolvm_store_path(const smolvm_store *s);
+/* JSON array of VM records (see docs/c-api.md for the fields). Caller frees. */
+SMOLVM_EXTERN int smolvm_store_list_json(smolvm_store *s, char **out, smolvm_error **err);
+/* JSON object for one VM; SMOLVM_ENOENT if there is none. Caller frees. */
+SMOLVM_EXTERN int smolvm_store_get_json(smolvm_store *s, const char *id, char **out,
+                                        smolvm_error **err);
+/* JSON arrays of IP leases / port forwards across all VMs. Caller frees. */
+SMOLVM_EXTERN int smolvm_store_leases_json(smolvm_store *s, char **out, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_store_forwards_json(smolvm_store *s, char **out, smolvm_error **err);
+
+/* ---------------------------------------------------------------- VMs */
+
+typedef struct smolvm_vm smolvm_vm;
+
+enum { SMOLVM_DISK_ISOLATED = 0, SMOLVM_DISK_SHARED = 1 };
+enum { SMOLVM_BACKEND_AUTO = 0, SMOLVM_BACKEND_QEMU = 1, SMOLVM_BACKEND_FIRECRACKER = 2 };
+enum { SMOLVM_ACCEL_AUTO = 0, SMOLVM_ACCEL_KVM = 1, SMOLVM_ACCEL_TCG = 2 };
+enum { SMOLVM_NET_AUTO = 0, SMOLVM_NET_NONE = 1, SMOLVM_NET_USER = 2, SMOLVM_NET_NAT = 3 };
+
+#define SMOLVM_VCPUS_MIN 1
+#define SMOLVM_VCPUS_MAX 32
+#define SMOLVM_MEMORY_MIN 128
+#define SMOLVM_MEMORY_MAX 16384
+#define SMOLVM_ENV_MAX 256       /* entries in env */
+#define SMOLVM_FORWARDS_MAX 64
+
+typedef struct smolvm_forward {
+    const char *host_address; /* NULL: "127.0.0.1" */
+    int host_port;            /* 1..65535 */
+    int guest_port;           /* 1..65535 */
+} smolvm_forward;
+
+typedef struct smolvm_vm_options {
+    unsigned version;
+    const char *id;           /* NULL: "vm-" + 8 hex chars; else [a-z0-9][a-z0-9_-]{0,62} */
+    unsigned vcpus;           /* 1..32, default 2 */
+    unsigned memory_mib;      /* 128..16384, default 512 */
+    int disk;                 /* SMOLVM_DISK_*, default isolated */
+    const char *image;        /* image name under the image dir, default "default" */
+    int backend;              /* SMOLVM_BACKEND_* */
+    int accel;                /* SMOLVM_ACCEL_* */
+    int network;              /* SMOLVM_NET_* */
+    const char *const *env;   /* "KEY=value" strings, NULL-terminated; applied to every command */
+    const smolvm_forward *forwards;
+    size_t n_forwards;
+} smolvm_vm_options;
+#define SMOLVM_VM_OPTIONS_VERSION 1
+#define SMOLVM_VM_OPTIONS_INIT                                                             \
+    {SMOLVM_VM_OPTIONS_VERSION, NULL, 2, 512, SMOLVM_DISK_ISOLATED, "default",             \
+     SMOLVM_BACKEND_AUTO, SMOLVM_ACCEL_AUTO, SMOLVM_NET_AUTO, NULL, NULL, 0}
+
+/* Create a VM: validates options, records it in the store, prepares its directory,
+ * disk, keys and network leases. Nothing runs yet. On failure nothing is left behind.
+ * The VM handle borrows ctx, which must outlive it. */
+SMOLVM_EXTERN int smolvm_vm_create(smolvm_vm **out, smolvm_ctx *ctx,
+                                   const smolvm_vm_options *opts, smolvm_error **err);
+/* Find an existing VM by id (after reconciling its state). SMOLVM_ENOENT if none. */
+SMOLVM_EXTERN int smolvm_vm_open(smolvm_vm **out, smolvm_ctx *ctx, const char *id,
+                                 smolvm_error **err);
+/* Free the handle (closes its SSH session). The VM itself is untouched. */
+SMOLVM_EXTERN smolvm_vm *smolvm_vm_free(smolvm_vm *vm);
+
+/* Boot and wait until commands can run (guest ready + SSH session up). */
+SMOLVM_EXTERN int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **err);
+/* Clean guest power-off, then VMM quit, then kill, each bounded by the timeout. */
+SMOLVM_EXTERN int smolvm_vm_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err);
+/* Stop if running, then remove disk, leases, forwards, rules and the record. The handle
+ * stays valid (status "deleted") and must still be freed. */
+SMOLVM_EXTERN int smolvm_vm_delete(smolvm_vm *vm, smolvm_error **err);
+
+/* Borrowed until the handle is freed. */
+SMOLVM_EXTERN const char *smolvm_vm_id(const smolvm_vm *vm);
+/* Current status after reconciling: "created" | "running" | "stopped" | "error" |
+ * "deleted". Static string. */
+SMOLVM_EXTERN const char *smolvm_vm_status(smolvm_vm *vm);
+/* JSON object describing the VM (id, status, config, ip, ports, pid, paths). */
+SMOLVM_EXTERN int smolvm_vm_info_json(smolvm_vm *vm, char **out, smolvm_error **err);
+/* JSON array of info objects for every VM in the store (reconciled). */
+SMOLVM_EXTERN int smolvm_vm_list_json(smolvm_ctx *ctx, char **out, smolvm_error **err);
+
+/* Reconcile every VM in the store with reality (dead VMMs, leftovers). Returns the
+ * number of VMs whose state changed in *changed (may be NULL). */
+SMOLVM_EXTERN int smolvm_reconcile(smolvm_ctx *ctx, int *changed, smolvm_error **err);
+
+/* ---------------------------------------------------------------- commands */
+
+#define SMOLVM_OUTPUT_LIMIT_DEFAULT (16u * 1024 * 1024) /* per stream */
+
+typedef struct smolvm_run_options {
+    unsigned version;
+    int timeout_ms;           /* 0: no timeout beyond the library's default (1 hour) */
+    const char *const *env;   /* "KEY=value", NULL-terminated, added to the VM's env */
+    const char *cwd;          /* NULL: root's home */
+    const char *stdin_data;   /* NULL: empty stdin */
+    size_t stdin_len;
+    size_t output_limit;      /* bytes kept per stream; 0: SMOLVM_OUTPUT_LIMIT_DEFAULT */
+} smolvm_run_options;
+#define SMOLVM_RUN_OPTIONS_VERSION 1
+#define SMOLVM_RUN_OPTIONS_INIT {SMOLVM_RUN_OPTIONS_VERSION, 0, NULL, NULL, NULL, 0, 0}
+
+/* What a command did. Allocated by the library, freed with smolvm_run_result_free. */
+typedef struct smolvm_run_result {
+    int exit_code;            /* -1 when killed by a signal */
+    char signal[16];          /* "KILL", "TERM", ... when killed by a signal, else "" */
+    char *out;                /* stdout, NUL-terminated (may contain NULs: use out_len) */
+    size_t out_len;
+    char *err;                /* stderr */
+    size_t err_len;
+    int truncated;            /* 1 if either stream exceeded output_limit and was cut */
+    int64_t duration_ms;
+} smolvm_run_result;
+
+/* Run `cmd` with /bin/sh -c in the guest. A command that exits non-zero is a success
+ * of this call (see exit_code). Past the timeout the command is killed in the guest
+ * and SMOLVM_ETIMEDOUT returned. */
+SMOLVM_EXTERN int smolvm_vm_run(smolvm_vm *vm, const char *cmd, const smolvm_run_options *opts,
+                                smolvm_run_result **out, smolvm_error **err);
+SMOLVM_EXTERN smolvm_run_result *smolvm_run_result_free(smolvm_run_result *r);
+
+/* ---------------------------------------------------------------- files */
+
+#define SMOLVM_READ_FILE_MAX (256u * 1024 * 1024)
+
+/* Copy a host file into the guest (parent dirs created, mode preserved). */
+SMOLVM_EXTERN int smolvm_vm_upload(smolvm_vm *vm, const char *local, const char *remote,
+                                   smolvm_error **err);
+/* Copy a guest file to the host (mode preserved). */
+SMOLVM_EXTERN int smolvm_vm_download(smolvm_vm *vm, const char *remote, const char *local,
+                                     smolvm_error **err);
+/* Write bytes to a guest file (parent dirs created, mode 0644). */
+SMOLVM_EXTERN int smolvm_vm_write_file(smolvm_vm *vm, const char *remote, const void *data,
+                                       size_t len, smolvm_error **err);
+/* Read a guest file (at most SMOLVM_READ_FILE_MAX). *data is NUL-terminated; caller frees. */
+SMOLVM_EXTERN int smolvm_vm_read_file(smolvm_vm *vm, const char *remote, char **data,
+                                      size_t *len, smolvm_error **err);
+
+/* ---------------------------------------------------------------- forwards */
+
+/* Forward host_address:host_port (NULL address: 127.0.0.1) to guest_port. */
+SMOLVM_EXTERN int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port,
+                                    int guest_port, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error **err);
+
+/* ---------------------------------------------------------------- host */
+
+/* Host checks as a JSON array of {name, ok, detail, hint}. Caller frees. */
+SMOLVM_EXTERN int smolvm_doctor_json(smolvm_ctx *ctx, char **out, smolvm_error **err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

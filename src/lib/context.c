@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: MIT */
+#include "util-internal.h"
+
+#include <errno.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "context-internal.h"
+#include "error-internal.h"
+
+/* $ENV_VAR, else $XDG_VAR/suffix, else ~/fallback/suffix (XDG base directory spec:
+ * relative XDG paths are invalid and ignored). */
+static int resolve_dir(char **out, const char *env_var, const char *xdg_var,
+                       const char *fallback, const char *suffix, smolvm_error **err)
+{
+    const char *v = getenv(env_var), *home;
+    char *r;
+
+    if (v && *v) {
+        r = strdup(v);
+    } else if ((v = getenv(xdg_var)) && v[0] == '/') {
+        r = smolvm_strdupf("%s/%s", v, suffix);
+    } else {
+        home = getenv("HOME");
+        if (!home || home[0] != '/') {
+            struct passwd *pw = getpwuid(getuid());
+
+            home = pw ? pw->pw_dir : NULL;
+        }
+        if (!home)
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "cannot find a home directory for the state (set %s)", env_var);
+        r = smolvm_strdupf("%s/%s/%s", home, fallback, suffix);
+    }
+    if (!r)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    *out = r;
+    return 0;
+}
+
+int smolvm_default_state_dir(char **out, smolvm_error **err)
+{
+    return resolve_dir(out, "SMOLVM_STATE_DIR", "XDG_STATE_HOME", ".local/state", "smolvm",
+                       err);
+}
+
+int smolvm_ctx_new(smolvm_ctx **out, const smolvm_ctx_options *opts, smolvm_error **err)
+{
+    smolvm_ctx_options defaults = SMOLVM_CTX_OPTIONS_INIT;
+    smolvm_ctx *ctx;
+    int r;
+
+    if (!opts)
+        opts = &defaults;
+    if (opts->version < 1 || opts->version > SMOLVM_CTX_OPTIONS_VERSION)
+        return smolvm_err(err, SMOLVM_EINVAL, "ctx options: unknown version %u", opts->version);
+    ctx = calloc(1, sizeof(*ctx));
+    if (!ctx)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    ctx->log = opts->log;
+    ctx->log_payload = opts->log_payload;
+    ctx->log_level = opts->log_level;
+
+    if (opts->state_dir)
+        r = (ctx->state_dir = strdup(opts->state_dir)) ? 0 : SMOLVM_ENOMEM;
+    else
+        r = smolvm_default_state_dir(&ctx->state_dir, err);
+    if (r == 0) {
+        if (opts->image_dir)
+            r = (ctx->image_dir = strdup(opts->image_dir)) ? 0 : SMOLVM_ENOMEM;
+        else
+            r = resolve_dir(&ctx->image_dir, "SMOLVM_IMAGE_DIR", "XDG_DATA_HOME",
+                            ".local/share", "smolvm/images", err);
+    }
+    if (r == SMOLVM_ENOMEM)
+        smolvm_err(err, r, "out of memory");
+    if (r == 0)
+        r = smolvm_mkdir_p(ctx->state_dir, 0700, err);
+    if (r == 0 && !(ctx->db_path = smolvm_strdupf("%s/smolvm.db", ctx->state_dir)))
+        r = smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    if (r == 0)
+        r = smolvm_store_open(&ctx->store, ctx->db_path, err);
+    if (r < 0) {
+        smolvm_ctx_free(ctx);
+        return r;
+    }
+    *out = ctx;
+    return 0;
+}
+
+smolvm_ctx *smolvm_ctx_free(smolvm_ctx *ctx)
+{
+    if (!ctx)
+        return NULL;
+    smolvm_store_free(ctx->store);
+    free(ctx->state_dir);
+    free(ctx->image_dir);
+    free(ctx->db_path);
+    free(ctx);
+    return NULL;
+}
+
+const char *smolvm_ctx_state_dir(const smolvm_ctx *ctx)
+{
+    return ctx->state_dir;
+}
+
+const char *smolvm_ctx_image_dir(const smolvm_ctx *ctx)
+{
+    return ctx->image_dir;
+}
+
+const char *smolvm_ctx_db_path(const smolvm_ctx *ctx)
+{
+    return ctx->db_path;
+}
+
+void smolvm_log(struct smolvm_ctx *ctx, int level, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg;
+
+    if (!ctx || !ctx->log || level > ctx->log_level)
+        return;
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    va_end(ap);
+    if (msg) {
+        ctx->log(level, msg, ctx->log_payload);
+        free(msg);
+    }
+}

@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: MIT */
+/* Tracking VMM processes that are not our children: pid plus start time. */
+#ifndef SMOLVM_PROC_INTERNAL_H
+#define SMOLVM_PROC_INTERNAL_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "smolvm.h"
+
+/* Start time of pid in clock ticks since boot (/proc/PID/stat field 22). */
+int smolvm_proc_start_time(pid_t pid, uint64_t *out, smolvm_error **err);
+
+/* Is the process pid with this start time alive (not a zombie)? A reused pid (other
+ * start time) is not. */
+int smolvm_proc_alive(pid_t pid, uint64_t start_time);
+
+/* Wait until the process exits (pidfd + poll) or the deadline (monotonic ms) passes:
+ * 0 exited, SMOLVM_ETIMEDOUT otherwise. Works for non-children. */
+int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline,
+                          smolvm_error **err);
+
+/* SIGKILL the process if it is still the one (pid + start time), then wait for it to
+ * be gone (bounded by deadline). */
+int smolvm_proc_kill(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err);
+
+/* Spawn argv detached: double fork + setsid, stdin /dev/null, stdout and stderr to
+ * log_path (appended, created 0600), all other fds closed except keep_fd (-1 for none)
+ * which is passed through at the same number. Returns the grandchild pid once it has
+ * exec'd (an exec failure is reported as an error with errno). */
+int smolvm_spawn_detached(char *const argv[], const char *log_path, int keep_fd, pid_t *out_pid,
+                          smolvm_error **err);
+
+#endif

@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: MIT */
+/* Small helpers shared across the library: cleanup attributes, time, files. */
+#ifndef SMOLVM_UTIL_INTERNAL_H
+#define SMOLVM_UTIL_INTERNAL_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "smolvm.h"
+
+/* Scope-bound cleanup (systemd style). */
+static inline void smolvm_freep(void *p)
+{
+    free(*(void **)p);
+}
+static inline void smolvm_closep(int *fd)
+{
+    if (*fd >= 0)
+        (void)close(*fd);
+}
+static inline void smolvm_fclosep(FILE **f)
+{
+    if (*f)
+        (void)fclose(*f);
+}
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _cleanup_free_ _cleanup_(smolvm_freep)
+#define _cleanup_close_ _cleanup_(smolvm_closep)
+#define _cleanup_fclose_ _cleanup_(smolvm_fclosep)
+
+/* Take ownership out of a cleanup variable. */
+#define TAKE_PTR(p)                                                                        \
+    ({                                                                                     \
+        __typeof__(p) _p = (p);                                                            \
+        (p) = NULL;                                                                        \
+        _p;                                                                                \
+    })
+#define TAKE_FD(fd)                                                                        \
+    ({                                                                                     \
+        int _fd = (fd);                                                                    \
+        (fd) = -1;                                                                         \
+        _fd;                                                                               \
+    })
+
+#define SMOLVM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Monotonic and wall clocks, milliseconds. */
+int64_t smolvm_now_ms(void);
+int64_t smolvm_wall_ms(void);
+
+/* Remaining milliseconds until `deadline` (monotonic ms), never negative. */
+int smolvm_remaining_ms(int64_t deadline);
+
+/* asprintf that returns NULL on failure. */
+char *smolvm_strdupf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* mkdir -p with the given mode for created directories. */
+int smolvm_mkdir_p(const char *path, unsigned mode, smolvm_error **err);
+
+/* Remove a directory tree (like rm -rf); missing is not an error. */
+int smolvm_rm_rf(const char *path, smolvm_error **err);
+
+/* Read a whole file (at most max bytes; larger is SMOLVM_EINVAL). NUL-terminated. */
+int smolvm_read_file(const char *path, size_t max, char **out, size_t *len, smolvm_error **err);
+
+/* Write a file atomically (temp file + rename) with the given mode. */
+int smolvm_write_file_atomic(const char *path, const void *data, size_t len, unsigned mode,
+                             smolvm_error **err);
+
+/* Fill buf with random bytes from getrandom(). */
+int smolvm_random(void *buf, size_t len, smolvm_error **err);
+
+/* Log through the context's callback (no-op when ctx or its callback is NULL). */
+struct smolvm_ctx;
+void smolvm_log(struct smolvm_ctx *ctx, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: MIT */
+#include "util-internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "error-internal.h"
+
+int64_t smolvm_now_ms(void)
+{
+    struct timespec ts;
+
+    (void)clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t smolvm_wall_ms(void)
+{
+    struct timespec ts;
+
+    (void)clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int smolvm_remaining_ms(int64_t deadline)
+{
+    int64_t left = deadline - smolvm_now_ms();
+
+    if (left < 0)
+        return 0;
+    if (left > INT32_MAX)
+        return INT32_MAX;
+    return (int)left;
+}
+
+char *smolvm_strdupf(const char *fmt, ...)
+{
+    va_list ap;
+    char *s;
+
+    va_start(ap, fmt);
+    if (vasprintf(&s, fmt, ap) < 0)
+        s = NULL;
+    va_end(ap);
+    return s;
+}
+
+int smolvm_mkdir_p(const char *path, unsigned mode, smolvm_error **err)
+{
+    _cleanup_free_ char *copy = strdup(path);
+    char *p;
+
+    if (!copy)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    for (p = copy + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(copy, mode) < 0 && errno != EEXIST)
+            return smolvm_err_errno(err, errno, "create directory '%s'", copy);
+        *p = '/';
+    }
+    if (mkdir(copy, mode) < 0 && errno != EEXIST)
+        return smolvm_err_errno(err, errno, "create directory '%s'", copy);
+    return 0;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)ftw;
+    if (flag == FTW_DP)
+        return rmdir(path) < 0 && errno != ENOENT ? -1 : 0;
+    return unlink(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+int smolvm_rm_rf(const char *path, smolvm_error **err)
+{
+    if (nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS) < 0 && errno != ENOENT)
+        return smolvm_err_errno(err, errno, "remove '%s'", path);
+    return 0;
+}
+
+int smolvm_read_file(const char *path, size_t max, char **out, size_t *len, smolvm_error **err)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    _cleanup_free_ char *buf = NULL;
+    size_t n = 0, cap = 0;
+    ssize_t r;
+
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "open '%s'", path);
+    for (;;) {
+        if (n + 1 >= cap) {
+            size_t ncap = cap ? cap * 2 : 4096;
+            char *nb;
+
+            if (ncap > max + 1)
+                ncap = max + 1;
+            if (n + 1 >= ncap)
+                return smolvm_err(err, SMOLVM_EINVAL, "'%s' is larger than %zu bytes", path,
+                                  max);
+            nb = realloc(buf, ncap);
+            if (!nb)
+                return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+            buf = nb;
+            cap = ncap;
+        }
+        r = read(fd, buf + n, cap - n - 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return smolvm_err_errno(err, errno, "read '%s'", path);
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    if (!buf && !(buf = malloc(1)))
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    buf[n] = '\0';
+    if (len)
+        *len = n;
+    *out = TAKE_PTR(buf);
+    return 0;
+}
+
+int smolvm_write_file_atomic(const char *path, const void *data, size_t len, unsigned mode,
+                             smolvm_error **err)
+{
+    _cleanup_free_ char *tmp = smolvm_strdupf("%s.tmp.%ld", path, (long)getpid());
+    _cleanup_close_ int fd = -1;
+    const char *p = data;
+
+    if (!tmp)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "create '%s'", tmp);
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            int e = errno;
+
+            (void)unlink(tmp);
+            return smolvm_err_errno(err, e, "write '%s'", tmp);
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    if (fsync(fd) < 0 || rename(tmp, path) < 0) {
+        int e = errno;
+
+        (void)unlink(tmp);
+        return smolvm_err_errno(err, e, "write '%s'", path);
+    }
+    return 0;
+}
+
+int smolvm_random(void *buf, size_t len, smolvm_error **err)
+{
+    char *p = buf;
+
+    while (len > 0) {
+        ssize_t r = getrandom(p, len, 0);
+
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return smolvm_err_errno(err, errno, "getrandom");
+        p += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}

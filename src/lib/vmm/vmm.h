@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The VMM backend interface. A backend starts a VMM process for one VM, detached so
+ * it outlives the caller, and controls it through files in the VM's directory only
+ * (sockets, pidfile), so any process can find it again from the directory.
+ */
+#ifndef SMOLVM_VMM_H
+#define SMOLVM_VMM_H
+
+#include <stdint.h>
+
+#include "smolvm.h"
+
+typedef struct smolvm_vmm_hostfwd {
+    const char *host_address; /* "127.0.0.1" */
+    int host_port;
+    int guest_port;
+} smolvm_vmm_hostfwd;
+
+/* Everything a backend needs to boot one VM. Paths are absolute. */
+typedef struct smolvm_vmm_config {
+    const char *vm_id;
+    const char *dir;         /* per-VM dir; the backend creates its sockets/logs here */
+    const char *kernel;      /* uncompressed vmlinux (PVH entry) */
+    const char *disk;        /* root disk */
+    const char *disk_format; /* "qcow2" | "raw" */
+    const char *config_disk; /* raw, read-only; see docs/guest-protocol.md */
+    const char *cmdline;     /* complete kernel command line */
+    unsigned vcpus;
+    unsigned memory_mib;
+    int accel;               /* SMOLVM_ACCEL_KVM or SMOLVM_ACCEL_TCG (resolved) */
+    int network;             /* SMOLVM_NET_NONE | USER | NAT (resolved) */
+    const char *tap_name;    /* NAT: the TAP device */
+    const char *mac;         /* guest MAC, "52:54:00:xx:xx:xx" */
+    const smolvm_vmm_hostfwd *hostfwds; /* USER: index 0 is ssh (guest 22) */
+    size_t n_hostfwds;
+} smolvm_vmm_config;
+
+/* Files a backend keeps in the VM dir (shared so generic code can find them). */
+#define SMOLVM_VMM_PIDFILE "vmm.pid"
+#define SMOLVM_VMM_CONSOLE_LOG "console.log" /* guest serial console */
+#define SMOLVM_VMM_STDERR_LOG "vmm.log"      /* the VMM's own stderr */
+#define SMOLVM_VMM_CTL_SOCK "ctl.sock"       /* guest virtio console (protocol doc) */
+
+typedef struct smolvm_vmm_ops {
+    const char *name; /* "qemu" */
+
+    /* Is this backend usable on this host with this accel? Fills a reason if not. */
+    int (*available)(int accel, smolvm_error **err);
+
+    /* Spawn the VMM, detached (its own session, not our child, survives our death),
+     * with the guest ready channel connected so no message can be lost. Returns once
+     * the guest CPUs run. *ctl_fd receives the connected guest channel (the caller
+     * reads "smolvm-ready" from it, see wait_ready). pid and its start time are
+     * returned for tracking; the pidfile is written before anything else can fail so
+     * a killed caller leaves a findable process. */
+    int (*spawn)(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *pid,
+                 uint64_t *pid_start, int64_t deadline, smolvm_error **err);
+
+    /* Pause / resume the guest CPUs. */
+    int (*pause)(const char *dir, int64_t deadline, smolvm_error **err);
+    int (*resume)(const char *dir, int64_t deadline, smolvm_error **err);
+
+    /* Ask the VMM itself to exit now (QMP quit / no clean guest shutdown). */
+    int (*quit)(const char *dir, int64_t deadline, smolvm_error **err);
+
+    /* Add / remove a user-networking host forward at runtime (USER network only). */
+    int (*hostfwd_add)(const char *dir, const smolvm_vmm_hostfwd *fwd, int64_t deadline,
+                       smolvm_error **err);
+    int (*hostfwd_remove)(const char *dir, const smolvm_vmm_hostfwd *fwd, int64_t deadline,
+                          smolvm_error **err);
+
+    /* JSON text describing the running VMM (QMP query-status etc). Caller frees. */
+    int (*describe)(const char *dir, int64_t deadline, char **out, smolvm_error **err);
+} smolvm_vmm_ops;
+
+extern const smolvm_vmm_ops smolvm_vmm_qemu;
+
+/* Read the guest channel until "smolvm-ready <ms>" (returns guest uptime ms at ready
+ * in *uptime_ms), EOF (the VMM died: SMOLVM_EVMM) or the deadline (SMOLVM_ETIMEDOUT).
+ * Milestones are logged at debug level. */
+struct smolvm_ctx;
+int smolvm_vmm_wait_ready(struct smolvm_ctx *ctx, int ctl_fd, int64_t deadline,
+                          int64_t *uptime_ms, smolvm_error **err);
+
+/* Connect to the guest channel of a running VM and send "poweroff". */
+int smolvm_vmm_request_poweroff(const char *dir, int64_t deadline, smolvm_error **err);
+
+#endif
