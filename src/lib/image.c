@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: MIT */
+#include "util-internal.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "context-internal.h"
+#include "error-internal.h"
+#include "image-internal.h"
+#include "store-internal.h"
+#include "tool-internal.h"
+
+#define QEMU_IMG_TIMEOUT_MS 30000
+
+smolvm_image *smolvm_image_free(smolvm_image *img)
+{
+    if (img) {
+        free(img->name);
+        free(img->dir);
+        free(img->kernel);
+        free(img->rootfs);
+        free(img);
+    }
+    return NULL;
+}
+
+int smolvm_image_find(smolvm_ctx *ctx, const char *name, smolvm_image **out,
+                      smolvm_error **err)
+{
+    smolvm_image *img;
+    struct stat st;
+
+    if (!name || !smolvm_id_valid(name))
+        return smolvm_err(err, SMOLVM_EINVAL, "image: invalid name '%s'", name ? name : "");
+    img = calloc(1, sizeof(*img));
+    if (!img)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    img->name = strdup(name);
+    img->dir = smolvm_strdupf("%s/%s", ctx->image_dir, name);
+    img->kernel = smolvm_strdupf("%s/%s/vmlinux", ctx->image_dir, name);
+    img->rootfs = smolvm_strdupf("%s/%s/rootfs.ext4", ctx->image_dir, name);
+    if (!img->name || !img->dir || !img->kernel || !img->rootfs) {
+        smolvm_image_free(img);
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    }
+    if (stat(img->kernel, &st) < 0 || stat(img->rootfs, &st) < 0) {
+        smolvm_err(err, SMOLVM_EHOST, "image '%s' not found in '%s'", name, img->dir);
+        smolvm_err_hint(err, "build it with scripts/build-image.sh%s%s",
+                        strcmp(name, "default") ? " --name " : "",
+                        strcmp(name, "default") ? name : "");
+        smolvm_image_free(img);
+        return SMOLVM_EHOST;
+    }
+    *out = img;
+    return 0;
+}
+
+int smolvm_image_make_disk(const smolvm_image *img, int disk_mode, const char *vm_dir,
+                           char **disk_path, const char **format, smolvm_error **err)
+{
+    _cleanup_free_ char *path = NULL;
+    int r;
+
+    if (disk_mode == SMOLVM_DISK_SHARED) {
+        if (!(*disk_path = strdup(img->rootfs)))
+            return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+        *format = "raw";
+        return 0;
+    }
+    path = smolvm_strdupf("%s/disk.qcow2", vm_dir);
+    if (!path)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    {
+        char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        img->rootfs, path, NULL};
+
+        r = smolvm_tool_run(argv, smolvm_now_ms() + QEMU_IMG_TIMEOUT_MS, NULL, err);
+    }
+    if (r < 0)
+        return smolvm_err_wrap(err, "create disk '%s'", path);
+    *disk_path = TAKE_PTR(path);
+    *format = "qcow2";
+    return 0;
+}

@@ -1,0 +1,16 @@
+/* SPDX-License-Identifier: MIT */
+/* Running short-lived helper programs (qemu-img, ...) to completion. */
+#ifndef SMOLVM_TOOL_INTERNAL_H
+#define SMOLVM_TOOL_INTERNAL_H
+
+#include <stdint.h>
+
+#include "smolvm.h"
+
+/* Run argv (argv[0] a path or a name looked up in PATH) with stdin from /dev/null,
+ * wait for it with a deadline (monotonic ms; the child is killed past it), and
+ * collect up to 64 KiB of its combined stdout+stderr into *output (may be NULL).
+ * Exit status 0 returns 0; anything else is SMOLVM_EIO with the output's last line. */
+int smolvm_tool_run(char *const argv[], int64_t deadline, char **output, smolvm_error **err);
+
+#endif

@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: MIT */
+#include "util-internal.h"
+
+#include <string.h>
+
+#include "error-internal.h"
+#include "vm-config-internal.h"
+
+static char *base64(const unsigned char *in, size_t len)
+{
+    static const char tbl[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc((len + 2) / 3 * 4 + 1), *o = out;
+    size_t i;
+
+    if (!out)
+        return NULL;
+    for (i = 0; i + 2 < len; i += 3) {
+        *o++ = tbl[in[i] >> 2];
+        *o++ = tbl[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
+        *o++ = tbl[((in[i + 1] & 15) << 2) | (in[i + 2] >> 6)];
+        *o++ = tbl[in[i + 2] & 63];
+    }
+    if (i < len) {
+        *o++ = tbl[in[i] >> 2];
+        if (i + 1 < len) {
+            *o++ = tbl[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
+            *o++ = tbl[(in[i + 1] & 15) << 2];
+        } else {
+            *o++ = tbl[(in[i] & 3) << 4];
+            *o++ = '=';
+        }
+        *o++ = '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+/* One line of the config disk: no newline may hide inside a value. */
+static int append(char *buf, size_t *n, const char *key, const char *value, smolvm_error **err)
+{
+    int w;
+
+    if (strchr(value, '\n'))
+        return smolvm_err(err, SMOLVM_EINVAL, "%s: value contains a newline", key);
+    w = snprintf(buf + *n, SMOLVM_CONFIG_DISK_MAX - *n, "%s=%s\n", key, value);
+    if (w < 0 || (size_t)w >= SMOLVM_CONFIG_DISK_MAX - *n)
+        return smolvm_err(err, SMOLVM_EINVAL, "guest configuration exceeds %d bytes",
+                          SMOLVM_CONFIG_DISK_MAX);
+    *n += (size_t)w;
+    return 0;
+}
+
+int smolvm_config_disk_write(const char *path, const char *hostname,
+                             const char *authorized_key, const char *host_key_path,
+                             const char *const *env, smolvm_error **err)
+{
+    _cleanup_free_ char *buf = calloc(1, SMOLVM_CONFIG_DISK_MAX);
+    _cleanup_free_ char *key = NULL, *key64 = NULL, *authkey = NULL;
+    size_t n = 0, keylen = 0, padded;
+    int r;
+
+    if (!buf)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    r = smolvm_read_file(host_key_path, 16 * 1024, &key, &keylen, err);
+    if (r < 0)
+        return r;
+    key64 = base64((const unsigned char *)key, keylen);
+    authkey = strdup(authorized_key);
+    if (!key64 || !authkey)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    authkey[strcspn(authkey, "\n")] = '\0';
+    n = (size_t)snprintf(buf, SMOLVM_CONFIG_DISK_MAX, "smolvm-config 1\n");
+    if ((r = append(buf, &n, "hostname", hostname, err)) < 0 ||
+        (r = append(buf, &n, "authorized_key", authkey, err)) < 0 ||
+        (r = append(buf, &n, "host_key", key64, err)) < 0)
+        return r;
+    for (; env && *env; env++)
+        if ((r = append(buf, &n, "env", *env, err)) < 0)
+            return r;
+    if (n + 4 >= SMOLVM_CONFIG_DISK_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "guest configuration exceeds %d bytes",
+                          SMOLVM_CONFIG_DISK_MAX);
+    memcpy(buf + n, "end\n", 4);
+    n += 4;
+    /* Block devices come in whole sectors; pad with zeros to 4 KiB. */
+    padded = (n + 4095) & ~(size_t)4095;
+    return smolvm_write_file_atomic(path, buf, padded, 0600, err);
+}
+
+int smolvm_kernel_cmdline(char **out, const char *hostname, int network, const char *guest_ip,
+                          const char *gateway, const char *netmask, const char *dns,
+                          unsigned long tsc_khz, smolvm_error **err)
+{
+    _cleanup_free_ char *ip = NULL, *tsc = NULL;
+    char *s;
+
+    /* reboot=t + QEMU -no-reboot: a guest reboot ends the VMM; panic=-1 turns a guest
+     * panic into that too. acpi=off: microvm then lists virtio-mmio devices on the
+     * command line, which is how the kernel finds them. */
+    if (network != SMOLVM_NET_NONE) {
+        ip = smolvm_strdupf(" ip=%s::%s:%s:%s:eth0:off%s%s", guest_ip, gateway, netmask,
+                            hostname, dns ? " smolvm.dns=" : "", dns ? dns : "");
+        if (!ip)
+            return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    }
+    if (tsc_khz && !(tsc = smolvm_strdupf(" tsc_early_khz=%lu", tsc_khz)))
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    s = smolvm_strdupf("console=ttyS0 reboot=t panic=-1 acpi=off%s root=/dev/vda rw "
+                       "rootfstype=ext4 init=/sbin/smolvm-init quiet%s",
+                       tsc ? tsc : "", ip ? ip : "");
+    if (!s)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    *out = s;
+    return 0;
+}

@@ -1,0 +1,204 @@
+/* SPDX-License-Identifier: MIT */
+/* Working inside a running VM: commands, files, port forwards. */
+#include "util-internal.h"
+
+#include <arpa/inet.h>
+#include <string.h>
+
+#include "context-internal.h"
+#include "error-internal.h"
+#include "ssh-internal.h"
+#include "vm-internal.h"
+#include "vmm/vmm.h"
+
+#define CONNECT_TIMEOUT_MS 30000
+#define VMM_CALL_TIMEOUT_MS 5000
+
+/* A session error means the connection is gone: drop it so the next call reconnects
+ * (a command is never re-sent: it may have run). */
+static int after(smolvm_vm *vm, int r)
+{
+    if (r == SMOLVM_ESSH)
+        smolvm_vm_drop_ssh(vm);
+    return r;
+}
+
+int smolvm_vm_run(smolvm_vm *vm, const char *cmd, const smolvm_run_options *opts,
+                  smolvm_run_result **out, smolvm_error **err)
+{
+    _cleanup_free_ const char **env = NULL;
+    int r;
+
+    if (!cmd)
+        return smolvm_err(err, SMOLVM_EINVAL, "run: command is NULL");
+    if (opts && (opts->version < 1 || opts->version > SMOLVM_RUN_OPTIONS_VERSION))
+        return smolvm_err(err, SMOLVM_EINVAL, "run options: unknown version %u", opts->version);
+    if (vm->deleted)
+        return smolvm_err(err, SMOLVM_ESTATE, "run in '%s': the vm was deleted", vm->id);
+    if ((r = smolvm_vm_ensure_ssh(vm, smolvm_now_ms() + CONNECT_TIMEOUT_MS, err)) < 0)
+        return smolvm_err_wrap(err, "run in '%s'", vm->id);
+    if (!(env = smolvm_vm_env(vm)))
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    r = after(vm, smolvm_ssh_exec(vm->ssh, cmd, env, opts, out, err));
+    return r < 0 ? smolvm_err_wrap(err, "run in '%s'", vm->id) : 0;
+}
+
+smolvm_run_result *smolvm_run_result_free(smolvm_run_result *res)
+{
+    if (res) {
+        free(res->out);
+        free(res->err);
+        free(res);
+    }
+    return NULL;
+}
+
+static int ready(smolvm_vm *vm, const char *what, const char *path, smolvm_error **err)
+{
+    int r;
+
+    if (!path || !*path)
+        return smolvm_err(err, SMOLVM_EINVAL, "%s: path is empty", what);
+    if (vm->deleted)
+        return smolvm_err(err, SMOLVM_ESTATE, "%s in '%s': the vm was deleted", what, vm->id);
+    r = smolvm_vm_ensure_ssh(vm, smolvm_now_ms() + CONNECT_TIMEOUT_MS, err);
+    return r < 0 ? smolvm_err_wrap(err, "%s in '%s'", what, vm->id) : 0;
+}
+
+int smolvm_vm_upload(smolvm_vm *vm, const char *local, const char *remote, smolvm_error **err)
+{
+    int r;
+
+    if (!local || !*local)
+        return smolvm_err(err, SMOLVM_EINVAL, "upload: local path is empty");
+    if ((r = ready(vm, "upload", remote, err)) < 0)
+        return r;
+    r = after(vm, smolvm_ssh_upload(vm->ssh, local, remote, err));
+    return r < 0 ? smolvm_err_wrap(err, "upload to '%s'", vm->id) : 0;
+}
+
+int smolvm_vm_download(smolvm_vm *vm, const char *remote, const char *local,
+                       smolvm_error **err)
+{
+    int r;
+
+    if (!local || !*local)
+        return smolvm_err(err, SMOLVM_EINVAL, "download: local path is empty");
+    if ((r = ready(vm, "download", remote, err)) < 0)
+        return r;
+    r = after(vm, smolvm_ssh_download(vm->ssh, remote, local, err));
+    return r < 0 ? smolvm_err_wrap(err, "download from '%s'", vm->id) : 0;
+}
+
+int smolvm_vm_write_file(smolvm_vm *vm, const char *remote, const void *data, size_t len,
+                         smolvm_error **err)
+{
+    int r;
+
+    if (!data && len)
+        return smolvm_err(err, SMOLVM_EINVAL, "write_file: data is NULL");
+    if ((r = ready(vm, "write_file", remote, err)) < 0)
+        return r;
+    r = after(vm, smolvm_ssh_write(vm->ssh, remote, data ? data : "", len, 0644, err));
+    return r < 0 ? smolvm_err_wrap(err, "write_file in '%s'", vm->id) : 0;
+}
+
+int smolvm_vm_read_file(smolvm_vm *vm, const char *remote, char **data, size_t *len,
+                        smolvm_error **err)
+{
+    int r;
+
+    if ((r = ready(vm, "read_file", remote, err)) < 0)
+        return r;
+    r = after(vm, smolvm_ssh_read(vm->ssh, remote, SMOLVM_READ_FILE_MAX, data, len, err));
+    return r < 0 ? smolvm_err_wrap(err, "read_file in '%s'", vm->id) : 0;
+}
+
+static int forward_checks(smolvm_vm *vm, const char *addr, int host_port, smolvm_error **err)
+{
+    struct in_addr a;
+
+    if (vm->deleted)
+        return smolvm_err(err, SMOLVM_ESTATE, "forward in '%s': the vm was deleted", vm->id);
+    if (host_port < 1 || host_port > 65535)
+        return smolvm_err(err, SMOLVM_EINVAL, "forward: host port must be 1..65535, got %d",
+                          host_port);
+    if (addr && inet_pton(AF_INET, addr, &a) != 1)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "forward: host address '%.64s' is not an IPv4 address", addr);
+    if (smolvm_vm_refresh(vm, err) < 0)
+        return SMOLVM_ENOENT;
+    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "user") != 0)
+        return smolvm_err(err, SMOLVM_ESTATE,
+                          "forward in '%s': the vm has network '%s'; forwards need 'user'",
+                          vm->id, smolvm_vm_cfg_str(vm, "network"));
+    return 0;
+}
+
+int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, int guest_port,
+                      smolvm_error **err)
+{
+    const char *addr = host_address ? host_address : "127.0.0.1";
+    const smolvm_vmm_ops *ops;
+    smolvm_vmm_hostfwd fwd = {addr, host_port, guest_port};
+    int r;
+
+    if ((r = forward_checks(vm, addr, host_port, err)) < 0)
+        return r;
+    if (guest_port < 1 || guest_port > 65535)
+        return smolvm_err(err, SMOLVM_EINVAL, "forward: guest port must be 1..65535, got %d",
+                          guest_port);
+    r = smolvm_store_port_add(vm->ctx->store, vm->id, "forward", addr, host_port, guest_port,
+                              "tcp", err);
+    if (r < 0)
+        return smolvm_err_wrap(err, "forward %s:%d", addr, host_port);
+    if (strcmp(smolvm_vm_status(vm), "running") != 0)
+        return 0; /* applied at the next start */
+    ops = smolvm_vm_backend_ops(vm->row->backend);
+    r = ops->hostfwd_add(vm->row->dir, &fwd, smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
+    if (r < 0) {
+        (void)smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", NULL);
+        return smolvm_err_wrap(err, "forward %s:%d", addr, host_port);
+    }
+    (void)smolvm_store_event(vm->ctx->store, vm->id, "forward", NULL, NULL);
+    return 0;
+}
+
+int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error **err)
+{
+    _cleanup_free_ char *raw = NULL, *addr = NULL;
+    const smolvm_vmm_ops *ops;
+    json_t *info, *p;
+    size_t i;
+    int r, guest = 0;
+
+    if ((r = forward_checks(vm, NULL, host_port, err)) < 0)
+        return r;
+    if ((r = smolvm_store_get_json(vm->ctx->store, vm->id, &raw, err)) < 0)
+        return r;
+    info = json_loads(raw, 0, NULL);
+    json_array_foreach(json_object_get(info, "ports"), i, p)
+    {
+        const char *kind = json_string_value(json_object_get(p, "kind"));
+
+        if (kind && strcmp(kind, "forward") == 0 &&
+            json_integer_value(json_object_get(p, "host_port")) == host_port) {
+            addr = strdup(json_string_value(json_object_get(p, "host_address")));
+            guest = (int)json_integer_value(json_object_get(p, "guest_port"));
+            break;
+        }
+    }
+    json_decref(info);
+    if (!addr)
+        return smolvm_err(err, SMOLVM_ENOENT, "unforward in '%s': host port %d is not forwarded",
+                          vm->id, host_port);
+    if (strcmp(smolvm_vm_status(vm), "running") == 0) {
+        smolvm_vmm_hostfwd fwd = {addr, host_port, guest};
+
+        ops = smolvm_vm_backend_ops(vm->row->backend);
+        r = ops->hostfwd_remove(vm->row->dir, &fwd, smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
+        if (r < 0)
+            return smolvm_err_wrap(err, "unforward %s:%d", addr, host_port);
+    }
+    return smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", err);
+}

@@ -1,0 +1,486 @@
+/* SPDX-License-Identifier: MIT */
+/* Start, stop, delete and reconcile: the VM's life against the store. */
+#include "util-internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "context-internal.h"
+#include "error-internal.h"
+#include "host-internal.h"
+#include "proc-internal.h"
+#include "ssh-internal.h"
+#include "vm-config-internal.h"
+#include "vm-internal.h"
+#include "vmm/vmm.h"
+
+#define CONSOLE_TAIL_BYTES 1024
+#define CONSOLE_TAIL_LINES 6
+#define DELETE_STOP_TIMEOUT_MS 5000
+#define KILL_TIMEOUT_MS 2000
+
+const smolvm_vmm_ops *smolvm_vm_backend_ops(const char *name)
+{
+    (void)name; /* only QEMU in this build; create refuses anything else */
+    return &smolvm_vmm_qemu;
+}
+
+static const smolvm_vmm_ops *backend_ops(const char *name)
+{
+    return smolvm_vm_backend_ops(name);
+}
+
+/* The last lines of a log file, for error messages ("" if unreadable). Caller frees. */
+static char *log_tail(const char *dir, const char *file)
+{
+    _cleanup_free_ char *path = smolvm_strdupf("%s/%s", dir, file);
+    _cleanup_close_ int fd = -1;
+    char buf[CONSOLE_TAIL_BYTES + 1], *p, *start;
+    off_t size;
+    ssize_t n;
+    int lines = 0;
+
+    if (!path || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return strdup("");
+    size = lseek(fd, 0, SEEK_END);
+    if (size < 0 || lseek(fd, size > CONSOLE_TAIL_BYTES ? size - CONSOLE_TAIL_BYTES : 0,
+                          SEEK_SET) < 0)
+        return strdup("");
+    n = read(fd, buf, CONSOLE_TAIL_BYTES);
+    if (n <= 0)
+        return strdup("");
+    buf[n] = '\0';
+    for (p = buf; *p; p++)
+        if ((unsigned char)*p < 0x20 && *p != '\n')
+            *p = ' ';
+    while (n > 0 && buf[n - 1] == '\n')
+        buf[--n] = '\0';
+    start = buf + n;
+    while (start > buf && lines < CONSOLE_TAIL_LINES)
+        if (*--start == '\n')
+            lines++;
+    if (*start == '\n')
+        start++;
+    for (p = start; *p; p++)
+        if (*p == '\n')
+            *p = '|';
+    return strdup(start);
+}
+
+/* The VMM of a VM directory, found through the pidfile the VMM wrote itself: covers a
+ * controller killed between spawning and recording the pid. The process must still
+ * name the directory on its command line, so a reused pid is never taken for it. */
+static int find_vmm(const char *dir, pid_t *pid, uint64_t *start)
+{
+    _cleanup_free_ char *pidfile = smolvm_strdupf("%s/%s", dir, SMOLVM_VMM_PIDFILE);
+    _cleanup_free_ char *text = NULL, *cmdline_path = NULL, *cmdline = NULL;
+    size_t len = 0, i;
+    long p;
+
+    if (!pidfile || smolvm_read_file(pidfile, 64, &text, NULL, NULL) < 0)
+        return 0;
+    p = strtol(text, NULL, 10);
+    if (p <= 1)
+        return 0;
+    cmdline_path = smolvm_strdupf("/proc/%ld/cmdline", p);
+    if (!cmdline_path || smolvm_read_file(cmdline_path, 1 << 20, &cmdline, &len, NULL) < 0)
+        return 0;
+    for (i = 0; i < len; i++)
+        if (cmdline[i] == '\0')
+            cmdline[i] = ' ';
+    if (!strstr(cmdline, dir))
+        return 0;
+    if (smolvm_proc_start_time((pid_t)p, start, NULL) < 0)
+        return 0;
+    *pid = (pid_t)p;
+    return 1;
+}
+
+/* Is the VM's VMM alive? Checks the recorded pid+start time, then the pidfile. */
+static int vmm_alive(const smolvm_vm_row *row, pid_t *pid, uint64_t *start)
+{
+    if (row->pid > 0 && smolvm_proc_alive((pid_t)row->pid, row->pid_start)) {
+        *pid = (pid_t)row->pid;
+        *start = row->pid_start;
+        return 1;
+    }
+    return row->dir && find_vmm(row->dir, pid, start) && smolvm_proc_alive(*pid, *start);
+}
+
+static void kill_vmm(const smolvm_vm_row *row)
+{
+    pid_t pid;
+    uint64_t start;
+
+    if (vmm_alive(row, &pid, &start))
+        (void)smolvm_proc_kill(pid, start, smolvm_now_ms() + KILL_TIMEOUT_MS, NULL);
+}
+
+int smolvm_vm_reconcile_row(smolvm_ctx *ctx, const smolvm_vm_row *row, int *changed,
+                            smolvm_error **err)
+{
+    _cleanup_close_ int lock = -1;
+    _cleanup_free_ char *tail = NULL, *reason = NULL;
+    const char *status = row->status ? row->status : "";
+    pid_t pid;
+    uint64_t start;
+    int r;
+
+    if (changed)
+        *changed = 0;
+    if (!row->dir || access(row->dir, F_OK) < 0)
+        return 0;
+    /* Whoever holds the lock is acting on this VM right now; its view wins. */
+    if (smolvm_vm_lock(row->dir, row->id, "reconcile", &lock, NULL) < 0)
+        return 0;
+
+    if (strcmp(status, "running") == 0) {
+        if (vmm_alive(row, &pid, &start))
+            return 0;
+        tail = log_tail(row->dir, SMOLVM_VMM_CONSOLE_LOG);
+        if (tail && strstr(tail, "smolvm: poweroff")) {
+            r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped",
+                                           "the guest powered off", err);
+        } else {
+            reason = smolvm_strdupf("the vmm exited unexpectedly; console: %s",
+                                    tail && *tail ? tail : "(empty)");
+            r = smolvm_store_vm_set_status(ctx->store, row->id, "error",
+                                           reason ? reason : "the vmm exited unexpectedly", err);
+        }
+    } else if (strcmp(status, "starting") == 0 || strcmp(status, "stopping") == 0) {
+        /* The process that was starting or stopping it died: finish the job. */
+        kill_vmm(row);
+        if (strcmp(status, "starting") == 0)
+            r = smolvm_store_vm_set_status(ctx->store, row->id, "error",
+                                           "start interrupted (the controlling process "
+                                           "exited)", err);
+        else
+            r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped", NULL, err);
+    } else {
+        /* created / stopped / error: any VMM still around is an orphan. */
+        if (!vmm_alive(row, &pid, &start) && row->pid == 0)
+            return 0;
+        kill_vmm(row);
+        r = 0;
+    }
+    if (r == 0)
+        r = smolvm_store_vm_set_pid(ctx->store, row->id, 0, 0, err);
+    if (r == 0) {
+        (void)smolvm_store_event(ctx->store, row->id, "reconcile", status, NULL);
+        if (changed)
+            *changed = 1;
+    }
+    return r;
+}
+
+int smolvm_reconcile(smolvm_ctx *ctx, int *changed, smolvm_error **err)
+{
+    smolvm_vm_row **rows = NULL;
+    size_t n = 0, i;
+    int r, c, total = 0;
+
+    r = smolvm_store_vm_list(ctx->store, &rows, &n, err);
+    if (r < 0)
+        return r;
+    for (i = 0; i < n; i++)
+        if (smolvm_vm_reconcile_row(ctx, rows[i], &c, NULL) == 0)
+            total += c;
+    smolvm_vm_rows_free(rows, n);
+    if (changed)
+        *changed = total;
+    return 0;
+}
+
+/* User networking forwards come from the ports table (declared at creation or added
+ * later with smolvm_vm_forward), so they survive a stop/start. Index 0 is ssh. */
+static int build_hostfwds(smolvm_vm *vm, smolvm_vmm_hostfwd **out, size_t *n, json_t **hold,
+                          smolvm_error **err)
+{
+    _cleanup_free_ char *raw = NULL;
+    json_t *info, *ports, *p;
+    smolvm_vmm_hostfwd *h;
+    size_t i, k = 1;
+    int port, r;
+
+    *n = 0;
+    *out = NULL;
+    *hold = NULL;
+    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "user") != 0)
+        return 0;
+    r = smolvm_store_port_get(vm->ctx->store, vm->id, "ssh", &port, err);
+    if (r < 0)
+        return smolvm_err_wrap(err, "ssh host port");
+    if ((r = smolvm_store_get_json(vm->ctx->store, vm->id, &raw, err)) < 0)
+        return r;
+    info = json_loads(raw, 0, NULL);
+    ports = json_object_get(info, "ports");
+    h = calloc(json_array_size(ports) + 1, sizeof(*h));
+    if (!info || !h) {
+        json_decref(info);
+        free(h);
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    }
+    h[0] = (smolvm_vmm_hostfwd){"127.0.0.1", port, 22};
+    json_array_foreach(ports, i, p)
+    {
+        const char *kind = json_string_value(json_object_get(p, "kind"));
+
+        if (!kind || strcmp(kind, "forward") != 0)
+            continue;
+        h[k].host_address = json_string_value(json_object_get(p, "host_address"));
+        h[k].host_port = (int)json_integer_value(json_object_get(p, "host_port"));
+        h[k].guest_port = (int)json_integer_value(json_object_get(p, "guest_port"));
+        k++;
+    }
+    *out = h;
+    *n = k;
+    *hold = info;
+    return 0;
+}
+
+/* Open the persistent SSH session of a running VM (user networking: the host port). */
+static int connect_ssh(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
+{
+    _cleanup_free_ char *key = NULL, *pub = NULL, *hostpub = NULL, *hostpub_path = NULL;
+    int port, r;
+
+    if (vm->ssh)
+        return 0;
+    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "user") != 0)
+        return smolvm_err(err, SMOLVM_ESTATE,
+                          "vm '%s' has network 'none': commands and files need a network",
+                          vm->id);
+    if ((r = smolvm_store_port_get(vm->ctx->store, vm->id, "ssh", &port, err)) < 0)
+        return r;
+    if ((r = smolvm_client_key(vm->ctx, &key, &pub, err)) < 0)
+        return r;
+    hostpub_path = smolvm_strdupf("%s/%s.pub", vm->row->dir, SMOLVM_VM_HOST_KEY);
+    if (!hostpub_path)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    if ((r = smolvm_read_file(hostpub_path, 4096, &hostpub, NULL, err)) < 0)
+        return r;
+    hostpub[strcspn(hostpub, "\n")] = '\0';
+    r = smolvm_ssh_connect(&vm->ssh, "127.0.0.1", port, key, hostpub, deadline, err);
+    if (r < 0)
+        return smolvm_err_wrap(err, "ssh to vm '%s'", vm->id);
+    return 0;
+}
+
+int smolvm_vm_ensure_ssh(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
+{
+    const char *status = smolvm_vm_status(vm);
+
+    if (strcmp(status, "running") != 0) {
+        smolvm_vm_drop_ssh(vm);
+        return smolvm_err(err, SMOLVM_ESTATE, "vm '%s' is %s, not running (start it first)",
+                          vm->id, status);
+    }
+    return connect_ssh(vm, deadline, err);
+}
+
+static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
+{
+    const smolvm_vmm_ops *ops = backend_ops(vm->row->backend);
+    _cleanup_free_ char *cmdline = NULL, *cfgdisk = NULL;
+    _cleanup_free_ smolvm_vmm_hostfwd *fwds = NULL;
+    _cleanup_close_ int ctl = -1;
+    _cleanup_(json_decrefp) json_t *fwd_info = NULL;
+    const char *network = smolvm_vm_cfg_str(vm, "network"), *accel_note = NULL, *acc;
+    smolvm_vmm_config cfg = {0};
+    int accel, net, r;
+    int64_t pid = 0, uptime = 0, t0 = smolvm_now_ms();
+    uint64_t pid_start = 0;
+    size_t nfwds = 0;
+
+    acc = smolvm_vm_cfg_str(vm, "accel");
+    r = smolvm_host_resolve_accel(strcmp(acc, "kvm") == 0   ? SMOLVM_ACCEL_KVM
+                                  : strcmp(acc, "tcg") == 0 ? SMOLVM_ACCEL_TCG
+                                                            : SMOLVM_ACCEL_AUTO,
+                                  &accel, &accel_note, err);
+    if (r < 0)
+        return r;
+    if (ops->available && (r = ops->available(accel, err)) < 0)
+        return r;
+    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': accel %s (%s)", vm->id,
+               accel == SMOLVM_ACCEL_KVM ? "kvm" : "tcg", accel_note);
+    net = strcmp(network, "user") == 0 ? SMOLVM_NET_USER : SMOLVM_NET_NONE;
+    r = smolvm_kernel_cmdline(&cmdline, vm->id, net, SMOLVM_USER_GUEST_IP, SMOLVM_USER_GATEWAY,
+                              "255.255.255.0", SMOLVM_USER_DNS,
+                              accel == SMOLVM_ACCEL_TCG ? smolvm_host_tsc_khz() : 0, err);
+    if (r < 0)
+        return r;
+    if ((r = build_hostfwds(vm, &fwds, &nfwds, &fwd_info, err)) < 0)
+        return r;
+    cfgdisk = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_VM_CONFIG_DISK);
+    if (!cfgdisk)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    cfg.vm_id = vm->id;
+    cfg.dir = vm->row->dir;
+    cfg.kernel = smolvm_vm_cfg_str(vm, "kernel");
+    cfg.disk = smolvm_vm_cfg_str(vm, "disk_path");
+    cfg.disk_format = smolvm_vm_cfg_str(vm, "disk_format");
+    cfg.config_disk = cfgdisk;
+    cfg.cmdline = cmdline;
+    cfg.vcpus = (unsigned)smolvm_vm_cfg_int(vm, "vcpus");
+    cfg.memory_mib = (unsigned)smolvm_vm_cfg_int(vm, "memory");
+    cfg.accel = accel;
+    cfg.network = net;
+    cfg.hostfwds = fwds;
+    cfg.n_hostfwds = nfwds;
+
+    if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "starting", NULL, err)) < 0)
+        return r;
+    r = ops->spawn(&cfg, &ctl, &pid, &pid_start, deadline, err);
+    if (r < 0)
+        return r;
+    if ((r = smolvm_store_vm_set_pid(vm->ctx->store, vm->id, pid, pid_start, err)) < 0)
+        return r;
+    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': vmm pid %lld up after %lld ms", vm->id,
+               (long long)pid, (long long)(smolvm_now_ms() - t0));
+    if ((r = smolvm_vmm_wait_ready(vm->ctx, ctl, deadline, &uptime, err)) < 0)
+        return r;
+    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': guest ready after %lld ms (uptime %lld ms)",
+               vm->id, (long long)(smolvm_now_ms() - t0), (long long)uptime);
+    if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "running", NULL, err)) < 0)
+        return r;
+    if ((r = smolvm_vm_refresh(vm, err)) < 0)
+        return r;
+    if (net == SMOLVM_NET_NONE)
+        return 0;
+    return connect_ssh(vm, deadline, err);
+}
+
+int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
+{
+    _cleanup_close_ int lock = -1;
+    _cleanup_free_ char *tail = NULL;
+    int64_t deadline = smolvm_now_ms() + (timeout_ms > 0 ? timeout_ms : 60000);
+    const char *status;
+    int r;
+
+    if (vm->deleted)
+        return smolvm_err(err, SMOLVM_ESTATE, "start '%s': the vm was deleted", vm->id);
+    status = smolvm_vm_status(vm);
+    if (strcmp(status, "running") == 0)
+        return connect_ssh(vm, deadline, err) < 0 ? smolvm_err_wrap(err, "start '%s'", vm->id)
+                                                  : 0;
+    if ((r = smolvm_vm_lock(vm->row->dir, vm->id, "start", &lock, err)) < 0)
+        return r;
+    if ((r = smolvm_vm_refresh(vm, err)) < 0)
+        return r;
+    smolvm_vm_drop_ssh(vm);
+    r = do_start(vm, deadline, err);
+    if (r < 0) {
+        /* Leave no VMM behind; keep the record, marked with what went wrong. */
+        _cleanup_free_ char *reason = NULL;
+
+        (void)smolvm_vm_refresh(vm, NULL);
+        kill_vmm(vm->row);
+        smolvm_vm_drop_ssh(vm);
+        tail = log_tail(vm->row->dir, SMOLVM_VMM_CONSOLE_LOG);
+        if (tail && *tail && r != SMOLVM_EHOST && r != SMOLVM_EINVAL)
+            smolvm_err_hint(err, "console: %s", tail);
+        smolvm_err_wrap(err, "start '%s'", vm->id);
+        reason = strdup(err && *err ? smolvm_error_message(*err) : "start failed");
+        (void)smolvm_store_vm_set_pid(vm->ctx->store, vm->id, 0, 0, NULL);
+        (void)smolvm_store_vm_set_status(vm->ctx->store, vm->id, "error", reason, NULL);
+        (void)smolvm_vm_refresh(vm, NULL);
+        return r;
+    }
+    (void)smolvm_store_event(vm->ctx->store, vm->id, "start", NULL, NULL);
+    return 0;
+}
+
+/* Clean guest power-off, then VMM quit, then kill: each gets a share of the time. */
+static int do_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
+{
+    const smolvm_vmm_ops *ops = backend_ops(vm->row->backend);
+    int64_t start_ms = smolvm_now_ms(), deadline = start_ms + timeout_ms;
+    int64_t poweroff_deadline = start_ms + timeout_ms * 7 / 10;
+    uint64_t pstart;
+    pid_t pid;
+
+    if (!vmm_alive(vm->row, &pid, &pstart))
+        return 0;
+    if (smolvm_vmm_request_poweroff(vm->row->dir, poweroff_deadline, NULL) == 0 &&
+        smolvm_proc_wait_exit(pid, pstart, poweroff_deadline, NULL) == 0)
+        return 0;
+    smolvm_log(vm->ctx, SMOLVM_LOG_INFO, "stop '%s': the guest did not power off in time; "
+               "asking the vmm to quit", vm->id);
+    if (ops->quit(vm->row->dir, deadline, NULL) == 0 &&
+        smolvm_proc_wait_exit(pid, pstart, deadline, NULL) == 0)
+        return 0;
+    smolvm_log(vm->ctx, SMOLVM_LOG_WARN, "stop '%s': killing the vmm", vm->id);
+    return smolvm_proc_kill(pid, pstart, smolvm_now_ms() + KILL_TIMEOUT_MS, err);
+}
+
+static int stop_locked(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
+{
+    int r;
+
+    smolvm_vm_drop_ssh(vm);
+    if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "stopping", NULL, err)) < 0)
+        return r;
+    r = do_stop(vm, timeout_ms, err);
+    if (r < 0)
+        return r;
+    if ((r = smolvm_store_vm_set_pid(vm->ctx->store, vm->id, 0, 0, err)) < 0 ||
+        (r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "stopped", NULL, err)) < 0)
+        return r;
+    (void)smolvm_store_event(vm->ctx->store, vm->id, "stop", NULL, NULL);
+    return smolvm_vm_refresh(vm, err);
+}
+
+int smolvm_vm_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
+{
+    _cleanup_close_ int lock = -1;
+    const char *status;
+    int r;
+
+    if (vm->deleted)
+        return smolvm_err(err, SMOLVM_ESTATE, "stop '%s': the vm was deleted", vm->id);
+    status = smolvm_vm_status(vm);
+    if (strcmp(status, "running") != 0) {
+        smolvm_vm_drop_ssh(vm);
+        return 0;
+    }
+    if ((r = smolvm_vm_lock(vm->row->dir, vm->id, "stop", &lock, err)) < 0)
+        return r;
+    r = stop_locked(vm, timeout_ms > 0 ? timeout_ms : 5000, err);
+    return r < 0 ? smolvm_err_wrap(err, "stop '%s'", vm->id) : 0;
+}
+
+int smolvm_vm_delete(smolvm_vm *vm, smolvm_error **err)
+{
+    _cleanup_close_ int lock = -1;
+    int r;
+
+    if (vm->deleted)
+        return 0;
+    if ((r = smolvm_vm_refresh(vm, err)) < 0) {
+        if (r != SMOLVM_ENOENT)
+            return smolvm_err_wrap(err, "delete '%s'", vm->id);
+        /* Already gone (another process deleted it). */
+        if (err)
+            *err = smolvm_error_free(*err);
+        vm->deleted = 1;
+        return 0;
+    }
+    if (access(vm->row->dir, F_OK) == 0 &&
+        (r = smolvm_vm_lock(vm->row->dir, vm->id, "delete", &lock, err)) < 0)
+        return r;
+    /* Whatever the recorded status says, no VMM of this VM may survive. */
+    if ((r = stop_locked(vm, DELETE_STOP_TIMEOUT_MS, err)) < 0)
+        return smolvm_err_wrap(err, "delete '%s'", vm->id);
+    /* Directory first, record last: a delete killed half-way is finished by the next. */
+    if ((r = smolvm_rm_rf(vm->row->dir, err)) < 0)
+        return smolvm_err_wrap(err, "delete '%s'", vm->id);
+    if ((r = smolvm_store_vm_delete(vm->ctx->store, vm->id, err)) < 0)
+        return smolvm_err_wrap(err, "delete '%s'", vm->id);
+    (void)smolvm_store_event(vm->ctx->store, vm->id, "delete", NULL, NULL);
+    vm->deleted = 1;
+    return 0;
+}
