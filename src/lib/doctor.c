@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: MIT */
+/* smolvm_doctor_json: what this host can run, each check with a hint when it fails. */
+#include "util-internal.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "context-internal.h"
+#include "error-internal.h"
+#include "host-internal.h"
+#include "image-internal.h"
+#include "tool-internal.h"
+
+#define VERSION_TIMEOUT_MS 5000
+
+/* required: sandboxes cannot run without it (the recipe runner exits 3). */
+static void add(json_t *list, const char *name, int ok, int required, const char *detail,
+                const char *hint)
+{
+    json_t *o = json_pack("{s:s, s:b, s:b, s:s}", "name", name, "ok", ok,
+                          "required", required, "detail", detail ? detail : "");
+
+    if (!o)
+        return;
+    if (!ok && hint)
+        json_object_set_new(o, "hint", json_string(hint));
+    json_array_append_new(list, o);
+}
+
+static void check_binary(json_t *list, const char *env, const char *name, int required,
+                         const char *hint)
+{
+    _cleanup_free_ char *path = NULL, *out = NULL, *detail = NULL;
+    smolvm_error *e = NULL;
+
+    if (smolvm_host_find_binary(env, name, &path, &e) < 0) {
+        add(list, name, 0, required, smolvm_error_message(e), hint);
+        smolvm_error_free(e);
+        return;
+    }
+    {
+        char *argv[] = {path, "--version", NULL};
+
+        if (smolvm_tool_run(argv, smolvm_now_ms() + VERSION_TIMEOUT_MS, &out, NULL) == 0)
+            out[strcspn(out, "\n")] = '\0';
+    }
+    detail = smolvm_strdupf("%s%s%s", path, out && *out ? ": " : "", out ? out : "");
+    add(list, name, 1, required, detail ? detail : path, NULL);
+}
+
+int smolvm_doctor_json(smolvm_ctx *ctx, char **out, smolvm_error **err)
+{
+    json_t *list = json_array();
+    const char *why = NULL, *note = NULL;
+    _cleanup_free_ char *detail = NULL, *probe = NULL;
+    smolvm_image *img = NULL;
+    smolvm_error *e = NULL;
+    struct stat st;
+    int kvm, accel = 0;
+
+    if (!list)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+
+    kvm = smolvm_host_kvm_usable(&why);
+    add(list, "kvm", kvm, 0, why,
+        "guests run under TCG emulation instead (seconds to boot, not milliseconds); on a "
+        "host with VT-x/AMD-V load kvm_intel or kvm_amd and give access to /dev/kvm");
+    (void)smolvm_host_resolve_accel(SMOLVM_ACCEL_AUTO, &accel, &note, NULL);
+    detail = smolvm_strdupf("accel \"auto\" uses %s: %s",
+                            accel == SMOLVM_ACCEL_KVM ? "kvm" : "tcg", note ? note : "");
+    add(list, "accel", 1, 1, detail, NULL);
+
+    check_binary(list, "SMOLVM_QEMU", "qemu-system-x86_64", 1,
+                 "install QEMU: apt-get install qemu-system-x86 (scripts/install-deps.sh)");
+    check_binary(list, NULL, "qemu-img", 1,
+                 "install qemu-utils: apt-get install qemu-utils (scripts/install-deps.sh)");
+    check_binary(list, NULL, "ssh-keygen", 1,
+                 "install openssh-client: apt-get install openssh-client");
+    add(list, "firecracker", 0, 0, "this build has no firecracker backend; qemu is used",
+        "use backend = \"qemu\" (or \"auto\")");
+
+    if (smolvm_image_find(ctx, "default", &img, &e) == 0) {
+        free(detail);
+        detail = smolvm_strdupf("%s (vmlinux, rootfs.ext4)", img->dir);
+        add(list, "image", 1, 1, detail, NULL);
+    } else {
+        add(list, "image", 0, 1, smolvm_error_message(e),
+            "build it once with: sudo scripts/build-image.sh (about 10 minutes)");
+    }
+    smolvm_image_free(img);
+    e = smolvm_error_free(e);
+
+    probe = smolvm_strdupf("%s/.doctor.%ld", ctx->state_dir, (long)getpid());
+    if (probe && smolvm_write_file_atomic(probe, "", 0, 0600, &e) == 0) {
+        (void)unlink(probe);
+        add(list, "state", 1, 1, ctx->db_path, NULL);
+    } else {
+        add(list, "state", 0, 1, e ? smolvm_error_message(e) : "out of memory",
+            "make the state directory writable or set SMOLVM_STATE_DIR");
+    }
+    e = smolvm_error_free(e);
+
+    add(list, "tun", stat("/dev/net/tun", &st) == 0, 0,
+        stat("/dev/net/tun", &st) == 0 ? "/dev/net/tun present" : "/dev/net/tun missing",
+        "network = \"nat\" needs the tun module: modprobe tun");
+    add(list, "net_admin", smolvm_host_has_net_admin(), 0,
+        smolvm_host_has_net_admin() ? "CAP_NET_ADMIN held"
+                                    : "no CAP_NET_ADMIN: network = \"auto\" uses \"user\"",
+        "run as root for TAP/NAT networking; user networking needs no privilege");
+
+    *out = json_dumps(list, JSON_COMPACT);
+    json_decref(list);
+    return *out ? 0 : smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+}
