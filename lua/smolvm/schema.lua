@@ -608,8 +608,9 @@ function M.validate_sandbox(body)
   return sb
 end
 
-local function sandbox_prefix(name)
+local function sandbox_prefix(name, line)
   if type(name) == "string" then return "sandbox " .. quote(name) .. ": " end
+  if name == nil and line then return "sandbox at line " .. line .. ": " end
   return "sandbox " .. M.describe(name) .. ": "
 end
 M.sandbox_prefix = sandbox_prefix
@@ -630,10 +631,12 @@ function M.validate_recipe(list)
   end
   local names, ids, ports = {}, {}, {}
   for _, d in ipairs(list) do
-    local prefix = sandbox_prefix(d.name)
+    local prefix = sandbox_prefix(d.name, d.line)
     local where = d.line and (" (line " .. d.line .. ")") or ""
     for _, e in ipairs(d.errors or {}) do errs[#errs + 1] = prefix .. e end
-    if type(d.name) ~= "string" or not valid_id(d.name) then
+    if d.name == nil and d.errors and #d.errors > 0 then
+      -- the declaration error already says the name is missing
+    elseif type(d.name) ~= "string" or not valid_id(d.name) then
       errs[#errs + 1] = prefix .. "name: expected string matching " .. M.ID_DESC
         .. ", got " .. M.describe(d.name)
     elseif names[d.name] then

@@ -1,0 +1,551 @@
+-- SPDX-License-Identifier: MIT
+--- `smolvm`: the command line for what users do between recipes (scripts/smolvm).
+--
+-- Docker/podman habits: `smolvm ls`, `inspect`, `exec ID -- CMD...`, `shell`, `cp`
+-- with ID:path, `logs`, `stop`, `rm [-f]`, `prune`, `doctor`. Exit status: 0 done,
+-- 1 the operation failed, 2 bad usage, 3 the host cannot run sandboxes; `exec`
+-- returns the command's own status, or 125 when smolvm itself failed (as docker).
+-- Every failure prints one line `smolvm: <what failed>` and, when the fix is known,
+-- a `hint:` line.
+
+local json = require "smolvm.json"
+
+local M = {}
+
+local EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_HOST, EXIT_EXEC = 0, 1, 2, 3, 125
+
+local function eprint(...)
+  io.stderr:write(table.concat({ ... }), "\n")
+  io.stderr:flush()
+end
+
+local function fail(msg, hint, status)
+  eprint("smolvm: ", msg)
+  if hint then eprint("hint: ", hint) end
+  return status or EXIT_FAIL
+end
+
+local function usage_error(msg, cmd)
+  return fail(msg, "see 'smolvm help" .. (cmd and (" " .. cmd) or "") .. "'", EXIT_USAGE)
+end
+
+local function load_smolvm()
+  local ok, smolvm = pcall(require, "smolvm")
+  if not ok then
+    return nil, fail("cannot load the smolvm Lua binding: " .. tostring(smolvm):match("^[^\n]*"),
+      "run through smolvm-lua, or build it first: cmake --build build", EXIT_HOST)
+  end
+  return smolvm
+end
+
+local function shell_quote(s)
+  if s:match("^[%w@%%+=:,./_-]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+local function is_tty(fd)
+  local ok, how, code = os.execute("[ -t " .. fd .. " ]")
+  if type(ok) == "number" then return ok == 0 end
+  return ok == true and how == "exit" and code == 0
+end
+
+-- Look a value up by one of several dotted paths (the info object's layout is owned
+-- by the library; we accept the names it has used).
+local function pick(t, paths)
+  for _, p in ipairs(paths) do
+    local v = t
+    for part in p:gmatch("[^.]+") do
+      if type(v) ~= "table" then v = nil break end
+      v = v[part]
+    end
+    if v ~= nil and v ~= json.null then return v end
+  end
+  return nil
+end
+
+local function open_vm(smolvm, id)
+  local vm, err, code = smolvm.VM.from_id(id)
+  if not vm then
+    if code == "ENOENT" then
+      return nil, fail("no such sandbox '" .. id .. "'", "'smolvm ls' lists the sandboxes")
+    end
+    return nil, fail("open '" .. id .. "': " .. tostring(err), code == "EDB"
+      and "the state database is unusable; check $SMOLVM_STATE_DIR" or nil)
+  end
+  return vm
+end
+
+local function info_of(vm)
+  local ok, info = pcall(function() return vm:info() end)
+  if ok and type(info) == "table" then return info end
+  return { id = vm.id, status = vm.status, ip = vm.ip }
+end
+
+-- Parse "-x", "--long", "--long=value" options, stopping at "--" or the first
+-- operand when `stop_at_operand`. spec: { ["-f"] = "force", ["--tail"] = { "tail", true } }
+local function parse(args, spec, stop_at_operand)
+  local opts, rest = {}, {}
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "--" then
+      for j = i + 1, #args do rest[#rest + 1] = args[j] end
+      opts["--"] = true
+      break
+    elseif a:sub(1, 1) == "-" and a ~= "-" then
+      local name, val = a:match("^(%-%-[^=]+)=(.*)$")
+      name = name or a
+      local s = spec[name]
+      if not s then return nil, "unknown option '" .. name .. "'" end
+      if type(s) == "table" then
+        if val == nil then
+          i = i + 1
+          val = args[i]
+          if val == nil then return nil, "option '" .. name .. "' needs a value" end
+        end
+        if s.multi then
+          opts[s[1]] = opts[s[1]] or {}
+          table.insert(opts[s[1]], val)
+        else
+          opts[s[1]] = val
+        end
+      else
+        opts[s] = true
+      end
+    else
+      rest[#rest + 1] = a
+      if stop_at_operand then
+        for j = i + 1, #args do rest[#rest + 1] = args[j] end
+        break
+      end
+    end
+    i = i + 1
+  end
+  return opts, rest
+end
+
+local function fmt_forwards(info)
+  local fw = pick(info, { "forwards", "ports", "config.forwards" })
+  if type(fw) ~= "table" then return "" end
+  local parts = {}
+  for _, f in ipairs(fw) do
+    if type(f) == "table" then
+      local addr = f.address or f.host_address or "127.0.0.1"
+      parts[#parts + 1] = addr .. ":" .. tostring(f.host or f.host_port) .. "->"
+        .. tostring(f.guest or f.guest_port)
+    end
+  end
+  return table.concat(parts, ",")
+end
+
+local function fmt_age(t)
+  if type(t) ~= "number" then return type(t) == "string" and t or "" end
+  local d = os.time() - t
+  if d < 0 then d = 0 end
+  if d < 60 then return d .. "s ago" end
+  if d < 3600 then return math.floor(d / 60) .. "m ago" end
+  if d < 86400 then return math.floor(d / 3600) .. "h ago" end
+  return math.floor(d / 86400) .. "d ago"
+end
+
+------------------------------------------------------------------------ commands
+
+local commands = {}
+local order = {}
+
+local function command(name, usage, summary, fn)
+  commands[name] = { name = name, usage = usage, summary = summary, fn = fn }
+  order[#order + 1] = name
+end
+
+command("ls", "ls [--json] [-q]", "List sandboxes (ID, status, IP, forwards, backend)",
+function(args)
+  local o, rest = parse(args, { ["--json"] = "json", ["-q"] = "quiet", ["--quiet"] = "quiet",
+                                ["-a"] = "all", ["--all"] = "all" })
+  if not o then return usage_error(rest, "ls") end
+  if #rest > 0 then return usage_error("ls takes no arguments", "ls") end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local ok, list, err = pcall(smolvm.VM.list)
+  if not ok or type(list) ~= "table" then
+    return fail("list sandboxes: " .. tostring(ok and err or list))
+  end
+  table.sort(list, function(a, b) return tostring(a.id) < tostring(b.id) end)
+  if o.json then
+    io.stdout:write(json.encode(json.array(list)), "\n")
+    return EXIT_OK
+  end
+  if o.quiet then
+    for _, info in ipairs(list) do io.stdout:write(tostring(info.id), "\n") end
+    return EXIT_OK
+  end
+  local rows = { { "ID", "STATUS", "IP", "FORWARDS", "BACKEND", "MEMORY", "CREATED" } }
+  for _, info in ipairs(list) do
+    rows[#rows + 1] = {
+      tostring(info.id), tostring(info.status or ""),
+      tostring(pick(info, { "ip", "network.ip" }) or "-"),
+      fmt_forwards(info),
+      tostring(pick(info, { "backend", "config.backend" }) or ""),
+      tostring(pick(info, { "memory", "config.memory", "config.memory_mib" }) or ""),
+      fmt_age(pick(info, { "created_at", "created" })),
+    }
+  end
+  local w = {}
+  for _, r in ipairs(rows) do
+    for i, c in ipairs(r) do w[i] = math.max(w[i] or 0, #c) end
+  end
+  for _, r in ipairs(rows) do
+    local cells = {}
+    for i, c in ipairs(r) do cells[i] = i < #r and (c .. string.rep(" ", w[i] - #c)) or c end
+    io.stdout:write((table.concat(cells, "   "):gsub("%s+$", "")), "\n")
+  end
+  return EXIT_OK
+end)
+
+command("inspect", "inspect ID...", "Show everything known about sandboxes (JSON)",
+function(args)
+  if #args == 0 then return usage_error("inspect needs a sandbox ID", "inspect") end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local out, status = json.array(), EXIT_OK
+  for _, id in ipairs(args) do
+    local vm, s = open_vm(smolvm, id)
+    if vm then out[#out + 1] = info_of(vm) else status = s end
+  end
+  if #out > 0 then io.stdout:write(json.encode(out, { indent = "  " }), "\n") end
+  return status
+end)
+
+command("exec", "exec [-e NAME=VALUE]... [-w DIR] [-t SECONDS] [-i] ID -- CMD [ARG...]",
+  "Run a command in a running sandbox; exits with its status",
+function(args)
+  local o, rest = parse(args, {
+    ["-e"] = { "env", multi = true }, ["--env"] = { "env", multi = true },
+    ["-w"] = { "cwd" }, ["--workdir"] = { "cwd" },
+    ["-t"] = { "timeout" }, ["--timeout"] = { "timeout" },
+    ["-i"] = "stdin", ["--interactive"] = "stdin",
+  }, true)
+  if not o then return usage_error(rest, "exec") end
+  local id = table.remove(rest, 1)
+  if rest[1] == "--" then table.remove(rest, 1) end
+  if not id or #rest == 0 then
+    return usage_error("usage: smolvm exec ID -- CMD [ARG...]", "exec")
+  end
+  local env
+  for _, kv in ipairs(o.env or {}) do
+    local k, v = kv:match("^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+    if not k then return usage_error("-e expects NAME=VALUE, got '" .. kv .. "'", "exec") end
+    env = env or {}
+    env[k] = v
+  end
+  local timeout
+  if o.timeout then
+    timeout = tonumber(o.timeout)
+    if not timeout or timeout <= 0 then return usage_error("-t expects seconds > 0", "exec") end
+  end
+  local smolvm = load_smolvm()
+  if not smolvm then return EXIT_EXEC end
+  local vm = open_vm(smolvm, id)
+  if not vm then return EXIT_EXEC end
+  local words = {}
+  for i, a in ipairs(rest) do words[i] = shell_quote(a) end
+  local stdin
+  if o.stdin or not is_tty(0) then stdin = io.stdin:read("*a") end
+  local r, err, code = vm:run(table.concat(words, " "), { timeout = timeout, env = env,
+                                                         cwd = o.cwd, stdin = stdin })
+  if not r then
+    local hint
+    if code == "ESTATE" then hint = "start it first, or check 'smolvm ls'"
+    elseif code == "ETIMEDOUT" then hint = "raise the limit with -t SECONDS" end
+    return fail("exec in '" .. id .. "': " .. tostring(err), hint, EXIT_EXEC)
+  end
+  io.stdout:write(r.stdout or "")
+  io.stdout:flush()
+  io.stderr:write(r.stderr or "")
+  io.stderr:flush()
+  if r.exit_code == nil or r.exit_code < 0 then return 128 + 9 end
+  return r.exit_code
+end)
+
+-- The ssh command line for a VM, from its info: the per-installation key, the
+-- VM's pinned host key (written to a private known_hosts file, never trust on first
+-- use) and the address/port sshd is reachable at.
+function M.ssh_command(info, tmpdir)
+  local host = pick(info, { "ssh.host", "ssh_host", "ip" })
+  local port = pick(info, { "ssh.port", "ssh_port", "ports.ssh" }) or 22
+  local key = pick(info, { "ssh.key", "paths.key", "paths.ssh_key", "key_path" })
+  local hostkey = pick(info, { "ssh.host_key", "host_key", "paths.host_key_pub", "paths.host_key" })
+  if not host then return nil, "no address to reach its sshd (is it running?)" end
+  if not key then return nil, "its info has no ssh key path" end
+  local args = { "ssh", "-t", "-i", shell_quote(key), "-o", "IdentitiesOnly=yes",
+                 "-o", "LogLevel=ERROR", "-p", tostring(port) }
+  if hostkey and tmpdir then
+    local line = hostkey
+    if not hostkey:match("^ssh%-") then -- a path to the .pub file
+      local f = io.open(hostkey, "r")
+      line = f and f:read("*l") or nil
+      if f then f:close() end
+    end
+    if line then
+      local kh = tmpdir .. "/known_hosts"
+      local f = assert(io.open(kh, "w"))
+      local name = (tonumber(port) == 22) and host or ("[" .. host .. "]:" .. port)
+      f:write(name, " ", line:match("^(%S+%s+%S+)") or line, "\n")
+      f:close()
+      args[#args + 1] = "-o UserKnownHostsFile=" .. shell_quote(kh)
+      args[#args + 1] = "-o StrictHostKeyChecking=yes"
+    end
+  end
+  args[#args + 1] = "root@" .. host
+  return table.concat(args, " ")
+end
+
+command("shell", "shell ID", "Open an interactive shell in a running sandbox (ssh)",
+function(args)
+  if #args ~= 1 then return usage_error("usage: smolvm shell ID", "shell") end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local vm, s = open_vm(smolvm, args[1])
+  if not vm then return s end
+  local info = info_of(vm)
+  if info.status ~= "running" then
+    return fail("sandbox '" .. args[1] .. "' is " .. tostring(info.status),
+      "it must be running; kept recipe sandboxes stay running until 'smolvm stop'")
+  end
+  local tmp = os.tmpname()
+  os.remove(tmp)
+  os.execute("mkdir -m 700 " .. shell_quote(tmp))
+  local cmd, err = M.ssh_command(info, tmp)
+  if not cmd then
+    os.execute("rm -rf " .. shell_quote(tmp))
+    return fail("shell '" .. args[1] .. "': " .. err, "use 'smolvm exec " .. args[1] .. " -- CMD' instead")
+  end
+  local ok, how, code = os.execute(cmd)
+  os.execute("rm -rf " .. shell_quote(tmp))
+  if type(ok) == "number" then return ok == 0 and 0 or math.floor(ok / 256) end
+  return (how == "exit" and code) or 1
+end)
+
+-- "ID:/path" names a guest file; anything else (including "./a:b") a host file.
+local function split_remote(s)
+  local id, path = s:match("^([a-z0-9][a-z0-9_-]*):(.*)$")
+  if id and path ~= "" then return id, path end
+  return nil, s
+end
+
+command("cp", "cp SRC DST", "Copy a file between host and sandbox (ID:/path on one side)",
+function(args)
+  if #args ~= 2 then return usage_error("usage: smolvm cp SRC DST (one of them ID:/path)", "cp") end
+  local sid, spath = split_remote(args[1])
+  local did, dpath = split_remote(args[2])
+  if (sid and did) or (not sid and not did) then
+    return usage_error("exactly one of SRC and DST must be ID:/path", "cp")
+  end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local vm, s = open_vm(smolvm, sid or did)
+  if not vm then return s end
+  local ok, err
+  if sid then
+    local to = dpath
+    local attr = io.open(to .. "/.", "r") -- an existing directory: keep the file name
+    if attr then attr:close() to = to:gsub("/$", "") .. "/" .. spath:match("([^/]+)$") end
+    ok, err = vm:download(spath, to)
+  else
+    if not io.open(spath, "rb") then
+      return fail("cp: no such host file '" .. spath .. "'")
+    end
+    local to = dpath
+    if to:sub(-1) == "/" then to = to .. spath:match("([^/]+)$") end
+    ok, err = vm:upload(spath, to)
+  end
+  if not ok then return fail("cp: " .. tostring(err), "guest paths are absolute: ID:/root/file") end
+  return EXIT_OK
+end)
+
+command("logs", "logs [-f] [-n LINES] ID", "Show a sandbox's console log (kernel and init)",
+function(args)
+  local o, rest = parse(args, { ["-f"] = "follow", ["--follow"] = "follow",
+                                ["-n"] = { "tail" }, ["--tail"] = { "tail" } })
+  if not o then return usage_error(rest, "logs") end
+  if #rest ~= 1 then return usage_error("usage: smolvm logs [-f] [-n LINES] ID", "logs") end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local vm, s = open_vm(smolvm, rest[1])
+  if not vm then return s end
+  local info = info_of(vm)
+  local path = pick(info, { "paths.console", "paths.console_log", "console_log", "console" })
+  if not path then
+    local dir = pick(info, { "paths.dir", "dir", "paths.state" })
+    path = dir and (dir .. "/console.log")
+  end
+  if not path then return fail("logs '" .. rest[1] .. "': its info has no console log path") end
+  if o.follow or o.tail then
+    if o.tail and not tonumber(o.tail) then return usage_error("-n expects a number", "logs") end
+    local cmd = "tail" .. (o.follow and " -F" or "") .. " -n " .. (o.tail and tostring(tonumber(o.tail)) or "+1")
+      .. " " .. shell_quote(path)
+    local ok = os.execute(cmd)
+    return (ok == true or ok == 0) and EXIT_OK or EXIT_FAIL
+  end
+  local f, err = io.open(path, "rb")
+  if not f then return fail("logs '" .. rest[1] .. "': " .. tostring(err), "the log appears once the sandbox has booted") end
+  while true do
+    local chunk = f:read(65536)
+    if not chunk then break end
+    io.stdout:write(chunk)
+  end
+  f:close()
+  return EXIT_OK
+end)
+
+command("stop", "stop [-t SECONDS] ID...", "Stop sandboxes (clean power-off, then kill)",
+function(args)
+  local o, rest = parse(args, { ["-t"] = { "timeout" }, ["--time"] = { "timeout" } })
+  if not o then return usage_error(rest, "stop") end
+  if #rest == 0 then return usage_error("stop needs a sandbox ID", "stop") end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local status = EXIT_OK
+  for _, id in ipairs(rest) do
+    local vm, s = open_vm(smolvm, id)
+    if not vm then status = s else
+      local ok, err = vm:stop{ timeout = tonumber(o.timeout) or 5 }
+      if ok then print(id) else status = fail("stop '" .. id .. "': " .. tostring(err)) end
+    end
+  end
+  return status
+end)
+
+command("rm", "rm [-f] ID...", "Delete sandboxes (-f: also running ones)",
+function(args)
+  local o, rest = parse(args, { ["-f"] = "force", ["--force"] = "force" })
+  if not o then return usage_error(rest, "rm") end
+  if #rest == 0 then return usage_error("rm needs a sandbox ID", "rm") end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local status = EXIT_OK
+  for _, id in ipairs(rest) do
+    local vm, s = open_vm(smolvm, id)
+    if not vm then status = s
+    elseif vm.status == "running" and not o.force then
+      status = fail("sandbox '" .. id .. "' is running", "stop it first, or use 'smolvm rm -f " .. id .. "'")
+    else
+      local ok, err = vm:delete()
+      if ok then print(id) else status = fail("rm '" .. id .. "': " .. tostring(err)) end
+    end
+  end
+  return status
+end)
+
+command("prune", "prune [-f]", "Delete every stopped or failed sandbox and release leftovers",
+function(args)
+  local o, rest = parse(args, { ["-f"] = "force", ["--force"] = "force" })
+  if not o then return usage_error(rest, "prune") end
+  if #rest > 0 then return usage_error("prune takes no arguments", "prune") end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  -- VM.list reconciles first: a VM whose VMM died is "error" by now.
+  local ok, list = pcall(smolvm.VM.list)
+  if not ok or type(list) ~= "table" then return fail("list sandboxes: " .. tostring(list)) end
+  local victims = {}
+  for _, info in ipairs(list) do
+    if info.status == "stopped" or info.status == "error" then victims[#victims + 1] = info.id end
+  end
+  if #victims == 0 then print("nothing to prune") return EXIT_OK end
+  if not o.force and is_tty(0) then
+    io.stderr:write("This deletes " .. #victims .. " sandbox(es): " .. table.concat(victims, " ")
+      .. "\nAre you sure? [y/N] ")
+    local answer = io.stdin:read("*l") or ""
+    if not answer:match("^[yY]") then return EXIT_OK end
+  end
+  local status = EXIT_OK
+  for _, id in ipairs(victims) do
+    local vm = smolvm.VM.from_id(id)
+    local okd, err = true, nil
+    if vm then okd, err = vm:delete() end
+    if okd then print("deleted " .. id) else status = fail("prune '" .. id .. "': " .. tostring(err)) end
+  end
+  return status
+end)
+
+command("doctor", "doctor [--json]", "Check that this host can run sandboxes, with hints",
+function(args)
+  local o, rest = parse(args, { ["--json"] = "json" })
+  if not o then return usage_error(rest, "doctor") end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local ok, checks = pcall(smolvm.doctor)
+  if not ok or type(checks) ~= "table" then return fail("doctor: " .. tostring(checks)) end
+  if o.json then
+    io.stdout:write(json.encode(json.array(checks)), "\n")
+  else
+    local w = 0
+    for _, c in ipairs(checks) do w = math.max(w, #tostring(c.name)) end
+    for _, c in ipairs(checks) do
+      io.stdout:write(string.format("%s %-" .. w .. "s  %s\n", c.ok and "ok  " or "FAIL",
+        tostring(c.name), tostring(c.detail or "")))
+      if not c.ok and c.hint then io.stdout:write(string.rep(" ", w + 7), "hint: ", c.hint, "\n") end
+    end
+  end
+  for _, c in ipairs(checks) do
+    if not c.ok then return EXIT_HOST end
+  end
+  return EXIT_OK
+end)
+
+command("help", "help [COMMAND]", "Show help", function(args)
+  return M.help(args[1])
+end)
+
+function M.help(name)
+  if name then
+    local c = commands[name]
+    if not c then return usage_error("unknown command '" .. name .. "'") end
+    print("usage: smolvm " .. c.usage)
+    print("")
+    print(c.summary)
+    return EXIT_OK
+  end
+  print("usage: smolvm COMMAND [ARGS...]")
+  print("")
+  print("Manage smolvm sandboxes between recipes (run recipes with: smolvm-lua FILE).")
+  print("")
+  for _, n in ipairs(order) do
+    print(string.format("  %-58s %s", commands[n].usage, commands[n].summary))
+  end
+  print("")
+  print("Exit status: 0 ok, 1 failed, 2 bad usage, 3 host cannot run sandboxes;")
+  print("exec returns the command's status (125 when smolvm itself failed).")
+  return EXIT_OK
+end
+
+M.commands, M.order = commands, order
+
+--- Entry point: `main(arg)` returns the exit status.
+function M.main(argv)
+  argv = argv or {}
+  local args = {}
+  for i = 1, #argv do args[i] = argv[i] end
+  local name = table.remove(args, 1)
+  if name == nil or name == "-h" or name == "--help" then
+    M.help()
+    return name == nil and EXIT_USAGE or EXIT_OK
+  end
+  local aliases = { ps = "ls", list = "ls", delete = "rm", remove = "rm", ssh = "shell" }
+  name = aliases[name] or name
+  local c = commands[name]
+  if not c then
+    local schema = require "smolvm.schema"
+    local s = schema.suggest(name, order)
+    return usage_error("unknown command '" .. name .. "'" .. (s and (" (did you mean '" .. s .. "'?)") or ""))
+  end
+  if args[1] == "-h" or args[1] == "--help" then return M.help(name) end
+  local ok, status = pcall(c.fn, args)
+  if not ok then
+    if tostring(status):find("interrupted", 1, true) then return 130 end
+    return fail(tostring(status))
+  end
+  return status
+end
+
+return M
