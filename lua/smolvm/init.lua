@@ -1,0 +1,82 @@
+-- SPDX-License-Identifier: MIT
+--- smolvm: hardware-isolated microVM sandboxes from Lua.
+--
+--   local smolvm = require "smolvm"
+--   local vm = assert(smolvm.VM{ memory = 512 })
+--   assert(vm:start())
+--   local r = assert(vm:run("echo hi"))
+--
+-- The public contract is in docs/lua-api.md. Conventions: wrong argument types and
+-- out-of-range options raise an error naming the field; operational failures return
+-- nil, message, code (code a stable string such as "ENOENT", "ETIMEDOUT", "EVMM").
+--
+-- Pure Lua for 5.1/LuaJIT and 5.4; the C part is smolvm.core.
+
+local core = require "smolvm.core"
+local vm = require "smolvm.vm"
+local schema = require "smolvm.schema"
+
+local M = {}
+
+M.VERSION = core.VERSION
+M.VM = vm.VM
+M.with = vm.with
+
+------------------------------------------------------------------------ Store
+
+--- smolvm.Store([path]) -> store | nil, msg, code
+-- path nil: the default state database ($SMOLVM_STATE_DIR/smolvm.db, else
+-- $XDG_STATE_HOME/smolvm/smolvm.db, else ~/.local/state/smolvm/smolvm.db), created
+-- with its directory when absent. A file that is not a smolvm database (or is damaged)
+-- gives nil, message, "EDB" and is left untouched.
+-- Methods: store:list(), store:get(id), store:path(), store:leases(),
+-- store:forwards(), store:close() (also __close/__gc).
+function M.Store(path)
+  if path ~= nil and (type(path) ~= "string" or path == "") then
+    error("Store: path: expected non-empty string or nil, got " .. schema.describe(path), 2)
+  end
+  return core.store_open(path)
+end
+
+------------------------------------------------------------------------ Net
+
+local Net = {}
+local Net_mt = { __index = Net, __name = "smolvm.net" }
+
+local function net_store(self)
+  local s = type(self) == "table" and rawget(self, "_store")
+  if not s then error("bad self: expected a smolvm Net object (use net:method())", 3) end
+  return s
+end
+
+--- net:leases() -> { { vm_id=, ip=, ... }, ... } | nil, msg, code
+function Net.leases(self) return net_store(self):leases() end
+--- net:forwards() -> { { vm_id=, host_address=, host_port=, guest_port=, ... }, ... }
+function Net.forwards(self) return net_store(self):forwards() end
+function Net.close(self) return net_store(self):close() end
+Net_mt.__close = function(self) pcall(Net.close, self) end
+
+--- smolvm.Net() -> net | nil, msg, code: the network state (IP leases, port forwards)
+-- of the default state database.
+function M.Net()
+  local s, msg, code = core.store_open(nil)
+  if not s then return nil, msg, code end
+  return setmetatable({ _store = s }, Net_mt)
+end
+
+------------------------------------------------------------------------ host
+
+--- smolvm.doctor() -> { { name=, ok=, detail=, hint= }, ... } | nil, msg, code
+function M.doctor()
+  return core.doctor()
+end
+
+--- smolvm.reconcile() -> number of VMs whose state changed | nil, msg, code
+function M.reconcile()
+  return core.reconcile()
+end
+
+--- smolvm.list() is VM.list(): every VM's info.
+M.list = vm.VM.list
+
+return M

@@ -1,0 +1,370 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * smolvm-lua: a Lua 5.4 interpreter with smolvm built in (docs/cli.md).
+ *
+ *   smolvm-lua [options] [script [args]]
+ *     -e stat   execute string 'stat'          -v        print version
+ *     --check / --json / --keep                recipe options (smolvm.recipe)
+ *     -         run stdin                      --        stop handling options
+ *
+ * Like lua.c: `arg` holds the script name at 0, its arguments at 1..n and the
+ * interpreter and options at negative indices; errors print a traceback and exit 1.
+ * Unlike lua.c there is no REPL. require "smolvm" works without LUA_PATH: smolvm.core
+ * is linked in (package.preload) and the facade directory is put first on
+ * package.path, the source tree's when running from the build tree, else the
+ * installed one.
+ *
+ * Recipes: before a script runs, smolvm.recipe's begin{check=, json=, keep=} installs
+ * the `sandbox` declaration function; after it returns, finish() runs what was
+ * declared and gives the exit status. A script that does not load (syntax error) then
+ * exits 2, the "invalid recipe" status.
+ *
+ * SIGINT/SIGTERM raise the Lua error "interrupted" at the next Lua instruction (lua.c's
+ * laction), so smolvm.with and <close> tear sandboxes down; VMs still owned by a Lua
+ * object are deleted when the state is closed. The exit status is then 128 + signal.
+ * A second signal kills the process at once.
+ */
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "binding.h"
+
+#define PROGNAME "smolvm-lua"
+
+#define EXIT_LOAD_RECIPE 2
+
+static volatile sig_atomic_t got_signal;
+static lua_State *volatile signal_state;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: " PROGNAME " [options] [script [args]]\n"
+            "Available options are:\n"
+            "  -e stat   execute string 'stat'\n"
+            "  -v        show version information\n"
+            "  --check   recipe: validate only, run nothing\n"
+            "  --json    recipe: print a machine-readable result on stdout\n"
+            "  --keep    recipe: keep every sandbox when done\n"
+            "  -h        show this help\n"
+            "  --        stop handling options\n"
+            "  -         stop handling options and execute stdin\n");
+}
+
+/* ---------------------------------------------------------------- signals */
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    lua_sethook(L, NULL, 0, 0);
+    luaL_error(L, "interrupted");
+}
+
+static void on_signal(int sig)
+{
+    lua_State *L = signal_state;
+
+    got_signal = sig;
+    signal(sig, SIG_DFL); /* a second one terminates at once */
+    if (L)
+        lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    /* No SA_RESTART: a blocking wait in the library returns early (EINTR) instead of
+     * running out its timeout before the teardown can start. */
+    sa.sa_flags = 0;
+    (void)sigaction(SIGINT, &sa, NULL);
+    (void)sigaction(SIGTERM, &sa, NULL);
+}
+
+/* ---------------------------------------------------------------- running */
+
+static int msghandler(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+
+    if (!msg) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            return 1;
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+static void report(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+
+    fprintf(stderr, "%s: %s\n", PROGNAME, msg ? msg : "(error object is not a string)");
+    fflush(stderr);
+    lua_pop(L, 1);
+}
+
+/* Call the function below its narg arguments; errors get a traceback. */
+static int docall(lua_State *L, int narg, int nres)
+{
+    int base = lua_gettop(L) - narg, r;
+
+    lua_pushcfunction(L, msghandler);
+    lua_insert(L, base);
+    signal_state = L;
+    r = lua_pcall(L, narg, nres, base);
+    lua_remove(L, base);
+    return r;
+}
+
+static int dostring(lua_State *L, const char *s)
+{
+    int r = luaL_loadbuffer(L, s, strlen(s), "=(command line)");
+
+    if (r == LUA_OK)
+        r = docall(L, 0, 0);
+    if (r != LUA_OK)
+        report(L);
+    return r;
+}
+
+/* package.preload["smolvm.core"] and the facade directory first on package.path. */
+static void setup_package(lua_State *L)
+{
+    const char *dir = SMOLVM_INSTALL_LUA_DIR;
+    char exe[PATH_MAX], *slash, *build;
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+
+    if (n > 0) {
+        exe[n] = '\0';
+        if ((slash = strrchr(exe, '/')))
+            *slash = '\0';
+        build = realpath(SMOLVM_BUILD_DIR, NULL);
+        if (build && strcmp(build, exe) == 0)
+            dir = SMOLVM_SOURCE_LUA_DIR;
+        free(build);
+    }
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_smolvm_core);
+    lua_setfield(L, -2, "smolvm.core");
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir,
+                    lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+}
+
+/* arg: script at 0, its arguments at 1.., interpreter and options below 0. */
+static void create_arg_table(lua_State *L, char **argv, int argc, int script)
+{
+    int i;
+
+    lua_createtable(L, argc - script - 1 > 0 ? argc - script - 1 : 0, script + 1);
+    for (i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - script);
+    }
+    lua_setglobal(L, "arg");
+}
+
+/* Find smolvm.recipe and call begin(opts). Leaves the module (or nil when there is no
+ * recipe engine) on the stack. Returns a lua_pcall status. */
+static const char recipe_begin_lua[] =
+    "local opts = ...\n"
+    "if not package.preload['smolvm.recipe'] and\n"
+    "   not (package.searchpath and package.searchpath('smolvm.recipe', package.path)) then\n"
+    "  return nil\n"
+    "end\n"
+    "local recipe = require 'smolvm.recipe'\n"
+    "if type(recipe) ~= 'table' or type(recipe.begin) ~= 'function' then return nil end\n"
+    "recipe.begin(opts)\n"
+    "return recipe\n";
+
+static int recipe_begin(lua_State *L, int check, int json, int keep)
+{
+    int r = luaL_loadbuffer(L, recipe_begin_lua, sizeof(recipe_begin_lua) - 1, "=recipe");
+
+    if (r != LUA_OK)
+        return r;
+    lua_createtable(L, 0, 3);
+    lua_pushboolean(L, check);
+    lua_setfield(L, -2, "check");
+    lua_pushboolean(L, json);
+    lua_setfield(L, -2, "json");
+    lua_pushboolean(L, keep);
+    lua_setfield(L, -2, "keep");
+    return docall(L, 1, 1);
+}
+
+/* recipe.finish() -> exit status (integer; nil/true 0, false 1). */
+static int recipe_finish(lua_State *L, int recipe_idx, int *status)
+{
+    int r;
+
+    lua_getfield(L, recipe_idx, "finish");
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        *status = 0;
+        return LUA_OK;
+    }
+    r = docall(L, 0, 1);
+    if (r != LUA_OK)
+        return r;
+    if (lua_isinteger(L, -1))
+        *status = (int)(lua_tointeger(L, -1) & 0xff);
+    else if (lua_isboolean(L, -1))
+        *status = lua_toboolean(L, -1) ? 0 : 1;
+    else if (lua_isnil(L, -1))
+        *status = 0;
+    else
+        *status = 1;
+    lua_pop(L, 1);
+    return LUA_OK;
+}
+
+static int run_script(lua_State *L, const char *fname, char **args, int nargs, int check,
+                      int json, int keep)
+{
+    int r, i, status = 0, recipe_idx;
+
+    r = recipe_begin(L, check, json, keep);
+    if (r != LUA_OK) {
+        report(L);
+        return EXIT_FAILURE;
+    }
+    recipe_idx = lua_gettop(L);
+
+    r = luaL_loadfile(L, strcmp(fname, "-") == 0 ? NULL : fname);
+    if (r != LUA_OK) {
+        report(L);
+        return lua_isnil(L, recipe_idx) ? EXIT_FAILURE : EXIT_LOAD_RECIPE;
+    }
+    luaL_checkstack(L, nargs + 1, "too many arguments to script");
+    for (i = 0; i < nargs; i++)
+        lua_pushstring(L, args[i]);
+    if (docall(L, nargs, 0) != LUA_OK) {
+        report(L);
+        return EXIT_FAILURE;
+    }
+    if (lua_isnil(L, recipe_idx))
+        return EXIT_SUCCESS;
+    if (recipe_finish(L, recipe_idx, &status) != LUA_OK) {
+        report(L);
+        return EXIT_FAILURE;
+    }
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    int i, script = 0, has_e = 0, version = 0, check = 0, json = 0, keep = 0;
+    int status = EXIT_SUCCESS;
+    const char *fname = NULL;
+    lua_State *L;
+
+    if (argc < 1 || !argv[0]) {
+        fprintf(stderr, "%s: no program name\n", PROGNAME);
+        return EXIT_FAILURE;
+    }
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+
+        if (a[0] != '-')
+            break;
+        if (strcmp(a, "-") == 0)
+            break;
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        if (strcmp(a, "-v") == 0) {
+            version = 1;
+        } else if (strncmp(a, "-e", 2) == 0) {
+            has_e = 1;
+            if (a[2] == '\0' && (++i >= argc || !argv[i])) {
+                fprintf(stderr, "%s: '-e' needs argument\n", PROGNAME);
+                usage(stderr);
+                return EXIT_FAILURE;
+            }
+        } else if (strcmp(a, "--check") == 0) {
+            check = 1;
+        } else if (strcmp(a, "--json") == 0) {
+            json = 1;
+        } else if (strcmp(a, "--keep") == 0) {
+            keep = 1;
+        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return EXIT_SUCCESS;
+        } else {
+            fprintf(stderr, "%s: unrecognized option '%s'\n", PROGNAME, a);
+            usage(stderr);
+            return EXIT_FAILURE;
+        }
+    }
+    if (i < argc) {
+        script = i;
+        fname = argv[i];
+    }
+
+    L = luaL_newstate();
+    if (!L) {
+        fprintf(stderr, "%s: cannot create state: not enough memory\n", PROGNAME);
+        return EXIT_FAILURE;
+    }
+    luaL_openlibs(L);
+    setup_package(L);
+    create_arg_table(L, argv, argc, script);
+    install_signals();
+    signal_state = L;
+
+    if (version) {
+        printf("%s %s (%s)\n", PROGNAME, SMOLVM_VERSION, LUA_RELEASE);
+        fflush(stdout);
+    }
+    /* -e chunks in order, before the script. */
+    for (i = 1; i < (script ? script : argc); i++) {
+        const char *a = argv[i], *chunk;
+
+        if (strcmp(a, "--") == 0 || strcmp(a, "-") == 0)
+            break;
+        if (strncmp(a, "-e", 2) != 0)
+            continue;
+        chunk = a[2] ? a + 2 : argv[++i];
+        if (dostring(L, chunk) != LUA_OK) {
+            status = EXIT_FAILURE;
+            goto out;
+        }
+    }
+
+    if (!fname && !has_e && !version) {
+        if (isatty(STDIN_FILENO)) {
+            usage(stderr);
+            status = EXIT_FAILURE;
+            goto out;
+        }
+        fname = "-";
+    }
+    if (fname)
+        status = run_script(L, fname, script ? argv + script + 1 : NULL,
+                            script ? argc - script - 1 : 0, check, json, keep);
+
+out:
+    /* Closing the state runs __gc: VMs still owned by Lua objects are deleted. A signal
+     * arriving now only records itself. */
+    signal_state = NULL;
+    lua_sethook(L, NULL, 0, 0);
+    lua_close(L);
+    if (got_signal)
+        status = 128 + got_signal;
+    return status;
+}

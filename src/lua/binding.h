@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Shared parts of the smolvm.core binding: the per-state context, the scratch box that
+ * owns C results while they are pushed, JSON to Lua conversion and the
+ * `nil, message, code` failure convention.
+ */
+#ifndef SMOLVM_LUA_BINDING_H
+#define SMOLVM_LUA_BINDING_H
+
+#include <jansson.h>
+
+#include "compat.h"
+#include "smolvm.h"
+
+#define SMOLVM_LUA_VM_MT "smolvm.vm"
+#define SMOLVM_LUA_STORE_MT "smolvm.store"
+
+/* The default smolvm_ctx of a Lua state, reference counted: the registry sentinel
+ * holds one reference, every VM userdata one more, so the context outlives every VM
+ * whatever order __gc runs in (lua_close finalizes everything at once). */
+typedef struct smolvm_lua_ctx {
+    smolvm_ctx *ctx;
+    int refs;
+} smolvm_lua_ctx;
+
+void smolvm_lua_ctx_ref(smolvm_lua_ctx *c);
+void smolvm_lua_ctx_unref(smolvm_lua_ctx *c);
+
+/*
+ * Owns what a C call hands back until it is converted, so that a Lua error raised by
+ * a push (out of memory) frees it at the next collection instead of leaking it
+ * (luaossl's prepsimple). Create the box before the call; everything in it is freed
+ * by smolvm_lua_box_clear() or __gc, whichever comes first.
+ */
+typedef struct smolvm_lua_box {
+    smolvm_error *err;
+    char *text;
+    json_t *json;
+    smolvm_run_result *result;
+} smolvm_lua_box;
+
+smolvm_lua_box *smolvm_lua_box_new(lua_State *L);
+void smolvm_lua_box_clear(smolvm_lua_box *b);
+
+/* The state's default context, created on first use. NULL with box->err set when it
+ * cannot be created. */
+smolvm_lua_ctx *smolvm_lua_ctx_get(lua_State *L, smolvm_lua_box *box);
+
+/* Push nil, message, code from box->err (or a generic failure with `code` when the
+ * library gave no error) and clear the box. Returns 3. */
+int smolvm_lua_fail(lua_State *L, smolvm_lua_box *box, int code);
+
+/* Parse box->text (JSON from the library) and push it as a Lua value. On a parse
+ * failure pushes nil, message, "EIO" and returns 3; otherwise returns 1. Clears box. */
+int smolvm_lua_push_json_text(lua_State *L, smolvm_lua_box *box);
+
+/* Registration of each object type (called from luaopen_smolvm_core with the module
+ * table on top). */
+void smolvm_lua_open_store(lua_State *L);
+void smolvm_lua_open_vm(lua_State *L);
+
+/* Check that a method is called on an object: the object or a closed one raises. */
+void smolvm_lua_closed_error(lua_State *L, const char *what);
+
+int luaopen_smolvm_core(lua_State *L);
+
+#endif

@@ -1,0 +1,300 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * smolvm.core: the C half of the Lua binding (luaossl's `_openssl` + `openssl.*`
+ * split). Thin: it converts arguments, calls libsmolvm and converts results; policy
+ * (defaults, units, validation, ownership of VMs) lives in the lua/smolvm/ modules.
+ *
+ * Conventions, for every function here:
+ *  - bad argument types raise (luaL_argerror);
+ *  - operational failures return nil, message, code where code is
+ *    smolvm_error_name() of the library's error ("ENOENT", "EDB", ...);
+ *  - JSON text from the library becomes Lua values: object -> table with string keys,
+ *    array -> sequence (1-based), string -> string, true/false -> boolean,
+ *    integer -> integer (a float in 5.1/LuaJIT), real -> number, null -> nil (an
+ *    absent key in an object; a hole in an array — the library does not put null in
+ *    arrays).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "binding.h"
+
+#define BOX_MT "smolvm.box"
+#define CTX_MT "smolvm.ctx"
+
+/* Registry key of the state's default context sentinel. */
+static const char ctx_key = 0;
+
+/* ---------------------------------------------------------------- box */
+
+void smolvm_lua_box_clear(smolvm_lua_box *b)
+{
+    if (!b)
+        return;
+    b->err = smolvm_error_free(b->err);
+    free(b->text);
+    b->text = NULL;
+    if (b->json)
+        json_decref(b->json);
+    b->json = NULL;
+    b->result = smolvm_run_result_free(b->result);
+}
+
+static int box_gc(lua_State *L)
+{
+    smolvm_lua_box_clear(luaL_checkudata(L, 1, BOX_MT));
+    return 0;
+}
+
+smolvm_lua_box *smolvm_lua_box_new(lua_State *L)
+{
+    smolvm_lua_box *b = lua_newuserdata(L, sizeof(*b));
+
+    memset(b, 0, sizeof(*b));
+    luaL_setmetatable(L, BOX_MT);
+    return b;
+}
+
+/* ---------------------------------------------------------------- context */
+
+typedef struct ctx_sentinel {
+    smolvm_lua_ctx *c;
+} ctx_sentinel;
+
+void smolvm_lua_ctx_ref(smolvm_lua_ctx *c)
+{
+    c->refs++;
+}
+
+void smolvm_lua_ctx_unref(smolvm_lua_ctx *c)
+{
+    if (c && --c->refs == 0) {
+        smolvm_ctx_free(c->ctx);
+        free(c);
+    }
+}
+
+/* Never raises: it runs from __gc. */
+static int ctx_gc(lua_State *L)
+{
+    ctx_sentinel *s = luaL_checkudata(L, 1, CTX_MT);
+
+    smolvm_lua_ctx_unref(s->c);
+    s->c = NULL;
+    return 0;
+}
+
+smolvm_lua_ctx *smolvm_lua_ctx_get(lua_State *L, smolvm_lua_box *box)
+{
+    ctx_sentinel *s;
+    smolvm_lua_ctx *c;
+
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &ctx_key);
+    s = luaL_testudata(L, -1, CTX_MT);
+    if (s && s->c) {
+        lua_pop(L, 1);
+        return s->c;
+    }
+    lua_pop(L, 1);
+
+    /* Userdata first, then the C resource: an error in between cannot leak it. */
+    s = lua_newuserdata(L, sizeof(*s));
+    s->c = NULL;
+    luaL_setmetatable(L, CTX_MT);
+    c = calloc(1, sizeof(*c));
+    if (!c) {
+        lua_pop(L, 1);
+        luaL_error(L, "out of memory");
+        return NULL;
+    }
+    c->refs = 1;
+    s->c = c;
+    if (smolvm_ctx_new(&c->ctx, NULL, &box->err) < 0) {
+        lua_pop(L, 1); /* the sentinel's __gc frees c */
+        return NULL;
+    }
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ctx_key);
+    return c;
+}
+
+/* ---------------------------------------------------------------- failures */
+
+int smolvm_lua_fail(lua_State *L, smolvm_lua_box *box, int code)
+{
+    if (box->err)
+        code = smolvm_error_code(box->err);
+    lua_pushnil(L);
+    lua_pushstring(L, box->err ? smolvm_error_message(box->err) : "operation failed");
+    lua_pushstring(L, smolvm_error_name(code));
+    smolvm_lua_box_clear(box);
+    return 3;
+}
+
+void smolvm_lua_closed_error(lua_State *L, const char *what)
+{
+    luaL_error(L, "attempt to use a closed %s", what);
+}
+
+/* ---------------------------------------------------------------- JSON */
+
+static void push_json(lua_State *L, json_t *v, int depth)
+{
+    luaL_checkstack(L, 4, "JSON nested too deeply");
+    if (depth > 200)
+        luaL_error(L, "JSON nested too deeply");
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *k;
+        json_t *x;
+
+        lua_createtable(L, 0, (int)json_object_size(v));
+        json_object_foreach(v, k, x) {
+            if (json_is_null(x))
+                continue;
+            push_json(L, x, depth + 1);
+            lua_setfield(L, -2, k);
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        size_t i;
+        json_t *x;
+
+        lua_createtable(L, (int)json_array_size(v), 0);
+        json_array_foreach(v, i, x) {
+            if (json_is_null(x))
+                continue;
+            push_json(L, x, depth + 1);
+            lua_rawseti(L, -2, (int)i + 1);
+        }
+        break;
+    }
+    case JSON_STRING:
+        lua_pushlstring(L, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_INTEGER:
+        lua_pushinteger(L, (lua_Integer)json_integer_value(v));
+        break;
+    case JSON_REAL:
+        lua_pushnumber(L, (lua_Number)json_real_value(v));
+        break;
+    case JSON_TRUE:
+        lua_pushboolean(L, 1);
+        break;
+    case JSON_FALSE:
+        lua_pushboolean(L, 0);
+        break;
+    case JSON_NULL:
+    default:
+        lua_pushnil(L);
+        break;
+    }
+}
+
+int smolvm_lua_push_json_text(lua_State *L, smolvm_lua_box *box)
+{
+    json_error_t jerr;
+
+    box->json = json_loads(box->text ? box->text : "", JSON_DECODE_ANY, &jerr);
+    if (!box->json) {
+        smolvm_lua_box_clear(box);
+        lua_pushnil(L);
+        lua_pushfstring(L, "bad JSON from libsmolvm: %s (line %d)", jerr.text, jerr.line);
+        lua_pushstring(L, smolvm_error_name(SMOLVM_EIO));
+        return 3;
+    }
+    push_json(L, box->json, 0);
+    smolvm_lua_box_clear(box);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- functions */
+
+/* list() -> { info, ... } | nil, msg, code: every VM in the state, reconciled. */
+static int l_list(lua_State *L)
+{
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+    smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
+
+    if (!c || smolvm_vm_list_json(c->ctx, &box->text, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return smolvm_lua_push_json_text(L, box);
+}
+
+/* doctor() -> { {name=, ok=, detail=, hint=}, ... } | nil, msg, code */
+static int l_doctor(lua_State *L)
+{
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+    smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
+
+    if (!c || smolvm_doctor_json(c->ctx, &box->text, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return smolvm_lua_push_json_text(L, box);
+}
+
+/* reconcile() -> number of VMs whose state changed | nil, msg, code */
+static int l_reconcile(lua_State *L)
+{
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+    smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
+    int changed = 0;
+
+    if (!c || smolvm_reconcile(c->ctx, &changed, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    lua_pushinteger(L, changed);
+    return 1;
+}
+
+/* paths() -> { state_dir=, image_dir=, db=} of the default context | nil, msg, code */
+static int l_paths(lua_State *L)
+{
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+    smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
+
+    if (!c)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, smolvm_ctx_state_dir(c->ctx));
+    lua_setfield(L, -2, "state_dir");
+    lua_pushstring(L, smolvm_ctx_image_dir(c->ctx));
+    lua_setfield(L, -2, "image_dir");
+    lua_pushstring(L, smolvm_ctx_db_path(c->ctx));
+    lua_setfield(L, -2, "db");
+    return 1;
+}
+
+/* error_name(code) -> "EINVAL", ... (for tests and tools) */
+static int l_error_name(lua_State *L)
+{
+    lua_pushstring(L, smolvm_error_name((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+static const luaL_Reg core_funcs[] = {
+    {"list", l_list},
+    {"doctor", l_doctor},
+    {"reconcile", l_reconcile},
+    {"paths", l_paths},
+    {"error_name", l_error_name},
+    {NULL, NULL},
+};
+
+SMOLVM_EXTERN int luaopen_smolvm_core(lua_State *L)
+{
+    luaL_newmetatable(L, BOX_MT);
+    lua_pushcfunction(L, box_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, CTX_MT);
+    lua_pushcfunction(L, ctx_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
+    luaL_newlib(L, core_funcs);
+    lua_pushstring(L, SMOLVM_VERSION);
+    lua_setfield(L, -2, "VERSION");
+    smolvm_lua_open_store(L);
+    smolvm_lua_open_vm(L);
+    return 1;
+}

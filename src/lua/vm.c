@@ -1,0 +1,577 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * "smolvm.vm": a VM handle (smolvm_vm_*). Units are the C API's: milliseconds,
+ * MiB, "KEY=value" env. The facade (lua/smolvm/vm.lua) turns Lua-style options
+ * (seconds, tables) into these.
+ *
+ *   core.vm_create(opts) -> vm | nil, msg, code   (vm owned: see below)
+ *   core.vm_open(id)     -> vm | nil, msg, code   (vm not owned)
+ *   vm:id() vm:status() vm:info()
+ *   vm:start(timeout_ms) vm:stop(timeout_ms) vm:delete()         -> true | nil, msg, code
+ *   vm:run(cmd, { timeout_ms=, env=, cwd=, stdin=, output_limit= }) -> result | nil, msg, code
+ *   vm:upload(local, remote) vm:download(remote, local)
+ *   vm:write_file(remote, data) vm:read_file(remote) -> data
+ *   vm:forward(host_port, guest_port [, host_address]) vm:unforward(host_port)
+ *   vm:keep() vm:owned() vm:close()
+ *
+ * Ownership: a VM made by vm_create is "owned" by its handle. Closing an owned handle
+ * (close(), __close, __gc, lua_close at exit) stops the VM (5 s) and deletes it, unless
+ * keep() was called or it was deleted already. A handle from vm_open is never owned:
+ * closing it only frees the handle. Errors while closing from __gc/__close are
+ * swallowed; close() reports them.
+ */
+#include <limits.h>
+#include <string.h>
+
+#include "binding.h"
+
+#define CLOSE_STOP_TIMEOUT_MS 5000
+
+typedef struct lvm {
+    smolvm_vm *vm;
+    smolvm_lua_ctx *c; /* one reference, so the context outlives the handle */
+    int owned;
+} lvm;
+
+static lvm *check_lvm(lua_State *L)
+{
+    lvm *u = luaL_checkudata(L, 1, SMOLVM_LUA_VM_MT);
+
+    if (!u->vm)
+        smolvm_lua_closed_error(L, "vm");
+    return u;
+}
+
+static smolvm_vm *check_vm(lua_State *L)
+{
+    return check_lvm(L)->vm;
+}
+
+static int push_ok(lua_State *L)
+{
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int check_ms(lua_State *L, int idx)
+{
+    lua_Integer ms = luaL_checkinteger(L, idx);
+
+    luaL_argcheck(L, ms >= 0 && ms <= INT_MAX, idx, "timeout in ms out of range");
+    return (int)ms;
+}
+
+/* A userdata that is a fresh VM handle: userdata first, then the handle. */
+static lvm *new_lvm(lua_State *L)
+{
+    lvm *u = lua_newuserdata(L, sizeof(*u));
+
+    memset(u, 0, sizeof(*u));
+    luaL_setmetatable(L, SMOLVM_LUA_VM_MT);
+    return u;
+}
+
+/* Free the handle, deleting the VM first if this handle owns it. Idempotent. The
+ * first error is left in *err (may be NULL). */
+static int close_lvm(lvm *u, smolvm_error **err)
+{
+    int r = 0;
+
+    if (!u->vm)
+        return 0;
+    if (u->owned) {
+        const char *status = smolvm_vm_status(u->vm);
+
+        if (strcmp(status, "running") == 0) {
+            smolvm_error *e = NULL;
+
+            (void)smolvm_vm_stop(u->vm, CLOSE_STOP_TIMEOUT_MS, &e);
+            e = smolvm_error_free(e); /* delete stops harder if this failed */
+        }
+        if (strcmp(status, "deleted") != 0)
+            r = smolvm_vm_delete(u->vm, err);
+    }
+    u->vm = smolvm_vm_free(u->vm);
+    smolvm_lua_ctx_unref(u->c);
+    u->c = NULL;
+    u->owned = 0;
+    return r;
+}
+
+/* __gc and __close: never raise. */
+static int l_vm_gc(lua_State *L)
+{
+    lvm *u = lua_touserdata(L, 1);
+
+    if (u)
+        (void)close_lvm(u, NULL);
+    return 0;
+}
+
+/* vm:close() -> true | nil, msg, code (the handle is freed either way) */
+static int l_vm_close(lua_State *L)
+{
+    lvm *u = luaL_checkudata(L, 1, SMOLVM_LUA_VM_MT);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (close_lvm(u, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return push_ok(L);
+}
+
+/* ---------------------------------------------------------------- options */
+
+static int opt_enum(lua_State *L, int t, const char *field, const char *const names[],
+                    const int values[], int def)
+{
+    int i;
+    const char *s;
+
+    if (smolvm_getfield(L, t, field) == LUA_TNIL) {
+        lua_pop(L, 1);
+        return def;
+    }
+    s = lua_tostring(L, -1);
+    for (i = 0; s && names[i]; i++) {
+        if (strcmp(s, names[i]) == 0) {
+            lua_pop(L, 1);
+            return values[i];
+        }
+    }
+    return luaL_error(L, "vm option '%s': invalid value '%s'", field, s ? s : "?");
+}
+
+static lua_Integer opt_int(lua_State *L, int t, const char *field, lua_Integer def,
+                           lua_Integer min, lua_Integer max)
+{
+    lua_Integer v;
+
+    if (smolvm_getfield(L, t, field) == LUA_TNIL) {
+        lua_pop(L, 1);
+        return def;
+    }
+    if (!lua_isinteger(L, -1))
+        return luaL_error(L, "option '%s': expected integer, got %s", field,
+                          luaL_typename(L, -1));
+    v = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (v < min || v > max)
+        return luaL_error(L, "option '%s': expected integer %d..%d", field, (int)min, (int)max);
+    return v;
+}
+
+/* A string field, borrowed from table t (which must stay unchanged while used). */
+static const char *opt_str(lua_State *L, int t, const char *field)
+{
+    const char *s = NULL;
+
+    if (smolvm_getfield(L, t, field) != LUA_TNIL) {
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "option '%s': expected string, got %s", field, luaL_typename(L, -1));
+        s = lua_tostring(L, -1);
+    }
+    lua_pop(L, 1);
+    return s;
+}
+
+/*
+ * The `env` field of table t ({ NAME = value } or { "NAME=value", ... }) as a
+ * NULL-terminated "NAME=value" array. The array and its strings are anchored on the
+ * stack (two values pushed) until the caller pops them. NULL when absent.
+ */
+static const char *const *opt_env(lua_State *L, int t)
+{
+    const char **env;
+    int n = 0, i = 0;
+
+    t = lua_absindex(L, t);
+    if (smolvm_getfield(L, t, "env") == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        lua_pushnil(L);
+        return NULL;
+    }
+    luaL_argcheck(L, lua_istable(L, -1), 1, "option 'env': expected table");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        n++;
+        lua_pop(L, 1);
+    }
+    if (n > SMOLVM_ENV_MAX)
+        luaL_error(L, "option 'env': at most %d entries", SMOLVM_ENV_MAX);
+    lua_createtable(L, n, 0); /* anchor for the strings */
+    env = lua_newuserdata(L, sizeof(*env) * (size_t)(n + 1));
+    /* stack: env table, anchor, array */
+    lua_pushnil(L);
+    while (lua_next(L, -4)) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+                luaL_error(L, "option 'env.%s': expected string or number",
+                           lua_tostring(L, -2));
+            lua_pushvalue(L, -2);
+            lua_pushliteral(L, "=");
+            lua_pushvalue(L, -3);
+            lua_concat(L, 3);
+        } else if (lua_type(L, -1) == LUA_TSTRING && strchr(lua_tostring(L, -1), '=')) {
+            lua_pushvalue(L, -1);
+        } else {
+            luaL_error(L, "option 'env': expected NAME = value entries");
+        }
+        env[i] = lua_tostring(L, -1);
+        lua_rawseti(L, -5, ++i); /* anchor[i] = "K=v" */
+        lua_pop(L, 1);
+    }
+    env[i] = NULL;
+    lua_remove(L, -3); /* the env table itself; keep anchor + array */
+    return env;
+}
+
+/* core.vm_create(opts) -> vm | nil, msg, code. opts is the facade's normalized table. */
+static int l_vm_create(lua_State *L)
+{
+    static const char *const disks[] = {"isolated", "shared", NULL};
+    static const int disk_v[] = {SMOLVM_DISK_ISOLATED, SMOLVM_DISK_SHARED};
+    static const char *const backends[] = {"auto", "qemu", "firecracker", NULL};
+    static const int backend_v[] = {SMOLVM_BACKEND_AUTO, SMOLVM_BACKEND_QEMU,
+                                    SMOLVM_BACKEND_FIRECRACKER};
+    static const char *const accels[] = {"auto", "kvm", "tcg", NULL};
+    static const int accel_v[] = {SMOLVM_ACCEL_AUTO, SMOLVM_ACCEL_KVM, SMOLVM_ACCEL_TCG};
+    static const char *const nets[] = {"auto", "none", "user", "nat", NULL};
+    static const int net_v[] = {SMOLVM_NET_AUTO, SMOLVM_NET_NONE, SMOLVM_NET_USER,
+                                SMOLVM_NET_NAT};
+    smolvm_vm_options o = SMOLVM_VM_OPTIONS_INIT;
+    smolvm_forward *fw = NULL;
+    smolvm_lua_box *box;
+    smolvm_lua_ctx *c;
+    const char *image;
+    lvm *u;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    o.id = opt_str(L, 1, "id");
+    o.vcpus = (unsigned)opt_int(L, 1, "vcpus", 2, SMOLVM_VCPUS_MIN, SMOLVM_VCPUS_MAX);
+    o.memory_mib = (unsigned)opt_int(L, 1, "memory", 512, SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX);
+    o.disk = opt_enum(L, 1, "disk", disks, disk_v, SMOLVM_DISK_ISOLATED);
+    o.backend = opt_enum(L, 1, "backend", backends, backend_v, SMOLVM_BACKEND_AUTO);
+    o.accel = opt_enum(L, 1, "accel", accels, accel_v, SMOLVM_ACCEL_AUTO);
+    o.network = opt_enum(L, 1, "network", nets, net_v, SMOLVM_NET_AUTO);
+    if ((image = opt_str(L, 1, "image")))
+        o.image = image;
+    o.env = opt_env(L, 1); /* stack 2, 3 */
+
+    if (smolvm_getfield(L, 1, "forwards") != LUA_TNIL) { /* stack 4 */
+        size_t i, n;
+
+        luaL_argcheck(L, lua_istable(L, 4), 1, "option 'forwards': expected table");
+        n = lua_rawlen(L, 4);
+        if (n > SMOLVM_FORWARDS_MAX)
+            luaL_error(L, "option 'forwards': at most %d entries", SMOLVM_FORWARDS_MAX);
+        fw = lua_newuserdata(L, sizeof(*fw) * (n ? n : 1)); /* stack 5 */
+        for (i = 0; i < n; i++) {
+            lua_rawgeti(L, 4, (int)i + 1);
+            if (!lua_istable(L, -1))
+                luaL_error(L, "option 'forwards[%d]': expected table", (int)i + 1);
+            fw[i].host_port = (int)opt_int(L, -1, "host", 0, 1, 65535);
+            fw[i].guest_port = (int)opt_int(L, -1, "guest", 0, 1, 65535);
+            fw[i].host_address = opt_str(L, -1, "address");
+            if (!fw[i].host_address)
+                fw[i].host_address = opt_str(L, -1, "host_address");
+            lua_pop(L, 1); /* the entry stays referenced by opts.forwards */
+        }
+        o.forwards = fw;
+        o.n_forwards = n;
+    }
+
+    u = new_lvm(L);
+    box = smolvm_lua_box_new(L);
+    if (!(c = smolvm_lua_ctx_get(L, box)))
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    if (smolvm_vm_create(&u->vm, c->ctx, &o, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    u->c = c;
+    smolvm_lua_ctx_ref(c);
+    u->owned = 1;
+    lua_pop(L, 1); /* box */
+    return 1;
+}
+
+/* core.vm_open(id) -> vm | nil, msg, code */
+static int l_vm_open(lua_State *L)
+{
+    const char *id = luaL_checkstring(L, 1);
+    smolvm_lua_box *box;
+    smolvm_lua_ctx *c;
+    lvm *u;
+
+    u = new_lvm(L);
+    box = smolvm_lua_box_new(L);
+    if (!(c = smolvm_lua_ctx_get(L, box)))
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    if (smolvm_vm_open(&u->vm, c->ctx, id, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_ENOENT);
+    u->c = c;
+    smolvm_lua_ctx_ref(c);
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- methods */
+
+static int l_vm_id(lua_State *L)
+{
+    lua_pushstring(L, smolvm_vm_id(check_vm(L)));
+    return 1;
+}
+
+static int l_vm_status(lua_State *L)
+{
+    lua_pushstring(L, smolvm_vm_status(check_vm(L)));
+    return 1;
+}
+
+static int l_vm_info(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_info_json(vm, &box->text, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return smolvm_lua_push_json_text(L, box);
+}
+
+static int l_vm_start(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    int ms = check_ms(L, 2);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_start(vm, ms, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EVMM);
+    return push_ok(L);
+}
+
+static int l_vm_stop(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    int ms = check_ms(L, 2);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_stop(vm, ms, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EVMM);
+    return push_ok(L);
+}
+
+static int l_vm_delete(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_delete(vm, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return push_ok(L);
+}
+
+/* vm:keep(): this handle no longer deletes the VM when closed. */
+static int l_vm_keep(lua_State *L)
+{
+    check_lvm(L)->owned = 0;
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int l_vm_owned(lua_State *L)
+{
+    lua_pushboolean(L, check_lvm(L)->owned);
+    return 1;
+}
+
+static void set_lstring(lua_State *L, const char *k, const char *s, size_t n)
+{
+    lua_pushlstring(L, s ? s : "", s ? n : 0);
+    lua_setfield(L, -2, k);
+}
+
+/* vm:run(cmd [, opts]) -> { stdout, stderr, output, exit_code, ok, signal?, truncated,
+ * duration_ms } | nil, msg, code */
+static int l_vm_run(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    const char *cmd = luaL_checkstring(L, 2);
+    smolvm_run_options o = SMOLVM_RUN_OPTIONS_INIT;
+    smolvm_run_result *r;
+    smolvm_lua_box *box;
+
+    lua_settop(L, 3);
+    if (!lua_isnil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        o.timeout_ms = (int)opt_int(L, 3, "timeout_ms", 0, 0, INT_MAX);
+        o.cwd = opt_str(L, 3, "cwd");
+        o.output_limit = (size_t)opt_int(L, 3, "output_limit", 0, 0, INT_MAX);
+        if (smolvm_getfield(L, 3, "stdin") != LUA_TNIL) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "option 'stdin': expected string, got %s", luaL_typename(L, -1));
+            o.stdin_data = lua_tolstring(L, -1, &o.stdin_len);
+        }
+        lua_pop(L, 1); /* still referenced by opts */
+        o.env = opt_env(L, 3);
+    }
+    box = smolvm_lua_box_new(L);
+    if (smolvm_vm_run(vm, cmd, &o, &box->result, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_ESSH);
+    r = box->result;
+    lua_createtable(L, 0, 9);
+    set_lstring(L, "stdout", r->out, r->out_len);
+    set_lstring(L, "stderr", r->err, r->err_len);
+    lua_pushlstring(L, r->out ? r->out : "", r->out ? r->out_len : 0);
+    lua_pushlstring(L, r->err ? r->err : "", r->err ? r->err_len : 0);
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "output");
+    lua_pushinteger(L, r->exit_code);
+    lua_setfield(L, -2, "exit_code");
+    lua_pushboolean(L, r->exit_code == 0);
+    lua_setfield(L, -2, "ok");
+    if (r->signal[0]) {
+        lua_pushlstring(L, r->signal, strnlen(r->signal, sizeof(r->signal)));
+        lua_setfield(L, -2, "signal");
+    }
+    lua_pushboolean(L, r->truncated != 0);
+    lua_setfield(L, -2, "truncated");
+    lua_pushinteger(L, (lua_Integer)r->duration_ms);
+    lua_setfield(L, -2, "duration_ms");
+    smolvm_lua_box_clear(box);
+    return 1;
+}
+
+static int l_vm_upload(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    const char *local = luaL_checkstring(L, 2), *remote = luaL_checkstring(L, 3);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_upload(vm, local, remote, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return push_ok(L);
+}
+
+static int l_vm_download(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    const char *remote = luaL_checkstring(L, 2), *local = luaL_checkstring(L, 3);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_download(vm, remote, local, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return push_ok(L);
+}
+
+static int l_vm_write_file(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    const char *remote = luaL_checkstring(L, 2);
+    size_t len;
+    const char *data = luaL_checklstring(L, 3, &len);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_write_file(vm, remote, data, len, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return push_ok(L);
+}
+
+static int l_vm_read_file(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    const char *remote = luaL_checkstring(L, 2);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+    size_t len = 0;
+
+    if (smolvm_vm_read_file(vm, remote, &box->text, &len, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    lua_pushlstring(L, box->text ? box->text : "", box->text ? len : 0);
+    smolvm_lua_box_clear(box);
+    return 1;
+}
+
+static int check_port(lua_State *L, int idx)
+{
+    lua_Integer p = luaL_checkinteger(L, idx);
+
+    luaL_argcheck(L, p >= 1 && p <= 65535, idx, "port must be 1..65535");
+    return (int)p;
+}
+
+static int l_vm_forward(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    int host = check_port(L, 2), guest = check_port(L, 3);
+    const char *addr = luaL_optstring(L, 4, NULL);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_forward(vm, addr, host, guest, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_ENET);
+    return push_ok(L);
+}
+
+static int l_vm_unforward(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    int host = check_port(L, 2);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_unforward(vm, host, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_ENET);
+    return push_ok(L);
+}
+
+static int l_vm_tostring(lua_State *L)
+{
+    lvm *u = luaL_checkudata(L, 1, SMOLVM_LUA_VM_MT);
+
+    if (u->vm)
+        lua_pushfstring(L, "smolvm.vm (%s)", smolvm_vm_id(u->vm));
+    else
+        lua_pushliteral(L, "smolvm.vm (closed)");
+    return 1;
+}
+
+static const luaL_Reg vm_methods[] = {
+    {"id", l_vm_id},
+    {"status", l_vm_status},
+    {"info", l_vm_info},
+    {"start", l_vm_start},
+    {"stop", l_vm_stop},
+    {"delete", l_vm_delete},
+    {"run", l_vm_run},
+    {"upload", l_vm_upload},
+    {"download", l_vm_download},
+    {"write_file", l_vm_write_file},
+    {"read_file", l_vm_read_file},
+    {"forward", l_vm_forward},
+    {"unforward", l_vm_unforward},
+    {"keep", l_vm_keep},
+    {"owned", l_vm_owned},
+    {"close", l_vm_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg vm_meta[] = {
+    {"__gc", l_vm_gc},
+    {"__close", l_vm_gc},
+    {"__tostring", l_vm_tostring},
+    {NULL, NULL},
+};
+
+void smolvm_lua_open_vm(lua_State *L)
+{
+    luaL_newmetatable(L, SMOLVM_LUA_VM_MT);
+    luaL_setfuncs(L, vm_meta, 0);
+    luaL_newlib(L, vm_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, SMOLVM_LUA_VM_MT);
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+
+    lua_pushcfunction(L, l_vm_create);
+    lua_setfield(L, -2, "vm_create");
+    lua_pushcfunction(L, l_vm_open);
+    lua_setfield(L, -2, "vm_open");
+}
