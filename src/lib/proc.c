@@ -1,0 +1,336 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Tracking VMM processes that are not our children. A pid alone can be reused, so a
+ * process is always named by pid plus its start time, and every signal or wait goes
+ * through a pidfd opened before the start time is checked: once the pidfd is open it
+ * cannot be redirected to a newer process with the same pid.
+ */
+#include "util-internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "error-internal.h"
+#include "proc-internal.h"
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+#define STAT_MAX 4096 /* /proc/PID/stat is ~300 bytes; comm is at most 64 */
+
+static int pidfd_open_(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static int pidfd_send_signal_(int pidfd, int sig)
+{
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+/* Parse state (field 3) and starttime (field 22) from a /proc/PID/stat line. comm
+ * (field 2) may contain spaces and parentheses, so fields are counted from the last
+ * ')' in the line. */
+static int parse_stat(const char *buf, char *state, uint64_t *start)
+{
+    const char *p = strrchr(buf, ')');
+    char *end;
+    int field;
+
+    if (!p || p[1] != ' ' || !p[2])
+        return -1;
+    p += 2;
+    *state = *p;
+    /* p is at field 3; skip to field 22. */
+    for (field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (!p)
+            return -1;
+        p++;
+    }
+    errno = 0;
+    *start = strtoull(p, &end, 10);
+    if (errno || end == p || (*end != ' ' && *end != '\n' && *end != '\0'))
+        return -1;
+    return 0;
+}
+
+static int read_stat(pid_t pid, char *state, uint64_t *start, smolvm_error **err)
+{
+    char path[64], buf[STAT_MAX];
+    _cleanup_close_ int fd = -1;
+    size_t n = 0;
+    ssize_t r;
+
+    if (pid <= 0)
+        return smolvm_err(err, SMOLVM_EINVAL, "invalid pid %ld", (long)pid);
+    (void)snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "open '%s'", path);
+    while (n < sizeof(buf) - 1) {
+        r = read(fd, buf + n, sizeof(buf) - 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return smolvm_err_errno(err, errno, "read '%s'", path);
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    if (parse_stat(buf, state, start) < 0)
+        return smolvm_err(err, SMOLVM_EIO, "cannot parse '%s'", path);
+    return 0;
+}
+
+int smolvm_proc_start_time(pid_t pid, uint64_t *out, smolvm_error **err)
+{
+    uint64_t start;
+    char state;
+    int r;
+
+    r = read_stat(pid, &state, &start, err);
+    if (r < 0)
+        return r;
+    *out = start;
+    return 0;
+}
+
+int smolvm_proc_alive(pid_t pid, uint64_t start_time)
+{
+    uint64_t start;
+    char state;
+
+    if (read_stat(pid, &state, &start, NULL) < 0)
+        return 0;
+    return start == start_time && state != 'Z' && state != 'X';
+}
+
+/* A pidfd for pid, verified to be the process started at start_time. Returns the fd,
+ * 0-or-positive; -ESRCH (as a plain negative errno) when the process is gone or is
+ * another one; other negative errno on failure. */
+static int open_verified(pid_t pid, uint64_t start_time)
+{
+    _cleanup_close_ int fd = -1;
+    uint64_t start;
+    char state;
+
+    if (pid <= 0)
+        return -EINVAL;
+    fd = pidfd_open_(pid);
+    if (fd < 0)
+        return -errno;
+    /* Checked after opening: if the start time matches now, the pidfd is ours. */
+    if (read_stat(pid, &state, &start, NULL) < 0 || start != start_time)
+        return -ESRCH;
+    return TAKE_FD(fd);
+}
+
+/* Wait for a pidfd to become readable (the process exited). */
+static int wait_pidfd(int fd, pid_t pid, int64_t deadline, smolvm_error **err)
+{
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, smolvm_remaining_ms(deadline));
+
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return smolvm_err_errno(err, errno, "wait for process %ld", (long)pid);
+        if (r > 0)
+            return 0;
+        return smolvm_err(err, SMOLVM_ETIMEDOUT, "process %ld still running at the deadline",
+                          (long)pid);
+    }
+}
+
+int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline,
+                          smolvm_error **err)
+{
+    _cleanup_close_ int fd = open_verified(pid, start_time);
+
+    if (fd == -ESRCH)
+        return 0;
+    if (fd < 0)
+        return smolvm_err_errno(err, -fd, "open pidfd for process %ld", (long)pid);
+    return wait_pidfd(fd, pid, deadline, err);
+}
+
+int smolvm_proc_kill(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err)
+{
+    _cleanup_close_ int fd = open_verified(pid, start_time);
+
+    if (fd == -ESRCH)
+        return 0;
+    if (fd < 0)
+        return smolvm_err_errno(err, -fd, "open pidfd for process %ld", (long)pid);
+    if (pidfd_send_signal_(fd, SIGKILL) < 0 && errno != ESRCH)
+        return smolvm_err_errno(err, errno, "kill process %ld", (long)pid);
+    return wait_pidfd(fd, pid, deadline, err);
+}
+
+/* ---------------------------------------------------------------- spawn */
+
+/* Messages from the intermediate child and the grandchild to the caller. Each is
+ * written with one write() of less than PIPE_BUF bytes, so they never interleave. */
+enum { MSG_PID = 1, MSG_SETUP_ERRNO = 2, MSG_EXEC_ERRNO = 3 };
+struct spawn_msg {
+    int kind;
+    int value;
+};
+
+static void send_msg(int fd, int kind, int value)
+{
+    struct spawn_msg m = {kind, value};
+
+    while (write(fd, &m, sizeof(m)) < 0 && errno == EINTR)
+        ;
+}
+
+/* Mark every fd >= 3 close-on-exec except keep_fd. close_range(CLOEXEC) is 5.11+;
+ * older kernels get a bounded fcntl loop (only async-signal-safe calls here). */
+static void cloexec_all_but(int keep_fd)
+{
+    unsigned lo = 3;
+    long max;
+    int fd;
+
+    if (keep_fd < 3) {
+        if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+            return;
+    } else {
+        int ok = 1;
+
+        if (keep_fd > 3 &&
+            syscall(SYS_close_range, lo, (unsigned)keep_fd - 1, CLOSE_RANGE_CLOEXEC) < 0)
+            ok = 0;
+        if (ok && syscall(SYS_close_range, (unsigned)keep_fd + 1, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+            return;
+    }
+    max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 65536)
+        max = 65536;
+    for (fd = 3; fd < max; fd++)
+        if (fd != keep_fd)
+            (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+static _Noreturn void grandchild(char *const argv[], int msg_fd, int null_fd, int log_fd,
+                                 int keep_fd)
+{
+    sigset_t none;
+    int sig;
+
+    /* A caller that blocks or ignores signals (nginx ignores SIGPIPE) must not pass
+     * that on to the VMM. Handlers are reset by exec; SIG_IGN and the mask are not. */
+    for (sig = 1; sig < NSIG; sig++)
+        (void)signal(sig, SIG_DFL);
+    (void)sigemptyset(&none);
+    (void)sigprocmask(SIG_SETMASK, &none, NULL);
+
+    if (dup2(null_fd, STDIN_FILENO) < 0 || dup2(log_fd, STDOUT_FILENO) < 0 ||
+        dup2(log_fd, STDERR_FILENO) < 0) {
+        send_msg(msg_fd, MSG_SETUP_ERRNO, errno);
+        _exit(127);
+    }
+    if (keep_fd >= 0) {
+        int flags = fcntl(keep_fd, F_GETFD);
+
+        if (flags < 0 || fcntl(keep_fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) {
+            send_msg(msg_fd, MSG_SETUP_ERRNO, errno);
+            _exit(127);
+        }
+    }
+    cloexec_all_but(keep_fd);
+    execvp(argv[0], argv);
+    send_msg(msg_fd, MSG_EXEC_ERRNO, errno);
+    _exit(127);
+}
+
+int smolvm_spawn_detached(char *const argv[], const char *log_path, int keep_fd, pid_t *out_pid,
+                          smolvm_error **err)
+{
+    _cleanup_close_ int null_fd = -1, log_fd = -1, rd = -1, wr = -1;
+    int pipefd[2], status;
+    pid_t child, pid = -1;
+    struct spawn_msg m;
+    int exec_errno = 0, setup_errno = 0;
+
+    if (!argv || !argv[0] || !log_path)
+        return smolvm_err(err, SMOLVM_EINVAL, "spawn: missing argv or log path");
+    if (keep_fd >= 0 && keep_fd <= STDERR_FILENO)
+        return smolvm_err(err, SMOLVM_EINVAL, "spawn: cannot pass fd %d through", keep_fd);
+
+    null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null_fd < 0)
+        return smolvm_err_errno(err, errno, "open '/dev/null'");
+    log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0600);
+    if (log_fd < 0)
+        return smolvm_err_errno(err, errno, "open log '%s'", log_path);
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        return smolvm_err_errno(err, errno, "pipe");
+    rd = pipefd[0];
+    wr = pipefd[1];
+
+    child = fork();
+    if (child < 0)
+        return smolvm_err_errno(err, errno, "fork");
+    if (child == 0) {
+        pid_t gc;
+
+        (void)close(rd);
+        /* A new session: no controlling terminal, not in the caller's process group,
+         * so terminal signals and group kills aimed at the caller miss the VMM. */
+        if (setsid() < 0) {
+            send_msg(wr, MSG_SETUP_ERRNO, errno);
+            _exit(1);
+        }
+        gc = fork();
+        if (gc < 0) {
+            send_msg(wr, MSG_SETUP_ERRNO, errno);
+            _exit(1);
+        }
+        if (gc == 0)
+            grandchild(argv, wr, null_fd, log_fd, keep_fd);
+        send_msg(wr, MSG_PID, (int)gc);
+        _exit(0);
+    }
+
+    (void)close(TAKE_FD(wr));
+    while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+        ;
+    /* EOF once the intermediate child has exited and the grandchild has exec'd (its
+     * copy of the pipe is close-on-exec) or died. */
+    for (;;) {
+        ssize_t r = read(rd, &m, sizeof(m));
+
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return smolvm_err_errno(err, errno, "spawn '%s': read status", argv[0]);
+        if (r == 0)
+            break;
+        if (r != sizeof(m))
+            return smolvm_err(err, SMOLVM_EIO, "spawn '%s': short status message", argv[0]);
+        if (m.kind == MSG_PID)
+            pid = (pid_t)m.value;
+        else if (m.kind == MSG_EXEC_ERRNO)
+            exec_errno = m.value;
+        else if (m.kind == MSG_SETUP_ERRNO)
+            setup_errno = m.value;
+    }
+    if (exec_errno)
+        return smolvm_err_errno(err, exec_errno, "execute '%s'", argv[0]);
+    if (setup_errno || pid <= 0)
+        return smolvm_err_errno(err, setup_errno ? setup_errno : EIO, "spawn '%s'", argv[0]);
+    *out_pid = pid;
+    return 0;
+}

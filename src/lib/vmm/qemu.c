@@ -1,0 +1,810 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The QEMU backend: qemu-system-x86_64 with the microvm machine, driven over QMP.
+ * The command line and the reasons for each option are in docs/vmm.md.
+ */
+#include "util-internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "error-internal.h"
+#include "proc-internal.h"
+#include "vmm/qmp.h"
+#include "vmm/vmm.h"
+
+#define QEMU_BINARY "qemu-system-x86_64"
+#define QMP_SOCK "qmp.sock"
+#define NETDEV_ID "n0"
+#define LOG_TAIL_LINES 4
+#define LOG_TAIL_MAX 1024
+/* Killing a VMM that failed to start gets its own short deadline: the caller's may
+ * already have passed, and SIGKILL takes milliseconds. */
+#define CLEANUP_KILL_MS 3000
+
+/* ---------------------------------------------------------------- argv */
+
+typedef struct argv_buf {
+    char **v;
+    size_t n, cap;
+    int oom;
+} argv_buf;
+
+static void argv_buf_free(argv_buf *a)
+{
+    size_t i;
+
+    for (i = 0; i < a->n; i++)
+        free(a->v[i]);
+    free(a->v);
+    a->v = NULL;
+    a->n = a->cap = 0;
+}
+
+static void argv_push_owned(argv_buf *a, char *s)
+{
+    if (!s || a->oom) {
+        a->oom = 1;
+        free(s);
+        return;
+    }
+    if (a->n + 2 > a->cap) {
+        size_t ncap = a->cap ? a->cap * 2 : 64;
+        char **nv = realloc(a->v, ncap * sizeof(*nv));
+
+        if (!nv) {
+            a->oom = 1;
+            free(s);
+            return;
+        }
+        a->v = nv;
+        a->cap = ncap;
+    }
+    a->v[a->n++] = s;
+    a->v[a->n] = NULL;
+}
+
+#define argv_push(a, s) argv_push_owned((a), strdup(s))
+#define argv_pushf(a, ...) argv_push_owned((a), smolvm_strdupf(__VA_ARGS__))
+
+/* QEMU option values (key=value,key=value) take a literal comma as ",,". */
+static char *qemu_escape(const char *s)
+{
+    size_t n = 0;
+    const char *p;
+    char *out, *o;
+
+    for (p = s; *p; p++)
+        n += *p == ',' ? 2 : 1;
+    out = malloc(n + 1);
+    if (!out)
+        return NULL;
+    for (p = s, o = out; *p; p++) {
+        *o++ = *p;
+        if (*p == ',')
+            *o++ = ',';
+    }
+    *o = '\0';
+    return out;
+}
+
+/* ---------------------------------------------------------------- validation */
+
+static int valid_mac(const char *mac)
+{
+    unsigned b[6];
+    char tail;
+
+    return mac && strlen(mac) == 17 &&
+           sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+                  &tail) == 6;
+}
+
+static int valid_ifname(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    size_t i;
+
+    if (n == 0 || n > 15)
+        return 0;
+    for (i = 0; i < n; i++)
+        if (!(s[i] >= 'a' && s[i] <= 'z') && !(s[i] >= 'A' && s[i] <= 'Z') &&
+            !(s[i] >= '0' && s[i] <= '9') && s[i] != '-' && s[i] != '_' && s[i] != '.')
+            return 0;
+    return 1;
+}
+
+/* Forwards end up inside QEMU option strings and HMP commands: only an IPv4 literal
+ * and numeric ports may get there. */
+static int check_fwd(const smolvm_vmm_hostfwd *f, smolvm_error **err)
+{
+    struct in_addr a;
+    const char *addr = f->host_address ? f->host_address : "127.0.0.1";
+
+    if (strlen(addr) > 15 || inet_pton(AF_INET, addr, &a) != 1)
+        return smolvm_err(err, SMOLVM_EINVAL, "forward: host address '%s' is not an IPv4 address",
+                          addr);
+    if (f->host_port < 1 || f->host_port > 65535)
+        return smolvm_err(err, SMOLVM_EINVAL, "forward: host port %d out of range 1..65535",
+                          f->host_port);
+    if (f->guest_port < 1 || f->guest_port > 65535)
+        return smolvm_err(err, SMOLVM_EINVAL, "forward: guest port %d out of range 1..65535",
+                          f->guest_port);
+    return 0;
+}
+
+static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
+{
+    size_t i;
+    int r;
+
+    if (!c->dir || c->dir[0] != '/')
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: the vm dir must be an absolute path");
+    if (!c->kernel || !c->disk || !c->cmdline)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: kernel, disk and cmdline are required");
+    if (!c->disk_format || (strcmp(c->disk_format, "qcow2") && strcmp(c->disk_format, "raw")))
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: disk format '%s' is not 'qcow2' or 'raw'",
+                          c->disk_format ? c->disk_format : "(null)");
+    if (c->vcpus < SMOLVM_VCPUS_MIN || c->vcpus > SMOLVM_VCPUS_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: vcpus %u out of range %d..%d", c->vcpus,
+                          SMOLVM_VCPUS_MIN, SMOLVM_VCPUS_MAX);
+    if (c->memory_mib < SMOLVM_MEMORY_MIN || c->memory_mib > SMOLVM_MEMORY_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: memory %u MiB out of range %d..%d",
+                          c->memory_mib, SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX);
+    if (c->accel != SMOLVM_ACCEL_KVM && c->accel != SMOLVM_ACCEL_TCG)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: accel must be resolved to kvm or tcg");
+    if (strlen(c->cmdline) > 4096)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: kernel command line longer than 4096");
+    switch (c->network) {
+    case SMOLVM_NET_NONE:
+        break;
+    case SMOLVM_NET_USER:
+        if (c->n_hostfwds > SMOLVM_FORWARDS_MAX + 1)
+            return smolvm_err(err, SMOLVM_EINVAL, "vmm: too many forwards (%zu)",
+                              c->n_hostfwds);
+        for (i = 0; i < c->n_hostfwds; i++)
+            if ((r = check_fwd(&c->hostfwds[i], err)) < 0)
+                return r;
+        if (c->mac && !valid_mac(c->mac))
+            return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid mac '%s'", c->mac);
+        break;
+    case SMOLVM_NET_NAT:
+        if (!valid_ifname(c->tap_name))
+            return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid tap name '%s'",
+                              c->tap_name ? c->tap_name : "(null)");
+        if (!valid_mac(c->mac))
+            return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid mac '%s'",
+                              c->mac ? c->mac : "(null)");
+        break;
+    default:
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: network must be resolved");
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- command line */
+
+static int build_argv(const smolvm_vmm_config *c, int qmp_fd, argv_buf *a, smolvm_error **err)
+{
+    _cleanup_free_ char *disk = qemu_escape(c->disk);
+    _cleanup_free_ char *config = c->config_disk ? qemu_escape(c->config_disk) : NULL;
+    _cleanup_free_ char *dir = qemu_escape(c->dir);
+    size_t i;
+
+    if (!disk || !dir || (c->config_disk && !config))
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+
+    argv_push(a, QEMU_BINARY);
+    /* acpi=off: without ACPI QEMU appends virtio_mmio.device= to the kernel command
+     * line, which is how our guest kernel finds its devices. rtc=on: without it the
+     * guest clock starts at 1970 (TLS fails) and boots measured 2x slower. */
+    argv_push(a, "-M");
+    argv_push(a, "microvm,acpi=off,rtc=on,isa-serial=on");
+    argv_push(a, "-accel");
+    if (c->accel == SMOLVM_ACCEL_KVM) {
+        argv_push(a, "kvm");
+        argv_push(a, "-cpu");
+        /* Some hosts refuse the MSR behind arch-capabilities ("failed to set MSR
+         * 0x10a"); without it the guest assumes it is vulnerable and mitigates. */
+        argv_push(a, "host,-arch-capabilities");
+    } else {
+        argv_push(a, c->vcpus > 1 ? "tcg,thread=multi" : "tcg");
+        argv_push(a, "-cpu");
+        /* Everything TCG can emulate: wheels built for x86-64-v2 need SSE4.2/POPCNT,
+         * which qemu64 lacks. */
+        argv_push(a, "max");
+    }
+    argv_push(a, "-m");
+    argv_pushf(a, "%u", c->memory_mib);
+    argv_push(a, "-smp");
+    argv_pushf(a, "%u", c->vcpus);
+    argv_push(a, "-nodefaults");
+    argv_push(a, "-no-user-config");
+    argv_push(a, "-nographic");
+    argv_push(a, "-no-reboot");
+    argv_push(a, "-sandbox");
+    argv_push(a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+    argv_push(a, "-kernel");
+    argv_push(a, c->kernel);
+    argv_push(a, "-append");
+    argv_push(a, c->cmdline);
+
+    /* Root disk first: it becomes /dev/vda. cache=writeback (QEMU's default, stated
+     * so it is a decision): guest flushes reach the host file, so a VMM killed after
+     * the guest synced loses nothing and a qcow2 overlay stays consistent. */
+    argv_push(a, "-drive");
+    argv_pushf(a, "file=%s,format=%s,if=none,id=root,cache=writeback,discard=unmap", disk,
+               c->disk_format);
+    argv_push(a, "-device");
+    argv_push(a, "virtio-blk-device,drive=root");
+    if (config) {
+        argv_push(a, "-drive");
+        argv_pushf(a, "file=%s,format=raw,if=none,id=config,readonly=on", config);
+        argv_push(a, "-device");
+        argv_push(a, "virtio-blk-device,drive=config");
+    }
+
+    switch (c->network) {
+    case SMOLVM_NET_USER: {
+        _cleanup_free_ char *fwds = strdup("");
+
+        for (i = 0; fwds && i < c->n_hostfwds; i++) {
+            const smolvm_vmm_hostfwd *f = &c->hostfwds[i];
+            char *n = smolvm_strdupf("%s,hostfwd=tcp:%s:%d-:%d", fwds,
+                                     f->host_address ? f->host_address : "127.0.0.1",
+                                     f->host_port, f->guest_port);
+
+            free(fwds);
+            fwds = n;
+        }
+        if (!fwds)
+            return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+        /* restrict=on: the guest cannot open any connection to the outside, only
+         * answer forwarded ones. Egress for user networking is a later decision;
+         * until then it stays closed. */
+        argv_push(a, "-netdev");
+        argv_pushf(a, "user,id=" NETDEV_ID ",restrict=on,ipv6=off%s", fwds);
+        argv_push(a, "-device");
+        if (c->mac)
+            argv_pushf(a, "virtio-net-device,netdev=" NETDEV_ID ",mac=%s", c->mac);
+        else
+            argv_push(a, "virtio-net-device,netdev=" NETDEV_ID);
+        break;
+    }
+    case SMOLVM_NET_NAT:
+        argv_push(a, "-netdev");
+        argv_pushf(a, "tap,id=" NETDEV_ID ",ifname=%s,script=no,downscript=no", c->tap_name);
+        argv_push(a, "-device");
+        argv_pushf(a, "virtio-net-device,netdev=" NETDEV_ID ",mac=%s", c->mac);
+        break;
+    default:
+        break;
+    }
+
+    /* Seeds the guest's entropy pool, so sshd's first getrandom() does not block. */
+    argv_push(a, "-device");
+    argv_push(a, "virtio-rng-device");
+    /* Serial console to a file, rewritten at each boot. */
+    argv_push(a, "-chardev");
+    argv_pushf(a, "file,id=console,path=%s/" SMOLVM_VMM_CONSOLE_LOG, dir);
+    argv_push(a, "-serial");
+    argv_push(a, "chardev:console");
+    /* The guest channel (docs/guest-protocol.md). */
+    argv_push(a, "-device");
+    argv_push(a, "virtio-serial-device");
+    argv_push(a, "-chardev");
+    argv_pushf(a, "socket,id=ctl,path=%s/" SMOLVM_VMM_CTL_SOCK ",server=on,wait=off", dir);
+    argv_push(a, "-device");
+    argv_push(a, "virtconsole,chardev=ctl");
+    /* QMP on a socket we bound before the spawn: connecting cannot race its creation. */
+    argv_push(a, "-chardev");
+    argv_pushf(a, "socket,id=qmp,fd=%d,server=on,wait=off", qmp_fd);
+    argv_push(a, "-mon");
+    argv_push(a, "chardev=qmp,mode=control");
+    argv_push(a, "-pidfile");
+    argv_pushf(a, "%s/" SMOLVM_VMM_PIDFILE, c->dir);
+    argv_push(a, "-S");
+    if (a->oom)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    return 0;
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static char *dir_file(const char *dir, const char *name)
+{
+    return smolvm_strdupf("%s/%s", dir, name);
+}
+
+static int unix_addr(struct sockaddr_un *sa, const char *path, smolvm_error **err)
+{
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(sa->sun_path))
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "socket path '%s' is longer than %zu bytes (use a shorter state dir)",
+                          path, sizeof(sa->sun_path) - 1);
+    memcpy(sa->sun_path, path, strlen(path) + 1);
+    return 0;
+}
+
+static int listen_unix(const char *path, int *out, smolvm_error **err)
+{
+    struct sockaddr_un sa;
+    _cleanup_close_ int fd = -1;
+    int r;
+
+    if ((r = unix_addr(&sa, path, err)) < 0)
+        return r;
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "socket");
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+        return smolvm_err_errno(err, errno, "bind '%s'", path);
+    (void)chmod(path, 0600);
+    if (listen(fd, 8) < 0)
+        return smolvm_err_errno(err, errno, "listen '%s'", path);
+    *out = TAKE_FD(fd);
+    return 0;
+}
+
+static int connect_unix(const char *path, int64_t deadline, int *out, smolvm_error **err)
+{
+    struct sockaddr_un sa;
+    _cleanup_close_ int fd = -1;
+    int left = smolvm_remaining_ms(deadline);
+    struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000 + 1000};
+    int r;
+
+    if ((r = unix_addr(&sa, path, err)) < 0)
+        return r;
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "socket");
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        if (errno == ECONNREFUSED || errno == ENOENT)
+            return smolvm_err(err, SMOLVM_ESTATE, "connect '%s': %s (is the vm running?)", path,
+                              strerror(errno));
+        return smolvm_err_errno(err, errno, "connect '%s'", path);
+    }
+    *out = TAKE_FD(fd);
+    return 0;
+}
+
+/* The last lines QEMU wrote to its log since offset, joined with "; ". */
+static char *log_tail(const char *path, off_t offset)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    char buf[8192], *lines[LOG_TAIL_LINES], *p, *save = NULL;
+    size_t n = 0, k = 0, i;
+    struct stat st;
+    ssize_t r;
+    char *out;
+
+    if (fd < 0 || fstat(fd, &st) < 0)
+        return NULL;
+    if (st.st_size - offset > (off_t)sizeof(buf) - 1)
+        offset = st.st_size - (off_t)sizeof(buf) + 1;
+    while (n < sizeof(buf) - 1 &&
+           (r = pread(fd, buf + n, sizeof(buf) - 1 - n, offset + (off_t)n)) > 0)
+        n += (size_t)r;
+    buf[n] = '\0';
+    for (p = strtok_r(buf, "\r\n", &save); p; p = strtok_r(NULL, "\r\n", &save)) {
+        if (!*p)
+            continue;
+        if (k == LOG_TAIL_LINES) {
+            memmove(lines, lines + 1, sizeof(lines[0]) * (LOG_TAIL_LINES - 1));
+            k--;
+        }
+        lines[k++] = p;
+    }
+    if (k == 0)
+        return NULL;
+    out = calloc(1, LOG_TAIL_MAX + 1);
+    if (!out)
+        return NULL;
+    for (i = 0; i < k; i++) {
+        if (i > 0)
+            (void)strncat(out, "; ", LOG_TAIL_MAX - strlen(out));
+        (void)strncat(out, lines[i], LOG_TAIL_MAX - strlen(out));
+    }
+    return out;
+}
+
+static int qmp_open(const char *dir, smolvm_qmp **q, int64_t deadline, smolvm_error **err)
+{
+    _cleanup_free_ char *path = dir_file(dir, QMP_SOCK);
+
+    if (!path)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    return smolvm_qmp_connect(q, path, deadline, err);
+}
+
+static int qmp_simple(const char *dir, const char *command, int64_t deadline,
+                      smolvm_error **err)
+{
+    _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
+    int r;
+
+    r = qmp_open(dir, &q, deadline, err);
+    if (r < 0)
+        return r;
+    return smolvm_qmp_execute(q, command, NULL, NULL, deadline, err);
+}
+
+/* The pid in dir's pidfile and its start time; 0 when there is a live process. */
+static int read_pidfile(const char *dir, pid_t *pid, uint64_t *start)
+{
+    _cleanup_free_ char *path = dir_file(dir, SMOLVM_VMM_PIDFILE);
+    _cleanup_free_ char *text = NULL;
+    char *end;
+    long v;
+
+    if (!path || smolvm_read_file(path, 64, &text, NULL, NULL) < 0)
+        return -1;
+    errno = 0;
+    v = strtol(text, &end, 10);
+    if (errno || end == text || v <= 0 || v > INT32_MAX)
+        return -1;
+    *pid = (pid_t)v;
+    return smolvm_proc_start_time(*pid, start, NULL);
+}
+
+/* Is a VMM holding the pidfile's lock (QEMU locks it for its lifetime)? */
+static pid_t pidfile_locked(const char *path)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+
+    if (fd < 0)
+        return 0;
+    if (fcntl(fd, F_GETLK, &fl) < 0 || fl.l_type == F_UNLCK)
+        return 0;
+    return fl.l_pid > 0 ? fl.l_pid : 1;
+}
+
+/* ---------------------------------------------------------------- ops */
+
+static int qemu_available(int accel, smolvm_error **err)
+{
+    const char *path = getenv("PATH");
+    _cleanup_free_ char *copy = strdup(path && *path ? path : "/usr/bin:/bin");
+    char *dir, *save = NULL;
+    int found = 0;
+
+    if (!copy)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    for (dir = strtok_r(copy, ":", &save); dir && !found; dir = strtok_r(NULL, ":", &save)) {
+        _cleanup_free_ char *p = smolvm_strdupf("%s/" QEMU_BINARY, dir);
+
+        found = p && access(p, X_OK) == 0;
+    }
+    if (!found)
+        return smolvm_err(err, SMOLVM_EHOST, "'" QEMU_BINARY "' not found in PATH "
+                                             "(install the package 'qemu-system-x86')");
+    if (accel == SMOLVM_ACCEL_KVM) {
+        _cleanup_close_ int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+
+        if (fd < 0) {
+            int e = errno;
+
+            smolvm_err_errno(err, e, "open '/dev/kvm'");
+            return e == EACCES ? smolvm_err_hint(err, "add your user to group 'kvm'")
+                               : smolvm_err_hint(err, "use accel 'tcg'");
+        }
+    }
+    return 0;
+}
+
+/* Wait until QEMU has accepted our connection to the guest channel. A virtconsole
+ * drops what the guest writes while its chardev has no client, so the guest CPUs
+ * must not run before this. QEMU announces no event for it; its chardev's
+ * filename loses the "disconnected:" prefix once accepted. Each query is a QMP round
+ * trip through QEMU's main loop, where the accept happens: in practice the first or
+ * second answer already shows it. */
+static int wait_ctl_accepted(smolvm_qmp *q, int64_t deadline, smolvm_error **err)
+{
+    int tries;
+
+    for (tries = 0; tries < 1000; tries++) {
+        json_t *ret = NULL, *dev;
+        size_t i;
+        int r, connected = -1;
+
+        r = smolvm_qmp_execute(q, "query-chardev", NULL, &ret, deadline, err);
+        if (r < 0)
+            return r;
+        json_array_foreach(ret, i, dev)
+        {
+            const char *label = json_string_value(json_object_get(dev, "label"));
+            const char *file = json_string_value(json_object_get(dev, "filename"));
+
+            if (label && file && strcmp(label, "ctl") == 0)
+                connected = strncmp(file, "disconnected:", 13) != 0;
+        }
+        json_decref(ret);
+        if (connected < 0)
+            return smolvm_err(err, SMOLVM_EVMM, "qmp: no 'ctl' chardev");
+        if (connected)
+            return 0;
+        if (smolvm_remaining_ms(deadline) == 0)
+            break;
+    }
+    return smolvm_err(err, SMOLVM_ETIMEDOUT, "the vmm did not accept the guest channel");
+}
+
+static void remove_runtime_files(const char *dir)
+{
+    const char *names[] = {QMP_SOCK, SMOLVM_VMM_CTL_SOCK, SMOLVM_VMM_PIDFILE};
+    size_t i;
+
+    for (i = 0; i < SMOLVM_ARRAY_SIZE(names); i++) {
+        _cleanup_free_ char *p = dir_file(dir, names[i]);
+
+        if (p)
+            (void)unlink(p);
+    }
+}
+
+/* After a failed start: kill the VMM, remove what it left, and say what QEMU said. */
+static int fail_started(const char *dir, const char *log_path, off_t log_offset, pid_t pid,
+                        uint64_t start, int r, smolvm_error **err)
+{
+    int exited = !smolvm_proc_alive(pid, start);
+    _cleanup_free_ char *tail = NULL;
+
+    (void)smolvm_proc_kill(pid, start, smolvm_now_ms() + CLEANUP_KILL_MS, NULL);
+    remove_runtime_files(dir);
+    tail = log_tail(log_path, log_offset);
+    if (exited && tail) {
+        /* QEMU's own complaint says more than "connection closed". */
+        smolvm_error *old = err ? *err : NULL;
+
+        if (err)
+            *err = NULL;
+        smolvm_error_free(old);
+        return smolvm_err(err, SMOLVM_EVMM, "qemu exited: %s", tail);
+    }
+    if (tail)
+        smolvm_err_hint(err, "qemu log: %s", tail);
+    return r;
+}
+
+static int qemu_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pid,
+                      uint64_t *out_start, int64_t deadline, smolvm_error **err)
+{
+    _cleanup_free_ char *qmp_path = NULL, *ctl_path = NULL, *pid_path = NULL,
+                        *log_path = NULL;
+    _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
+    _cleanup_close_ int listen_fd = -1, ctl = -1;
+    argv_buf argv = {0};
+    uint64_t start = 0;
+    struct stat st;
+    off_t log_offset = 0;
+    pid_t pid, held;
+    int r;
+
+    if ((r = check_config(cfg, err)) < 0)
+        return r;
+    qmp_path = dir_file(cfg->dir, QMP_SOCK);
+    ctl_path = dir_file(cfg->dir, SMOLVM_VMM_CTL_SOCK);
+    pid_path = dir_file(cfg->dir, SMOLVM_VMM_PIDFILE);
+    log_path = dir_file(cfg->dir, SMOLVM_VMM_STDERR_LOG);
+    if (!qmp_path || !ctl_path || !pid_path || !log_path)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    {
+        struct sockaddr_un sa;
+
+        if ((r = unix_addr(&sa, ctl_path, err)) < 0)
+            return r;
+    }
+    /* Never pull the sockets from under a VMM that still runs in this dir. */
+    held = pidfile_locked(pid_path);
+    if (held)
+        return smolvm_err(err, SMOLVM_EEXIST, "a vmm (pid %ld) is already running in '%s'",
+                          (long)held, cfg->dir);
+    remove_runtime_files(cfg->dir);
+    if (stat(log_path, &st) == 0)
+        log_offset = st.st_size;
+
+    if ((r = listen_unix(qmp_path, &listen_fd, err)) < 0)
+        return r;
+    r = build_argv(cfg, listen_fd, &argv, err);
+    if (r == 0)
+        r = smolvm_spawn_detached(argv.v, log_path, listen_fd, &pid, err);
+    argv_buf_free(&argv);
+    if (r < 0) {
+        (void)unlink(qmp_path);
+        return r;
+    }
+    /* Only QEMU holds the listening socket now, so if it dies our connection sees EOF
+     * instead of waiting for a greeting that cannot come. */
+    (void)close(TAKE_FD(listen_fd));
+    if (smolvm_proc_start_time(pid, &start, NULL) < 0) {
+        /* Already gone (and reaped): nothing to kill, only its words to collect. */
+        _cleanup_free_ char *tail = log_tail(log_path, log_offset);
+
+        remove_runtime_files(cfg->dir);
+        return smolvm_err(err, SMOLVM_EVMM, "qemu exited: %s", tail ? tail : "no output");
+    }
+
+    r = smolvm_qmp_connect(&q, qmp_path, deadline, err);
+    if (r == 0)
+        r = connect_unix(ctl_path, deadline, &ctl, err);
+    if (r == 0)
+        r = wait_ctl_accepted(q, deadline, err);
+    if (r == 0)
+        r = smolvm_qmp_execute(q, "cont", NULL, NULL, deadline, err);
+    if (r < 0) {
+        q = smolvm_qmp_free(q);
+        return fail_started(cfg->dir, log_path, log_offset, pid, start, r, err);
+    }
+    *ctl_fd = TAKE_FD(ctl);
+    *out_pid = pid;
+    *out_start = start;
+    return 0;
+}
+
+static int qemu_pause(const char *dir, int64_t deadline, smolvm_error **err)
+{
+    return qmp_simple(dir, "stop", deadline, err);
+}
+
+static int qemu_resume(const char *dir, int64_t deadline, smolvm_error **err)
+{
+    return qmp_simple(dir, "cont", deadline, err);
+}
+
+static int qemu_quit(const char *dir, int64_t deadline, smolvm_error **err)
+{
+    _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
+    uint64_t start = 0;
+    pid_t pid = 0;
+    int have_pid, r;
+
+    have_pid = read_pidfile(dir, &pid, &start) == 0;
+    r = qmp_open(dir, &q, deadline, err);
+    if (r < 0)
+        return r;
+    r = smolvm_qmp_execute(q, "quit", NULL, NULL, deadline, err);
+    if (r < 0 && r != SMOLVM_EVMM)
+        return r;
+    if (r < 0) {
+        /* QEMU may exit before its reply is read; what counts is that it exits. */
+        smolvm_error *ignored = err ? *err : NULL;
+
+        if (err)
+            *err = NULL;
+        r = have_pid ? smolvm_proc_wait_exit(pid, start, deadline, err) : 0;
+        if (r < 0) {
+            smolvm_error_free(err ? *err : NULL);
+            if (err)
+                *err = ignored;
+            return SMOLVM_EVMM;
+        }
+        smolvm_error_free(ignored);
+        return 0;
+    }
+    if (have_pid)
+        return smolvm_proc_wait_exit(pid, start, deadline, err);
+    return smolvm_qmp_wait_closed(q, deadline, err);
+}
+
+static int hmp(const char *dir, const char *line, char **out, int64_t deadline,
+               smolvm_error **err)
+{
+    _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
+    json_t *args, *ret = NULL;
+    int r;
+
+    r = qmp_open(dir, &q, deadline, err);
+    if (r < 0)
+        return r;
+    args = json_pack("{s:s}", "command-line", line);
+    if (!args)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    r = smolvm_qmp_execute(q, "human-monitor-command", args, &ret, deadline, err);
+    json_decref(args);
+    if (r < 0)
+        return r;
+    *out = strdup(json_string_value(ret) ? json_string_value(ret) : "");
+    json_decref(ret);
+    if (!*out)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    /* HMP ends its lines with \r\n. */
+    (*out)[strcspn(*out, "\r\n")] = '\0';
+    return 0;
+}
+
+static int qemu_hostfwd_add(const char *dir, const smolvm_vmm_hostfwd *fwd, int64_t deadline,
+                            smolvm_error **err)
+{
+    _cleanup_free_ char *line = NULL, *out = NULL;
+    const char *addr = fwd->host_address ? fwd->host_address : "127.0.0.1";
+    int r;
+
+    if ((r = check_fwd(fwd, err)) < 0)
+        return r;
+    line = smolvm_strdupf("hostfwd_add " NETDEV_ID " tcp:%s:%d-:%d", addr, fwd->host_port,
+                          fwd->guest_port);
+    if (!line)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    r = hmp(dir, line, &out, deadline, err);
+    if (r < 0)
+        return r;
+    /* Success prints nothing; QEMU's only failure mode worth a code is a bound port. */
+    if (*out)
+        return smolvm_err(err, SMOLVM_EEXIST, "forward %s:%d: %s (is the port in use?)", addr,
+                          fwd->host_port, out);
+    return 0;
+}
+
+static int qemu_hostfwd_remove(const char *dir, const smolvm_vmm_hostfwd *fwd,
+                               int64_t deadline, smolvm_error **err)
+{
+    _cleanup_free_ char *line = NULL, *out = NULL;
+    const char *addr = fwd->host_address ? fwd->host_address : "127.0.0.1";
+    int r;
+
+    if ((r = check_fwd(fwd, err)) < 0)
+        return r;
+    line = smolvm_strdupf("hostfwd_remove " NETDEV_ID " tcp:%s:%d", addr, fwd->host_port);
+    if (!line)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    r = hmp(dir, line, &out, deadline, err);
+    if (r < 0)
+        return r;
+    if (strstr(out, "removed"))
+        return 0;
+    if (strstr(out, "not found"))
+        return smolvm_err(err, SMOLVM_ENOENT, "no forward for %s:%d", addr, fwd->host_port);
+    return smolvm_err(err, SMOLVM_EVMM, "remove forward %s:%d: %s", addr, fwd->host_port, out);
+}
+
+static int qemu_describe(const char *dir, int64_t deadline, char **out, smolvm_error **err)
+{
+    _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
+    json_t *status = NULL, *version = NULL, *obj;
+    char *text;
+    int r;
+
+    r = qmp_open(dir, &q, deadline, err);
+    if (r < 0)
+        return r;
+    r = smolvm_qmp_execute(q, "query-status", NULL, &status, deadline, err);
+    if (r == 0)
+        r = smolvm_qmp_execute(q, "query-version", NULL, &version, deadline, err);
+    if (r < 0) {
+        json_decref(status);
+        return r;
+    }
+    obj = json_pack("{s:s, s:o, s:o}", "backend", "qemu", "status", status, "version", version);
+    if (!obj)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    text = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    if (!text)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    *out = text;
+    return 0;
+}
+
+const smolvm_vmm_ops smolvm_vmm_qemu = {
+    .name = "qemu",
+    .available = qemu_available,
+    .spawn = qemu_spawn,
+    .pause = qemu_pause,
+    .resume = qemu_resume,
+    .quit = qemu_quit,
+    .hostfwd_add = qemu_hostfwd_add,
+    .hostfwd_remove = qemu_hostfwd_remove,
+    .describe = qemu_describe,
+};

@@ -1,0 +1,197 @@
+/* SPDX-License-Identifier: MIT */
+/* Process tracking: detached spawn, start time, liveness, waits and kills. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "error-internal.h"
+#include "proc-internal.h"
+#include "util-internal.h"
+
+static char tmpdir[] = "/tmp/smolvm-test-proc-XXXXXX";
+static char log_path[256];
+
+static int setup(void **state)
+{
+    (void)state;
+    if (!mkdtemp(tmpdir))
+        return -1;
+    (void)snprintf(log_path, sizeof(log_path), "%s/out.log", tmpdir);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return smolvm_rm_rf(tmpdir, NULL);
+}
+
+static pid_t spawn_ok(char *const argv[], int keep_fd)
+{
+    smolvm_error *err = NULL;
+    pid_t pid = 0;
+    int r = smolvm_spawn_detached(argv, log_path, keep_fd, &pid, &err);
+
+    if (r < 0)
+        fail_msg("spawn: %s", smolvm_error_message(err));
+    assert_true(pid > 0);
+    return pid;
+}
+
+static void test_spawn_alive_kill(void **state)
+{
+    char *argv[] = {"sleep", "30", NULL};
+    smolvm_error *err = NULL;
+    uint64_t start = 0;
+    pid_t pid = spawn_ok(argv, -1);
+    int64_t t0;
+
+    (void)state;
+    assert_int_equal(smolvm_proc_start_time(pid, &start, &err), 0);
+    assert_true(start > 0);
+    assert_true(smolvm_proc_alive(pid, start));
+    /* The same pid with another start time is a reused pid: not our process. */
+    assert_false(smolvm_proc_alive(pid, start + 1));
+    /* Detached: its own session, not our child. */
+    assert_int_not_equal(getsid(pid), getsid(0));
+    assert_int_equal(waitpid(pid, NULL, WNOHANG), -1);
+    assert_int_equal(errno, ECHILD);
+
+    t0 = smolvm_now_ms();
+    assert_int_equal(smolvm_proc_wait_exit(pid, start, smolvm_now_ms() + 200, &err),
+                     SMOLVM_ETIMEDOUT);
+    assert_true(smolvm_now_ms() - t0 >= 190);
+    err = smolvm_error_free(err);
+
+    /* A wrong start time must neither be killed nor waited for. */
+    assert_int_equal(smolvm_proc_kill(pid, start + 1, smolvm_now_ms() + 1000, &err), 0);
+    assert_true(smolvm_proc_alive(pid, start));
+
+    assert_int_equal(smolvm_proc_kill(pid, start, smolvm_now_ms() + 5000, &err), 0);
+    assert_false(smolvm_proc_alive(pid, start));
+    assert_int_equal(smolvm_proc_wait_exit(pid, start, smolvm_now_ms() + 1000, &err), 0);
+}
+
+static void test_wait_exit_success_and_log(void **state)
+{
+    char *argv[] = {"sh", "-c", "sleep 0.2; echo to-stdout; echo to-stderr >&2", NULL};
+    smolvm_error *err = NULL;
+    _cleanup_free_ char *text = NULL;
+    uint64_t start = 0;
+    pid_t pid = spawn_ok(argv, -1);
+    struct stat st;
+
+    (void)state;
+    assert_int_equal(smolvm_proc_start_time(pid, &start, &err), 0);
+    assert_int_equal(smolvm_proc_wait_exit(pid, start, smolvm_now_ms() + 5000, &err), 0);
+    assert_false(smolvm_proc_alive(pid, start));
+    assert_int_equal(smolvm_read_file(log_path, 4096, &text, NULL, &err), 0);
+    assert_non_null(strstr(text, "to-stdout\n"));
+    assert_non_null(strstr(text, "to-stderr\n"));
+    assert_int_equal(stat(log_path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+}
+
+static void test_keep_fd_and_closed_fds(void **state)
+{
+    int p[2], leak;
+    char cmd[256], buf[64] = "";
+    char *argv[] = {"sh", "-c", cmd, NULL};
+    ssize_t n;
+    pid_t pid;
+
+    (void)state;
+    assert_int_equal(pipe(p), 0); /* no CLOEXEC: spawn must close it anyway */
+    leak = open("/dev/null", O_RDONLY);
+    assert_true(leak >= 0);
+    (void)snprintf(cmd, sizeof(cmd),
+                   "if [ -e /proc/self/fd/%d ]; then echo leaked >&%d; else echo closed >&%d; fi",
+                   leak, p[1], p[1]);
+    pid = spawn_ok(argv, p[1]);
+    (void)pid;
+    (void)close(p[1]);
+    n = read(p[0], buf, sizeof(buf) - 1);
+    assert_true(n > 0);
+    assert_string_equal(buf, "closed\n");
+    (void)close(p[0]);
+    (void)close(leak);
+}
+
+static void test_exec_failure(void **state)
+{
+    char *argv[] = {"/nonexistent/smolvm-no-such-binary", NULL};
+    smolvm_error *err = NULL;
+    pid_t pid = 0;
+
+    (void)state;
+    assert_int_equal(smolvm_spawn_detached(argv, log_path, -1, &pid, &err), SMOLVM_ENOENT);
+    assert_int_equal(pid, 0);
+    assert_non_null(strstr(smolvm_error_message(err), "'/nonexistent/smolvm-no-such-binary'"));
+    err = smolvm_error_free(err);
+
+    assert_int_equal(smolvm_spawn_detached(argv, "/nonexistent/dir/log", -1, &pid, &err),
+                     SMOLVM_ENOENT);
+    err = smolvm_error_free(err);
+}
+
+static void test_start_time_weird_comm(void **state)
+{
+    /* comm may hold spaces and parentheses: parsing must count from the last ')'. */
+    char link[300];
+    char *argv[] = {link, "30", NULL};
+    smolvm_error *err = NULL;
+    uint64_t start = 0, mine = 0;
+    pid_t pid;
+
+    (void)state;
+    (void)snprintf(link, sizeof(link), "%s/a) b (c) 1 2", tmpdir);
+    assert_int_equal(symlink("/bin/sleep", link), 0);
+    pid = spawn_ok(argv, -1);
+    assert_int_equal(smolvm_proc_start_time(pid, &start, &err), 0);
+    assert_int_equal(smolvm_proc_start_time(getpid(), &mine, &err), 0);
+    assert_true(start >= mine);
+    assert_true(smolvm_proc_alive(pid, start));
+    assert_int_equal(smolvm_proc_kill(pid, start, smolvm_now_ms() + 5000, &err), 0);
+    assert_false(smolvm_proc_alive(pid, start));
+}
+
+static void test_missing_pid(void **state)
+{
+    smolvm_error *err = NULL;
+    uint64_t start;
+
+    (void)state;
+    assert_int_equal(smolvm_proc_start_time(-1, &start, &err), SMOLVM_EINVAL);
+    err = smolvm_error_free(err);
+    /* pid_max is at most 2^22: this one cannot exist. */
+    assert_int_equal(smolvm_proc_start_time(1 << 23, &start, &err), SMOLVM_ENOENT);
+    err = smolvm_error_free(err);
+    assert_false(smolvm_proc_alive(1 << 23, 1));
+    assert_int_equal(smolvm_proc_wait_exit(1 << 23, 1, smolvm_now_ms() + 10, &err), 0);
+    assert_int_equal(smolvm_proc_kill(1 << 23, 1, smolvm_now_ms() + 10, &err), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_spawn_alive_kill),
+        cmocka_unit_test(test_wait_exit_success_and_log),
+        cmocka_unit_test(test_keep_fd_and_closed_fds),
+        cmocka_unit_test(test_exec_failure),
+        cmocka_unit_test(test_start_time_weird_comm),
+        cmocka_unit_test(test_missing_pid),
+    };
+
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
