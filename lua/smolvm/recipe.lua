@@ -381,6 +381,8 @@ local function teardown(ctx, out, interrupted)
   for _, run in ipairs(ctx.runs) do
     local keep = (run.sb.keep or ctx.opts.keep) and not interrupted
     if run.vm and keep then
+      -- Without keep() the VM object would delete it when collected at exit.
+      if run.vm.keep then pcall(run.vm.keep, run.vm) end
       run.kept = true
       out:line("[" .. run.sb.name .. "] kept as " .. run.sb.id .. ": smolvm exec " .. run.sb.id
         .. " -- sh   (remove with: smolvm rm -f " .. run.sb.id .. ")")
@@ -434,8 +436,11 @@ local function run_all(ctx, out)
 
   -- Create every VM, then boot them in turn (vm:start blocks until ready).
   for _, run in ipairs(ctx.runs) do
+    local vmopts = {}
+    for k, v in pairs(run.sb.vm) do vmopts[k] = v end
+    vmopts.id = run.sb.id -- the sandbox name, so kept sandboxes are found by name
     run.creating = true
-    local okc, vm, msg, code = pcall(smolvm.VM, run.sb.vm)
+    local okc, vm, msg, code = pcall(smolvm.VM, vmopts)
     if okc and vm then
       run.vm = vm
     else

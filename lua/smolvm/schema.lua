@@ -102,14 +102,14 @@ local EXPECT = {
   },
 }
 
-local TRANSFER = {
-  kind = "record",
-  fields = {
-    field("from", { kind = "string", nonempty = true, max_len = 4096 }, nil, "Source path."),
-    field("to", { kind = "string", nonempty = true, max_len = 4096 }, nil, "Destination path."),
-  },
-  required = { from = true, to = true },
-}
+local function transfer(from_node, from_desc, to_node, to_desc)
+  return {
+    kind = "record",
+    fields = { field("from", from_node, nil, from_desc), field("to", to_node, nil, to_desc) },
+    required = { from = true, to = true },
+  }
+end
+local HOST_PATH = { kind = "string", nonempty = true, max_len = 4096 }
 
 --- Step kinds. A step is a string (short for { run = "..." }) or a table with exactly
 --- one of the keys below.
@@ -133,12 +133,14 @@ M.step_kinds = {
   {
     name = "upload",
     desc = "Copy a host file into the guest: { upload = { from = host path, to = guest path } }.",
-    node = TRANSFER, guest = "to", host = "from",
+    node = transfer(HOST_PATH, "Host file (relative paths: to the recipe's directory).",
+                    abs_path(), "Guest path (absolute)."),
   },
   {
     name = "download",
     desc = "Copy a guest file to the host: { download = { from = guest path, to = host path } }.",
-    node = TRANSFER, guest = "from", host = "to",
+    node = transfer(abs_path(), "Guest file (absolute path).",
+                    HOST_PATH, "Host path (relative paths: to the recipe's directory)."),
   },
   {
     name = "write",
@@ -443,9 +445,6 @@ local function check_step(v, path, errs)
     return nil
   end
   local out = check_fields(sk.node.fields, body, p, errs, { required = sk.node.required })
-  if sk.guest and type(out[sk.guest]) == "string" and out[sk.guest]:sub(1, 1) ~= "/" then
-    expected(errs, join(p, sk.guest), "absolute guest path (string starting with /)", out[sk.guest])
-  end
   out.kind = sk.name
   return out
 end

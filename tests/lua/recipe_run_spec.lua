@@ -1,0 +1,219 @@
+-- SPDX-License-Identifier: MIT
+-- The recipe runner. Part 1 drives it against a stand-in smolvm module (no VMs): order
+-- of steps, expectations, teardown on failure and on "interrupted", keep, exit codes.
+-- Part 2 runs examples and a SIGINT teardown with real VMs through smolvm-lua; it is
+-- pending (with the reason) when the host cannot run sandboxes.
+
+local recipe = require "smolvm.recipe"
+local schema = require "smolvm.schema"
+
+local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- A fake smolvm: commands are words the fake understands.
+local function fake_smolvm(opts)
+  opts = opts or {}
+  local log = { created = {}, deleted = {}, kept = {}, runs = {}, existing = opts.existing or {} }
+  local VM = {}
+  local function new_vm(o)
+    local vm = { id = o.id, status = "created" }
+    function vm:start()
+      if opts.start_fails then return nil, "no usable VMM", opts.start_fails end
+      self.status = "running" return true
+    end
+    function vm:stop() self.status = "stopped" return true end
+    function vm:delete() log.deleted[#log.deleted + 1] = self.id self.status = "deleted" return true end
+    function vm:keep() log.kept[#log.kept + 1] = self.id return self end
+    function vm:write_file() return true end
+    function vm:upload() return true end
+    function vm:download() return true end
+    function vm:run(cmd)
+      log.runs[#log.runs + 1] = self.id .. ":" .. cmd
+      if cmd == "INT" then error("interrupted", 0) end
+      local code = cmd:match("^exit (%d+)") or "0"
+      local out = cmd:match("^echo (.*)$")
+      return { exit_code = tonumber(code), stdout = out and (out .. "\n") or "", stderr = "",
+               ok = code == "0" }
+    end
+    return vm
+  end
+  setmetatable(VM, { __call = function(_, o)
+    log.created[#log.created + 1] = o.id
+    return new_vm(o)
+  end })
+  function VM.from_id(id)
+    if log.existing[id] then return new_vm({ id = id }) end
+    return nil, "no such vm", "ENOENT"
+  end
+  local m = { VM = VM, doctor = function() return { { name = "kvm", ok = false, detail = "no kvm", hint = "use tcg" } } end }
+  return m, log
+end
+
+local function run_recipe(decls, flags, fake_opts)
+  local m, log = fake_smolvm(fake_opts)
+  package.loaded["smolvm"] = m
+  local list = {}
+  for i, d in ipairs(decls) do list[i] = { name = d[1], body = d[2], errors = {} } end
+  local sbs = assert(recipe.validate(list))
+  local saved_err, saved_out = io.stderr, io.stdout
+  local err, out = io.tmpfile(), io.tmpfile()
+  io.stderr, io.stdout = err, out
+  local ok, status = pcall(recipe.run, sbs, flags or {})
+  io.stderr, io.stdout = saved_err, saved_out
+  package.loaded["smolvm"] = nil
+  err:seek("set") out:seek("set")
+  local etext, otext = err:read("*a"), out:read("*a")
+  assert(ok, status)
+  return status, log, etext, otext
+end
+
+describe("recipe runner (stand-in smolvm)", function()
+  it("runs sandboxes side by side, round-robin, and deletes them", function()
+    local status, log, text = run_recipe({
+      { "a", { steps = { "echo a1", "echo a2" } } },
+      { "b", { steps = { "echo b1", { run = "echo b2", expect = { stdout = "b2" } } } } },
+    })
+    assert.equal(0, status, text)
+    assert.same({ "a:echo a1", "b:echo b1", "a:echo a2", "b:echo b2" }, log.runs)
+    assert.same({ "a", "b" }, log.created)
+    assert.same({ "a", "b" }, log.deleted)
+    assert.truthy(text:find("[a] step 2/2 echo a2 ok", 1, true), text)
+    assert.truthy(text:find("recipe ok: 2 sandboxes", 1, true), text)
+  end)
+
+  it("stops a sandbox at its failing step, prints its output, others go on", function()
+    local status, log, text = run_recipe({
+      { "a", { steps = { { run = "echo nope", expect = { stdout = "yes" } }, "echo never" } } },
+      { "b", { steps = { "echo b1", "echo b2" } } },
+    })
+    assert.equal(1, status)
+    assert.same({ "a:echo nope", "b:echo b1", "b:echo b2" }, log.runs)
+    assert.same({ "a", "b" }, log.deleted)
+    assert.truthy(text:find('stdout does not contain "yes"', 1, true), text)
+    assert.truthy(text:find("--- stdout ---\n  nope", 1, true), text)
+    assert.truthy(text:find("recipe failed: 1 of 2 sandboxes failed", 1, true), text)
+  end)
+
+  it("checks the exit status", function()
+    local status, _, text = run_recipe({ { "a", { steps = { "exit 3" } } } })
+    assert.equal(1, status)
+    assert.truthy(text:find("exit status 3, expected 0", 1, true), text)
+    status = run_recipe({ { "a", { steps = { { run = "exit 3", expect = { exit = 3 } } } } } })
+    assert.equal(0, status)
+  end)
+
+  it("starts background steps detached with their log", function()
+    local status, log = run_recipe({ { "a", { steps = { { run = "serve 'x'", background = true } } } } })
+    assert.equal(0, status)
+    assert.equal([[a:nohup sh -c 'serve '\''x'\''' >/tmp/smolvm-bg-1.log 2>&1 </dev/null & echo $!]], log.runs[1])
+  end)
+
+  it("tears everything down when interrupted, kept or not", function()
+    local status, log, text = run_recipe({
+      { "a", { keep = true, steps = { "echo a1", "echo a2" } } },
+      { "b", { steps = { "INT" } } },
+    })
+    assert.equal(130, status)
+    assert.same({ "a", "b" }, log.deleted)
+    assert.same({}, log.kept)
+    assert.truthy(text:find("interrupted", 1, true), text)
+  end)
+
+  it("keeps sandboxes with keep = true or --keep", function()
+    local status, log, text = run_recipe({ { "a", { keep = true, steps = { "echo" } } }, { "b", {} } })
+    assert.equal(0, status, text)
+    assert.same({ "a" }, log.kept)
+    assert.same({ "b" }, log.deleted)
+    assert.truthy(text:find("smolvm exec a -- sh", 1, true), text)
+    local _, log2 = run_recipe({ { "a", {} } }, { keep = true })
+    assert.same({ "a" }, log2.kept)
+    assert.same({}, log2.deleted)
+  end)
+
+  it("exits 3 when the host cannot run sandboxes, with doctor's hints", function()
+    local status, log, text = run_recipe({ { "a", {} }, { "b", {} } }, {}, { start_fails = "EHOST" })
+    assert.equal(3, status, text)
+    assert.same({ "a", "b" }, log.deleted)
+    assert.truthy(text:find("the host cannot run sandboxes: no usable VMM", 1, true), text)
+    assert.truthy(text:find("kvm: no kvm (use tcg)", 1, true), text)
+  end)
+
+  it("refuses to reuse an id that exists, creating nothing", function()
+    local status, log, text = run_recipe({ { "web", {} } }, {}, { existing = { web = true } })
+    assert.equal(1, status)
+    assert.same({}, log.created)
+    assert.truthy(text:find("smolvm rm -f web", 1, true), text)
+  end)
+
+  it("prints a machine-readable result with --json", function()
+    local status, _, _, out = run_recipe({ { "a", { steps = { "echo hi", "exit 1" } } } }, { json = true })
+    assert.equal(1, status)
+    local ok, dkjson = pcall(require, "dkjson")
+    if not ok then pending("dkjson not installed") return end
+    local r = dkjson.decode(out)
+    assert.equal(1, r.status)
+    assert.is_false(r.ok)
+    assert.equal("a", r.sandboxes[1].name)
+    assert.equal("hi\n", r.sandboxes[1].steps[1].stdout)
+    assert.equal(1, r.sandboxes[1].steps[2].exit_code)
+    assert.is_true(r.sandboxes[1].deleted)
+  end)
+end)
+
+------------------------------------------------------------------------ real VMs
+
+local function host_ready()
+  local bin = os.getenv("SMOLVM_LUA")
+  if not bin or not io.open(bin, "rb") then return nil, "smolvm-lua not built ($SMOLVM_LUA)" end
+  local ok, smolvm = pcall(require, "smolvm")
+  if not ok then return nil, "smolvm binding not loadable: " .. tostring(smolvm):match("^[^\n]*") end
+  local okd, checks = pcall(smolvm.doctor)
+  if not okd or type(checks) ~= "table" then return nil, "smolvm.doctor() failed" end
+  for _, c in ipairs(checks) do
+    -- kvm being unusable is fine (TCG); anything else missing means no sandboxes.
+    if not c.ok and not tostring(c.name):find("kvm") and not tostring(c.name):find("firecracker")
+       and not tostring(c.name):find("nat") and not tostring(c.name):find("net") then
+      return nil, "host cannot run sandboxes: " .. tostring(c.name) .. ": " .. tostring(c.detail)
+    end
+  end
+  return bin, smolvm
+end
+
+describe("recipes with real VMs", function()
+  local bin, smolvm = host_ready()
+  local root = os.getenv("SMOLVM_SOURCE_DIR") or "../.."
+  if not bin then
+    it("needs a host that runs sandboxes", function() pending(smolvm) end)
+    return
+  end
+  local function run(cmd)
+    local p = io.popen(cmd .. " 2>&1; echo \"__status=$?\"")
+    local out = p:read("*a")
+    p:close()
+    return tonumber(out:match("__status=(%d+)%s*$")), out
+  end
+  for _, ex in ipairs({ "hello.lua", "hello-recipe.lua", "data-task.lua", "web-forward.lua",
+                        "two-sandboxes.lua", "agent-tool.lua" }) do
+    it("example " .. ex .. " runs green", function()
+      local status, out = run("cd " .. root .. "/examples && " .. sh_quote(bin) .. " " .. ex)
+      assert.equal(0, status, out)
+    end)
+  end
+
+  it("SIGINT/SIGTERM during a recipe leaves nothing behind", function()
+    for _, sig in ipairs({ "INT", "TERM" }) do
+      local name = "sigtest-" .. sig:lower()
+      local path = os.tmpname()
+      local f = assert(io.open(path, "w"))
+      f:write('sandbox "' .. name .. '" { keep = true, steps = { "sleep 600" } }\n')
+      f:close()
+      -- Wait for the step to start, then signal the interpreter.
+      local status, out = run(sh_quote(bin) .. " " .. sh_quote(path) .. " & pid=$!; "
+        .. "for i in $(seq 1 600); do sleep 0.5; "
+        .. sh_quote(bin) .. " " .. sh_quote(root .. "/scripts/smolvm") .. " exec " .. name
+        .. " -- pgrep -x sleep >/dev/null 2>&1 && break; done; kill -" .. sig .. " $pid; wait $pid")
+      os.remove(path)
+      assert.are_not.equal(0, status, out)
+      assert.is_nil(smolvm.VM.from_id(name), "VM " .. name .. " left behind:\n" .. out)
+    end
+  end)
+end)
