@@ -31,7 +31,7 @@ M.STOP_TIMEOUT = 5
 local state -- the recipe being declared: { opts, declared = { ... } }
 
 local function new_state(opts)
-  return { opts = opts or {}, declared = {} }
+  return { opts = opts or {}, declared = {}, checks = {} }
 end
 
 ------------------------------------------------------------------------ declaring
@@ -78,6 +78,17 @@ function M.sandbox(name, ...)
     d.body = body
     return nil
   end
+end
+
+--- Register a host-side check: `fn(vms)` runs after every sandbox met all its steps,
+-- before teardown (forwards are still up), with `vms[name] = vm`. It returns true,
+-- or false/nil and a message (the recipe then exits 1). Not run under --check.
+function M.host_check(label, fn)
+  state = state or new_state()
+  if type(label) ~= "string" or type(fn) ~= "function" then
+    error("host_check: expected (label string, function)", 2)
+  end
+  state.checks[#state.checks + 1] = { label = label, fn = fn }
 end
 
 --- Start a recipe: remember the flags and install the global `sandbox`.
@@ -513,6 +524,22 @@ local function run_all(ctx, out)
   for _, run in ipairs(ctx.runs) do
     if run.status ~= "ok" then return M.EXIT_FAILED end
   end
+  local vms = {}
+  for _, run in ipairs(ctx.runs) do vms[run.sb.name] = run.vm end
+  for _, c in ipairs(ctx.opts.host_checks or {}) do
+    out:pending("[host] " .. c.label)
+    local t0 = now()
+    local okc, res, msg = pcall(c.fn, vms)
+    if not okc and is_interrupt(res) then error(res, 0) end
+    if not okc or not res then
+      local why = tostring(okc and (msg or "failed") or res)
+      out:done("[host] " .. c.label .. " " .. out:paint("31", "FAILED") .. ": " .. why)
+      ctx.errors = ctx.errors or {}
+      ctx.errors[#ctx.errors + 1] = "host check " .. schema.quote(c.label) .. ": " .. why
+      return M.EXIT_FAILED
+    end
+    out:done("[host] " .. c.label .. " " .. out:paint("32", "ok") .. " " .. fmt_secs(now() - t0))
+  end
   return M.EXIT_OK
 end
 
@@ -677,7 +704,10 @@ function M.finish()
     check_summary(sandboxes, st.opts)
     return M.EXIT_OK
   end
-  return M.run(sandboxes, st.opts)
+  local opts = {}
+  for k, v in pairs(st.opts) do opts[k] = v end
+  opts.host_checks = st.checks
+  return M.run(sandboxes, opts)
 end
 
 --- For smolvm-lua: the user's file failed to load or raised. In a recipe (or a file

@@ -144,6 +144,16 @@ describe("recipe runner (stand-in smolvm)", function()
     assert.truthy(text:find("smolvm rm -f web", 1, true), text)
   end)
 
+  it("runs host checks after the steps, before teardown", function()
+    local seen
+    local status, log, text = run_recipe({ { "web", { steps = { "echo up" } } } }, { host_checks = {
+      { label = "curl", fn = function(vms) seen = vms.web.status return false, "no answer" end } } })
+    assert.equal(1, status)
+    assert.equal("running", seen)
+    assert.same({ "web" }, log.deleted)
+    assert.truthy(text:find("[host] curl FAILED: no answer", 1, true), text)
+  end)
+
   it("prints a machine-readable result with --json", function()
     local status, _, _, out = run_recipe({ { "a", { steps = { "echo hi", "exit 1" } } } }, { json = true })
     assert.equal(1, status)
