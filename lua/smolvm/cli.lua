@@ -125,11 +125,11 @@ local function parse(args, spec, stop_at_operand)
 end
 
 local function fmt_forwards(info)
-  local fw = pick(info, { "forwards", "ports", "config.forwards" })
+  local fw = pick(info, { "ports", "forwards", "config.forwards" })
   if type(fw) ~= "table" then return "" end
   local parts = {}
   for _, f in ipairs(fw) do
-    if type(f) == "table" then
+    if type(f) == "table" and f.kind ~= "ssh" then
       local addr = f.address or f.host_address or "127.0.0.1"
       parts[#parts + 1] = addr .. ":" .. tostring(f.host or f.host_port) .. "->"
         .. tostring(f.guest or f.guest_port)
@@ -271,10 +271,28 @@ end)
 -- VM's pinned host key (written to a private known_hosts file, never trust on first
 -- use) and the address/port sshd is reachable at.
 function M.ssh_command(info, tmpdir)
-  local host = pick(info, { "ssh.host", "ssh_host", "ip" })
-  local port = pick(info, { "ssh.port", "ssh_port", "ports.ssh" }) or 22
-  local key = pick(info, { "ssh.key", "paths.key", "paths.ssh_key", "key_path" })
-  local hostkey = pick(info, { "ssh.host_key", "host_key", "paths.host_key_pub", "paths.host_key" })
+  local host, port
+  -- With the user network sshd is reached through a host forward (ports[kind=ssh],
+  -- also info.ssh_port); with nat, at the VM's address.
+  for _, p in ipairs(type(info.ports) == "table" and info.ports or {}) do
+    if type(p) == "table" and p.kind == "ssh" then
+      host, port = p.host_address, p.host_port
+    end
+  end
+  if info.ssh_port and info.ssh_port ~= json.null then
+    port = info.ssh_port
+    host = (host and host ~= json.null) and host or "127.0.0.1"
+  end
+  if not port then host, port = pick(info, { "ssh.host", "ip" }), 22 end
+  -- The installation's client key lives in the state directory, a parent of the
+  -- VM's directory.
+  local key = pick(info, { "ssh.key", "paths.key", "key_path" })
+  local dir = pick(info, { "dir" })
+  while not key and type(dir) == "string" and dir:find("/", 1, true) do
+    dir = dir:match("^(.*)/[^/]*$")
+    if dir and io.open(dir .. "/id_ed25519", "rb") then key = dir .. "/id_ed25519" end
+  end
+  local hostkey = pick(info, { "host_key", "ssh.host_key", "paths.host_key_pub" })
   if not host then return nil, "no address to reach its sshd (is it running?)" end
   if not key then return nil, "its info has no ssh key path" end
   local args = { "ssh", "-t", "-i", shell_quote(key), "-o", "IdentitiesOnly=yes",
@@ -374,9 +392,9 @@ function(args)
   local vm, s = open_vm(smolvm, rest[1])
   if not vm then return s end
   local info = info_of(vm)
-  local path = pick(info, { "paths.console", "paths.console_log", "console_log", "console" })
+  local path = pick(info, { "console_log", "paths.console" })
   if not path then
-    local dir = pick(info, { "paths.dir", "dir", "paths.state" })
+    local dir = pick(info, { "dir" })
     path = dir and (dir .. "/console.log")
   end
   if not path then return fail("logs '" .. rest[1] .. "': its info has no console log path") end
