@@ -1,0 +1,26 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# Run a busted spec that boots real VMs: skip (77) with the reason when this host
+# cannot run sandboxes (no image, no QEMU), else run it with the built module.
+# Usage: run-spec.sh LUA_INTERPRETER SPEC
+set -eu
+interp=$1 spec=$2
+state=$(mktemp -d /tmp/smolvm-it.XXXXXX)
+export SMOLVM_STATE_DIR="$state"
+cleanup() {
+    # Whatever a failed test left: kill VMMs of this state dir, then remove it.
+    pkill -9 -f -- "$state/" 2>/dev/null || true
+    rm -rf "$state"
+}
+trap cleanup EXIT INT TERM
+
+missing=$("$SMOLVM_LUA" -e '
+  for _, c in ipairs(require("smolvm").doctor()) do
+    if c.required and not c.ok then print(c.name .. ": " .. c.detail) end
+  end')
+if [ -n "$missing" ]; then
+    echo "SKIP: this host cannot run sandboxes:" >&2
+    echo "$missing" >&2
+    exit 77
+fi
+"$interp" /usr/bin/busted --output=plainTerminal "$spec"

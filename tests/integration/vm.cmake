@@ -1,0 +1,14 @@
+# SPDX-License-Identifier: MIT
+# Sandboxes booted for real. RUN_SERIAL: each VM is a busy emulator on a 2-core host.
+add_test(NAME integration/vm
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integration/run-spec.sh ${LUA54_BIN}
+          ${CMAKE_CURRENT_SOURCE_DIR}/integration/vm_spec.lua
+  WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/integration)
+set_tests_properties(integration/vm PROPERTIES LABELS "integration;vm" SKIP_RETURN_CODE 77
+  RUN_SERIAL ON TIMEOUT 1200
+  ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
+
+add_test(NAME integration/image-boot
+  COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/integration/image-boot.py)
+set_tests_properties(integration/image-boot PROPERTIES LABELS "integration;vm"
+  SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 300)
