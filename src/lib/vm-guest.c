@@ -43,16 +43,6 @@ int smolvm_vm_run(smolvm_vm *vm, const char *cmd, const smolvm_run_options *opts
     return r < 0 ? smolvm_err_wrap(err, "run in '%s'", vm->id) : 0;
 }
 
-smolvm_run_result *smolvm_run_result_free(smolvm_run_result *res)
-{
-    if (res) {
-        free(res->out);
-        free(res->err);
-        free(res);
-    }
-    return NULL;
-}
-
 static int ready(smolvm_vm *vm, const char *what, const char *path, smolvm_error **err)
 {
     int r;
