@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include "error-internal.h"
 #include "proc-internal.h"
@@ -152,6 +153,24 @@ static int wait_pidfd(int fd, pid_t pid, int64_t deadline, smolvm_error **err)
     }
 }
 
+/* Without pidfds (kernel < 5.3, or valgrind, which does not know the syscall) there
+ * is no event for the exit of a non-child: fall back to checking every 10 ms, still
+ * bounded by the deadline. */
+static int wait_without_pidfd(pid_t pid, uint64_t start_time, int64_t deadline,
+                              smolvm_error **err)
+{
+    for (;;) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+
+        if (!smolvm_proc_alive(pid, start_time))
+            return 0;
+        if (smolvm_remaining_ms(deadline) == 0)
+            return smolvm_err(err, SMOLVM_ETIMEDOUT,
+                              "process %ld still running at the deadline", (long)pid);
+        (void)nanosleep(&ts, NULL);
+    }
+}
+
 int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline,
                           smolvm_error **err)
 {
@@ -159,6 +178,8 @@ int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline,
 
     if (fd == -ESRCH)
         return 0;
+    if (fd == -ENOSYS)
+        return wait_without_pidfd(pid, start_time, deadline, err);
     if (fd < 0)
         return smolvm_err_errno(err, -fd, "open pidfd for process %ld", (long)pid);
     return wait_pidfd(fd, pid, deadline, err);
@@ -170,6 +191,14 @@ int smolvm_proc_kill(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_er
 
     if (fd == -ESRCH)
         return 0;
+    if (fd == -ENOSYS) {
+        /* No pidfd: a small window remains between the check and the kill. */
+        if (!smolvm_proc_alive(pid, start_time))
+            return 0;
+        if (kill(pid, SIGKILL) < 0 && errno != ESRCH)
+            return smolvm_err_errno(err, errno, "kill process %ld", (long)pid);
+        return wait_without_pidfd(pid, start_time, deadline, err);
+    }
     if (fd < 0)
         return smolvm_err_errno(err, -fd, "open pidfd for process %ld", (long)pid);
     if (pidfd_send_signal_(fd, SIGKILL) < 0 && errno != ESRCH)

@@ -558,8 +558,14 @@ static void remove_runtime_files(const char *dir)
 static int fail_started(const char *dir, const char *log_path, off_t log_offset, pid_t pid,
                         uint64_t start, int r, smolvm_error **err)
 {
-    int exited = !smolvm_proc_alive(pid, start);
     _cleanup_free_ char *tail = NULL;
+    int exited;
+
+    /* A closed QMP connection usually means QEMU is on its way out: give it a moment
+     * to finish, so the error can be QEMU's own words. */
+    if (r == SMOLVM_EVMM)
+        (void)smolvm_proc_wait_exit(pid, start, smolvm_now_ms() + 1000, NULL);
+    exited = !smolvm_proc_alive(pid, start);
 
     (void)smolvm_proc_kill(pid, start, smolvm_now_ms() + CLEANUP_KILL_MS, NULL);
     remove_runtime_files(dir);
