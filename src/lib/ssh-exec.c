@@ -129,9 +129,11 @@ static int add_env(struct buf *b, const char *const *env, smolvm_error **err)
 }
 
 /* The wrapper. Runs in root's login shell, which sshd started with setsid(): its pid
- * is its process group. The group is read from /proc anyway, in case a shell ever
- * runs us in a child. Only builtins run before the command (each fork/exec costs
- * milliseconds under TCG). */
+ * is its process group, and that group (reported as "$$") is what a timeout kills.
+ * Should a shell ever run us outside our own group, the command is started through
+ * setsid(1) (no fork: we are not a group leader, so it keeps pid $$) rather than
+ * killing a group we do not own. Only builtins run before the command (each
+ * fork/exec costs milliseconds under TCG). */
 static int build_script(const char *cmd, const char *const *base_env, const smolvm_run_options *opts,
                         const char *tag, char **out, smolvm_error **err)
 {
@@ -148,10 +150,14 @@ static int build_script(const char *cmd, const char *const *base_env, const smol
             goto oom;
     }
     if (buf_str(&b, "printf '%s %s %s\\n' '") < 0 || buf_str(&b, tag) < 0 ||
-        buf_str(&b, "' \"$smolvm_g\" \"$smolvm_c\" >&2\n"
+        buf_str(&b, "' \"$$\" \"$smolvm_c\" >&2\n"
                     "[ \"$smolvm_c\" = ok ] || exit 1\n"
+                    "set -- /bin/sh -c ") < 0 ||
+        buf_quote(&b, cmd) < 0 ||
+        buf_str(&b, "\n[ \"$smolvm_g\" = $$ ] || set -- setsid \"$@\"\n"
                     "unset smolvm_g smolvm_c\n") < 0)
         goto oom;
+    /* The user's variables last: they may use any name, ours included. */
     r = add_env(&b, base_env, err);
     if (r == 0)
         r = add_env(&b, opts ? opts->env : NULL, err);
@@ -159,7 +165,7 @@ static int build_script(const char *cmd, const char *const *base_env, const smol
         free(b.p);
         return r;
     }
-    if (buf_str(&b, "exec /bin/sh -c ") < 0 || buf_quote(&b, cmd) < 0)
+    if (buf_str(&b, "exec \"$@\"\n") < 0)
         goto oom;
     script = b.p;
     if (b.len > SCRIPT_MAX)
@@ -537,9 +543,9 @@ int smolvm_ssh_exec(smolvm_ssh *s, const char *cmd, const char *const *base_env,
         SMOLVM_SSH_RETRY(s, deadline, rc, libssh2_channel_wait_closed(run.ch));
     }
     if (rc == SMOLVM_SSH_RC_TIMEOUT) {
+        /* A channel on_timeout could not collect stays with the (broken) session,
+         * which frees it. */
         r = on_timeout(&run, timeout_ms, err);
-        if (run.ch)
-            run.ch = NULL; /* left to the session; it is marked broken */
         run_cleanup(&run);
         return r;
     }
@@ -570,7 +576,8 @@ int smolvm_ssh_exec(smolvm_ssh *s, const char *cmd, const char *const *base_env,
     if (run.marker.found && !run.marker.cwd_ok) {
         run_cleanup(&run);
         return smolvm_err(err, SMOLVM_ENOENT,
-                          "run in guest: cwd '%s' is not a directory (command not run)",
+                          "run in guest: cwd '%s' does not exist or is not a directory "
+                          "(command not run)",
                           opts->cwd);
     }
     res->duration_ms = smolvm_now_ms() - start;

@@ -298,6 +298,14 @@ static void test_env(void **state)
                      0);
     assert_string_equal(res->out, "over|x y|it's \"q\" $HOME `id` \\n\n;|");
     smolvm_run_result_free(res);
+
+    /* Names the wrapper uses internally are the user's to set too. */
+    env[0] = "smolvm_c=mine";
+    env[1] = "smolvm_g=g";
+    env[2] = NULL;
+    assert_int_equal(smolvm_ssh_exec(ssh, "echo \"$smolvm_c $smolvm_g\"", NULL, &o, &res, &err), 0);
+    assert_string_equal(res->out, "mine g\n");
+    smolvm_run_result_free(res);
 }
 
 static void expect_einval_env(const char *entry)
