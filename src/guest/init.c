@@ -236,7 +236,7 @@ static int wait_all_gone(int sfd, long timeout_ms)
 
 static void __attribute__((noreturn)) power_off(int sfd, const char *why)
 {
-    guest_log("power off (%s)", why);
+    guest_log("power off (%s) %ld", why, uptime_ms());
     /* PID 1 is exempt from kill(-1): this reaches every other process. */
     kill(-1, SIGTERM);
     kill(-1, SIGCONT);

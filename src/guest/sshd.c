@@ -130,6 +130,9 @@ int sshd_setup(const struct guest_config *cfg, char *err, size_t errlen)
     *a++ = "-o", *a++ = "UseDNS=no";
     *a++ = "-o", *a++ = "PrintMotd=no";
     *a++ = "-o", *a++ = "PrintLastLog=no";
+    /* The host may set per-command variables with the SSH "env" request (libssh2
+     * channel_setenv); it is root here anyway, so nothing is gained by refusing. */
+    *a++ = "-o", *a++ = "AcceptEnv=*";
     if (cfg->n_env > 0) {
         char *opt = setenv_option(cfg);
         if (!opt)

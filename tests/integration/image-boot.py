@@ -92,7 +92,8 @@ def write_config_disk(path, tmp, hostname, env):
 class VM:
     """One QEMU microvm booting the image; timings are host monotonic seconds."""
 
-    def __init__(self, image_dir, tmp, hostname=HOSTNAME, env=ENV, memory=512, vcpus=2):
+    def __init__(self, image_dir, tmp, hostname=HOSTNAME, env=ENV, memory=512, vcpus=2,
+                 cpu="max", rng=True):
         self.tmp = tmp
         self.key, self.known = make_keys(tmp)
         cfg = os.path.join(tmp, "config.img")
@@ -111,7 +112,7 @@ class VM:
                   % (" tsc_early_khz=%d" % khz if khz else "", hostname))
         self.argv = [
             "qemu-system-x86_64", "-M", "microvm,acpi=off,x-option-roms=off,rtc=on",
-            "-accel", "tcg", "-cpu", "max", "-m", str(memory), "-smp", str(vcpus),
+            "-accel", "tcg", "-cpu", cpu, "-m", str(memory), "-smp", str(vcpus),
             "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
             "-kernel", os.path.join(image_dir, "vmlinux"), "-append", append,
             # snapshot=on: writes go to a temporary overlay, never to the image.
@@ -122,13 +123,15 @@ class VM:
             "-device", "virtio-blk-device,drive=cfg",
             "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22" % self.port,
             "-device", "virtio-net-device,netdev=n0",
-            "-device", "virtio-rng-device",
             "-chardev", "file,id=ser,path=" + self.console, "-serial", "chardev:ser",
             "-device", "virtio-serial-device",
             "-chardev", "socket,id=ctl,path=%s,server=off" % ctl_path,
             "-device", "virtconsole,chardev=ctl",
         ]
-        self.lines = []
+        if rng:  # seeds the guest's entropy pool so sshd's first getrandom() is quick
+            self.argv += ["-device", "virtio-rng-device"]
+        self.lines = []  # (host time, line) from hvc0
+        self.cursor = 0  # lines before this one were seen by wait_line
         self.buf = b""
         self.stderr = b""
         self.t_spawn = time.monotonic()
@@ -171,14 +174,14 @@ class VM:
     def wait_line(self, prefix, timeout):
         """First console line starting with prefix: (host time, line)."""
         deadline = time.monotonic() + timeout
-        seen = 0
         while True:
-            for t, line in self.lines[seen:]:
-                if line.startswith("smolvm-error"):
-                    raise Fail("guest reported: " + line)
+            while self.cursor < len(self.lines):
+                t, line = self.lines[self.cursor]
+                self.cursor += 1
                 if line.startswith(prefix):
                     return t, line
-            seen = len(self.lines)
+                if line.startswith("smolvm-error"):
+                    raise Fail("guest reported: " + line)
             if not self._pump(deadline):
                 raise Fail("no '%s' within %ss; got %r\n%s" % (
                     prefix, timeout, [l for _, l in self.lines], self.console_tail()))
@@ -190,12 +193,12 @@ class VM:
         except OSError:
             return ""
 
-    def ssh(self, command, timeout=60):
+    def ssh(self, command, timeout=60, options=()):
         argv = ["ssh", "-F", "/dev/null", "-i", self.key, "-p", str(self.port),
                 "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                 "-o", "HostKeyAlias=smolvm-test", "-o", "UserKnownHostsFile=" + self.known,
                 "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=30",
-                "-o", "LogLevel=ERROR", "root@127.0.0.1", command]
+                "-o", "LogLevel=ERROR"] + list(options) + ["root@127.0.0.1", command]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
     def banner(self, timeout=30):
@@ -257,9 +260,13 @@ def main():
             if [l.split()[1] for l in stages] != want:
                 raise Fail("milestones %r, want stages %r" % (stages, want))
 
+            # env from the config disk (sshd SetEnv) and from the client (AcceptEnv *)
             r = vm.ssh("echo hi; cat /etc/hostname; echo \"$SOME_ENV\"; echo $SECOND; "
-                       "python3 -c 'print(6*7)'; test $(date +%Y) -ge 2024 && echo clock-ok")
-            want_out = "hi\n%s\n%s\n2\n42\nclock-ok\n" % (HOSTNAME, ENV["SOME_ENV"])
+                       "echo $CLIENT_ENV; python3 -c 'print(6*7)'; "
+                       "test $(date +%Y) -ge 2024 && echo clock-ok",
+                       options=["-o", "SetEnv=CLIENT_ENV=from-client"])
+            want_out = "hi\n%s\n%s\n2\nfrom-client\n42\nclock-ok\n" % (
+                HOSTNAME, ENV["SOME_ENV"])
             if r.returncode != 0 or r.stdout != want_out:
                 raise Fail("ssh: exit %d, stdout %r (want %r), stderr %r" % (
                     r.returncode, r.stdout, want_out, r.stderr))
