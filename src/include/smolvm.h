@@ -51,6 +51,7 @@ enum {
     SMOLVM_ENOSPC = -12,   /* a range is exhausted (addresses, ports, ids) */
     SMOLVM_ESTATE = -13,   /* operation not valid in the VM's current state */
     SMOLVM_ENET = -14,     /* network setup failure */
+    SMOLVM_EINTR = -15,    /* interrupted by smolvm_interrupt() */
 };
 
 typedef struct smolvm_error smolvm_error;
@@ -62,6 +63,14 @@ SMOLVM_EXTERN const char *smolvm_error_message(const smolvm_error *e);
 /* "EINVAL", "ENOENT", ...: a static string for a code. */
 SMOLVM_EXTERN const char *smolvm_error_name(int code);
 SMOLVM_EXTERN smolvm_error *smolvm_error_free(smolvm_error *e);
+
+/* Interrupt the blocking calls of this process: a wait that is woken by a signal
+ * (poll returning EINTR) after this was called gives up with SMOLVM_EINTR; a running
+ * command is killed in the guest first. Async-signal-safe: meant for SIGINT/SIGTERM
+ * handlers. Call smolvm_interrupt_clear() before cleaning up (stop, delete), or those
+ * calls will be interrupted by the next signal too. */
+SMOLVM_EXTERN void smolvm_interrupt(void);
+SMOLVM_EXTERN void smolvm_interrupt_clear(void);
 
 /* ---------------------------------------------------------------- context */
 

@@ -165,6 +165,7 @@ const char *smolvm_error_name(int code)
     case SMOLVM_ENOSPC: return "ENOSPC";
     case SMOLVM_ESTATE: return "ESTATE";
     case SMOLVM_ENET: return "ENET";
+    case SMOLVM_EINTR: return "EINTR";
     default: return "EUNKNOWN";
     }
 }

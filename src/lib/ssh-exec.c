@@ -547,6 +547,10 @@ int smolvm_ssh_exec(smolvm_ssh *s, const char *cmd, const char *const *base_env,
          * which frees it. */
         r = on_timeout(&run, timeout_ms, err);
         run_cleanup(&run);
+        if (smolvm_interrupted() && err && *err) {
+            *err = smolvm_error_free(*err);
+            r = smolvm_err(err, SMOLVM_EINTR, "interrupted (the command was killed)");
+        }
         return r;
     }
     if (rc) {

@@ -57,6 +57,9 @@ int smolvm_ssh_wait(smolvm_ssh *s, int64_t deadline)
             return SMOLVM_SSH_RC_TIMEOUT;
         if (errno != EINTR)
             return LIBSSH2_ERROR_BAD_SOCKET;
+        /* An interrupt ends the wait like a deadline: a command is then killed. */
+        if (smolvm_interrupted())
+            return SMOLVM_SSH_RC_TIMEOUT;
     }
 }
 

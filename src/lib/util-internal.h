@@ -78,6 +78,10 @@ int smolvm_write_file_atomic(const char *path, const void *data, size_t len, uns
 /* Fill buf with random bytes from getrandom(). */
 int smolvm_random(void *buf, size_t len, smolvm_error **err);
 
+/* Has smolvm_interrupt() been called (and not cleared)? Checked by waits when a
+ * signal woke them. */
+int smolvm_interrupted(void);
+
 /* Log through the context's callback (no-op when ctx or its callback is NULL). */
 struct smolvm_ctx;
 void smolvm_log(struct smolvm_ctx *ctx, int level, const char *fmt, ...)

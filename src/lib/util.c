@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <ftw.h>
 #include <stdarg.h>
 #include <string.h>
@@ -11,6 +12,23 @@
 #include <time.h>
 
 #include "error-internal.h"
+
+static volatile sig_atomic_t interrupt_flag;
+
+void smolvm_interrupt(void)
+{
+    interrupt_flag = 1;
+}
+
+void smolvm_interrupt_clear(void)
+{
+    interrupt_flag = 0;
+}
+
+int smolvm_interrupted(void)
+{
+    return interrupt_flag != 0;
+}
 
 int64_t smolvm_now_ms(void)
 {

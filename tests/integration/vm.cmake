@@ -12,3 +12,11 @@ add_test(NAME integration/image-boot
   COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/integration/image-boot.py)
 set_tests_properties(integration/image-boot PROPERTIES LABELS "integration;vm"
   SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 300)
+
+add_test(NAME integration/recipes
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integration/run-spec.sh ${LUA54_BIN}
+          ${CMAKE_CURRENT_SOURCE_DIR}/integration/recipes_spec.lua
+  WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/integration)
+set_tests_properties(integration/recipes PROPERTIES LABELS "integration;vm" SKIP_RETURN_CODE 77
+  RUN_SERIAL ON TIMEOUT 1800
+  ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")

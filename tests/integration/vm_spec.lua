@@ -31,10 +31,30 @@ local function readfile(path)
   return s
 end
 
+local function wait_for(pred, seconds)
+  local deadline = os.time() + seconds
+  repeat
+    local v = pred()
+    if v then return v end
+    sh("sleep 0.2")
+  until os.time() > deadline
+  return nil
+end
+
 -- Is any process still using this VM's directory (its QEMU)?
 local function vmm_running(dir)
-  local out = sh(("pgrep -f -- %q"):format(dir .. "/"))
+  -- "[q]emu" so the pattern does not match the shell that runs pgrep
+  local out = sh(("pgrep -f -- %q"):format("[q]emu-system.*" .. dir .. "/"))
   return out:match("%d+") ~= nil
+end
+
+-- SIGKILL, then wait until the process is really gone (its locks released).
+local function kill9(pid)
+  sh("kill -9 " .. pid)
+  assert.truthy(wait_for(function()
+    local stat = readfile("/proc/" .. pid .. "/stat")
+    return not stat or stat:match("^%d+ %b() Z") ~= nil
+  end, 10), "process " .. pid .. " did not die")
 end
 
 -- Run a Lua snippet in another smolvm-lua process (a second controller).
@@ -45,16 +65,6 @@ local function lua_proc(code, background)
     return tonumber(out:match("%d+")), file .. ".out"
   end
   return sh(("%q %q"):format(LUA, file))
-end
-
-local function wait_for(pred, seconds)
-  local deadline = os.time() + seconds
-  repeat
-    local v = pred()
-    if v then return v end
-    sh("sleep 0.2")
-  until os.time() > deadline
-  return nil
 end
 
 describe("a running sandbox", function()
@@ -201,7 +211,7 @@ describe("a controller killed with SIGKILL", function()
     ]], true)
     local id = wait_for(function() return (readfile(outfile) or ""):match("(vm%-%x+)\n") end, BOOT)
     assert.truthy(id, readfile(outfile))
-    sh("kill -9 " .. pid)
+    kill9(pid)
     local vm = assert(smolvm.VM.from_id(id))
     assert.are.equal("running", vm.status)
     local dir = vm:info().dir
@@ -225,7 +235,7 @@ describe("a controller killed with SIGKILL", function()
     assert.truthy(id, readfile(outfile))
     local dir = smolvm.Store():get(id).dir
     assert.truthy(wait_for(function() return vmm_running(dir) end, 60), "qemu never started")
-    sh("kill -9 " .. pid)
+    kill9(pid)
     local listed
     for _, info in ipairs(smolvm.VM.list()) do
       if info.id == id then listed = info end

@@ -61,6 +61,8 @@ static int read_line(line_reader *lr, char *line, int64_t deadline, smolvm_error
 
             if (w < 0 && errno != EINTR)
                 return smolvm_err_errno(err, errno, "guest channel: poll");
+            if (w < 0 && smolvm_interrupted())
+                return smolvm_err(err, SMOLVM_EINTR, "interrupted while waiting for the guest");
             if (w == 0)
                 return SMOLVM_ETIMEDOUT;
             continue;
@@ -102,6 +104,15 @@ int smolvm_vmm_wait_ready(struct smolvm_ctx *ctx, int ctl_fd, int64_t deadline,
             if (uptime_ms)
                 *uptime_ms = ms;
             return 0;
+        }
+        if (strncmp(line, "smolvm-error ", 13) == 0) {
+            /* The guest cannot become ready (bad config disk, sshd setup failed):
+             * fail now instead of at the deadline. "smolvm-error <ms> <message>" */
+            const char *msg = line + 13;
+
+            msg += strspn(msg, "0123456789");
+            msg += strspn(msg, " ");
+            return smolvm_err(err, SMOLVM_EVMM, "the guest reported an error: %.200s", msg);
         }
         if (sscanf(line, "smolvm-boot %31s %" SCNd64, stage, &ms) == 2) {
             smolvm_log(ctx, SMOLVM_LOG_DEBUG, "guest boot: %s at %" PRId64 " ms", stage, ms);
