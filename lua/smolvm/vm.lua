@@ -75,9 +75,13 @@ local function check_opts(where, opts, known, level)
   return opts
 end
 
-local function ud(self)
+-- The userdata of a VM object; raises at the caller of the public method (level 3)
+-- for a bad self or a closed VM.
+local function ud(self, level)
+  level = level or 3
   local u = type(self) == "table" and rawget(self, "_ud")
-  if not u then error("bad self: expected a smolvm VM object (use vm:method())", 3) end
+  if not u then error("bad self: expected a smolvm VM object (use vm:method())", level) end
+  if u:closed() then error("attempt to use a closed vm", level) end
   return u
 end
 
@@ -89,9 +93,9 @@ VM_mt.__index = function(self, k)
   local m = methods[k]
   if m ~= nil then return m end
   if k == "status" then
-    return rawget(self, "_ud"):status()
+    return ud(self, 3):status()
   elseif k == "ip" then
-    local info = rawget(self, "_ud"):info()
+    local info = ud(self, 3):info()
     return info and info.ip or nil
   end
   return nil
@@ -251,7 +255,9 @@ end
 --- vm:close() -> true | nil, msg, code. Frees the handle; an owned VM (made by VM{},
 --- not kept, not deleted) is stopped and deleted first. Idempotent.
 function methods.close(self)
-  return ud(self):close()
+  local u = type(self) == "table" and rawget(self, "_ud")
+  if not u then error("bad self: expected a smolvm VM object (use vm:method())", 2) end
+  return u:close()
 end
 
 ------------------------------------------------------------------------ constructors

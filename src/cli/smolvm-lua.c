@@ -19,8 +19,9 @@
  * declared and gives the exit status. A script that does not load (syntax error) then
  * exits 2, the "invalid recipe" status.
  *
- * SIGINT/SIGTERM raise the Lua error "interrupted" at the next Lua instruction (lua.c's
- * laction), so smolvm.with and <close> tear sandboxes down; VMs still owned by a Lua
+ * SIGINT/SIGTERM make libsmolvm's blocking waits give up (smolvm_interrupt) and raise
+ * the Lua error "interrupted" at the next Lua instruction (lua.c's laction), so
+ * smolvm.with and <close> tear sandboxes down; VMs still owned by a Lua
  * object are deleted when the state is closed. The exit status is then 128 + signal.
  * A second signal kills the process at once.
  */
@@ -57,11 +58,16 @@ static void usage(FILE *f)
 
 /* ---------------------------------------------------------------- signals */
 
+/* Back in Lua after the signal: the library's blocking call (if any) has given up.
+ * Clear the library's interrupt before raising, so the teardown that the error
+ * triggers (stop, delete) is not cut short too. The message names the signal:
+ * smolvm.recipe maps "TERM" to status 143. */
 static void interrupt_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     lua_sethook(L, NULL, 0, 0);
-    luaL_error(L, "interrupted");
+    smolvm_interrupt_clear();
+    luaL_error(L, "interrupted (%s)", got_signal == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
 static void on_signal(int sig)
@@ -70,8 +76,12 @@ static void on_signal(int sig)
 
     got_signal = sig;
     signal(sig, SIG_DFL); /* a second one terminates at once */
-    if (L)
+    if (L) {
+        /* A wait inside libsmolvm (boot, command) gives up with SMOLVM_EINTR, killing
+         * a running command in the guest, so control returns to Lua promptly. */
+        smolvm_interrupt();
         lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    }
 }
 
 static void install_signals(void)
@@ -232,6 +242,30 @@ static int recipe_finish(lua_State *L, int recipe_idx, int *status)
     return LUA_OK;
 }
 
+/* The file did not load (syntax error) with a recipe engine present: an invalid
+ * recipe. recipe.load_error(msg) reports it (as JSON with --json) and gives the
+ * status; without it, print the message and exit 2. */
+static int recipe_load_error(lua_State *L, int recipe_idx)
+{
+    int status = EXIT_LOAD_RECIPE;
+
+    lua_getfield(L, recipe_idx, "load_error");
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        report(L);
+        return status;
+    }
+    lua_insert(L, -2); /* load_error, msg */
+    if (docall(L, 1, 1) != LUA_OK) {
+        report(L);
+        return status;
+    }
+    if (lua_isinteger(L, -1))
+        status = (int)(lua_tointeger(L, -1) & 0xff);
+    lua_pop(L, 1);
+    return status;
+}
+
 static int run_script(lua_State *L, const char *fname, char **args, int nargs, int check,
                       int json, int keep)
 {
@@ -246,8 +280,11 @@ static int run_script(lua_State *L, const char *fname, char **args, int nargs, i
 
     r = luaL_loadfile(L, strcmp(fname, "-") == 0 ? NULL : fname);
     if (r != LUA_OK) {
-        report(L);
-        return lua_isnil(L, recipe_idx) ? EXIT_FAILURE : EXIT_LOAD_RECIPE;
+        if (lua_isnil(L, recipe_idx)) {
+            report(L);
+            return EXIT_FAILURE;
+        }
+        return recipe_load_error(L, recipe_idx);
     }
     luaL_checkstack(L, nargs + 1, "too many arguments to script");
     for (i = 0; i < nargs; i++)
@@ -363,6 +400,7 @@ out:
      * arriving now only records itself. */
     signal_state = NULL;
     lua_sethook(L, NULL, 0, 0);
+    smolvm_interrupt_clear(); /* a signal not yet seen by Lua must not stop the teardown */
     lua_close(L);
     if (got_signal)
         status = 128 + got_signal;

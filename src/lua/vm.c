@@ -12,7 +12,7 @@
  *   vm:upload(local, remote) vm:download(remote, local)
  *   vm:write_file(remote, data) vm:read_file(remote) -> data
  *   vm:forward(host_port, guest_port [, host_address]) vm:unforward(host_port)
- *   vm:keep() vm:owned() vm:close()
+ *   vm:keep() vm:owned() vm:closed() vm:close()
  *
  * Ownership: a VM made by vm_create is "owned" by its handle. Closing an owned handle
  * (close(), __close, __gc, lua_close at exit) stops the VM (5 s) and deletes it, unless
@@ -379,6 +379,13 @@ static int l_vm_keep(lua_State *L)
     return 1;
 }
 
+/* vm:closed() -> boolean (the only method a closed handle answers) */
+static int l_vm_closed(lua_State *L)
+{
+    lua_pushboolean(L, ((lvm *)luaL_checkudata(L, 1, SMOLVM_LUA_VM_MT))->vm == NULL);
+    return 1;
+}
+
 static int l_vm_owned(lua_State *L)
 {
     lua_pushboolean(L, check_lvm(L)->owned);
@@ -549,6 +556,7 @@ static const luaL_Reg vm_methods[] = {
     {"unforward", l_vm_unforward},
     {"keep", l_vm_keep},
     {"owned", l_vm_owned},
+    {"closed", l_vm_closed},
     {"close", l_vm_close},
     {NULL, NULL},
 };

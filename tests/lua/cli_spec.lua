@@ -1,0 +1,182 @@
+-- SPDX-License-Identifier: MIT
+-- smolvm-lua, the interpreter: options, arg, stdin, errors, require "smolvm" from the
+-- build tree without LUA_PATH. No VM is booted.
+
+local SMOLVM_LUA = os.getenv("SMOLVM_LUA")
+  or ((os.getenv("SMOLVM_BUILD_DIR") or "../../build") .. "/smolvm-lua")
+
+local function sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function mktemp_dir()
+  local p = assert(io.popen("mktemp -d"))
+  local d = p:read("*l")
+  p:close()
+  return d
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+local function write(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- Run smolvm-lua with the given shell-quoted argument string; LUA_PATH/LUA_CPATH are
+-- cleared so only the binary's own setup is tested. Returns stdout, stderr, status.
+local function run(args, opts)
+  opts = opts or {}
+  local dir = mktemp_dir()
+  local env = "env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_INIT"
+    .. " -u LUA_INIT_5_4 SMOLVM_STATE_DIR=" .. sh_quote(opts.state or (dir .. "/state"))
+  local stdin = opts.stdin and ("< " .. sh_quote(opts.stdin)) or "< /dev/null"
+  local cmd = env .. " " .. sh_quote(SMOLVM_LUA) .. " " .. args .. " " .. stdin
+    .. " > " .. dir .. "/out 2> " .. dir .. "/err; echo $?"
+  local p = assert(io.popen(cmd))
+  local rc = tonumber(p:read("*a"):match("(%d+)%s*$"))
+  p:close()
+  local function slurp(f)
+    local h = io.open(f, "rb")
+    local s = h and h:read("*a") or ""
+    if h then h:close() end
+    return s
+  end
+  local out, err = slurp(dir .. "/out"), slurp(dir .. "/err")
+  os.execute("rm -rf " .. sh_quote(dir))
+  return out, err, rc
+end
+
+describe("smolvm-lua", function()
+  local dir
+  before_each(function() dir = mktemp_dir() end)
+  after_each(function() os.execute("rm -rf " .. sh_quote(dir)) end)
+
+  it("exists", function()
+    assert.is_true(exists(SMOLVM_LUA), SMOLVM_LUA)
+  end)
+
+  it("prints its version with -v", function()
+    local out, _, rc = run("-v")
+    assert.are.equal(0, rc)
+    assert.truthy(out:find("smolvm-lua " .. require("smolvm").VERSION, 1, true), out)
+    assert.truthy(out:find("Lua 5.4", 1, true), out)
+  end)
+
+  it("runs -e statements in order", function()
+    local out, err, rc = run("-e 'print(1+1)' -e 'x = 3' -e 'print(x * 2)'")
+    assert.are.equal(0, rc, err)
+    assert.are.equal("2\n6\n", out)
+  end)
+
+  it("passes script arguments in arg and ...", function()
+    write(dir .. "/s.lua", "print(arg[0], arg[1], arg[2], #arg, ...)\nprint(arg[-1] ~= nil)\n")
+    local out, err, rc = run(sh_quote(dir .. "/s.lua") .. " one 'two words'")
+    assert.are.equal(0, rc, err)
+    assert.are.equal(dir .. "/s.lua\tone\ttwo words\t2\tone\ttwo words\ntrue\n", out)
+  end)
+
+  it("runs a script from stdin when no script is given", function()
+    write(dir .. "/in.lua", "print('from stdin')\n")
+    local out, err, rc = run("", { stdin = dir .. "/in.lua" })
+    assert.are.equal(0, rc, err)
+    assert.are.equal("from stdin\n", out)
+  end)
+
+  it("runs stdin for '-' with arguments", function()
+    write(dir .. "/in.lua", "print(arg[0], ...)\n")
+    local out, err, rc = run("- a b", { stdin = dir .. "/in.lua" })
+    assert.are.equal(0, rc, err)
+    assert.are.equal("-\ta\tb\n", out)
+  end)
+
+  it("reports a runtime error with a traceback and exits 1", function()
+    write(dir .. "/e.lua", "local function f() error('boom') end\nf()\n")
+    local out, err, rc = run(sh_quote(dir .. "/e.lua"))
+    assert.are.equal(1, rc)
+    assert.are.equal("", out)
+    assert.truthy(err:find("e.lua:1: boom", 1, true), err)
+    assert.truthy(err:find("stack traceback:", 1, true), err)
+    assert.truthy(err:find("in local 'f'", 1, true) or err:find("in function 'f'", 1, true)
+      or err:find("in upvalue 'f'", 1, true), err)
+  end)
+
+  it("reports an -e error with a traceback and exits 1", function()
+    local _, err, rc = run("-e 'error(\"nope\")'")
+    assert.are.equal(1, rc)
+    assert.truthy(err:find("nope", 1, true), err)
+    assert.truthy(err:find("stack traceback:", 1, true), err)
+  end)
+
+  it("exits with os.exit's status", function()
+    local _, _, rc = run("-e 'os.exit(7)'")
+    assert.are.equal(7, rc)
+  end)
+
+  it("rejects an unknown option", function()
+    local _, err, rc = run("--bogus")
+    assert.are.equal(1, rc)
+    assert.truthy(err:find("--bogus", 1, true), err)
+  end)
+
+  it("loads smolvm from the build tree without LUA_PATH", function()
+    local state = dir .. "/state"
+    local out, err, rc = run("-e 'local s = require(\"smolvm\").Store(); print(#s:list())'",
+                             { state = state })
+    assert.are.equal(0, rc, err)
+    assert.are.equal("0\n", out)
+    assert.is_true(exists(state .. "/smolvm.db"))
+  end)
+
+  it("preloads smolvm.core", function()
+    local out, err, rc = run("-e 'print(type(package.preload[\"smolvm.core\"]), "
+      .. "require(\"smolvm.core\").VERSION == require(\"smolvm\").VERSION)'")
+    assert.are.equal(0, rc, err)
+    assert.are.equal("function\ttrue\n", out)
+  end)
+
+  it("runs a plain script that declares nothing with status 0", function()
+    write(dir .. "/plain.lua", "local smolvm = require 'smolvm'\nprint(smolvm.VERSION ~= nil)\n")
+    local out, err, rc = run(sh_quote(dir .. "/plain.lua"))
+    assert.are.equal(0, rc, err)
+    assert.are.equal("true\n", out)
+  end)
+
+  it("exits 2 when a recipe file does not parse", function()
+    write(dir .. "/bad.lua", "sandbox 'x' {\n  memory = = 1\n}\n")
+    local _, err, rc = run(sh_quote(dir .. "/bad.lua"))
+    assert.are.equal(2, rc)
+    assert.truthy(err:find("bad.lua:2", 1, true), err)
+  end)
+
+  it("exits 2 for an invalid recipe, checked with --check", function()
+    write(dir .. "/inv.lua", "sandbox 'web' { memory = 'lots' }\n")
+    local _, err, rc = run("--check " .. sh_quote(dir .. "/inv.lua"))
+    assert.are.equal(2, rc)
+    assert.truthy(err:find("memory", 1, true), err)
+  end)
+
+  it("turns SIGTERM into an 'interrupted' error and exits 143", function()
+    write(dir .. "/loop.lua", [[
+      local ok, err = pcall(function() while true do end end)
+      io.stderr:write("caught: ", tostring(err), "\n")
+      error(err, 0)
+    ]])
+    local script = sh_quote(dir .. "/loop.lua")
+    local cmd = "env -u LUA_PATH -u LUA_CPATH " .. sh_quote(SMOLVM_LUA) .. " " .. script
+      .. " 2>" .. sh_quote(dir .. "/err") .. " & pid=$!; sleep 0.3; kill -TERM $pid; wait $pid; echo $?"
+    local p = assert(io.popen(cmd))
+    local rc = tonumber(p:read("*a"):match("(%d+)%s*$"))
+    p:close()
+    local f = assert(io.open(dir .. "/err", "rb"))
+    local err = f:read("*a")
+    f:close()
+    assert.are.equal(143, rc, err)
+    assert.truthy(err:find("caught: .*interrupted"), err)
+  end)
+end)
