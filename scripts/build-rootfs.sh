@@ -86,6 +86,7 @@ if ! mmdebstrap --variant=minbase --mode=root --format=directory \
     --customize-hook='chmod 0755 "$1"/sbin/smolvm-init' \
     --customize-hook='for f in hostname hosts resolv.conf; do rm -f "$1/etc/$f"; ln -s "/run/smolvm/$f" "$1/etc/$f"; done' \
     --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
+    --customize-hook='sed -i "s|^root:\\(.*\\):/bin/bash$|root:\\1:/bin/sh|" "$1"/etc/passwd' \
     --customize-hook='printf "[global]\nroot-user-action = ignore\ndisable-pip-version-check = true\n" >"$1"/etc/pip.conf' \
     --customize-hook=': >"$1"/etc/machine-id; : >"$1"/etc/fstab' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old "$1"/var/log/*' \

@@ -270,7 +270,7 @@ end)
 -- The ssh command line for a VM, from its info: the per-installation key, the
 -- VM's pinned host key (written to a private known_hosts file, never trust on first
 -- use) and the address/port sshd is reachable at.
-function M.ssh_command(info, tmpdir)
+function M.ssh_command(info, tmpdir, interactive)
   local host, port
   -- With the user network sshd is reached through a host forward (ports[kind=ssh],
   -- also info.ssh_port); with nat, at the VM's address.
@@ -315,6 +315,8 @@ function M.ssh_command(info, tmpdir)
     end
   end
   args[#args + 1] = "root@" .. host
+  -- root's login shell is /bin/sh (fast for commands); people want bash
+  if interactive then args[#args + 1] = "exec /bin/bash -l" end
   return table.concat(args, " ")
 end
 
@@ -333,7 +335,7 @@ function(args)
   local tmp = os.tmpname()
   os.remove(tmp)
   os.execute("mkdir -m 700 " .. shell_quote(tmp))
-  local cmd, err = M.ssh_command(info, tmp)
+  local cmd, err = M.ssh_command(info, tmp, true)
   if not cmd then
     os.execute("rm -rf " .. shell_quote(tmp))
     return fail("shell '" .. args[1] .. "': " .. err, "use 'smolvm exec " .. args[1] .. " -- CMD' instead")

@@ -165,7 +165,11 @@ static int build_script(const char *cmd, const char *const *base_env, const smol
         free(b.p);
         return r;
     }
-    if (buf_str(&b, "exec \"$@\"\n") < 0)
+    /* Root's login shell in our image is /bin/sh itself (sshd names it "sh" in $0):
+     * then the command is evaluated right here, as /bin/sh -c would, saving one
+     * exec per command (~10-20 ms under TCG). Any other login shell execs /bin/sh. */
+    if (buf_str(&b, "if [ \"$0\" = sh ] && [ \"$1\" = /bin/sh ]; then shift 2; eval \"set --\n$1\"\n"
+                    "else exec \"$@\"; fi\n") < 0)
         goto oom;
     script = b.p;
     if (b.len > SCRIPT_MAX)
