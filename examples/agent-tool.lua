@@ -2,6 +2,8 @@
 -- An agent tool: run untrusted code (written by a model) in a throwaway sandbox and
 -- return what happened, as a table ready to serialize into the model's context.
 -- smolvm.with always stops and deletes the sandbox, even when the code misbehaves.
+-- network = "user" is closed to the outside (no egress unless SMOLVM_USER_EGRESS=1 is
+-- set for the controlling process): the code can compute, not call home.
 --   smolvm-lua examples/agent-tool.lua
 local smolvm = require "smolvm"
 
@@ -17,7 +19,7 @@ end
 local function run_code(args)
   local file = args.language == "python" and "/tmp/main.py" or "/tmp/main.sh"
   local cmd = (args.language == "python" and "python3 " or "sh ") .. file
-  local result, err = smolvm.with({ memory = 512, network = "none" }, function(vm)
+  local result, err = smolvm.with({ memory = 512, network = "user" }, function(vm)
     assert(vm:write_file(file, args.code))
     local r, msg, code = vm:run(cmd, { timeout = args.timeout or 30 })
     if not r then return { ok = false, error = msg .. " (" .. tostring(code) .. ")" } end

@@ -330,6 +330,9 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     cfg.network = net;
     cfg.hostfwds = fwds;
     cfg.n_hostfwds = nfwds;
+    /* User networking is closed to the outside unless the operator opens it for
+     * this process: untrusted code gets no egress by accident. */
+    cfg.user_egress = getenv("SMOLVM_USER_EGRESS") && strcmp(getenv("SMOLVM_USER_EGRESS"), "1") == 0;
 
     if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "starting", NULL, err)) < 0)
         return r;

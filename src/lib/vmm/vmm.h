@@ -11,6 +11,8 @@
 
 #include "smolvm.h"
 
+struct smolvm_ctx;
+
 typedef struct smolvm_vmm_hostfwd {
     const char *host_address; /* "127.0.0.1" */
     int host_port;
@@ -34,7 +36,16 @@ typedef struct smolvm_vmm_config {
     const char *mac;         /* guest MAC, "52:54:00:xx:xx:xx" */
     const smolvm_vmm_hostfwd *hostfwds; /* USER: index 0 is ssh (guest 22) */
     size_t n_hostfwds;
+    int user_egress;         /* USER: let the guest open outbound connections */
+    /* Appended for backends without qcow2 (firecracker; QEMU ignores them). When set,
+     * 'disk' (raw) is attached read-only as the lower layer and this raw ext4 file as
+     * the writable upper layer of an overlayfs root (the guest init mounts it, see
+     * docs/guest-protocol.md); the backend creates it (sparse, mkfs.ext4) if missing. */
+    const char *overlay_disk;
+    unsigned overlay_mib; /* size of a created overlay_disk; 0: SMOLVM_VMM_OVERLAY_MIB */
 } smolvm_vmm_config;
+
+#define SMOLVM_VMM_OVERLAY_MIB 8192
 
 /* Files a backend keeps in the VM dir (shared so generic code can find them). */
 #define SMOLVM_VMM_PIDFILE "vmm.pid"
@@ -72,9 +83,33 @@ typedef struct smolvm_vmm_ops {
 
     /* JSON text describing the running VMM (QMP query-status etc). Caller frees. */
     int (*describe)(const char *dir, int64_t deadline, char **out, smolvm_error **err);
+
+    /* ---- Appended, optional: NULL means the generic path. */
+
+    /* Wait for "ready" from the guest (instead of smolvm_vmm_wait_ready on ctl_fd).
+     * ctl_fd is what spawn returned (firecracker: a pidfd of the VMM, or -1). Same
+     * results as smolvm_vmm_wait_ready: 0 with *uptime_ms, SMOLVM_EVMM if the VMM died
+     * or the guest reported an error, SMOLVM_ETIMEDOUT. */
+    int (*wait_ready)(struct smolvm_ctx *ctx, const char *dir, int ctl_fd, int64_t deadline,
+                      int64_t *uptime_ms, smolvm_error **err);
+
+    /* Ask the guest to power off (instead of smolvm_vmm_request_poweroff); returns once
+     * the request was delivered. The caller then waits for the VMM to exit. */
+    int (*poweroff)(const char *dir, int64_t deadline, smolvm_error **err);
+
+    /* Write a full snapshot of a paused VM: device state and guest memory. */
+    int (*snapshot)(const char *dir, const char *state_path, const char *mem_path,
+                    int64_t deadline, smolvm_error **err);
+
+    /* Like spawn, but the guest continues from a snapshot instead of booting (so there
+     * is no ready message to wait for). cfg must describe the same disks and network. */
+    int (*restore)(const smolvm_vmm_config *cfg, const char *state_path, const char *mem_path,
+                   int *ctl_fd, int64_t *pid, uint64_t *pid_start, int64_t deadline,
+                   smolvm_error **err);
 } smolvm_vmm_ops;
 
 extern const smolvm_vmm_ops smolvm_vmm_qemu;
+extern const smolvm_vmm_ops smolvm_vmm_firecracker;
 
 /* Read the guest channel until "smolvm-ready <ms>" (returns guest uptime ms at ready
  * in *uptime_ms), EOF (the VMM died: SMOLVM_EVMM) or the deadline (SMOLVM_ETIMEDOUT).
