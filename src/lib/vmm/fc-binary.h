@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The firecracker binary: finding it, checking its version, and downloading the pinned
+ * release archive (sha256-verified before anything in it is used). Also the small
+ * process helper the backend uses for mkfs.ext4.
+ */
+#ifndef SMOLVM_FC_BINARY_H
+#define SMOLVM_FC_BINARY_H
+
+#include <stdint.h>
+
+#include "smolvm.h"
+
+#define SMOLVM_FC_ENV "SMOLVM_FIRECRACKER"        /* path of the binary to use */
+#define SMOLVM_FC_JAILER_ENV "SMOLVM_JAILER"      /* path of jailer: use it when set */
+#define SMOLVM_FC_PINNED_VERSION "1.16.1"         /* the API contract we follow */
+#define SMOLVM_FC_MIN_VERSION "1.4.0"             /* PUT /entropy and mem_backend */
+#define SMOLVM_FC_RELEASE_URL                                                              \
+    "https://github.com/firecracker-microvm/firecracker/releases/download/v"             \
+    SMOLVM_FC_PINNED_VERSION "/firecracker-v" SMOLVM_FC_PINNED_VERSION "-%s.tgz"
+#define SMOLVM_FC_DOWNLOAD_MAX (256u << 20) /* the release archive is ~10 MB */
+
+/* $XDG_DATA_HOME/smolvm/bin (default ~/.local/share/smolvm/bin). Caller frees. */
+int smolvm_fc_bin_dir(char **out, smolvm_error **err);
+
+/* The firecracker to use: $SMOLVM_FIRECRACKER (must be executable), else
+ * <bin dir>/firecracker, else 'firecracker' in PATH. SMOLVM_EHOST with a hint when
+ * none is found. Caller frees. */
+int smolvm_fc_find_binary(char **out, smolvm_error **err);
+
+/* Run `path --version` and return "1.16.1" (caller frees). SMOLVM_EHOST if it is not
+ * firecracker or older than SMOLVM_FC_MIN_VERSION. */
+int smolvm_fc_binary_version(const char *path, char **version, int64_t deadline,
+                             smolvm_error **err);
+
+/* Compare dotted versions "1.16.1" and "1.4": <0, 0, >0. */
+int smolvm_fc_version_cmp(const char *a, const char *b);
+
+/* Progress of a download: bytes so far and the total (0 when unknown). */
+typedef void (*smolvm_fc_progress_fn)(uint64_t done, uint64_t total, void *payload);
+
+typedef struct smolvm_fc_download_opts {
+    const char *url;      /* NULL: the pinned release for this machine */
+    const char *sha256;   /* expected, hex; NULL: the pinned one (required with url) */
+    const char *dest_dir; /* NULL: smolvm_fc_bin_dir() */
+    smolvm_fc_progress_fn progress; /* may be NULL */
+    void *payload;
+    int timeout_ms; /* whole download + unpack; 0: 300 s */
+} smolvm_fc_download_opts;
+
+/* Download the release archive, verify its sha256 (a mismatch deletes the download
+ * and says so: SMOLVM_EIO), unpack it with tar, install firecracker (and jailer) into
+ * dest_dir and check the installed binary's version. *path receives the installed
+ * firecracker (caller frees). */
+int smolvm_fc_download(const smolvm_fc_download_opts *opts, char **path, smolvm_error **err);
+
+/* Run argv (argv[0] a path or a name in PATH), stdin /dev/null, stdout+stderr captured
+ * (at most 16 KiB kept, NUL-terminated, *output may be NULL). Returns 0 when it exited
+ * 0; SMOLVM_EIO naming the program and its output otherwise; SMOLVM_ETIMEDOUT (after
+ * killing it) at the deadline. */
+int smolvm_fc_run(char *const argv[], char **output, int64_t deadline, smolvm_error **err);
+
+#endif

@@ -1,0 +1,824 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The Firecracker backend: one firecracker process per VM, configured over its REST
+ * API (fc-api.c), readiness from the guest's serial console (firecracker's stdout, the
+ * VM's console.log). What is verified against real firecracker and what only against
+ * the API contract is in docs/firecracker.md.
+ */
+#include "util-internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+
+#include "context-internal.h"
+#include "error-internal.h"
+#include "host-internal.h"
+#include "proc-internal.h"
+#include "vmm/fc-api.h"
+#include "vmm/fc-binary.h"
+#include "vmm/vmm.h"
+
+#define FC_API_SOCK "fc.sock"
+#define FC_METRICS "fc-metrics.json"
+#define CLEANUP_KILL_MS 3000
+#define LINE_MAX_BYTES 512
+#define SOCKET_CONNECT_TRIES 50 /* bind() to listen() gap only: microseconds */
+#define DEAD_CHECK_MS 100       /* only without pidfd (kernel < 5.3) */
+
+static char *dir_file(const char *dir, const char *name)
+{
+    return smolvm_strdupf("%s/%s", dir, name);
+}
+
+static int pidfd_open_(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+/* ---------------------------------------------------------------- validation */
+
+static int valid_mac(const char *mac)
+{
+    unsigned b[6];
+    char tail;
+
+    return mac && strlen(mac) == 17 &&
+           sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+                  &tail) == 6;
+}
+
+static int valid_ifname(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+
+    return n > 0 && n <= 15 &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == n;
+}
+
+static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
+{
+    struct sockaddr_un sa;
+
+    if (!c->dir || c->dir[0] != '/')
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: the vm dir must be an absolute path");
+    if (strlen(c->dir) + sizeof("/" FC_API_SOCK) > sizeof(sa.sun_path))
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "socket path '%s/" FC_API_SOCK "' is longer than %zu bytes (use a "
+                          "shorter state dir)",
+                          c->dir, sizeof(sa.sun_path) - 1);
+    if (!c->kernel || !c->disk || !c->cmdline)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: kernel, disk and cmdline are required");
+    if (!c->disk_format || strcmp(c->disk_format, "raw") != 0)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "firecracker: disk format '%s' is not supported (firecracker takes "
+                          "raw files only)",
+                          c->disk_format ? c->disk_format : "(null)");
+    if (c->vcpus < SMOLVM_VCPUS_MIN || c->vcpus > SMOLVM_VCPUS_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: vcpus %u out of range %d..%d", c->vcpus,
+                          SMOLVM_VCPUS_MIN, SMOLVM_VCPUS_MAX);
+    if (c->memory_mib < SMOLVM_MEMORY_MIN || c->memory_mib > SMOLVM_MEMORY_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: memory %u MiB out of range %d..%d",
+                          c->memory_mib, SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX);
+    if (c->accel != SMOLVM_ACCEL_KVM)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "firecracker runs only with accel 'kvm' (use backend 'qemu' for "
+                          "tcg)");
+    if (strlen(c->cmdline) > 2048)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: kernel command line longer than 2048");
+    if (c->overlay_mib > 1024 * 1024)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: overlay size %u MiB above 1 TiB",
+                          c->overlay_mib);
+    switch (c->network) {
+    case SMOLVM_NET_NONE:
+        return 0;
+    case SMOLVM_NET_USER:
+        return smolvm_err(err, SMOLVM_EINVAL, "firecracker has no user-mode networking (use "
+                                              "network 'nat' or 'none', or backend 'qemu')");
+    case SMOLVM_NET_NAT:
+        if (!valid_ifname(c->tap_name))
+            return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid tap name '%s'",
+                              c->tap_name ? c->tap_name : "(null)");
+        if (!valid_mac(c->mac))
+            return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid mac '%s'",
+                              c->mac ? c->mac : "(null)");
+        return 0;
+    default:
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: network must be resolved");
+    }
+}
+
+/* Firecracker's --id: ASCII alphanumeric and '-', 1..64. */
+static void instance_id(const char *vm_id, char out[65])
+{
+    size_t i;
+
+    for (i = 0; vm_id && vm_id[i] && i < 64; i++) {
+        char c = vm_id[i];
+
+        out[i] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+                     ? c
+                     : '-';
+    }
+    if (i == 0)
+        out[i++] = 'x';
+    out[i] = '\0';
+}
+
+/* The command line with an overlay root: the base is mounted read-only ("rw" becomes
+ * "ro") and the init is told which device holds the upper layer. */
+static char *overlay_cmdline(const char *cmdline, const char *dev)
+{
+    size_t n = strlen(cmdline);
+    char *out = malloc(n + strlen(dev) + 32), *o = out;
+    const char *p = cmdline;
+
+    if (!out)
+        return NULL;
+    while (*p) {
+        size_t tok = strcspn(p, " "), sp;
+
+        if (tok == 2 && strncmp(p, "rw", 2) == 0)
+            memcpy(o, "ro", 2);
+        else
+            memcpy(o, p, tok);
+        o += tok;
+        p += tok;
+        sp = strspn(p, " ");
+        memcpy(o, p, sp);
+        o += sp;
+        p += sp;
+    }
+    (void)sprintf(o, "%ssmolvm.overlay=%s", o > out && o[-1] != ' ' ? " " : "", dev);
+    return out;
+}
+
+/* A sparse raw file with an empty ext4 on it: costs milliseconds whatever its size. */
+static int create_overlay(const char *path, unsigned mib, int64_t deadline, smolvm_error **err)
+{
+    _cleanup_close_ int fd = -1;
+    char *argv[] = {"mkfs.ext4", "-q", "-F", "-m", "0", "-L", "smolvm-upper",
+                    "-E", "lazy_itable_init=1,lazy_journal_init=1", (char *)path, NULL};
+    int r;
+
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST)
+        return 0;
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "create overlay disk '%s'", path);
+    if (ftruncate(fd, (off_t)(mib ? mib : SMOLVM_VMM_OVERLAY_MIB) << 20) < 0) {
+        r = smolvm_err_errno(err, errno, "size overlay disk '%s'", path);
+        (void)unlink(path);
+        return r;
+    }
+    r = smolvm_fc_run(argv, NULL, deadline, err);
+    if (r < 0) {
+        (void)unlink(path);
+        return smolvm_err_wrap(err, "create overlay disk '%s'", path);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- process */
+
+/* The VMM of dir from its pidfile, if it is alive and still ours (its command line
+ * names the dir). */
+static int find_vmm(const char *dir, pid_t *pid, uint64_t *start)
+{
+    _cleanup_free_ char *pidfile = dir_file(dir, SMOLVM_VMM_PIDFILE);
+    _cleanup_free_ char *text = NULL, *cmdline_path = NULL, *cmdline = NULL;
+    size_t len = 0, i;
+    long p;
+
+    if (!pidfile || smolvm_read_file(pidfile, 64, &text, NULL, NULL) < 0)
+        return 0;
+    p = strtol(text, NULL, 10);
+    if (p <= 1 || p > INT32_MAX)
+        return 0;
+    cmdline_path = smolvm_strdupf("/proc/%ld/cmdline", p);
+    if (!cmdline_path || smolvm_read_file(cmdline_path, 1 << 20, &cmdline, &len, NULL) < 0)
+        return 0;
+    for (i = 0; i < len; i++)
+        if (cmdline[i] == '\0')
+            cmdline[i] = ' ';
+    if (!strstr(cmdline, dir) || smolvm_proc_start_time((pid_t)p, start, NULL) < 0)
+        return 0;
+    *pid = (pid_t)p;
+    return smolvm_proc_alive(*pid, *start);
+}
+
+static void remove_runtime_files(const char *dir)
+{
+    const char *names[] = {FC_API_SOCK, SMOLVM_VMM_PIDFILE};
+    size_t i;
+
+    for (i = 0; i < SMOLVM_ARRAY_SIZE(names); i++) {
+        _cleanup_free_ char *p = dir_file(dir, names[i]);
+
+        if (p)
+            (void)unlink(p);
+    }
+}
+
+static int api_open(const char *dir, smolvm_fc_api **api, smolvm_error **err)
+{
+    _cleanup_free_ char *sock = dir_file(dir, FC_API_SOCK);
+
+    if (!sock)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    if (access(sock, F_OK) < 0)
+        return smolvm_err(err, SMOLVM_ESTATE, "no firecracker api socket in '%s' (is the vm "
+                                              "running?)", dir);
+    return smolvm_fc_api_new(api, sock, err);
+}
+
+/* Create (or truncate) a file firecracker will open but not create. */
+static int touch(const char *path, smolvm_error **err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "create '%s'", path);
+    (void)close(fd);
+    return 0;
+}
+
+/* The last lines of console.log (where firecracker's own complaints land before its
+ * logger is configured), "; "-joined. */
+static char *console_tail(const char *dir)
+{
+    _cleanup_free_ char *path = dir_file(dir, SMOLVM_VMM_CONSOLE_LOG);
+    _cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    char buf[1024], *out, *p;
+    off_t size;
+    ssize_t n;
+
+    if (fd < 0 || (size = lseek(fd, 0, SEEK_END)) < 0)
+        return NULL;
+    n = pread(fd, buf, sizeof(buf) - 1, size > (off_t)sizeof(buf) - 1
+                                            ? size - (off_t)sizeof(buf) + 1
+                                            : 0);
+    if (n <= 0)
+        return NULL;
+    buf[n] = '\0';
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = '\0';
+    out = smolvm_strdupf("%s", buf);
+    for (p = out; p && *p; p++)
+        if (*p == '\r' || *p == '\n' || (unsigned char)*p < 0x20)
+            *p = *p == '\n' ? '|' : ' ';
+    return out;
+}
+
+typedef struct launched {
+    pid_t pid;
+    uint64_t start;
+    int pidfd;
+    smolvm_fc_api *api;
+} launched;
+
+static void launched_done(launched *l)
+{
+    if (l->pidfd >= 0)
+        (void)close(l->pidfd);
+    l->pidfd = -1;
+    l->api = smolvm_fc_api_free(l->api);
+}
+
+/* Wait (inotify on the dir + the VMM's pidfd) until the API socket exists. */
+static int wait_socket(const char *dir, const char *sock, int ino, const launched *l,
+                       int64_t deadline, smolvm_error **err)
+{
+    for (;;) {
+        struct pollfd p[2] = {{.fd = ino, .events = POLLIN}, {.fd = l->pidfd, .events = POLLIN}};
+        struct stat st;
+        char evbuf[4096];
+        int w;
+
+        if (stat(sock, &st) == 0 && S_ISSOCK(st.st_mode))
+            return 0;
+        if (l->pidfd < 0 && !smolvm_proc_alive(l->pid, l->start))
+            return smolvm_err(err, SMOLVM_EVMM, "firecracker exited before its api socket "
+                                                "was up");
+        w = poll(p, l->pidfd >= 0 ? 2 : 1,
+                 l->pidfd >= 0 ? smolvm_remaining_ms(deadline)
+                               : (smolvm_remaining_ms(deadline) < DEAD_CHECK_MS
+                                      ? smolvm_remaining_ms(deadline)
+                                      : DEAD_CHECK_MS));
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return smolvm_err_errno(err, errno, "poll");
+        if (p[1].revents & POLLIN)
+            return smolvm_err(err, SMOLVM_EVMM, "firecracker exited before its api socket "
+                                                "was up");
+        if (p[0].revents & POLLIN)
+            while (read(ino, evbuf, sizeof(evbuf)) > 0)
+                ;
+        if (w == 0 && smolvm_remaining_ms(deadline) == 0)
+            return smolvm_err(err, SMOLVM_ETIMEDOUT,
+                              "firecracker did not create its api socket in '%s' in time", dir);
+    }
+}
+
+/* Spawn firecracker in cfg->dir and return once its API answers, its version checked. */
+static int launch(const smolvm_vmm_config *cfg, launched *l, int64_t deadline,
+                  smolvm_error **err)
+{
+    _cleanup_free_ char *bin = NULL, *sock = NULL, *console = NULL, *pidfile = NULL,
+                        *pidtext = NULL, *version = NULL;
+    _cleanup_close_ int ino = -1;
+    char id[65];
+    pid_t held;
+    uint64_t held_start;
+    int r, tries;
+
+    *l = (launched){.pidfd = -1};
+    if ((r = check_config(cfg, err)) < 0)
+        return r;
+    if ((r = smolvm_fc_find_binary(&bin, err)) < 0)
+        return r;
+    sock = dir_file(cfg->dir, FC_API_SOCK);
+    console = dir_file(cfg->dir, SMOLVM_VMM_CONSOLE_LOG);
+    pidfile = dir_file(cfg->dir, SMOLVM_VMM_PIDFILE);
+    if (!sock || !console || !pidfile)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    /* Never pull the socket from under a VMM that still runs in this dir. */
+    if (find_vmm(cfg->dir, &held, &held_start))
+        return smolvm_err(err, SMOLVM_EEXIST, "a vmm (pid %ld) is already running in '%s'",
+                          (long)held, cfg->dir);
+    remove_runtime_files(cfg->dir);
+    /* The serial console of this boot, from its first byte. */
+    if ((r = touch(console, err)) < 0)
+        return r;
+
+    ino = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    if (ino < 0)
+        return smolvm_err_errno(err, errno, "inotify_init1");
+    if (inotify_add_watch(ino, cfg->dir, IN_CREATE) < 0)
+        return smolvm_err_errno(err, errno, "inotify_add_watch '%s'", cfg->dir);
+
+    instance_id(cfg->vm_id, id);
+    {
+        /* stdout is the guest's serial console; stderr is firecracker's log until the
+         * logger is configured. Both go to console.log. */
+        char *argv[] = {bin, "--api-sock", sock, "--id", id, NULL};
+
+        r = smolvm_spawn_detached(argv, console, -1, &l->pid, err);
+    }
+    if (r < 0)
+        return smolvm_err_wrap(err, "spawn '%s'", bin);
+    pidtext = smolvm_strdupf("%ld\n", (long)l->pid);
+    if (!pidtext)
+        r = smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    if (r == 0)
+        r = smolvm_write_file_atomic(pidfile, pidtext, strlen(pidtext), 0600, err);
+    if (r == 0 && smolvm_proc_start_time(l->pid, &l->start, NULL) < 0) {
+        _cleanup_free_ char *tail = console_tail(cfg->dir);
+
+        remove_runtime_files(cfg->dir);
+        return smolvm_err(err, SMOLVM_EVMM, "firecracker exited: %s",
+                          tail ? tail : "no output");
+    }
+    if (r < 0)
+        return r;
+    /* Opened after the start time is known: checked once more, so it is our process. */
+    l->pidfd = pidfd_open_(l->pid);
+    if (l->pidfd >= 0 && !smolvm_proc_alive(l->pid, l->start))
+        return smolvm_err(err, SMOLVM_EVMM, "firecracker exited right after the spawn");
+
+    if ((r = wait_socket(cfg->dir, sock, ino, l, deadline, err)) < 0)
+        return r;
+    if ((r = smolvm_fc_api_new(&l->api, sock, err)) < 0)
+        return r;
+    /* The socket file appears at bind(), a moment before listen(): a refused connection
+     * in that gap is retried a bounded number of times, waiting on the pidfd. */
+    for (tries = 0;; tries++) {
+        smolvm_error *e = NULL;
+
+        r = smolvm_fc_version(l->api, &version, deadline, &e);
+        if (r != SMOLVM_ESTATE || tries >= SOCKET_CONNECT_TRIES) {
+            if (r < 0 && err && !*err)
+                *err = e;
+            else
+                smolvm_error_free(e);
+            break;
+        }
+        smolvm_error_free(e);
+        if (l->pidfd >= 0) {
+            struct pollfd p = {.fd = l->pidfd, .events = POLLIN};
+
+            if (poll(&p, 1, 2) > 0)
+                return smolvm_err(err, SMOLVM_EVMM, "firecracker exited before it answered");
+        }
+    }
+    if (r < 0)
+        return r;
+    if (smolvm_fc_version_cmp(version, SMOLVM_FC_MIN_VERSION) < 0)
+        return smolvm_err(err, SMOLVM_EHOST,
+                          "'%s' is firecracker %s, older than " SMOLVM_FC_MIN_VERSION, bin,
+                          version);
+    return 0;
+}
+
+/* After a failed start: kill firecracker, remove what it left, say what it said. */
+static int fail_launched(const smolvm_vmm_config *cfg, launched *l, int r, smolvm_error **err)
+{
+    _cleanup_free_ char *tail = NULL;
+
+    if (l->pid <= 0) {
+        /* Refused before anything was spawned: the dir may belong to a live VMM. */
+        launched_done(l);
+        return r;
+    }
+    if (l->start)
+        (void)smolvm_proc_kill(l->pid, l->start, smolvm_now_ms() + CLEANUP_KILL_MS, NULL);
+    launched_done(l);
+    remove_runtime_files(cfg->dir);
+    tail = console_tail(cfg->dir);
+    if (tail && *tail && r != SMOLVM_EINVAL)
+        smolvm_err_hint(err, "console: %s", tail);
+    return r;
+}
+
+static int configure(const smolvm_vmm_config *c, smolvm_fc_api *api, int64_t deadline,
+                     smolvm_error **err)
+{
+    _cleanup_free_ char *log = dir_file(c->dir, SMOLVM_VMM_STDERR_LOG);
+    _cleanup_free_ char *metrics = dir_file(c->dir, FC_METRICS);
+    _cleanup_free_ char *cmdline = NULL;
+    smolvm_fc_drive root = {"rootfs", c->disk, 1, 0};
+    int r;
+
+    if (!log || !metrics)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    if (c->overlay_disk) {
+        cmdline = overlay_cmdline(c->cmdline, c->config_disk ? "/dev/vdc" : "/dev/vdb");
+        root.read_only = 1;
+    } else {
+        cmdline = strdup(c->cmdline);
+    }
+    if (!cmdline)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    if ((r = touch(log, err)) < 0 || (r = touch(metrics, err)) < 0)
+        return r;
+    if ((r = smolvm_fc_put_logger(api, log, "Warning", deadline, err)) < 0 ||
+        (r = smolvm_fc_put_metrics(api, metrics, deadline, err)) < 0 ||
+        (r = smolvm_fc_put_machine_config(api, c->vcpus, c->memory_mib, deadline, err)) < 0 ||
+        (r = smolvm_fc_put_boot_source(api, c->kernel, cmdline, deadline, err)) < 0 ||
+        (r = smolvm_fc_put_drive(api, &root, deadline, err)) < 0)
+        return r;
+    /* Drives after the root appear as /dev/vdb, /dev/vdc in the order they are added. */
+    if (c->config_disk) {
+        smolvm_fc_drive d = {"config", c->config_disk, 0, 1};
+
+        if ((r = smolvm_fc_put_drive(api, &d, deadline, err)) < 0)
+            return r;
+    }
+    if (c->overlay_disk) {
+        smolvm_fc_drive d = {"overlay", c->overlay_disk, 0, 0};
+
+        if ((r = smolvm_fc_put_drive(api, &d, deadline, err)) < 0)
+            return r;
+    }
+    if (c->network == SMOLVM_NET_NAT &&
+        (r = smolvm_fc_put_network_interface(api, "eth0", c->tap_name, c->mac, deadline, err)) <
+            0)
+        return r;
+    /* Seeds the guest's entropy pool, so sshd's first getrandom() does not block. */
+    return smolvm_fc_put_entropy(api, deadline, err);
+}
+
+/* ---------------------------------------------------------------- ops */
+
+static int fc_available(int accel, smolvm_error **err)
+{
+    _cleanup_free_ char *bin = NULL, *version = NULL;
+    const char *why = NULL;
+    int kvm = smolvm_host_kvm_usable(&why), r;
+
+    if (!kvm)
+        return smolvm_err(err, SMOLVM_EHOST,
+                          "backend 'firecracker' needs kvm: %s (use backend = \"qemu\", "
+                          "which also runs under tcg)",
+                          why);
+    if (accel == SMOLVM_ACCEL_TCG)
+        return smolvm_err(err, SMOLVM_EHOST, "backend 'firecracker' cannot run with accel "
+                                             "'tcg' (use accel = \"kvm\" or \"auto\")");
+    if ((r = smolvm_fc_find_binary(&bin, err)) < 0)
+        return smolvm_err_wrap(err, "backend 'firecracker'");
+    if ((r = smolvm_fc_binary_version(bin, &version, 0, err)) < 0)
+        return smolvm_err_wrap(err, "backend 'firecracker'");
+    return 0;
+}
+
+static int fc_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pid,
+                    uint64_t *out_start, int64_t deadline, smolvm_error **err)
+{
+    launched l;
+    int r;
+
+    if (cfg->overlay_disk && (r = check_config(cfg, err)) == 0 &&
+        (r = create_overlay(cfg->overlay_disk, cfg->overlay_mib, deadline, err)) < 0)
+        return r;
+    r = launch(cfg, &l, deadline, err);
+    if (r == 0)
+        r = configure(cfg, l.api, deadline, err);
+    if (r == 0)
+        r = smolvm_fc_action(l.api, "InstanceStart", deadline, err);
+    if (r < 0)
+        return fail_launched(cfg, &l, r, err);
+    *ctl_fd = TAKE_FD(l.pidfd);
+    *out_pid = l.pid;
+    *out_start = l.start;
+    launched_done(&l);
+    return 0;
+}
+
+static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path,
+                      const char *mem_path, int *ctl_fd, int64_t *out_pid, uint64_t *out_start,
+                      int64_t deadline, smolvm_error **err)
+{
+    _cleanup_free_ char *log = dir_file(cfg->dir, SMOLVM_VMM_STDERR_LOG);
+    launched l;
+    int r;
+
+    if (!log)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    r = launch(cfg, &l, deadline, err);
+    if (r == 0 && (r = touch(log, err)) == 0)
+        r = smolvm_fc_put_logger(l.api, log, "Warning", deadline, err);
+    if (r == 0)
+        r = smolvm_fc_snapshot_load(l.api, state_path, mem_path, 1, deadline, err);
+    if (r < 0)
+        return fail_launched(cfg, &l, r, err);
+    *ctl_fd = TAKE_FD(l.pidfd);
+    *out_pid = l.pid;
+    *out_start = l.start;
+    launched_done(&l);
+    return 0;
+}
+
+typedef struct console_reader {
+    int fd;
+    char buf[LINE_MAX_BYTES];
+    size_t len;
+    int skipping;
+} console_reader;
+
+/* Next complete line of the console, without "\r\n". 1 when none is complete yet. */
+static int console_line(console_reader *cr, char *line)
+{
+    for (;;) {
+        char *nl = memchr(cr->buf, '\n', cr->len);
+        ssize_t n;
+
+        if (nl) {
+            size_t k = (size_t)(nl - cr->buf);
+            int skipped = cr->skipping;
+
+            memcpy(line, cr->buf, k);
+            line[k] = '\0';
+            while (k > 0 && line[k - 1] == '\r')
+                line[--k] = '\0';
+            cr->len -= (size_t)(nl + 1 - cr->buf);
+            memmove(cr->buf, nl + 1, cr->len);
+            cr->skipping = 0;
+            if (skipped)
+                continue;
+            return 0;
+        }
+        if (cr->len == sizeof(cr->buf)) {
+            cr->len = 0;
+            cr->skipping = 1;
+        }
+        n = read(cr->fd, cr->buf + cr->len, sizeof(cr->buf) - cr->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 1;
+        cr->len += (size_t)n;
+    }
+}
+
+/* What a console line means: 1 ready, -1 error (message in *err), 0 anything else. */
+static int console_event(struct smolvm_ctx *ctx, const char *line, int64_t *uptime,
+                         char *last, size_t last_len, smolvm_error **err)
+{
+    char stage[32];
+    int64_t ms;
+
+    if (sscanf(line, "smolvm: ready %" SCNd64, &ms) == 1) {
+        smolvm_log(ctx, SMOLVM_LOG_DEBUG, "guest ready at %" PRId64 " ms", ms);
+        if (uptime)
+            *uptime = ms;
+        return 1;
+    }
+    if (strncmp(line, "smolvm: error: ", 15) == 0) {
+        (void)smolvm_err(err, SMOLVM_EVMM, "the guest reported an error: %.200s", line + 15);
+        return -1;
+    }
+    if (strstr(line, "Kernel panic - not syncing")) {
+        (void)smolvm_err(err, SMOLVM_EVMM, "the guest kernel panicked: %.200s", line);
+        return -1;
+    }
+    if (sscanf(line, "smolvm: %31s %" SCNd64, stage, &ms) == 2) {
+        smolvm_log(ctx, SMOLVM_LOG_DEBUG, "guest boot: %s at %" PRId64 " ms", stage, ms);
+        (void)snprintf(last, last_len, "'%s' at %" PRId64 " ms", stage, ms);
+    }
+    return 0;
+}
+
+static int fc_wait_ready(struct smolvm_ctx *ctx, const char *dir, int ctl_fd, int64_t deadline,
+                         int64_t *uptime_ms, smolvm_error **err)
+{
+    _cleanup_free_ char *path = dir_file(dir, SMOLVM_VMM_CONSOLE_LOG);
+    _cleanup_close_ int ino = -1, fd = -1;
+    console_reader *cr = NULL;
+    char line[LINE_MAX_BYTES + 1], last[80] = "none", evbuf[4096];
+    pid_t pid = 0;
+    uint64_t start = 0;
+    int have_pid, dead = 0, r = 0;
+
+    if (!path)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    have_pid = find_vmm(dir, &pid, &start);
+    /* Watch first, then read from the start: no line can slip between the two. */
+    ino = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    if (ino < 0)
+        return smolvm_err_errno(err, errno, "inotify_init1");
+    if (inotify_add_watch(ino, path, IN_MODIFY) < 0)
+        return smolvm_err_errno(err, errno, "watch '%s'", path);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "open '%s'", path);
+    cr = calloc(1, sizeof(*cr));
+    if (!cr)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    cr->fd = fd;
+
+    for (;;) {
+        struct pollfd p[2] = {{.fd = ino, .events = POLLIN}, {.fd = ctl_fd, .events = POLLIN}};
+        int w, timeout;
+
+        while (console_line(cr, line) == 0) {
+            int e = console_event(ctx, line, uptime_ms, last, sizeof(last), err);
+
+            if (e != 0) {
+                r = e > 0 ? 0 : SMOLVM_EVMM;
+                goto out;
+            }
+        }
+        if (dead) {
+            r = smolvm_err(err, SMOLVM_EVMM,
+                           "the vm stopped before it was ready (last milestone: %s; see '"
+                           SMOLVM_VMM_CONSOLE_LOG "')",
+                           last);
+            goto out;
+        }
+        timeout = smolvm_remaining_ms(deadline);
+        if (timeout == 0) {
+            r = smolvm_err(err, SMOLVM_ETIMEDOUT,
+                           "the guest was not ready in time (last milestone: %s)", last);
+            goto out;
+        }
+        if (ctl_fd < 0 && timeout > DEAD_CHECK_MS)
+            timeout = DEAD_CHECK_MS; /* no pidfd: look at the process now and then */
+        w = poll(p, ctl_fd >= 0 ? 2 : 1, timeout);
+        if (w < 0 && errno == EINTR) {
+            if (smolvm_interrupted()) {
+                r = smolvm_err(err, SMOLVM_EINTR, "interrupted while waiting for the guest");
+                goto out;
+            }
+            continue;
+        }
+        if (w < 0) {
+            r = smolvm_err_errno(err, errno, "poll");
+            goto out;
+        }
+        if (p[0].revents & POLLIN)
+            while (read(ino, evbuf, sizeof(evbuf)) > 0)
+                ;
+        /* Exited: read what it wrote last, then report. */
+        if ((ctl_fd >= 0 && (p[1].revents & (POLLIN | POLLHUP))) ||
+            (ctl_fd < 0 && have_pid && !smolvm_proc_alive(pid, start)))
+            dead = 1;
+    }
+out:
+    free(cr);
+    return r;
+}
+
+static int fc_simple(const char *dir, int paused, int64_t deadline, smolvm_error **err)
+{
+    _cleanup_(smolvm_fc_api_freep) smolvm_fc_api *api = NULL;
+    int r;
+
+    if ((r = api_open(dir, &api, err)) < 0)
+        return r;
+    return smolvm_fc_patch_vm(api, paused, deadline, err);
+}
+
+static int fc_pause(const char *dir, int64_t deadline, smolvm_error **err)
+{
+    return fc_simple(dir, 1, deadline, err);
+}
+
+static int fc_resume(const char *dir, int64_t deadline, smolvm_error **err)
+{
+    return fc_simple(dir, 0, deadline, err);
+}
+
+static int fc_poweroff(const char *dir, int64_t deadline, smolvm_error **err)
+{
+    _cleanup_(smolvm_fc_api_freep) smolvm_fc_api *api = NULL;
+    int r;
+
+    if ((r = api_open(dir, &api, err)) < 0)
+        return r;
+    /* The guest init powers off on Ctrl-Alt-Del (SIGINT to PID 1); firecracker exits
+     * when the guest resets. */
+    return smolvm_fc_action(api, "SendCtrlAltDel", deadline, err);
+}
+
+/* Firecracker has no quit request: SIGTERM (default action: exit), then wait. */
+static int fc_quit(const char *dir, int64_t deadline, smolvm_error **err)
+{
+    pid_t pid;
+    uint64_t start;
+
+    if (!find_vmm(dir, &pid, &start))
+        return smolvm_err(err, SMOLVM_ESTATE, "no firecracker running in '%s'", dir);
+    if (kill(pid, SIGTERM) < 0 && errno != ESRCH)
+        return smolvm_err_errno(err, errno, "kill %ld", (long)pid);
+    if (smolvm_proc_wait_exit(pid, start, deadline, err) < 0)
+        return SMOLVM_ETIMEDOUT;
+    remove_runtime_files(dir);
+    return 0;
+}
+
+static int fc_snapshot(const char *dir, const char *state_path, const char *mem_path,
+                       int64_t deadline, smolvm_error **err)
+{
+    _cleanup_(smolvm_fc_api_freep) smolvm_fc_api *api = NULL;
+    int r;
+
+    if ((r = api_open(dir, &api, err)) < 0)
+        return r;
+    return smolvm_fc_snapshot_create(api, state_path, mem_path, deadline, err);
+}
+
+static int fc_describe(const char *dir, int64_t deadline, char **out, smolvm_error **err)
+{
+    _cleanup_(smolvm_fc_api_freep) smolvm_fc_api *api = NULL;
+    json_t *info = NULL, *machine = NULL, *obj;
+    _cleanup_free_ char *version = NULL;
+    char *text;
+    int r;
+
+    if ((r = api_open(dir, &api, err)) < 0)
+        return r;
+    if ((r = smolvm_fc_describe(api, &info, deadline, err)) < 0)
+        return r;
+    r = smolvm_fc_version(api, &version, deadline, err);
+    if (r == 0)
+        r = smolvm_fc_api_call(api, "GET", "/machine-config", NULL, &machine, deadline, err);
+    if (r < 0) {
+        json_decref(info);
+        return r;
+    }
+    obj = json_pack("{s:s, s:o, s:s, s:o*}", "backend", "firecracker", "instance", info,
+                    "version", version, "machine", machine);
+    if (!obj)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    text = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    if (!text)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    *out = text;
+    return 0;
+}
+
+const smolvm_vmm_ops smolvm_vmm_firecracker = {
+    .name = "firecracker",
+    .available = fc_available,
+    .spawn = fc_spawn,
+    .pause = fc_pause,
+    .resume = fc_resume,
+    .quit = fc_quit,
+    .hostfwd_add = NULL, /* no user networking: forwards are nftables DNAT (network nat) */
+    .hostfwd_remove = NULL,
+    .describe = fc_describe,
+    .wait_ready = fc_wait_ready,
+    .poweroff = fc_poweroff,
+    .snapshot = fc_snapshot,
+    .restore = fc_restore,
+};
