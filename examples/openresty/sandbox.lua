@@ -135,6 +135,35 @@ local function parse_run()
   return req
 end
 
+-- Fresh sandboxes are named "fresh-<worker pid>-<n>", so that a worker that finds
+-- one whose worker is gone (killed mid-request) knows it is an orphan.
+local FRESH = "fresh"
+local fresh_n = 0
+
+local function fresh_id()
+  fresh_n = fresh_n + 1
+  -- Milliseconds since start-up make names unique across workers that reuse a pid.
+  return require("smolvm.worker").owned_id(FRESH, ngx.worker.pid(),
+    string.format("%x-%d", math.floor(ngx.now() * 1000) % 0x100000000, fresh_n))
+end
+
+--- init_worker(): from init_worker_by_lua. Resets SIGCHLD for smolvm (see
+--- docs/openresty.md) and deletes, in the background, fresh sandboxes left behind by
+--- workers that died in the middle of a request.
+function M.init_worker()
+  local ok, err = require("smolvm.worker").init_worker()
+  if not ok then ngx.log(ngx.WARN, "smolvm.worker.init_worker: ", err) end
+  ngx.timer.at(0, function(premature)
+    if premature then return end
+    local n, msg = call("reap", FRESH)
+    if n == nil then
+      ngx.log(ngx.ERR, "reaping orphaned sandboxes: ", msg)
+    elseif n > 0 then
+      ngx.log(ngx.NOTICE, "deleted ", n, " sandbox(es) of dead workers")
+    end
+  end)
+end
+
 --- POST /run
 function M.run()
   if ngx.req.get_method() ~= "POST" then
@@ -151,8 +180,11 @@ function M.run()
     r, msg, code = call("run", req.sandbox, cmd, run_opts)
     where = { stage = "run", id = req.sandbox }
   else
+    local vm = {}
+    for k, v in pairs(config.vm) do vm[k] = v end
+    vm.id = fresh_id()
     r, msg, code, where = call("run_fresh", cmd, {
-      vm = config.vm, boot_timeout = config.boot_timeout, run = run_opts,
+      vm = vm, boot_timeout = config.boot_timeout, run = run_opts,
     })
     where = where or {}
   end
@@ -202,6 +234,9 @@ function M.sandboxes()
   local t = cjson.decode(body)
   if type(t) ~= "table" or not valid_id(t.id) then
     return fail(400, "body: expected { \"id\": name } with name matching " .. schema.ID_DESC, "EINVAL")
+  end
+  if t.id:sub(1, #FRESH + 1) == FRESH .. "-" then
+    return fail(400, "id: names starting with \"" .. FRESH .. "-\" are for fresh sandboxes", "EINVAL")
   end
   local opts = {}
   for k, v in pairs(config.vm) do opts[k] = v end

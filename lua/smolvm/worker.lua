@@ -45,8 +45,8 @@ M.MAX_CACHED = 16
 local now_ms
 do
   -- Wall-clock milliseconds for the timings in results (os.time() is whole
-  -- seconds). LuaJIT: gettimeofday through the FFI; elsewhere os.clock is CPU time,
-  -- useless while blocked, so results there carry whole seconds.
+  -- seconds, os.clock() CPU time). LuaJIT: gettimeofday through the FFI; elsewhere
+  -- /proc/uptime (10 ms steps), else whole seconds.
   local ok, ffi = pcall(require, "ffi")
   if ok and ffi then
     pcall(ffi.cdef, [[
@@ -59,7 +59,13 @@ do
       return tonumber(tv.tv_sec) * 1000 + math.floor(tonumber(tv.tv_usec) / 1000)
     end
   else
-    now_ms = function() return os.time() * 1000 end
+    now_ms = function()
+      local f = io.open("/proc/uptime")
+      local up = f and tonumber(f:read("*l"):match("^[%d.]+"))
+      if f then f:close() end
+      if up then return math.floor(up * 1000 + 0.5) end
+      return os.time() * 1000
+    end
   end
 end
 M.now_ms = now_ms
@@ -90,6 +96,49 @@ function M.init_worker()
   local prev = ffi.C.signal(SIGCHLD, ffi.cast("smolvm_worker_sighandler", 0)) -- SIG_DFL
   if ffi.cast("intptr_t", prev) == SIG_ERR then return nil, "signal(SIGCHLD) failed" end
   return true
+end
+
+------------------------------------------------------------------------ orphans
+
+local function read_line(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local l = f:read("*l")
+  f:close()
+  return l
+end
+
+--- owned_id(prefix, pid, n) -> a VM id "<prefix>-<pid>-<n>", for a VM that only
+--- process pid uses (e.g. a fresh sandbox of one request); see reap().
+function M.owned_id(prefix, pid, n)
+  return string.format("%s-%d-%s", prefix, pid, tostring(n))
+end
+
+--- reap(prefix) -> number deleted | nil, msg, code
+--- Delete the VMs named by owned_id(prefix, pid, ...) whose process pid is gone: a
+--- worker killed in the middle of a task (nginx -s stop kills workers that do not
+--- exit within a second or two; a crash) cannot delete the VM it was using. A pid
+--- counts as alive while a process with that pid and this process's name (comm)
+--- exists, so a pid reused by an unrelated program does not keep a VM.
+function M.reap(prefix)
+  if type(prefix) ~= "string" or prefix == "" then
+    error("reap: prefix: expected non-empty string", 2)
+  end
+  local list, msg, code = VM.list()
+  if not list then return nil, msg, code end
+  local me = read_line("/proc/self/comm")
+  local n = 0
+  local pat = "^" .. prefix:gsub("%p", "%%%0") .. "%-(%d+)%-"
+  for _, info in ipairs(list) do
+    local pid = type(info.id) == "string" and tonumber(info.id:match(pat))
+    if pid then
+      local comm = read_line("/proc/" .. pid .. "/comm")
+      if not comm or (me and comm ~= me) then
+        if M.delete(info.id) then n = n + 1 end
+      end
+    end
+  end
+  return n
 end
 
 ------------------------------------------------------------------------ handles

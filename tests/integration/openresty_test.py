@@ -138,6 +138,13 @@ def vmm_pids(state):
     return pids
 
 
+def _ignore(fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except Exception:
+        pass
+
+
 def worker_pids(master):
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True)
     return sorted(int(p) for p in out.stdout.split())
@@ -283,6 +290,15 @@ def main():
               "code runs in the named sandbox", r)
         status, r = svc.json("POST", "/sandboxes", {"id": name})
         check(status == 409 and r.get("code") == "EEXIST", "a second sandbox of that name: 409", (status, r))
+        probe = ("import socket\n"
+                 "try:\n"
+                 "    socket.create_connection(('10.0.2.2', %d), timeout=3)\n"
+                 "    print('connected')\n"
+                 "except OSError as e:\n"
+                 "    print('blocked', e)\n" % port)
+        status, r = svc.run(probe, lang="python", sandbox=name, timeout=20)
+        check(status == 200 and r.get("stdout", "").startswith("blocked"),
+              "code in a sandbox cannot reach the service on the host (user net, restricted)", r)
 
         before = worker_pids(master)
         rl = subprocess.run(cmd + ["-s", "reload"], env=env, capture_output=True, text=True)
@@ -307,8 +323,37 @@ def main():
         status, _ = svc.json("GET", "/sandboxes/%s" % name)
         check(status == 404, "deleted sandbox: 404", status)
 
+        # --- a worker killed mid-request: its fresh sandbox is deleted by the next one
         with open(os.path.join(prefix, "logs", "error.log")) as f:
-            errlog = f.read()
+            errlog = f.read()  # before the kill, which nginx logs as an alert
+        doomed = threading.Thread(target=lambda: _ignore(svc.run, "sleep 100", timeout=100))
+        doomed.daemon = True
+        doomed.start()
+        orphan = None
+        deadline = time.monotonic() + BOOT_LIMIT
+        while orphan is None and time.monotonic() < deadline:
+            st, lst = svc.json("GET", "/sandboxes", timeout=10)
+            running = [v["id"] for v in lst if v.get("id", "").startswith("fresh-")
+                       and v.get("status") == "running"] if st == 200 else []
+            orphan = running[0] if running else None
+            time.sleep(0.2)
+        check(orphan is not None, "a fresh sandbox is running for the slow request", orphan)
+        time.sleep(1)  # let its command start
+        (worker,) = worker_pids(master)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        gone = False
+        while time.monotonic() < deadline:
+            try:
+                st, _ = svc.json("GET", "/sandboxes/%s" % orphan, timeout=10)
+                if st == 404:
+                    gone = True
+                    break
+            except OSError:
+                pass  # the master is starting the new worker
+            time.sleep(0.5)
+        check(gone, "after its worker was killed, the new worker deleted the orphan %s" % orphan)
+
         check("unknown process" not in errlog,
               "nginx reaped none of smolvm's children (SIGCHLD reset in workers)")
         bad = [l for l in errlog.splitlines() if "[alert]" in l or "[emerg]" in l or "[crit]" in l]
