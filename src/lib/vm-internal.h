@@ -62,6 +62,12 @@ int smolvm_vm_ensure_ssh(smolvm_vm *vm, int64_t deadline, smolvm_error **err);
 struct smolvm_vmm_ops;
 const struct smolvm_vmm_ops *smolvm_vm_backend_ops(const char *name);
 
+/* Can a TCP socket be bound to payload (an IPv4 address string):port right now? */
+int smolvm_port_bindable(int port, void *payload);
+
+/* Reserve a free, bindable 127.0.0.1 port for the VM's SSH forward. */
+int smolvm_vm_alloc_ssh_port(smolvm_vm *vm, int *port, smolvm_error **err);
+
 /* Drop the SSH session (after a failure, or on stop). */
 void smolvm_vm_drop_ssh(smolvm_vm *vm);
 

@@ -241,6 +241,50 @@ static int build_hostfwds(smolvm_vm *vm, smolvm_vmm_hostfwd **out, size_t *n, js
     return 0;
 }
 
+/* The SSH host port was reserved at create time; anything on the host may have
+ * bound it since (another state dir, another program). Check right before QEMU binds
+ * it and move to a free one if needed. User-chosen forward ports are not moved: a
+ * taken one is an error naming it. */
+static int revalidate_ports(smolvm_vm *vm, smolvm_error **err)
+{
+    _cleanup_free_ char *raw = NULL;
+    json_t *info, *p;
+    size_t i;
+    int port, r;
+
+    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "user") != 0)
+        return 0;
+    if ((r = smolvm_store_port_get(vm->ctx->store, vm->id, "ssh", &port, err)) < 0)
+        return r;
+    if (!smolvm_port_bindable(port, (void *)"127.0.0.1")) {
+        smolvm_log(vm->ctx, SMOLVM_LOG_INFO, "vm '%s': ssh port %d was taken; moving", vm->id,
+                   port);
+        if ((r = smolvm_store_port_remove(vm->ctx->store, vm->id, "127.0.0.1", port, "tcp",
+                                          err)) < 0 ||
+            (r = smolvm_vm_alloc_ssh_port(vm, &port, err)) < 0)
+            return r;
+    }
+    if ((r = smolvm_store_get_json(vm->ctx->store, vm->id, &raw, err)) < 0)
+        return r;
+    info = json_loads(raw, 0, NULL);
+    r = 0;
+    json_array_foreach(json_object_get(info, "ports"), i, p)
+    {
+        const char *kind = json_string_value(json_object_get(p, "kind"));
+        const char *addr = json_string_value(json_object_get(p, "host_address"));
+        int hp = (int)json_integer_value(json_object_get(p, "host_port"));
+
+        if (kind && addr && strcmp(kind, "forward") == 0 &&
+            !smolvm_port_bindable(hp, (void *)addr)) {
+            r = smolvm_err(err, SMOLVM_EEXIST,
+                           "forward %s:%d: the port is in use by another program", addr, hp);
+            break;
+        }
+    }
+    json_decref(info);
+    return r;
+}
+
 /* Open the persistent SSH session of a running VM (user networking: the host port). */
 static int connect_ssh(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
 {
@@ -311,6 +355,8 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
                               "255.255.255.0", SMOLVM_USER_DNS,
                               accel == SMOLVM_ACCEL_TCG ? smolvm_host_tsc_khz() : 0, err);
     if (r < 0)
+        return r;
+    if ((r = revalidate_ports(vm, err)) < 0)
         return r;
     if ((r = build_hostfwds(vm, &fwds, &nfwds, &fwd_info, err)) < 0)
         return r;

@@ -229,7 +229,7 @@ static int generate_id(char out[16], smolvm_error **err)
     return 0;
 }
 
-static int port_bindable(int port, void *payload)
+int smolvm_port_bindable(int port, void *payload)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     const char *addr = payload;
@@ -288,6 +288,29 @@ static json_t *build_config(const smolvm_vm_options *o, const smolvm_image *img,
     return c;
 }
 
+int smolvm_vm_alloc_ssh_port(smolvm_vm *vm, int *port, smolvm_error **err)
+{
+    uint16_t rnd = 0;
+    int lo, r;
+
+    /* Start at a random point of the range: controllers with different state dirs do
+     * not see each other's reservations, and lowest-first would make them all race
+     * for the same port between the bind check and QEMU's bind. */
+    (void)smolvm_random(&rnd, sizeof(rnd), NULL);
+    lo = SMOLVM_SSH_PORT_MIN + rnd % (SMOLVM_SSH_PORT_MAX - SMOLVM_SSH_PORT_MIN + 1);
+    r = smolvm_store_port_alloc(vm->ctx->store, vm->id, "ssh", "127.0.0.1", lo,
+                                SMOLVM_SSH_PORT_MAX, 22, "tcp", smolvm_port_bindable,
+                                (void *)"127.0.0.1", port, err);
+    if (r == SMOLVM_ENOSPC && lo > SMOLVM_SSH_PORT_MIN) {
+        if (err)
+            *err = smolvm_error_free(*err);
+        r = smolvm_store_port_alloc(vm->ctx->store, vm->id, "ssh", "127.0.0.1",
+                                    SMOLVM_SSH_PORT_MIN, lo - 1, 22, "tcp",
+                                    smolvm_port_bindable, (void *)"127.0.0.1", port, err);
+    }
+    return r < 0 ? smolvm_err_wrap(err, "allocate a host port for ssh") : 0;
+}
+
 /* Everything after the record exists; on failure the caller removes dir and record. */
 static int prepare(smolvm_vm *vm, const smolvm_vm_options *o, const smolvm_image *img,
                    int network, smolvm_error **err)
@@ -317,11 +340,8 @@ static int prepare(smolvm_vm *vm, const smolvm_vm_options *o, const smolvm_image
     if ((r = smolvm_config_disk_write(cfgdisk, vm->id, client_pub, hostkey, env, err)) < 0)
         return r;
     if (network == SMOLVM_NET_USER) {
-        r = smolvm_store_port_alloc(vm->ctx->store, vm->id, "ssh", "127.0.0.1",
-                                    SMOLVM_SSH_PORT_MIN, SMOLVM_SSH_PORT_MAX, 22, "tcp",
-                                    port_bindable, (void *)"127.0.0.1", &port, err);
-        if (r < 0)
-            return smolvm_err_wrap(err, "allocate a host port for ssh");
+        if ((r = smolvm_vm_alloc_ssh_port(vm, &port, err)) < 0)
+            return r;
     }
     for (i = 0; i < o->n_forwards; i++) {
         const smolvm_forward *f = &o->forwards[i];
@@ -333,7 +353,7 @@ static int prepare(smolvm_vm *vm, const smolvm_vm_options *o, const smolvm_image
             return smolvm_err_wrap(err, "forward %s:%d", addr, f->host_port);
         if (r < 0)
             return r;
-        if (!port_bindable(f->host_port, (void *)addr))
+        if (!smolvm_port_bindable(f->host_port, (void *)addr))
             return smolvm_err(err, SMOLVM_EEXIST,
                               "forward %s:%d: the port is already in use on this host", addr,
                               f->host_port);
