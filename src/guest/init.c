@@ -26,6 +26,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -207,6 +208,53 @@ static void open_consoles(void)
     }
 }
 
+/* smolvm.overlay=/dev/vdX (Firecracker, disk = "isolated"): the root disk is the shared
+ * read-only base; writes go to an overlayfs upper layer on the given per-VM ext4 disk.
+ * Before anything else touches /: the new root is pivoted in under everything. */
+static void overlay_root(void)
+{
+    char cmdline[4096] = "", dev[32] = "", *p;
+    const char *mnt = "/mnt";
+    int fd;
+    ssize_t n;
+
+    (void)mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+    n = fd >= 0 ? read(fd, cmdline, sizeof(cmdline) - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    (void)umount2("/proc", MNT_DETACH);
+    if (n <= 0 || !(p = strstr(cmdline, "smolvm.overlay=")))
+        return;
+    p += 15;
+    n = (ssize_t)strcspn(p, " \n");
+    if (n <= 0 || n >= (ssize_t)sizeof(dev) || strncmp(p, "/dev/", 5) != 0) {
+        report_error("smolvm.overlay: expected a /dev/ path");
+        return;
+    }
+    memcpy(dev, p, (size_t)n);
+    if (mount(dev, mnt, "ext4", MS_NOATIME, NULL) < 0) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "overlay: mount %s: %s", dev, strerror(errno));
+        report_error(msg);
+        return;
+    }
+    (void)mkdir("/mnt/upper", 0755);
+    (void)mkdir("/mnt/work", 0755);
+    (void)mkdir("/mnt/root", 0755);
+    /* pivot_root(".", "."): the documented way to swap roots without a spare dir. */
+    if (mount("overlay", "/mnt/root", "overlay", 0,
+              "lowerdir=/,upperdir=/mnt/upper,workdir=/mnt/work") < 0 ||
+        chdir("/mnt/root") < 0 || syscall(SYS_pivot_root, ".", ".") < 0 ||
+        umount2(".", MNT_DETACH) < 0 || chdir("/") < 0) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "overlay root on %s: %s", dev, strerror(errno));
+        report_error(msg);
+        return;
+    }
+    guest_log("root: overlay, writes on %s", dev);
+}
+
 static void reap(void)
 {
     while (waitpid(-1, NULL, WNOHANG) > 0)
@@ -307,6 +355,7 @@ int main(void)
     if (access("/dev/ttyS0", F_OK) < 0)
         (void)mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
     open_consoles();
+    overlay_root();
     report("boot", "init");
     setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
     umask(022);
