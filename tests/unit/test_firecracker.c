@@ -312,7 +312,6 @@ static void test_lifecycle(void **state)
     start_vm(&c, &r);
     print_message("spawn to ready (fake, 30 ms boot): %lld ms\n",
                   (long long)(smolvm_now_ms() - t0));
-    assert_true(r.ctl >= 0);
     assert_string_equal(instance_state(dir), "Running");
     assert_true(file_contains(dir, SMOLVM_VMM_CONSOLE_LOG, "smolvm: ready "));
 
@@ -608,7 +607,8 @@ static void test_boot_errors(void **state)
     assert_true(smolvm_now_ms() - t0 < 1000);
     assert_err_contains(err, "stopped before it was ready");
     err = smolvm_error_free(err);
-    (void)close(r.ctl);
+    if (r.ctl >= 0)
+        (void)close(r.ctl);
     (void)smolvm_proc_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 2000, NULL);
 
     /* The guest ignores Ctrl-Alt-Del: poweroff is delivered, the VMM stays; quit ends
@@ -621,7 +621,8 @@ static void test_boot_errors(void **state)
                      SMOLVM_ETIMEDOUT);
     assert_int_equal(fc->quit(dir, smolvm_now_ms() + 3000, &err), 0);
     assert_false(smolvm_proc_alive((pid_t)r.pid, r.start));
-    (void)close(r.ctl);
+    if (r.ctl >= 0)
+        (void)close(r.ctl);
 
     /* Control calls on a stopped VM say so. */
     assert_int_equal(fc->pause(dir, smolvm_now_ms() + 1000, &err), SMOLVM_ESTATE);

@@ -651,6 +651,9 @@ static int fc_wait_ready(struct smolvm_ctx *ctx, const char *dir, int ctl_fd, in
     if (!path)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     have_pid = find_vmm(dir, &pid, &start);
+    /* Without a pidfd (kernel < 5.3, valgrind) the process is looked at instead; one
+     * that is already gone leaves only its console to read. */
+    dead = ctl_fd < 0 && !have_pid;
     /* Watch first, then read from the start: no line can slip between the two. */
     ino = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
     if (ino < 0)
