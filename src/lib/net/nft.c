@@ -325,6 +325,7 @@ static int nft_dump(nft *n, uint16_t what, dump *d)
     struct nlmsghdr *nlh;
     int r;
 
+    memset(buf, 0, MSG_ROOM); /* attribute padding goes to the kernel too */
     if (what == NFT_MSG_GETRULE) {
         struct nftnl_rule *rule = nftnl_rule_alloc();
 
