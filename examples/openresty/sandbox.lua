@@ -33,6 +33,11 @@ local config = {
   boot_timeout = 60,
   default_timeout = 10,
   max_timeout = 120,
+  -- Tasks one worker may have in the pool (running or queued). Keep it below the
+  -- thread_pool's threads + max_queue: a task posted to a full queue crashes the
+  -- worker in lua-nginx-module 0.10.23 (glibc "free(): invalid pointer", SIGABRT), so
+  -- the handlers answer 503 before that can happen.
+  max_tasks = 32,
 }
 
 -- How code reaches the guest: on stdin, so its size is not bound by the command line.
@@ -42,7 +47,7 @@ local LANGS = {
 }
 
 
---- configure{ pool=, vm=, boot_timeout=, default_timeout=, max_timeout= }
+--- configure{ pool=, vm=, boot_timeout=, default_timeout=, max_timeout=, max_tasks= }
 function M.configure(t)
   for k, v in pairs(t) do
     if config[k] == nil then error("sandbox.configure: unknown key " .. tostring(k), 2) end
@@ -74,8 +79,20 @@ end
 -- (value | nil, msg, code, ...); a raised error or a full queue becomes nil, msg, code.
 local function pack(...) return { n = select("#", ...), ... } end
 
+local tasks = 0 -- this worker's tasks in the pool
+
 local function call(fn, ...)
-  local res = pack(ngx.run_worker_thread(config.pool, "smolvm.worker", fn, ...))
+  if tasks >= config.max_tasks then
+    return nil, "busy: " .. tasks .. " sandbox tasks in progress, try again later", "EBUSY"
+  end
+  tasks = tasks + 1
+  local res = pack(pcall(ngx.run_worker_thread, config.pool, "smolvm.worker", fn, ...))
+  tasks = tasks - 1
+  if not res[1] then -- ngx.run_worker_thread itself raised
+    res = pack(false, res[2])
+  else
+    res = pack(unpack(res, 2, res.n))
+  end
   if not res[1] then
     local msg = tostring(res[2])
     ngx.log(ngx.ERR, "smolvm.worker.", fn, ": ", msg)

@@ -145,6 +145,19 @@ def _ignore(fn, *args, **kw):
         pass
 
 
+def reload_and_wait(cmd, env, master):
+    """nginx -s reload, then wait until only new workers are left."""
+    before = worker_pids(master)
+    rl = subprocess.run(cmd + ["-s", "reload"], env=env, capture_output=True, text=True)
+    check(rl.returncode == 0, "nginx -s reload", rl.stderr)
+    deadline = time.monotonic() + 30
+    while set(worker_pids(master)) & set(before) or not worker_pids(master):
+        if time.monotonic() > deadline:
+            raise Failed("old workers still running 30 s after reload: %r" % before)
+        time.sleep(0.1)
+    log("# workers %r replaced by %r" % (before, worker_pids(master)))
+
+
 def worker_pids(master):
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True)
     return sorted(int(p) for p in out.stdout.split())
@@ -300,15 +313,7 @@ def main():
         check(status == 200 and r.get("stdout", "").startswith("blocked"),
               "code in a sandbox cannot reach the service on the host (user net, restricted)", r)
 
-        before = worker_pids(master)
-        rl = subprocess.run(cmd + ["-s", "reload"], env=env, capture_output=True, text=True)
-        check(rl.returncode == 0, "nginx -s reload", rl.stderr)
-        deadline = time.monotonic() + 30
-        while set(worker_pids(master)) & set(before) or not worker_pids(master):
-            if time.monotonic() > deadline:
-                raise Failed("old workers still running 30 s after reload: %r" % before)
-            time.sleep(0.1)
-        log("# workers %r replaced by %r" % (before, worker_pids(master)))
+        reload_and_wait(cmd, env, master)
         status, r = svc.json("GET", "/sandboxes/%s" % name)
         check(status == 200 and r.get("id") == name and r.get("status") == "running",
               "after reload: the sandbox is found by id, still running", (status, r))
@@ -317,6 +322,36 @@ def main():
               "after reload: the same sandbox (its file is there)", r)
         status, r = svc.json("GET", "/sandboxes")
         check(status == 200 and any(v.get("id") == name for v in r), "GET /sandboxes lists it", r)
+
+        # --- overload: more requests than the pool takes get 503, the worker survives
+        # (a task posted to a full thread_pool queue crashes lua-nginx-module 0.10.23)
+        small = conf.replace("threads=4 max_queue=64", "threads=1 max_queue=1")
+        small = small.replace("max_tasks = 32,", "max_tasks = 2,")
+        assert small.count("threads=1 max_queue=1") == 1 and "max_tasks = 2," in small
+        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+            f.write(small)
+        reload_and_wait(cmd, env, master)
+        codes = []
+        lock = threading.Lock()
+
+        def slow():
+            st, _ = svc.run("sleep 2", sandbox=name, timeout=20)
+            with lock:
+                codes.append(st)
+        ths = [threading.Thread(target=slow) for _ in range(4)]
+        for th in ths:
+            th.start()
+            time.sleep(0.1)
+        for th in ths:
+            th.join()
+        check(sorted(codes) == [200, 200, 503, 503],
+              "pool of 1 thread, max_tasks 2: 2 requests run, 2 get 503", codes)
+        with open(os.path.join(prefix, "logs", "error.log")) as f:
+            check("exited on signal" not in f.read(), "no worker crashed under overload")
+        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+            f.write(conf)  # back to the example's pool: the sweep below needs a free thread
+        reload_and_wait(cmd, env, master)
+
         status, r = svc.json("DELETE", "/sandboxes/%s" % name)
         check(status == 200 and r.get("deleted") is True, "DELETE /sandboxes/NAME", (status, r))
         named.remove(name)
