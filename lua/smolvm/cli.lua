@@ -502,14 +502,29 @@ function(args)
     local w = 0
     for _, c in ipairs(checks) do w = math.max(w, #tostring(c.name)) end
     for _, c in ipairs(checks) do
-      io.stdout:write(string.format("%s %-" .. w .. "s  %s\n", c.ok and "ok  " or "FAIL",
+      io.stdout:write(string.format("%s %-" .. w .. "s  %s\n",
+        c.ok and "ok  " or (c.required and "FAIL" or "warn"),
         tostring(c.name), tostring(c.detail or "")))
       if not c.ok and c.hint then io.stdout:write(string.rep(" ", w + 7), "hint: ", c.hint, "\n") end
     end
   end
+  -- Only what sandboxes cannot run without decides the status (no KVM is TCG).
   for _, c in ipairs(checks) do
-    if not c.ok then return EXIT_HOST end
+    if not c.ok and c.required then return EXIT_HOST end
   end
+  return EXIT_OK
+end)
+
+command("install-firecracker", "install-firecracker [DIR]",
+  "Download the pinned firecracker release, verify its sha256 and install it",
+function(args)
+  if #args > 1 then return usage_error("usage: smolvm install-firecracker [DIR]", "install-firecracker") end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  io.stderr:write("downloading the pinned firecracker release (checksum verified)...\n")
+  local path, err = smolvm.firecracker_download(args[1])
+  if not path then return fail("install-firecracker: " .. tostring(err)) end
+  print(path)
   return EXIT_OK
 end)
 

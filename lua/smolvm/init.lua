@@ -66,6 +66,13 @@ end
 
 ------------------------------------------------------------------------ host
 
+--- smolvm.firecracker_download([dest_dir]) -> path | nil, msg, code
+--- Downloads the pinned firecracker release, checks its sha256 and installs it where
+--- the backend looks (or into dest_dir). Blocks for the download (up to 5 minutes).
+function M.firecracker_download(dest_dir)
+  return core.firecracker_download(dest_dir)
+end
+
 --- smolvm.doctor() -> { { name=, ok=, detail=, hint= }, ... } | nil, msg, code
 function M.doctor()
   return core.doctor()

@@ -266,6 +266,16 @@ SMOLVM_EXTERN int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error
 /* Host checks as a JSON array of {name, ok, detail, hint}. Caller frees. */
 SMOLVM_EXTERN int smolvm_doctor_json(smolvm_ctx *ctx, char **out, smolvm_error **err);
 
+/* Download the pinned firecracker release for this machine with libcurl, verify its
+ * sha256 (a mismatch deletes the download and says so), and install firecracker and
+ * jailer into dest_dir (NULL: $XDG_DATA_HOME/smolvm/bin, where the backend looks).
+ * progress (may be NULL) is called as bytes arrive (total 0 when unknown). *path: the
+ * installed binary; caller frees. Needs the network; blocks up to 5 minutes. */
+SMOLVM_EXTERN int smolvm_firecracker_download(const char *dest_dir,
+                                              void (*progress)(uint64_t done, uint64_t total,
+                                                               void *payload),
+                                              void *payload, char **path, smolvm_error **err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -12,6 +12,8 @@
 #include "host-internal.h"
 #include "image-internal.h"
 #include "tool-internal.h"
+#include "vmm/fc-binary.h"
+#include "vmm/vmm.h"
 
 #define VERSION_TIMEOUT_MS 5000
 
@@ -50,6 +52,33 @@ static void check_binary(json_t *list, const char *env, const char *name, int re
     add(list, name, 1, required, detail ? detail : path, NULL);
 }
 
+/* Not required: qemu runs everything; firecracker is used by "auto" where it can. */
+static void check_firecracker(json_t *list)
+{
+    _cleanup_free_ char *path = NULL, *version = NULL, *detail = NULL;
+    smolvm_error *e = NULL;
+
+    if (smolvm_fc_find_binary(&path, &e) < 0) {
+        add(list, "firecracker", 0, 0, smolvm_error_message(e),
+            "optional: backend \"auto\" uses qemu; install firecracker (SMOLVM_FIRECRACKER, "
+            "~/.local/share/smolvm/bin or PATH) on a host with KVM to use it");
+        smolvm_error_free(e);
+        return;
+    }
+    (void)smolvm_fc_binary_version(path, &version, smolvm_now_ms() + VERSION_TIMEOUT_MS, NULL);
+    if (smolvm_vmm_firecracker.available(SMOLVM_ACCEL_KVM, &e) < 0) {
+        detail = smolvm_strdupf("%s %s found, but: %s", path, version ? version : "",
+                                smolvm_error_message(e));
+        add(list, "firecracker", 0, 0, detail ? detail : path,
+            "backend \"auto\" uses qemu on this host");
+        smolvm_error_free(e);
+        return;
+    }
+    detail = smolvm_strdupf("%s %s: usable (backend \"auto\" prefers it)", path,
+                            version ? version : "");
+    add(list, "firecracker", 1, 0, detail ? detail : path, NULL);
+}
+
 int smolvm_doctor_json(smolvm_ctx *ctx, char **out, smolvm_error **err)
 {
     json_t *list = json_array();
@@ -78,8 +107,7 @@ int smolvm_doctor_json(smolvm_ctx *ctx, char **out, smolvm_error **err)
                  "install qemu-utils: apt-get install qemu-utils (scripts/install-deps.sh)");
     check_binary(list, NULL, "ssh-keygen", 1,
                  "install openssh-client: apt-get install openssh-client");
-    add(list, "firecracker", 0, 0, "this build has no firecracker backend; qemu is used",
-        "use backend = \"qemu\" (or \"auto\")");
+    check_firecracker(list);
 
     if (smolvm_image_find(ctx, "default", &img, &e) == 0) {
         free(detail);

@@ -149,6 +149,11 @@ int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, in
     if (strcmp(smolvm_vm_status(vm), "running") != 0)
         return 0; /* applied at the next start */
     ops = smolvm_vm_backend_ops(vm->row->backend);
+    if (!ops->hostfwd_add) {
+        (void)smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", NULL);
+        return smolvm_err(err, SMOLVM_ESTATE, "forward in '%s': backend '%s' cannot add "
+                          "forwards to a running vm", vm->id, vm->row->backend);
+    }
     r = ops->hostfwd_add(vm->row->dir, &fwd, smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
     if (r < 0) {
         (void)smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", NULL);
@@ -190,6 +195,9 @@ int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error **err)
         smolvm_vmm_hostfwd fwd = {addr, host_port, guest};
 
         ops = smolvm_vm_backend_ops(vm->row->backend);
+        if (!ops->hostfwd_remove)
+            return smolvm_err(err, SMOLVM_ESTATE, "unforward in '%s': backend '%s' cannot "
+                              "remove forwards from a running vm", vm->id, vm->row->backend);
         r = ops->hostfwd_remove(vm->row->dir, &fwd, smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
         if (r < 0)
             return smolvm_err_wrap(err, "unforward %s:%d", addr, host_port);

@@ -24,7 +24,8 @@
 
 const smolvm_vmm_ops *smolvm_vm_backend_ops(const char *name)
 {
-    (void)name; /* only QEMU in this build; create refuses anything else */
+    if (name && strcmp(name, "firecracker") == 0)
+        return &smolvm_vmm_firecracker;
     return &smolvm_vmm_qemu;
 }
 
@@ -368,6 +369,7 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     cfg.kernel = smolvm_vm_cfg_str(vm, "kernel");
     cfg.disk = smolvm_vm_cfg_str(vm, "disk_path");
     cfg.disk_format = smolvm_vm_cfg_str(vm, "disk_format");
+    cfg.overlay_disk = smolvm_vm_cfg_str(vm, "overlay_disk");
     cfg.config_disk = cfgdisk;
     cfg.cmdline = cmdline;
     cfg.vcpus = (unsigned)smolvm_vm_cfg_int(vm, "vcpus");
@@ -389,7 +391,9 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
         return r;
     smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': vmm pid %lld up after %lld ms", vm->id,
                (long long)pid, (long long)(smolvm_now_ms() - t0));
-    if ((r = smolvm_vmm_wait_ready(vm->ctx, ctl, deadline, &uptime, err)) < 0)
+    r = ops->wait_ready ? ops->wait_ready(vm->ctx, vm->row->dir, ctl, deadline, &uptime, err)
+                        : smolvm_vmm_wait_ready(vm->ctx, ctl, deadline, &uptime, err);
+    if (r < 0)
         return r;
     smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': guest ready after %lld ms (uptime %lld ms)",
                vm->id, (long long)(smolvm_now_ms() - t0), (long long)uptime);
@@ -451,10 +455,13 @@ static int do_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
     int64_t poweroff_deadline = start_ms + timeout_ms * 7 / 10;
     uint64_t pstart;
     pid_t pid;
+    int r;
 
     if (!vmm_alive(vm->row, &pid, &pstart))
         return 0;
-    if (smolvm_vmm_request_poweroff(vm->row->dir, poweroff_deadline, NULL) == 0 &&
+    r = ops->poweroff ? ops->poweroff(vm->row->dir, poweroff_deadline, NULL)
+                      : smolvm_vmm_request_poweroff(vm->row->dir, poweroff_deadline, NULL);
+    if (r == 0 &&
         smolvm_proc_wait_exit(pid, pstart, poweroff_deadline, NULL) == 0)
         return 0;
     smolvm_log(vm->ctx, SMOLVM_LOG_INFO, "stop '%s': the guest did not power off in time; "

@@ -242,6 +242,52 @@ int smolvm_port_bindable(int port, void *payload)
     return bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
 }
 
+/* NAT networking (TAP + nftables) needs CAP_NET_ADMIN and the network module. */
+static int nat_available(smolvm_error **err)
+{
+    return smolvm_err(err, SMOLVM_EHOST,
+                      "network 'nat': not available in this build (use network = \"user\" "
+                      "or \"none\")");
+}
+
+/* backend "auto" is firecracker where it can run (binary + usable KVM) and the
+ * network allows it, else qemu. network "auto" is nat where possible, else user
+ * (qemu) or none (firecracker, which has no user networking). */
+static int resolve_backend(const smolvm_vm_options *o, int *backend, int *network,
+                           smolvm_error **err)
+{
+    int fc_ok, nat_ok, r;
+
+    nat_ok = o->network == SMOLVM_NET_NAT || o->network == SMOLVM_NET_AUTO
+                 ? nat_available(NULL) == 0
+                 : 0;
+    if (o->backend == SMOLVM_BACKEND_FIRECRACKER) {
+        if (o->accel == SMOLVM_ACCEL_TCG)
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "backend 'firecracker' needs accel 'kvm' (it cannot emulate)");
+        if ((r = smolvm_vmm_firecracker.available(SMOLVM_ACCEL_KVM, err)) < 0)
+            return r;
+        if (o->network == SMOLVM_NET_USER)
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "network 'user': backend 'firecracker' has no user networking "
+                              "(use network = \"nat\" or \"none\")");
+        fc_ok = 1;
+    } else if (o->backend == SMOLVM_BACKEND_AUTO) {
+        fc_ok = o->accel != SMOLVM_ACCEL_TCG && o->network != SMOLVM_NET_USER &&
+                (o->network != SMOLVM_NET_AUTO || nat_ok) &&
+                smolvm_vmm_firecracker.available(SMOLVM_ACCEL_KVM, NULL) == 0;
+    } else {
+        fc_ok = 0;
+    }
+    *backend = fc_ok ? SMOLVM_BACKEND_FIRECRACKER : SMOLVM_BACKEND_QEMU;
+    *network = o->network;
+    if (*network == SMOLVM_NET_AUTO)
+        *network = nat_ok ? SMOLVM_NET_NAT : fc_ok ? SMOLVM_NET_NONE : SMOLVM_NET_USER;
+    if (*network == SMOLVM_NET_NAT && (r = nat_available(err)) < 0)
+        return r;
+    return 0;
+}
+
 static json_t *build_config(const smolvm_vm_options *o, const smolvm_image *img,
                             const char *dir, int backend, int network)
 {
@@ -273,7 +319,17 @@ static json_t *build_config(const smolvm_vm_options *o, const smolvm_image *img,
     json_object_set_new(c, "env", env);
     json_object_set_new(c, "forwards", fwds);
     json_object_set_new(c, "kernel", json_string(img->kernel));
-    if (o->disk == SMOLVM_DISK_SHARED) {
+    if (backend == SMOLVM_BACKEND_FIRECRACKER) {
+        /* No qcow2: the raw base read-only under a per-VM overlay upper disk. */
+        json_object_set_new(c, "disk_path", json_string(img->rootfs));
+        json_object_set_new(c, "disk_format", json_string("raw"));
+        if (o->disk == SMOLVM_DISK_ISOLATED) {
+            char *p = smolvm_strdupf("%s/upper.ext4", dir);
+
+            json_object_set_new(c, "overlay_disk", json_string(p ? p : ""));
+            free(p);
+        }
+    } else if (o->disk == SMOLVM_DISK_SHARED) {
         json_object_set_new(c, "disk_path", json_string(img->rootfs));
         json_object_set_new(c, "disk_format", json_string("raw"));
     } else {
@@ -332,7 +388,9 @@ static int prepare(smolvm_vm *vm, const smolvm_vm_options *o, const smolvm_image
         return smolvm_err_wrap(err, "generate the guest host key");
     if ((r = smolvm_client_key(vm->ctx, &client, &client_pub, err)) < 0)
         return r;
-    if ((r = smolvm_image_make_disk(img, o->disk, dir, &disk, &format, err)) < 0)
+    /* qemu: a qcow2 overlay now; firecracker makes its overlay upper disk at start. */
+    if (strcmp(vm->row->backend, "qemu") == 0 &&
+        (r = smolvm_image_make_disk(img, o->disk, dir, &disk, &format, err)) < 0)
         return r;
     env = smolvm_vm_env(vm);
     if (!env)
@@ -370,26 +428,15 @@ int smolvm_vm_create(smolvm_vm **out, smolvm_ctx *ctx, const smolvm_vm_options *
     smolvm_vm_row row = {0};
     char genid[16];
     json_t *config = NULL;
-    int r, backend, network, attempt;
+    int r, backend = SMOLVM_BACKEND_QEMU, network = SMOLVM_NET_USER, attempt;
 
     if (!opts)
         opts = &defaults;
     if ((r = validate(opts, err)) < 0)
         return r;
 
-    /* Only QEMU drives VMs in this build; say so instead of pretending. */
-    if (opts->backend == SMOLVM_BACKEND_FIRECRACKER)
-        return smolvm_err(err, SMOLVM_EHOST,
-                          "backend 'firecracker': not available in this build "
-                          "(use backend = \"qemu\" or \"auto\")");
-    backend = SMOLVM_BACKEND_QEMU;
-    network = opts->network;
-    if (network == SMOLVM_NET_AUTO)
-        network = SMOLVM_NET_USER;
-    if (network == SMOLVM_NET_NAT)
-        return smolvm_err(err, SMOLVM_EHOST,
-                          "network 'nat': not available in this build (use network = "
-                          "\"user\" or \"none\")");
+    if ((r = resolve_backend(opts, &backend, &network, err)) < 0)
+        return r;
     if ((r = smolvm_image_find(ctx, opts->image ? opts->image : "default", &img, err)) < 0)
         return r;
 

@@ -232,6 +232,18 @@ static int l_doctor(lua_State *L)
     return smolvm_lua_push_json_text(L, box);
 }
 
+/* firecracker_download([dest_dir]) -> path of the installed binary | nil, msg, code */
+static int l_firecracker_download(lua_State *L)
+{
+    const char *dest = luaL_optstring(L, 1, NULL);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_firecracker_download(dest, NULL, NULL, &box->text, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    lua_pushstring(L, box->text);
+    return 1;
+}
+
 /* reconcile() -> number of VMs whose state changed | nil, msg, code */
 static int l_reconcile(lua_State *L)
 {
@@ -273,6 +285,7 @@ static int l_error_name(lua_State *L)
 static const luaL_Reg core_funcs[] = {
     {"list", l_list},
     {"doctor", l_doctor},
+    {"firecracker_download", l_firecracker_download},
     {"reconcile", l_reconcile},
     {"paths", l_paths},
     {"error_name", l_error_name},

@@ -82,7 +82,7 @@ int smolvm_fc_find_binary(char **out, smolvm_error **err)
         return 0;
     return smolvm_err(err, SMOLVM_EHOST,
                       "no firecracker binary: not in " SMOLVM_FC_ENV ", '%s' or PATH (install "
-                      "it with smolvm.firecracker_download() or set " SMOLVM_FC_ENV ")",
+                      "it with 'smolvm install-firecracker' or set " SMOLVM_FC_ENV ")",
                       p ? p : "<data dir>/bin/firecracker");
 }
 
@@ -476,4 +476,16 @@ int smolvm_fc_download(const smolvm_fc_download_opts *opts, char **path, smolvm_
         return r;
     *path = TAKE_PTR(target);
     return 0;
+}
+
+int smolvm_firecracker_download(const char *dest_dir,
+                                void (*progress)(uint64_t done, uint64_t total, void *payload),
+                                void *payload, char **path, smolvm_error **err)
+{
+    smolvm_fc_download_opts o = {0};
+
+    o.dest_dir = dest_dir;
+    o.progress = progress;
+    o.payload = payload;
+    return smolvm_fc_download(&o, path, err);
 }
