@@ -9,6 +9,7 @@
 #include "error-internal.h"
 #include "ssh-internal.h"
 #include "vm-internal.h"
+#include "vm-net-internal.h"
 #include "vmm/vmm.h"
 
 #define CONNECT_TIMEOUT_MS 30000
@@ -122,11 +123,16 @@ static int forward_checks(smolvm_vm *vm, const char *addr, int host_port, smolvm
                           "forward: host address '%.64s' is not an IPv4 address", addr);
     if (smolvm_vm_refresh(vm, err) < 0)
         return SMOLVM_ENOENT;
-    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "user") != 0)
+    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "none") == 0)
         return smolvm_err(err, SMOLVM_ESTATE,
-                          "forward in '%s': the vm has network '%s'; forwards need 'user'",
-                          vm->id, smolvm_vm_cfg_str(vm, "network"));
+                          "forward in '%s': the vm has network 'none'; forwards need 'user' "
+                          "or 'nat'", vm->id);
     return 0;
+}
+
+static int is_nat(const smolvm_vm *vm)
+{
+    return strcmp(smolvm_vm_cfg_str(vm, "network"), "nat") == 0;
 }
 
 int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, int guest_port,
@@ -148,6 +154,15 @@ int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, in
         return smolvm_err_wrap(err, "forward %s:%d", addr, host_port);
     if (strcmp(smolvm_vm_status(vm), "running") != 0)
         return 0; /* applied at the next start */
+    if (is_nat(vm)) {
+        r = smolvm_vm_net_forward(vm, addr, host_port, guest_port, 1, err);
+        if (r < 0) {
+            (void)smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", NULL);
+            return smolvm_err_wrap(err, "forward %s:%d", addr, host_port);
+        }
+        (void)smolvm_store_event(vm->ctx->store, vm->id, "forward", NULL, NULL);
+        return 0;
+    }
     ops = smolvm_vm_backend_ops(vm->row->backend);
     if (!ops->hostfwd_add) {
         (void)smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", NULL);
@@ -191,7 +206,11 @@ int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error **err)
     if (!addr)
         return smolvm_err(err, SMOLVM_ENOENT, "unforward in '%s': host port %d is not forwarded",
                           vm->id, host_port);
-    if (strcmp(smolvm_vm_status(vm), "running") == 0) {
+    if (strcmp(smolvm_vm_status(vm), "running") == 0 && is_nat(vm)) {
+        r = smolvm_vm_net_forward(vm, addr, host_port, guest, 0, err);
+        if (r < 0)
+            return smolvm_err_wrap(err, "unforward %s:%d", addr, host_port);
+    } else if (strcmp(smolvm_vm_status(vm), "running") == 0) {
         smolvm_vmm_hostfwd fwd = {addr, host_port, guest};
 
         ops = smolvm_vm_backend_ops(vm->row->backend);

@@ -15,6 +15,7 @@
 #include "ssh-internal.h"
 #include "vm-config-internal.h"
 #include "vm-internal.h"
+#include "vm-net-internal.h"
 #include "vmm/vmm.h"
 
 #define CONSOLE_TAIL_BYTES 1024
@@ -120,6 +121,16 @@ static void kill_vmm(const smolvm_vm_row *row)
         (void)smolvm_proc_kill(pid, start, smolvm_now_ms() + KILL_TIMEOUT_MS, NULL);
 }
 
+static int row_is_nat(const smolvm_vm_row *row)
+{
+    json_t *c = row->config_json ? json_loads(row->config_json, 0, NULL) : NULL;
+    const char *n = json_string_value(json_object_get(c, "network"));
+    int nat = n && strcmp(n, "nat") == 0;
+
+    json_decref(c);
+    return nat;
+}
+
 int smolvm_vm_reconcile_row(smolvm_ctx *ctx, const smolvm_vm_row *row, int *changed,
                             smolvm_error **err)
 {
@@ -169,6 +180,8 @@ int smolvm_vm_reconcile_row(smolvm_ctx *ctx, const smolvm_vm_row *row, int *chan
     }
     if (r == 0)
         r = smolvm_store_vm_set_pid(ctx->store, row->id, 0, 0, err);
+    if (r == 0 && row_is_nat(row))
+        smolvm_vm_net_down(ctx, row->id);
     if (r == 0) {
         (void)smolvm_store_event(ctx->store, row->id, "reconcile", status, NULL);
         if (changed)
@@ -180,8 +193,9 @@ int smolvm_vm_reconcile_row(smolvm_ctx *ctx, const smolvm_vm_row *row, int *chan
 int smolvm_reconcile(smolvm_ctx *ctx, int *changed, smolvm_error **err)
 {
     smolvm_vm_row **rows = NULL;
-    size_t n = 0, i;
-    int r, c, total = 0;
+    const char **live = NULL;
+    size_t n = 0, i, k = 0;
+    int r, c, total = 0, any_nat = 0;
 
     r = smolvm_store_vm_list(ctx->store, &rows, &n, err);
     if (r < 0)
@@ -189,6 +203,25 @@ int smolvm_reconcile(smolvm_ctx *ctx, int *changed, smolvm_error **err)
     for (i = 0; i < n; i++)
         if (smolvm_vm_reconcile_row(ctx, rows[i], &c, NULL) == 0)
             total += c;
+    smolvm_vm_rows_free(rows, n);
+    /* TAPs and rules of VMs that are gone or not running (killed controllers,
+     * deleted state) are collected against the reconciled list. */
+    rows = NULL;
+    n = 0;
+    if (smolvm_store_vm_list(ctx->store, &rows, &n, NULL) == 0 &&
+        (live = calloc(n + 1, sizeof(*live)))) {
+        for (i = 0; i < n; i++) {
+            const char *s = rows[i]->status ? rows[i]->status : "";
+
+            any_nat |= row_is_nat(rows[i]);
+            if (strcmp(s, "running") == 0 || strcmp(s, "starting") == 0 ||
+                strcmp(s, "stopping") == 0)
+                live[k++] = rows[i]->id;
+        }
+        if (any_nat)
+            smolvm_vm_net_gc(ctx, live);
+    }
+    free(live);
     smolvm_vm_rows_free(rows, n);
     if (changed)
         *changed = total;
@@ -290,16 +323,26 @@ static int revalidate_ports(smolvm_vm *vm, smolvm_error **err)
 static int connect_ssh(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
 {
     _cleanup_free_ char *key = NULL, *pub = NULL, *hostpub = NULL, *hostpub_path = NULL;
-    int port, r;
+    const char *network = smolvm_vm_cfg_str(vm, "network");
+    char host[16] = "127.0.0.1";
+    int port = 22, r;
 
     if (vm->ssh)
         return 0;
-    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "user") != 0)
+    if (strcmp(network, "nat") == 0) {
+        /* The host reaches the guest's own address through its TAP. */
+        r = smolvm_store_lease_ip(vm->ctx->store, vm->id, smolvm_vm_cfg_str(vm, "cidr"), host,
+                                  err);
+        if (r < 0)
+            return r;
+    } else if (strcmp(network, "user") == 0) {
+        if ((r = smolvm_store_port_get(vm->ctx->store, vm->id, "ssh", &port, err)) < 0)
+            return r;
+    } else {
         return smolvm_err(err, SMOLVM_ESTATE,
-                          "vm '%s' has network 'none': commands and files need a network",
-                          vm->id);
-    if ((r = smolvm_store_port_get(vm->ctx->store, vm->id, "ssh", &port, err)) < 0)
-        return r;
+                          "vm '%s' has network 'none': commands and files need a network "
+                          "(create it with network = \"user\" or \"nat\")", vm->id);
+    }
     if ((r = smolvm_client_key(vm->ctx, &key, &pub, err)) < 0)
         return r;
     hostpub_path = smolvm_strdupf("%s/%s.pub", vm->row->dir, SMOLVM_VM_HOST_KEY);
@@ -308,7 +351,7 @@ static int connect_ssh(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     if ((r = smolvm_read_file(hostpub_path, 4096, &hostpub, NULL, err)) < 0)
         return r;
     hostpub[strcspn(hostpub, "\n")] = '\0';
-    r = smolvm_ssh_connect(&vm->ssh, "127.0.0.1", port, key, hostpub, deadline, err);
+    r = smolvm_ssh_connect(&vm->ssh, host, port, key, hostpub, deadline, err);
     if (r < 0)
         return smolvm_err_wrap(err, "ssh to vm '%s'", vm->id);
     return 0;
@@ -335,6 +378,7 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     _cleanup_(json_decrefp) json_t *fwd_info = NULL;
     const char *network = smolvm_vm_cfg_str(vm, "network"), *accel_note = NULL, *acc;
     smolvm_vmm_config cfg = {0};
+    smolvm_vm_net natnet;
     int accel, net, r;
     int64_t pid = 0, uptime = 0, t0 = smolvm_now_ms();
     uint64_t pid_start = 0;
@@ -351,10 +395,26 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
         return r;
     smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': accel %s (%s)", vm->id,
                accel == SMOLVM_ACCEL_KVM ? "kvm" : "tcg", accel_note);
-    net = strcmp(network, "user") == 0 ? SMOLVM_NET_USER : SMOLVM_NET_NONE;
-    r = smolvm_kernel_cmdline(&cmdline, vm->id, net, SMOLVM_USER_GUEST_IP, SMOLVM_USER_GATEWAY,
-                              "255.255.255.0", SMOLVM_USER_DNS,
-                              accel == SMOLVM_ACCEL_TCG ? smolvm_host_tsc_khz() : 0, err);
+    /* "starting" before anything is made: from here on a concurrent reconcile leaves
+     * this VM's network alone, and a dead controller is recognised. */
+    if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "starting", NULL, err)) < 0)
+        return r;
+    net = strcmp(network, "user") == 0  ? SMOLVM_NET_USER
+          : strcmp(network, "nat") == 0 ? SMOLVM_NET_NAT
+                                        : SMOLVM_NET_NONE;
+    if (net == SMOLVM_NET_NAT) {
+        if ((r = smolvm_vm_net_up(vm, &natnet, err)) < 0)
+            return r;
+        r = smolvm_kernel_cmdline(&cmdline, vm->id, net, natnet.ip, natnet.gateway,
+                                  natnet.netmask, natnet.have_dns ? natnet.dns : NULL,
+                                  accel == SMOLVM_ACCEL_TCG ? smolvm_host_tsc_khz() : 0, err);
+        cfg.tap_name = natnet.tap;
+        cfg.mac = natnet.mac;
+    } else {
+        r = smolvm_kernel_cmdline(&cmdline, vm->id, net, SMOLVM_USER_GUEST_IP,
+                                  SMOLVM_USER_GATEWAY, "255.255.255.0", SMOLVM_USER_DNS,
+                                  accel == SMOLVM_ACCEL_TCG ? smolvm_host_tsc_khz() : 0, err);
+    }
     if (r < 0)
         return r;
     if ((r = revalidate_ports(vm, err)) < 0)
@@ -382,8 +442,6 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
      * this process: untrusted code gets no egress by accident. */
     cfg.user_egress = getenv("SMOLVM_USER_EGRESS") && strcmp(getenv("SMOLVM_USER_EGRESS"), "1") == 0;
 
-    if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "starting", NULL, err)) < 0)
-        return r;
     r = ops->spawn(&cfg, &ctl, &pid, &pid_start, deadline, err);
     if (r < 0)
         return r;
@@ -433,6 +491,8 @@ int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
         (void)smolvm_vm_refresh(vm, NULL);
         kill_vmm(vm->row);
         smolvm_vm_drop_ssh(vm);
+        if (strcmp(smolvm_vm_cfg_str(vm, "network"), "nat") == 0)
+            smolvm_vm_net_down(vm->ctx, vm->id);
         tail = log_tail(vm->row->dir, SMOLVM_VMM_CONSOLE_LOG);
         if (tail && *tail && r != SMOLVM_EHOST && r != SMOLVM_EINVAL)
             smolvm_err_hint(err, "console: %s", tail);
@@ -483,6 +543,8 @@ static int stop_locked(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
     r = do_stop(vm, timeout_ms, err);
     if (r < 0)
         return r;
+    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "nat") == 0)
+        smolvm_vm_net_down(vm->ctx, vm->id);
     if ((r = smolvm_store_vm_set_pid(vm->ctx->store, vm->id, 0, 0, err)) < 0 ||
         (r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "stopped", NULL, err)) < 0)
         return r;

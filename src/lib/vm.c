@@ -18,6 +18,7 @@
 #include "ssh-internal.h"
 #include "vm-config-internal.h"
 #include "vm-internal.h"
+#include "vm-net-internal.h"
 #include "vmm/vmm.h"
 
 #define ENV_ENTRY_MAX 4096
@@ -242,12 +243,10 @@ int smolvm_port_bindable(int port, void *payload)
     return bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
 }
 
-/* NAT networking (TAP + nftables) needs CAP_NET_ADMIN and the network module. */
+/* NAT networking (TAP + nftables) needs CAP_NET_ADMIN, tun, nf_tables, an uplink. */
 static int nat_available(smolvm_error **err)
 {
-    return smolvm_err(err, SMOLVM_EHOST,
-                      "network 'nat': not available in this build (use network = \"user\" "
-                      "or \"none\")");
+    return smolvm_nat_usable(err);
 }
 
 /* backend "auto" is firecracker where it can run (binary + usable KVM) and the
@@ -341,6 +340,8 @@ static json_t *build_config(const smolvm_vm_options *o, const smolvm_image *img,
     }
     if (network == SMOLVM_NET_USER)
         json_object_set_new(c, "guest_ip", json_string(SMOLVM_USER_GUEST_IP));
+    if (network == SMOLVM_NET_NAT)
+        json_object_set_new(c, "cidr", json_string(smolvm_nat_cidr()));
     return c;
 }
 
@@ -397,6 +398,12 @@ static int prepare(smolvm_vm *vm, const smolvm_vm_options *o, const smolvm_image
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     if ((r = smolvm_config_disk_write(cfgdisk, vm->id, client_pub, hostkey, env, err)) < 0)
         return r;
+    if (network == SMOLVM_NET_NAT) {
+        char ip[16];
+
+        if ((r = smolvm_store_lease_ip(vm->ctx->store, vm->id, smolvm_nat_cidr(), ip, err)) < 0)
+            return smolvm_err_wrap(err, "lease an address in '%s'", smolvm_nat_cidr());
+    }
     if (network == SMOLVM_NET_USER) {
         if ((r = smolvm_vm_alloc_ssh_port(vm, &port, err)) < 0)
             return r;

@@ -23,4 +23,12 @@ if [ -n "$missing" ]; then
     echo "$missing" >&2
     exit 77
 fi
+# Network safety: the specs run in a network namespace of their own with only
+# loopback, so network = "auto" (nat when privileged) finds no uplink and no VM can
+# ever be NATed out of this machine; QEMU user networking stays on loopback.
+if [ "$(id -u)" -eq 0 ]; then
+    status=0
+    unshare --net -- sh -c 'ip link set lo up && exec "$0" /usr/bin/busted --output=plainTerminal "$1"' "$interp" "$spec" || status=$?
+    exit $status
+fi
 "$interp" /usr/bin/busted --output=plainTerminal "$spec"
