@@ -27,3 +27,12 @@ add_test(NAME integration/recipes
 set_tests_properties(integration/recipes PROPERTIES LABELS "integration;vm" SKIP_RETURN_CODE 77
   RUN_SERIAL ON TIMEOUT 1800
   ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
+
+# network = "nat" with real guests, inside namespaces the test makes (needs root).
+add_test(NAME integration/nat
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integration/nat-netns.sh ${SMOLVM_IT_LUA}
+          ${CMAKE_CURRENT_SOURCE_DIR}/integration/nat_spec.lua
+  WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/integration)
+set_tests_properties(integration/nat PROPERTIES LABELS "integration;vm;root"
+  SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 900
+  ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
