@@ -47,7 +47,7 @@ unshare --net -- sh -eu -c '
     ip -n "$outside" link set out0 up
     ip route add default via 10.99.0.2 dev up0
     # The outside world: answers with the address it saw the client come from.
-    ip netns exec "$outside" python3 -c "
+    ip netns exec "$outside" /usr/bin/python3 -c "
 import http.server
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):

@@ -3,7 +3,7 @@
 # on 127.0.0.1: boots sandboxes, so RUN_SERIAL like the other VM tests. Skips (77)
 # without nginx, its lua module, lua-cjson, the LuaJIT build of smolvm or a usable host.
 add_test(NAME integration/openresty
-  COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/integration/openresty_test.py)
+  COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/integration/openresty_test.py)
 set_tests_properties(integration/openresty PROPERTIES LABELS "integration;vm"
   SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 600
   ENVIRONMENT "${SMOLVM_TEST_ENV}")

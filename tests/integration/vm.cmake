@@ -16,7 +16,7 @@ set_tests_properties(integration/vm PROPERTIES LABELS "integration;vm" SKIP_RETU
   ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
 
 add_test(NAME integration/image-boot
-  COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/integration/image-boot.py)
+  COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/integration/image-boot.py)
 set_tests_properties(integration/image-boot PROPERTIES LABELS "integration;vm"
   SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 300)
 

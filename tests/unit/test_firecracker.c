@@ -776,7 +776,7 @@ static void http_start(const char *dir)
     if (http_pid == 0) {
         (void)dup2(fds[1], 1);
         (void)close(fds[0]);
-        execlp("python3", "python3", "-c",
+        execl("/usr/bin/python3", "python3", "-c",
                "import functools, http.server, sys\n"
                "class Quiet(http.server.SimpleHTTPRequestHandler):\n"
                "    def log_message(self, *a): pass\n"
@@ -932,7 +932,7 @@ int main(void)
         printf("SKIP: '%s' not found (set SMOLVM_SOURCE_DIR)\n", fake);
         return 77;
     }
-    if (system("python3 -c 'import yaml' >/dev/null 2>&1") != 0) {
+    if (system("/usr/bin/python3 -c 'import yaml' >/dev/null 2>&1") != 0) {
         printf("SKIP: python3 with PyYAML is needed for the fake firecracker "
                "(apt-get install python3-yaml)\n");
         return 77;
