@@ -5,6 +5,7 @@
 os.execute("mkdir -p '" .. (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/out'")
 
 sandbox "data" {
+  network = "user", -- rootless and closed to the outside; "nat" (root) gives it egress
   memory = 512,
   steps = {
     { upload = { from = "data/summarize.py", to = "/work/summarize.py" } },

@@ -3,7 +3,7 @@
 --   smolvm-lua examples/hello.lua
 local smolvm = require "smolvm"
 
-local vm = assert(smolvm.VM{ memory = 512 })
+local vm = assert(smolvm.VM{ memory = 512, network = "user" })
 local ok, err = vm:start()
 if not ok then
   vm:delete()

@@ -3,6 +3,7 @@
 -- step of each in turn, and background steps keep running meanwhile.
 --   smolvm-lua examples/two-sandboxes.lua
 sandbox "producer" {
+  network = "user", -- rootless and closed to the outside; "nat" (root) gives it egress
   memory = 256,
   steps = {
     { run = "python3 -c 'import json; print(json.dumps({\"n\": 6*7}))' > /tmp/out.json" },
@@ -12,6 +13,7 @@ sandbox "producer" {
 }
 
 sandbox "worker" {
+  network = "user", -- rootless and closed to the outside; "nat" (root) gives it egress
   memory = 256,
   env = { JOBS = 3 },
   steps = {

@@ -9,6 +9,7 @@
 local PORT = tonumber(os.getenv("WEB_PORT") or "18080")
 
 sandbox "web" {
+  network = "user", -- rootless and closed to the outside; "nat" (root) gives it egress
   memory = 256,
   forwards = { { host = PORT, guest = 8000 } },
   files = { ["/srv/index.html"] = "<h1>hello from smolvm</h1>\n" },
