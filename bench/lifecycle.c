@@ -22,8 +22,8 @@
 
 enum { P_CREATE, P_START, P_FIRST, P_WARM, P_STOP, P_DELETE, P_STOPDEL, P_TOTAL, NPHASES };
 static const char *const phase_names[NPHASES] = {
-    "create", "start (to commands)", "first command", "warm command (median)",
-    "stop", "delete", "stop+delete", "full lifecycle"};
+    "create", "start (to commands)", "first command", "warm command (median)", "stop",
+    "delete", "stop+delete",         "full lifecycle"};
 
 static double now_ms(void)
 {
@@ -108,15 +108,17 @@ static void ssh_baselines(smolvm_vm *vm, const char *state_dir, int warm, double
     kh = fopen(cmd, "w");
     fprintf(kh, "[127.0.0.1]:%d %s", port, pub);
     fclose(kh);
-#define SSH_OPTS                                                                           \
-    "ssh -q -p %d -i %s/id_ed25519 -o IdentitiesOnly=yes -o BatchMode=yes "               \
+#define SSH_OPTS                                                                                   \
+    "ssh -q -p %d -i %s/id_ed25519 -o IdentitiesOnly=yes -o BatchMode=yes "                        \
     "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=%s/known_hosts"
     snprintf(cmd, sizeof(cmd), SSH_OPTS " root@127.0.0.1 true", port, state_dir, dir);
     for (i = 0; i < 3; i++)
         v[i] = time_shell(cmd);
     *fresh = median(v, 3);
-    snprintf(cmd, sizeof(cmd), SSH_OPTS " -o ControlMaster=yes -o ControlPath=%s/cm -fN "
-             "root@127.0.0.1", port, state_dir, dir, dir);
+    snprintf(cmd, sizeof(cmd),
+             SSH_OPTS " -o ControlMaster=yes -o ControlPath=%s/cm -fN "
+                      "root@127.0.0.1",
+             port, state_dir, dir, dir);
     time_shell(cmd);
     snprintf(cmd, sizeof(cmd), SSH_OPTS " -o ControlPath=%s/cm root@127.0.0.1 true", port,
              state_dir, dir, dir);
@@ -124,8 +126,8 @@ static void ssh_baselines(smolvm_vm *vm, const char *state_dir, int warm, double
     for (i = 0; i < warm; i++)
         v[i] = time_shell(cmd);
     *master = median(v, warm);
-    snprintf(cmd, sizeof(cmd), "ssh -q -o ControlPath=%s/cm -O exit x 2>/dev/null; rm -rf %s",
-             dir, dir);
+    snprintf(cmd, sizeof(cmd), "ssh -q -o ControlPath=%s/cm -O exit x 2>/dev/null; rm -rf %s", dir,
+             dir);
     (void)system(cmd);
     json_decref(info);
     free(info_json);
@@ -214,8 +216,8 @@ int main(int argc, char **argv)
         ph[P_STOPDEL][i] = ph[P_STOP][i] + ph[P_DELETE][i];
         ph[P_TOTAL][i] = now_ms() - t0;
         smolvm_vm_free(vm);
-        fprintf(stderr, "run %d/%d: start %.0f ms, warm %.1f ms, stop+delete %.0f ms\n",
-                i + 1, runs, ph[P_START][i], ph[P_WARM][i], ph[P_STOPDEL][i]);
+        fprintf(stderr, "run %d/%d: start %.0f ms, warm %.1f ms, stop+delete %.0f ms\n", i + 1,
+                runs, ph[P_START][i], ph[P_WARM][i], ph[P_STOPDEL][i]);
     }
     baseline = plain_qemu_ready(runs);
 
@@ -236,8 +238,7 @@ int main(int argc, char **argv)
     printf("\nratios (target <= 1.00)\n");
     printf("%-40s %9.2f\n", "start / (plain ready + fresh ssh)",
            median(ph[P_START], runs) / (baseline + fresh));
-    printf("%-40s %9.2f\n", "warm command / ControlMaster",
-           median(ph[P_WARM], runs) / master);
+    printf("%-40s %9.2f\n", "warm command / ControlMaster", median(ph[P_WARM], runs) / master);
     printf("%-40s %9.2f\n", "stop+delete / 100 ms", median(ph[P_STOPDEL], runs) / 100.0);
     smolvm_ctx_free(ctx);
     return 0;

@@ -43,17 +43,16 @@ static lua_State *volatile signal_state;
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: " PROGNAME " [options] [script [args]]\n"
-            "Available options are:\n"
-            "  -e stat   execute string 'stat'\n"
-            "  -v        show version information\n"
-            "  --check   recipe: validate only, run nothing\n"
-            "  --json    recipe: print a machine-readable result on stdout\n"
-            "  --keep    recipe: keep every sandbox when done\n"
-            "  -h        show this help\n"
-            "  --        stop handling options\n"
-            "  -         stop handling options and execute stdin\n");
+    fprintf(f, "usage: " PROGNAME " [options] [script [args]]\n"
+               "Available options are:\n"
+               "  -e stat   execute string 'stat'\n"
+               "  -v        show version information\n"
+               "  --check   recipe: validate only, run nothing\n"
+               "  --json    recipe: print a machine-readable result on stdout\n"
+               "  --keep    recipe: keep every sandbox when done\n"
+               "  -h        show this help\n"
+               "  --        stop handling options\n"
+               "  -         stop handling options and execute stdin\n");
 }
 
 /* ---------------------------------------------------------------- signals */
@@ -266,8 +265,8 @@ static int recipe_load_error(lua_State *L, int recipe_idx)
     return status;
 }
 
-static int run_script(lua_State *L, const char *fname, char **args, int nargs, int check,
-                      int json, int keep)
+static int run_script(lua_State *L, const char *fname, char **args, int nargs, int check, int json,
+                      int keep)
 {
     int r, i, status = 0, recipe_idx;
 

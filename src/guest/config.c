@@ -19,8 +19,8 @@
 static char disk[GUEST_CONFIG_MAX + 1];
 static unsigned char host_key[GUEST_CONFIG_MAX];
 
-static int __attribute__((format(printf, 3, 4))) fail(char *err, size_t errlen,
-                                                      const char *fmt, ...)
+static int __attribute__((format(printf, 3, 4)))
+fail(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -75,8 +75,8 @@ static int valid_hostname(const char *s)
     if (n == 0 || n > 63)
         return 0;
     for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-              (*s >= '0' && *s <= '9') || *s == '-' || *s == '.'))
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '-' || *s == '.'))
             return 0;
     return 1;
 }
@@ -87,8 +87,8 @@ static int valid_env(const char *s)
     if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || *p == '_'))
         return 0;
     for (p++; *p && *p != '='; p++)
-        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
-              (*p >= '0' && *p <= '9') || *p == '_'))
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+              *p == '_'))
             return 0;
     if (*p != '=')
         return 0;
@@ -159,8 +159,7 @@ int config_load(struct guest_config *cfg, char *err, size_t errlen)
         }
         size_t len = 0;
         ssize_t n;
-        while (len < GUEST_CONFIG_MAX &&
-               (n = read(fd, disk + len, GUEST_CONFIG_MAX - len)) > 0)
+        while (len < GUEST_CONFIG_MAX && (n = read(fd, disk + len, GUEST_CONFIG_MAX - len)) > 0)
             len += (size_t)n;
         close(fd);
         if (len < sizeof(MAGIC) || memcmp(disk, MAGIC "\n", sizeof(MAGIC)) != 0)

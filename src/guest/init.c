@@ -104,8 +104,8 @@ static void report_error(const char *msg)
     guest_log("error: %s", msg);
 }
 
-static void mount_one(const char *src, const char *dst, const char *type,
-                      unsigned long flags, const char *data, mode_t mode)
+static void mount_one(const char *src, const char *dst, const char *type, unsigned long flags,
+                      const char *data, mode_t mode)
 {
     (void)mkdir(dst, mode);
     if (mount(src, dst, type, flags, data) < 0 && errno != EBUSY)
@@ -172,8 +172,10 @@ static void set_identity(const char *hostname)
         guest_log("sethostname: %s", strerror(errno));
     snprintf(buf, sizeof(buf), "%s\n", hostname);
     write_text(GUEST_RUN_DIR "/hostname", buf);
-    snprintf(buf, sizeof(buf), "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n"
-             "::1\tlocalhost ip6-localhost ip6-loopback\n", hostname);
+    snprintf(buf, sizeof(buf),
+             "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n"
+             "::1\tlocalhost ip6-localhost ip6-loopback\n",
+             hostname);
     write_text(GUEST_RUN_DIR "/hosts", buf);
 
     /* smolvm.dns=<resolver> from the kernel command line (not secret). */
@@ -187,8 +189,7 @@ static void set_identity(const char *hostname)
     strcpy(buf, "");
     for (char *tok = strtok(cmdline, " \n"); tok; tok = strtok(NULL, " \n"))
         if (strncmp(tok, "smolvm.dns=", 11) == 0 && strlen(tok) < 64)
-            snprintf(buf + strlen(buf), sizeof(buf) - strlen(buf), "nameserver %s\n",
-                     tok + 11);
+            snprintf(buf + strlen(buf), sizeof(buf) - strlen(buf), "nameserver %s\n", tok + 11);
     write_text(GUEST_RUN_DIR "/resolv.conf", buf);
 }
 
@@ -398,8 +399,7 @@ int main(void)
         if (p[0].revents & POLLIN) {
             struct signalfd_siginfo si;
             while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
-                if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT ||
-                    si.ssi_signo == SIGPWR)
+                if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGPWR)
                     power_off(sfd, strsignal((int)si.ssi_signo));
             }
             reap();

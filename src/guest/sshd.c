@@ -25,8 +25,8 @@
 
 static char *argv_sshd[32];
 
-static int __attribute__((format(printf, 3, 4))) fail(char *err, size_t errlen,
-                                                      const char *fmt, ...)
+static int __attribute__((format(printf, 3, 4)))
+fail(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -149,8 +149,8 @@ int sshd_listen(char *err, size_t errlen)
     int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 
     if (fd >= 0) {
-        struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(22),
-                                  .sin6_addr = IN6ADDR_ANY_INIT};
+        struct sockaddr_in6 a6 = {
+            .sin6_family = AF_INET6, .sin6_port = htons(22), .sin6_addr = IN6ADDR_ANY_INIT};
         (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
         (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
         if (bind(fd, (struct sockaddr *)&a6, sizeof(a6)) == 0 && listen(fd, 64) == 0)
@@ -161,8 +161,8 @@ int sshd_listen(char *err, size_t errlen)
     fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return fail(err, errlen, "socket");
-    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons(22),
-                             .sin_addr.s_addr = htonl(INADDR_ANY)};
+    struct sockaddr_in a4 = {
+        .sin_family = AF_INET, .sin_port = htons(22), .sin_addr.s_addr = htonl(INADDR_ANY)};
     (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&a4, sizeof(a4)) < 0) {
         close(fd);

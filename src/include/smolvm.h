@@ -94,7 +94,10 @@ typedef struct smolvm_ctx_options {
     int log_level; /* highest level passed to log; default SMOLVM_LOG_INFO */
 } smolvm_ctx_options;
 #define SMOLVM_CTX_OPTIONS_VERSION 1
-#define SMOLVM_CTX_OPTIONS_INIT {SMOLVM_CTX_OPTIONS_VERSION, NULL, NULL, NULL, NULL, SMOLVM_LOG_INFO}
+#define SMOLVM_CTX_OPTIONS_INIT                                                                    \
+    {                                                                                              \
+        SMOLVM_CTX_OPTIONS_VERSION, NULL, NULL, NULL, NULL, SMOLVM_LOG_INFO                        \
+    }
 
 /* Create a context: resolves and creates the state directory (mode 0700) and opens
  * the state database. `opts` may be NULL. */
@@ -141,7 +144,7 @@ enum { SMOLVM_NET_AUTO = 0, SMOLVM_NET_NONE = 1, SMOLVM_NET_USER = 2, SMOLVM_NET
 #define SMOLVM_VCPUS_MAX 32
 #define SMOLVM_MEMORY_MIN 128
 #define SMOLVM_MEMORY_MAX 16384
-#define SMOLVM_ENV_MAX 256       /* entries in env */
+#define SMOLVM_ENV_MAX 256 /* entries in env */
 #define SMOLVM_FORWARDS_MAX 64
 
 typedef struct smolvm_forward {
@@ -152,28 +155,30 @@ typedef struct smolvm_forward {
 
 typedef struct smolvm_vm_options {
     unsigned version;
-    const char *id;           /* NULL: "vm-" + 8 hex chars; else [a-z0-9][a-z0-9_-]{0,62} */
-    unsigned vcpus;           /* 1..32, default 2 */
-    unsigned memory_mib;      /* 128..16384, default 512 */
-    int disk;                 /* SMOLVM_DISK_*, default isolated */
-    const char *image;        /* image name under the image dir, default "default" */
-    int backend;              /* SMOLVM_BACKEND_* */
-    int accel;                /* SMOLVM_ACCEL_* */
-    int network;              /* SMOLVM_NET_* */
-    const char *const *env;   /* "KEY=value" strings, NULL-terminated; applied to every command */
+    const char *id;         /* NULL: "vm-" + 8 hex chars; else [a-z0-9][a-z0-9_-]{0,62} */
+    unsigned vcpus;         /* 1..32, default 2 */
+    unsigned memory_mib;    /* 128..16384, default 512 */
+    int disk;               /* SMOLVM_DISK_*, default isolated */
+    const char *image;      /* image name under the image dir, default "default" */
+    int backend;            /* SMOLVM_BACKEND_* */
+    int accel;              /* SMOLVM_ACCEL_* */
+    int network;            /* SMOLVM_NET_* */
+    const char *const *env; /* "KEY=value" strings, NULL-terminated; applied to every command */
     const smolvm_forward *forwards;
     size_t n_forwards;
 } smolvm_vm_options;
 #define SMOLVM_VM_OPTIONS_VERSION 1
-#define SMOLVM_VM_OPTIONS_INIT                                                             \
-    {SMOLVM_VM_OPTIONS_VERSION, NULL, 2, 512, SMOLVM_DISK_ISOLATED, "default",             \
-     SMOLVM_BACKEND_AUTO, SMOLVM_ACCEL_AUTO, SMOLVM_NET_AUTO, NULL, NULL, 0}
+#define SMOLVM_VM_OPTIONS_INIT                                                                     \
+    {                                                                                              \
+        SMOLVM_VM_OPTIONS_VERSION, NULL, 2, 512, SMOLVM_DISK_ISOLATED, "default",                  \
+            SMOLVM_BACKEND_AUTO, SMOLVM_ACCEL_AUTO, SMOLVM_NET_AUTO, NULL, NULL, 0                 \
+    }
 
 /* Create a VM: validates options, records it in the store, prepares its directory,
  * disk, keys and network leases. Nothing runs yet. On failure nothing is left behind.
  * The VM handle borrows ctx, which must outlive it. */
-SMOLVM_EXTERN int smolvm_vm_create(smolvm_vm **out, smolvm_ctx *ctx,
-                                   const smolvm_vm_options *opts, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_vm_create(smolvm_vm **out, smolvm_ctx *ctx, const smolvm_vm_options *opts,
+                                   smolvm_error **err);
 /* Find an existing VM by id (after reconciling its state). SMOLVM_ENOENT if none. */
 SMOLVM_EXTERN int smolvm_vm_open(smolvm_vm **out, smolvm_ctx *ctx, const char *id,
                                  smolvm_error **err);
@@ -208,25 +213,28 @@ SMOLVM_EXTERN int smolvm_reconcile(smolvm_ctx *ctx, int *changed, smolvm_error *
 
 typedef struct smolvm_run_options {
     unsigned version;
-    int timeout_ms;           /* 0: no timeout beyond the library's default (1 hour) */
-    const char *const *env;   /* "KEY=value", NULL-terminated, added to the VM's env */
-    const char *cwd;          /* NULL: root's home */
-    const char *stdin_data;   /* NULL: empty stdin */
+    int timeout_ms;         /* 0: no timeout beyond the library's default (1 hour) */
+    const char *const *env; /* "KEY=value", NULL-terminated, added to the VM's env */
+    const char *cwd;        /* NULL: root's home */
+    const char *stdin_data; /* NULL: empty stdin */
     size_t stdin_len;
-    size_t output_limit;      /* bytes kept per stream; 0: SMOLVM_OUTPUT_LIMIT_DEFAULT */
+    size_t output_limit; /* bytes kept per stream; 0: SMOLVM_OUTPUT_LIMIT_DEFAULT */
 } smolvm_run_options;
 #define SMOLVM_RUN_OPTIONS_VERSION 1
-#define SMOLVM_RUN_OPTIONS_INIT {SMOLVM_RUN_OPTIONS_VERSION, 0, NULL, NULL, NULL, 0, 0}
+#define SMOLVM_RUN_OPTIONS_INIT                                                                    \
+    {                                                                                              \
+        SMOLVM_RUN_OPTIONS_VERSION, 0, NULL, NULL, NULL, 0, 0                                      \
+    }
 
 /* What a command did. Allocated by the library, freed with smolvm_run_result_free. */
 typedef struct smolvm_run_result {
-    int exit_code;            /* -1 when killed by a signal */
-    char signal[16];          /* "KILL", "TERM", ... when killed by a signal, else "" */
-    char *out;                /* stdout, NUL-terminated (may contain NULs: use out_len) */
+    int exit_code;   /* -1 when killed by a signal */
+    char signal[16]; /* "KILL", "TERM", ... when killed by a signal, else "" */
+    char *out;       /* stdout, NUL-terminated (may contain NULs: use out_len) */
     size_t out_len;
-    char *err;                /* stderr */
+    char *err; /* stderr */
     size_t err_len;
-    int truncated;            /* 1 if either stream exceeded output_limit and was cut */
+    int truncated; /* 1 if either stream exceeded output_limit and was cut */
     int64_t duration_ms;
 } smolvm_run_result;
 
@@ -251,8 +259,8 @@ SMOLVM_EXTERN int smolvm_vm_download(smolvm_vm *vm, const char *remote, const ch
 SMOLVM_EXTERN int smolvm_vm_write_file(smolvm_vm *vm, const char *remote, const void *data,
                                        size_t len, smolvm_error **err);
 /* Read a guest file (at most SMOLVM_READ_FILE_MAX). *data is NUL-terminated; caller frees. */
-SMOLVM_EXTERN int smolvm_vm_read_file(smolvm_vm *vm, const char *remote, char **data,
-                                      size_t *len, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_vm_read_file(smolvm_vm *vm, const char *remote, char **data, size_t *len,
+                                      smolvm_error **err);
 
 /* ---------------------------------------------------------------- forwards */
 

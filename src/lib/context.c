@@ -11,8 +11,8 @@
 
 /* $ENV_VAR, else $XDG_VAR/suffix, else ~/fallback/suffix (XDG base directory spec:
  * relative XDG paths are invalid and ignored). */
-static int resolve_dir(char **out, const char *env_var, const char *xdg_var,
-                       const char *fallback, const char *suffix, smolvm_error **err)
+static int resolve_dir(char **out, const char *env_var, const char *xdg_var, const char *fallback,
+                       const char *suffix, smolvm_error **err)
 {
     const char *v = getenv(env_var), *home;
     char *r;
@@ -41,8 +41,7 @@ static int resolve_dir(char **out, const char *env_var, const char *xdg_var,
 
 int smolvm_default_state_dir(char **out, smolvm_error **err)
 {
-    return resolve_dir(out, "SMOLVM_STATE_DIR", "XDG_STATE_HOME", ".local/state", "smolvm",
-                       err);
+    return resolve_dir(out, "SMOLVM_STATE_DIR", "XDG_STATE_HOME", ".local/state", "smolvm", err);
 }
 
 int smolvm_ctx_new(smolvm_ctx **out, const smolvm_ctx_options *opts, smolvm_error **err)
@@ -70,8 +69,8 @@ int smolvm_ctx_new(smolvm_ctx **out, const smolvm_ctx_options *opts, smolvm_erro
         if (opts->image_dir)
             r = (ctx->image_dir = strdup(opts->image_dir)) ? 0 : SMOLVM_ENOMEM;
         else
-            r = resolve_dir(&ctx->image_dir, "SMOLVM_IMAGE_DIR", "XDG_DATA_HOME",
-                            ".local/share", "smolvm/images", err);
+            r = resolve_dir(&ctx->image_dir, "SMOLVM_IMAGE_DIR", "XDG_DATA_HOME", ".local/share",
+                            "smolvm/images", err);
     }
     if (r == SMOLVM_ENOMEM)
         smolvm_err(err, r, "out of memory");

@@ -21,8 +21,8 @@
 static void add(json_t *list, const char *name, int ok, int required, const char *detail,
                 const char *hint)
 {
-    json_t *o = json_pack("{s:s, s:b, s:b, s:s}", "name", name, "ok", ok,
-                          "required", required, "detail", detail ? detail : "");
+    json_t *o = json_pack("{s:s, s:b, s:b, s:s}", "name", name, "ok", ok, "required", required,
+                          "detail", detail ? detail : "");
 
     if (!o)
         return;
@@ -74,8 +74,8 @@ static void check_firecracker(json_t *list)
         smolvm_error_free(e);
         return;
     }
-    detail = smolvm_strdupf("%s %s: usable (backend \"auto\" prefers it)", path,
-                            version ? version : "");
+    detail =
+        smolvm_strdupf("%s %s: usable (backend \"auto\" prefers it)", path, version ? version : "");
     add(list, "firecracker", 1, 0, detail ? detail : path, NULL);
 }
 
@@ -97,8 +97,8 @@ int smolvm_doctor_json(smolvm_ctx *ctx, char **out, smolvm_error **err)
         "guests run under TCG emulation instead (seconds to boot, not milliseconds); on a "
         "host with VT-x/AMD-V load kvm_intel or kvm_amd and give access to /dev/kvm");
     (void)smolvm_host_resolve_accel(SMOLVM_ACCEL_AUTO, &accel, &note, NULL);
-    detail = smolvm_strdupf("accel \"auto\" uses %s: %s",
-                            accel == SMOLVM_ACCEL_KVM ? "kvm" : "tcg", note ? note : "");
+    detail = smolvm_strdupf("accel \"auto\" uses %s: %s", accel == SMOLVM_ACCEL_KVM ? "kvm" : "tcg",
+                            note ? note : "");
     add(list, "accel", 1, 1, detail, NULL);
 
     check_binary(list, "SMOLVM_QEMU", "qemu-system-x86_64", 1,

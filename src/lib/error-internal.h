@@ -25,12 +25,10 @@ int smolvm_err_errno(smolvm_error **err, int errnum, const char *fmt, ...)
 
 /* Prefix the message of an existing *err with context: "start 'web': <old>".
  * Returns the error's code (or SMOLVM_EIO if there is no error). */
-int smolvm_err_wrap(smolvm_error **err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+int smolvm_err_wrap(smolvm_error **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Append " (hint)" to an existing *err. Returns its code. */
-int smolvm_err_hint(smolvm_error **err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+int smolvm_err_hint(smolvm_error **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Map an errno value to a SMOLVM_E* code. */
 int smolvm_code_from_errno(int errnum);

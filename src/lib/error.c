@@ -52,24 +52,16 @@ int smolvm_code_from_errno(int errnum)
 {
     switch (errnum) {
     case ENOENT:
-    case ENOTDIR:
-        return SMOLVM_ENOENT;
+    case ENOTDIR: return SMOLVM_ENOENT;
     case EEXIST:
-    case EADDRINUSE:
-        return SMOLVM_EEXIST;
+    case EADDRINUSE: return SMOLVM_EEXIST;
     case EACCES:
-    case EPERM:
-        return SMOLVM_EPERM;
-    case ETIMEDOUT:
-        return SMOLVM_ETIMEDOUT;
-    case ENOMEM:
-        return SMOLVM_ENOMEM;
-    case EINVAL:
-        return SMOLVM_EINVAL;
-    case ENOSPC:
-        return SMOLVM_ENOSPC;
-    default:
-        return SMOLVM_EIO;
+    case EPERM: return SMOLVM_EPERM;
+    case ETIMEDOUT: return SMOLVM_ETIMEDOUT;
+    case ENOMEM: return SMOLVM_ENOMEM;
+    case EINVAL: return SMOLVM_EINVAL;
+    case ENOSPC: return SMOLVM_ENOSPC;
+    default: return SMOLVM_EIO;
     }
 }
 

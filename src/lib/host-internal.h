@@ -12,8 +12,7 @@ int smolvm_host_kvm_usable(const char **why);
 /* Resolve requested SMOLVM_ACCEL_* to KVM or TCG. Explicit "kvm" on a host that
  * cannot use it is SMOLVM_EHOST naming the cause. *note (may be NULL) receives a
  * static sentence saying why this accel was chosen. */
-int smolvm_host_resolve_accel(int requested, int *resolved, const char **note,
-                              smolvm_error **err);
+int smolvm_host_resolve_accel(int requested, int *resolved, const char **note, smolvm_error **err);
 
 /* Host TSC frequency in kHz (0 if unknown). Under TCG the guest sees the host TSC;
  * passing tsc_early_khz avoids the PIT calibration that sometimes hangs. */

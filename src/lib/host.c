@@ -64,8 +64,7 @@ int smolvm_host_kvm_usable(const char **why)
     return 1;
 }
 
-int smolvm_host_resolve_accel(int requested, int *resolved, const char **note,
-                              smolvm_error **err)
+int smolvm_host_resolve_accel(int requested, int *resolved, const char **note, smolvm_error **err)
 {
     const char *why = NULL;
     int kvm = smolvm_host_kvm_usable(&why);
@@ -89,8 +88,7 @@ int smolvm_host_resolve_accel(int requested, int *resolved, const char **note,
         if (note)
             *note = why;
         return 0;
-    default:
-        return smolvm_err(err, SMOLVM_EINVAL, "accel: unknown value %d", requested);
+    default: return smolvm_err(err, SMOLVM_EINVAL, "accel: unknown value %d", requested);
     }
 }
 

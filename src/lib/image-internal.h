@@ -16,8 +16,7 @@ typedef struct smolvm_image {
 
 /* Find an image by name (same charset as VM ids). Missing: SMOLVM_EHOST with a hint
  * to build it. */
-int smolvm_image_find(smolvm_ctx *ctx, const char *name, smolvm_image **out,
-                      smolvm_error **err);
+int smolvm_image_find(smolvm_ctx *ctx, const char *name, smolvm_image **out, smolvm_error **err);
 smolvm_image *smolvm_image_free(smolvm_image *img);
 
 /* Make the VM's root disk in vm_dir. isolated: a qcow2 overlay backed by the

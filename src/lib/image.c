@@ -25,8 +25,7 @@ smolvm_image *smolvm_image_free(smolvm_image *img)
     return NULL;
 }
 
-int smolvm_image_find(smolvm_ctx *ctx, const char *name, smolvm_image **out,
-                      smolvm_error **err)
+int smolvm_image_find(smolvm_ctx *ctx, const char *name, smolvm_image **out, smolvm_error **err)
 {
     smolvm_image *img;
     struct stat st;
@@ -72,8 +71,8 @@ int smolvm_image_make_disk(const smolvm_image *img, int disk_mode, const char *v
     if (!path)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     {
-        char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                        img->rootfs, path, NULL};
+        char *argv[] = {"qemu-img", "create", "-q",        "-f", "qcow2", "-F",
+                        "raw",      "-b",     img->rootfs, path, NULL};
 
         r = smolvm_tool_run(argv, smolvm_now_ms() + QEMU_IMG_TIMEOUT_MS, NULL, err);
     }

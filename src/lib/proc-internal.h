@@ -17,8 +17,7 @@ int smolvm_proc_alive(pid_t pid, uint64_t start_time);
 
 /* Wait until the process exits (pidfd + poll) or the deadline (monotonic ms) passes:
  * 0 exited, SMOLVM_ETIMEDOUT otherwise. Works for non-children. */
-int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline,
-                          smolvm_error **err);
+int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err);
 
 /* SIGKILL the process if it is still the one (pid + start time), then wait for it to
  * be gone (bounded by deadline). */

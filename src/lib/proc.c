@@ -156,8 +156,7 @@ static int wait_pidfd(int fd, pid_t pid, int64_t deadline, smolvm_error **err)
 /* Without pidfds (kernel < 5.3, or valgrind, which does not know the syscall) there
  * is no event for the exit of a non-child: fall back to checking every 10 ms, still
  * bounded by the deadline. */
-static int wait_without_pidfd(pid_t pid, uint64_t start_time, int64_t deadline,
-                              smolvm_error **err)
+static int wait_without_pidfd(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err)
 {
     for (;;) {
         struct timespec ts = {0, 10 * 1000 * 1000};
@@ -165,14 +164,13 @@ static int wait_without_pidfd(pid_t pid, uint64_t start_time, int64_t deadline,
         if (!smolvm_proc_alive(pid, start_time))
             return 0;
         if (smolvm_remaining_ms(deadline) == 0)
-            return smolvm_err(err, SMOLVM_ETIMEDOUT,
-                              "process %ld still running at the deadline", (long)pid);
+            return smolvm_err(err, SMOLVM_ETIMEDOUT, "process %ld still running at the deadline",
+                              (long)pid);
         (void)nanosleep(&ts, NULL);
     }
 }
 
-int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline,
-                          smolvm_error **err)
+int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err)
 {
     _cleanup_close_ int fd = open_verified(pid, start_time);
 

@@ -48,8 +48,7 @@ static int sftp_fail(smolvm_ssh *s, int rc, smolvm_error **err, const char *fmt,
     fx = libssh2_sftp_last_error(s->sftp);
     switch (fx) {
     case LIBSSH2_FX_NO_SUCH_FILE:
-    case LIBSSH2_FX_NO_SUCH_PATH:
-        return smolvm_err(err, SMOLVM_ENOENT, "%s: no such file", ctx);
+    case LIBSSH2_FX_NO_SUCH_PATH: return smolvm_err(err, SMOLVM_ENOENT, "%s: no such file", ctx);
     case LIBSSH2_FX_NOT_A_DIRECTORY:
         return smolvm_err(err, SMOLVM_ENOENT, "%s: not a directory", ctx);
     case LIBSSH2_FX_PERMISSION_DENIED:
@@ -62,8 +61,7 @@ static int sftp_fail(smolvm_ssh *s, int rc, smolvm_error **err, const char *fmt,
         return smolvm_err(err, SMOLVM_EIO, "%s: no space left on device", ctx);
     case LIBSSH2_FX_FAILURE:
         return smolvm_err(err, SMOLVM_EIO, "%s: failed (sftp status 'failure')", ctx);
-    default:
-        return smolvm_err(err, SMOLVM_EIO, "%s: sftp status %lu", ctx, fx);
+    default: return smolvm_err(err, SMOLVM_EIO, "%s: sftp status %lu", ctx, fx);
     }
 }
 
@@ -159,9 +157,9 @@ static int remote_stat(smolvm_ssh *s, const char *path, LIBSSH2_SFTP_ATTRIBUTES 
     int64_t deadline = idle_deadline();
     int rc;
 
-    SMOLVM_SSH_RETRY(s, deadline, rc,
-                     libssh2_sftp_stat_ex(s->sftp, path, (unsigned)strlen(path),
-                                          LIBSSH2_SFTP_STAT, st));
+    SMOLVM_SSH_RETRY(
+        s, deadline, rc,
+        libssh2_sftp_stat_ex(s->sftp, path, (unsigned)strlen(path), LIBSSH2_SFTP_STAT, st));
     return rc;
 }
 
@@ -257,7 +255,8 @@ static int write_all(struct handle *hd, const char *data, size_t len, const char
 /* The remote umask applied at creation; set the mode asked for. */
 static int set_mode(struct handle *hd, unsigned mode, const char *path, smolvm_error **err)
 {
-    LIBSSH2_SFTP_ATTRIBUTES a = {.flags = LIBSSH2_SFTP_ATTR_PERMISSIONS, .permissions = mode & 07777};
+    LIBSSH2_SFTP_ATTRIBUTES a = {.flags = LIBSSH2_SFTP_ATTR_PERMISSIONS,
+                                 .permissions = mode & 07777};
     int64_t deadline = idle_deadline();
     int rc;
 
@@ -277,8 +276,8 @@ static int finish_write(struct handle *hd, const char *path, smolvm_error **err)
     return 0;
 }
 
-int smolvm_ssh_write(smolvm_ssh *s, const char *remote, const void *data, size_t len,
-                     unsigned mode, smolvm_error **err)
+int smolvm_ssh_write(smolvm_ssh *s, const char *remote, const void *data, size_t len, unsigned mode,
+                     smolvm_error **err)
 {
     _cleanup_(handle_closep) struct handle hd = {.s = s};
     int r;
@@ -290,13 +289,11 @@ int smolvm_ssh_write(smolvm_ssh *s, const char *remote, const void *data, size_t
     if (mode == 0)
         mode = DEFAULT_WRITE_MODE;
     if (mode > 07777)
-        return smolvm_err(err, SMOLVM_EINVAL, "write '%s' in guest: invalid mode %o", remote,
-                          mode);
+        return smolvm_err(err, SMOLVM_EINVAL, "write '%s' in guest: invalid mode %o", remote, mode);
     if ((r = sftp_start(s, err)) < 0 || (r = make_parents(s, remote, err)) < 0)
         return r;
-    r = open_remote(&hd, remote,
-                    LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC, (long)mode, err,
-                    "write");
+    r = open_remote(&hd, remote, LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC,
+                    (long)mode, err, "write");
     if (r < 0)
         return r;
     /* Chunked so that the idle deadline covers one chunk, not the whole buffer. */
@@ -418,8 +415,8 @@ int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, 
         return r;
     if ((st.flags & LIBSSH2_SFTP_ATTR_SIZE) && st.filesize > max)
         return smolvm_err(err, SMOLVM_EINVAL,
-                          "read '%s' in guest: file is larger than %zu bytes (%llu)", remote,
-                          max, (unsigned long long)st.filesize);
+                          "read '%s' in guest: file is larger than %zu bytes (%llu)", remote, max,
+                          (unsigned long long)st.filesize);
     /* The size is a hint (files change); the limit is enforced on what arrives. */
     cap = (st.flags & LIBSSH2_SFTP_ATTR_SIZE) ? (size_t)st.filesize + 1 : 4096;
     if (cap > max + 1)
@@ -436,16 +433,15 @@ int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, 
 
             if (ncap <= cap)
                 return smolvm_err(err, SMOLVM_EINVAL,
-                                  "read '%s' in guest: file is larger than %zu bytes", remote,
-                                  max);
+                                  "read '%s' in guest: file is larger than %zu bytes", remote, max);
             p = realloc(buf, ncap + 1);
             if (!p)
                 return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
             buf = p;
             cap = ncap;
         }
-        n = read_chunk(&hd, buf + used, cap - used > SFTP_CHUNK ? SFTP_CHUNK : cap - used,
-                       remote, err);
+        n = read_chunk(&hd, buf + used, cap - used > SFTP_CHUNK ? SFTP_CHUNK : cap - used, remote,
+                       err);
         if (n < 0)
             return (int)n;
         if (n == 0)
@@ -462,8 +458,7 @@ int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, 
     return 0;
 }
 
-int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local,
-                        smolvm_error **err)
+int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local, smolvm_error **err)
 {
     _cleanup_(handle_closep) struct handle hd = {.s = s};
     _cleanup_free_ char *chunk = NULL, *tmp = NULL, *dir = NULL;
@@ -480,7 +475,7 @@ int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local,
     if ((r = open_for_read(&hd, remote, &st, err)) < 0)
         return r;
     mode = (st.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) ? (unsigned)(st.permissions & 07777)
-                                                       : DEFAULT_WRITE_MODE;
+                                                      : DEFAULT_WRITE_MODE;
     dir = strdup(local);
     chunk = malloc(SFTP_CHUNK);
     tmp = smolvm_strdupf("%s.smolvm-XXXXXX", local);

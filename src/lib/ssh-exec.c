@@ -91,8 +91,8 @@ static bool env_name_ok(const char *s, size_t n)
 {
     size_t i;
 
-    if (n == 0 || n > ENV_NAME_MAX || !(s[0] == '_' || (s[0] >= 'A' && s[0] <= 'Z') ||
-                                        (s[0] >= 'a' && s[0] <= 'z')))
+    if (n == 0 || n > ENV_NAME_MAX ||
+        !(s[0] == '_' || (s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z')))
         return false;
     for (i = 1; i < n; i++)
         if (!(s[i] == '_' || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') ||
@@ -113,8 +113,7 @@ static int add_env(struct buf *b, const char *const *env, smolvm_error **err)
             return smolvm_err(err, SMOLVM_EINVAL, "too many environment variables (at most %d)",
                               SMOLVM_ENV_MAX);
         if (!eq)
-            return smolvm_err(err, SMOLVM_EINVAL, "environment entry '%.64s' has no '='",
-                              *env);
+            return smolvm_err(err, SMOLVM_EINVAL, "environment entry '%.64s' has no '='", *env);
         if (!env_name_ok(*env, (size_t)(eq - *env)))
             return smolvm_err(err, SMOLVM_EINVAL,
                               "invalid environment variable name '%.*s' (expected "
@@ -134,8 +133,9 @@ static int add_env(struct buf *b, const char *const *env, smolvm_error **err)
  * setsid(1) (no fork: we are not a group leader, so it keeps pid $$) rather than
  * killing a group we do not own. Only builtins run before the command (each
  * fork/exec costs milliseconds under TCG). */
-static int build_script(const char *cmd, const char *const *base_env, const smolvm_run_options *opts,
-                        const char *tag, char **out, smolvm_error **err)
+static int build_script(const char *cmd, const char *const *base_env,
+                        const smolvm_run_options *opts, const char *tag, char **out,
+                        smolvm_error **err)
 {
     _cleanup_free_ char *script = NULL;
     struct buf b = {0};
@@ -168,8 +168,9 @@ static int build_script(const char *cmd, const char *const *base_env, const smol
     /* Root's login shell in our image is /bin/sh itself (sshd names it "sh" in $0):
      * then the command is evaluated right here, as /bin/sh -c would, saving one
      * exec per command (~10-20 ms under TCG). Any other login shell execs /bin/sh. */
-    if (buf_str(&b, "if [ \"$0\" = sh ] && [ \"$1\" = /bin/sh ]; then shift 2; eval \"set --\n$1\"\n"
-                    "else exec \"$@\"; fi\n") < 0)
+    if (buf_str(&b,
+                "if [ \"$0\" = sh ] && [ \"$1\" = /bin/sh ]; then shift 2; eval \"set --\n$1\"\n"
+                "else exec \"$@\"; fi\n") < 0)
         goto oom;
     script = b.p;
     if (b.len > SCRIPT_MAX)
@@ -228,7 +229,7 @@ struct marker {
     size_t tag_len;
     char scan[MARKER_SCAN_MAX];
     size_t scan_len;
-    bool done;  /* marker seen, or given up looking */
+    bool done; /* marker seen, or given up looking */
     bool found;
     long pgid;
     bool cwd_ok;
@@ -495,8 +496,7 @@ int smolvm_ssh_exec(smolvm_ssh *s, const char *cmd, const char *const *base_env,
         return smolvm_err(err, SMOLVM_EINVAL, "run: command too long (%zu bytes, at most %u)",
                           strlen(cmd), CMD_MAX);
     if (opts && opts->version != SMOLVM_RUN_OPTIONS_VERSION)
-        return smolvm_err(err, SMOLVM_EINVAL, "run: unsupported options version %u",
-                          opts->version);
+        return smolvm_err(err, SMOLVM_EINVAL, "run: unsupported options version %u", opts->version);
     if (opts && opts->timeout_ms < 0)
         return smolvm_err(err, SMOLVM_EINVAL, "run: timeout must not be negative (got %d)",
                           opts->timeout_ms);

@@ -31,10 +31,9 @@ int smolvm_ssh_exec(smolvm_ssh *s, const char *cmd, const char *const *base_env,
 
 /* SFTP. Parent directories are created; mode preserved on upload/download. */
 int smolvm_ssh_upload(smolvm_ssh *s, const char *local, const char *remote, smolvm_error **err);
-int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local,
-                        smolvm_error **err);
-int smolvm_ssh_write(smolvm_ssh *s, const char *remote, const void *data, size_t len,
-                     unsigned mode, smolvm_error **err);
+int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local, smolvm_error **err);
+int smolvm_ssh_write(smolvm_ssh *s, const char *remote, const void *data, size_t len, unsigned mode,
+                     smolvm_error **err);
 int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, size_t *len,
                     smolvm_error **err);
 

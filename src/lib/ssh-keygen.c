@@ -98,8 +98,8 @@ int smolvm_ssh_keygen(const char *path, const char *comment, smolvm_error **err)
         comment = "smolvm";
     if (strlen(comment) > COMMENT_MAX || strpbrk(comment, "\r\n"))
         return smolvm_err(err, SMOLVM_EINVAL,
-                          "generate key '%s': comment must be one line of at most %d bytes",
-                          path, COMMENT_MAX);
+                          "generate key '%s': comment must be one line of at most %d bytes", path,
+                          COMMENT_MAX);
     dir = strdup(path);
     pub = smolvm_strdupf("%s.pub", path);
     if (!dir || !pub)
@@ -127,7 +127,7 @@ int smolvm_ssh_keygen(const char *path, const char *comment, smolvm_error **err)
     rd = fds[0];
     wr = fds[1];
     {
-        char *argv[] = {"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+        char *argv[] = {"ssh-keygen",    "-q", "-t",    "ed25519", "-N", "", "-C",
                         (char *)comment, "-f", tmp.key, NULL};
 
         r = spawn_keygen(&pid, wr, argv, err);
@@ -146,8 +146,8 @@ int smolvm_ssh_keygen(const char *path, const char *comment, smolvm_error **err)
 
         if (left <= 0)
             return smolvm_err(err, SMOLVM_ETIMEDOUT,
-                              "generate key '%s': ssh-keygen did not finish within %d ms",
-                              path, KEYGEN_TIMEOUT_MS);
+                              "generate key '%s': ssh-keygen did not finish within %d ms", path,
+                              KEYGEN_TIMEOUT_MS);
         n = poll(p, 2, left);
         if (n < 0 && errno != EINTR)
             return smolvm_err_errno(err, errno, "generate key '%s': poll", path);
@@ -178,8 +178,8 @@ int smolvm_ssh_keygen(const char *path, const char *comment, smolvm_error **err)
         errlen--;
     errbuf[errlen] = '\0';
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return smolvm_err(err, SMOLVM_EIO, "generate key '%s': ssh-keygen failed (%s %d)%s%s",
-                          path, WIFEXITED(status) ? "exit status" : "signal",
+        return smolvm_err(err, SMOLVM_EIO, "generate key '%s': ssh-keygen failed (%s %d)%s%s", path,
+                          WIFEXITED(status) ? "exit status" : "signal",
                           WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
                           errlen ? ": " : "", errbuf);
     /* ssh-keygen already writes 0600; make it so whatever its version does. */

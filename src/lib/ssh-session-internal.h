@@ -15,8 +15,8 @@ struct smolvm_ssh {
     LIBSSH2_SESSION *session; /* always non-blocking: every wait goes through smolvm_ssh_wait */
     LIBSSH2_SFTP *sftp;       /* started on first use */
     int fd;
-    bool broken;              /* transport failed or was left mid-request: reconnect */
-    char *peer;               /* "host:port", for messages */
+    bool broken; /* transport failed or was left mid-request: reconnect */
+    char *peer;  /* "host:port", for messages */
 };
 
 /* A libssh2 call that gave up because smolvm_ssh_wait hit the deadline. Never a
@@ -30,15 +30,15 @@ int smolvm_ssh_wait(smolvm_ssh *s, int64_t deadline);
 
 /* Repeat a libssh2 call returning int while it says EAGAIN, waiting on the socket in
  * between; `rc` gets the call's final result or SMOLVM_SSH_RC_TIMEOUT. */
-#define SMOLVM_SSH_RETRY(s, deadline, rc, call)                                              \
-    do {                                                                                   \
-        while (((rc) = (call)) == LIBSSH2_ERROR_EAGAIN) {                                  \
-            int _w = smolvm_ssh_wait((s), (deadline));                                     \
-            if (_w < 0) {                                                                  \
-                (rc) = _w;                                                                 \
-                break;                                                                     \
-            }                                                                              \
-        }                                                                                  \
+#define SMOLVM_SSH_RETRY(s, deadline, rc, call)                                                    \
+    do {                                                                                           \
+        while (((rc) = (call)) == LIBSSH2_ERROR_EAGAIN) {                                          \
+            int _w = smolvm_ssh_wait((s), (deadline));                                             \
+            if (_w < 0) {                                                                          \
+                (rc) = _w;                                                                         \
+                break;                                                                             \
+            }                                                                                      \
+        }                                                                                          \
     } while (0)
 
 /* Report a failed libssh2 call: "<context>: <libssh2 message>" as SMOLVM_ESSH, or

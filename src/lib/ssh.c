@@ -82,10 +82,8 @@ static bool transport_error(int rc)
     case LIBSSH2_ERROR_SOCKET_RECV:
     case LIBSSH2_ERROR_ENCRYPT:
     case LIBSSH2_ERROR_BAD_SOCKET:
-    case SMOLVM_SSH_RC_TIMEOUT:
-        return true;
-    default:
-        return false;
+    case SMOLVM_SSH_RC_TIMEOUT: return true;
+    default: return false;
     }
 }
 
@@ -106,8 +104,8 @@ int smolvm_ssh_fail(smolvm_ssh *s, int rc, smolvm_error **err, const char *fmt, 
     (void)libssh2_session_last_error(s->session, &lmsg, NULL, 0);
     if (rc == LIBSSH2_ERROR_SOCKET_DISCONNECT || rc == LIBSSH2_ERROR_SOCKET_RECV ||
         rc == LIBSSH2_ERROR_SOCKET_SEND)
-        return smolvm_err(err, SMOLVM_ESSH, "%s: connection to '%s' lost (%s)",
-                          ctx ? ctx : "ssh", s->peer, lmsg && *lmsg ? lmsg : "no details");
+        return smolvm_err(err, SMOLVM_ESSH, "%s: connection to '%s' lost (%s)", ctx ? ctx : "ssh",
+                          s->peer, lmsg && *lmsg ? lmsg : "no details");
     return smolvm_err(err, SMOLVM_ESSH, "%s: %s", ctx ? ctx : "ssh",
                       lmsg && *lmsg ? lmsg : "ssh error");
 }
@@ -168,8 +166,8 @@ static int tcp_connect(const char *host, int port, int64_t deadline, int *fd_out
     /* Numeric only: a name lookup would be a wait without a deadline. */
     r = getaddrinfo(host, portstr, &hints, &ai);
     if (r != 0)
-        return smolvm_err(err, SMOLVM_EINVAL, "connect to '%s': not a numeric address (%s)",
-                          host, gai_strerror(r));
+        return smolvm_err(err, SMOLVM_EINVAL, "connect to '%s': not a numeric address (%s)", host,
+                          gai_strerror(r));
     for (;;) {
         e = connect_once(ai->ai_addr, ai->ai_addrlen, deadline, fd_out);
         if (e != ECONNREFUSED || smolvm_remaining_ms(deadline) <= 0)
@@ -185,11 +183,9 @@ static int tcp_connect(const char *host, int port, int64_t deadline, int *fd_out
     }
     freeaddrinfo(ai);
     if (e == ETIMEDOUT)
-        return smolvm_err(err, SMOLVM_ETIMEDOUT, "connect to '%s' port %d: timed out", host,
-                          port);
+        return smolvm_err(err, SMOLVM_ETIMEDOUT, "connect to '%s' port %d: timed out", host, port);
     if (e)
-        return smolvm_err(err, SMOLVM_ESSH, "connect to '%s' port %d: %s", host, port,
-                          strerror(e));
+        return smolvm_err(err, SMOLVM_ESSH, "connect to '%s' port %d: %s", host, port, strerror(e));
     return 0;
 }
 
@@ -272,8 +268,7 @@ static int check_host_key(smolvm_ssh *s, const char *host_pub, smolvm_error **er
         return r;
     got = libssh2_session_hostkey(s->session, &got_len, &type);
     if (!got)
-        return smolvm_err(err, SMOLVM_ESSH, "connect to '%s': server sent no host key",
-                          s->peer);
+        return smolvm_err(err, SMOLVM_ESSH, "connect to '%s': server sent no host key", s->peer);
     /* Pinned, never trust-on-first-use: anything but the exact key generated for this
      * VM means we are not talking to its sshd. */
     if (type != LIBSSH2_HOSTKEY_TYPE_ED25519 || got_len != want_len ||
@@ -333,13 +328,14 @@ int smolvm_ssh_connect(smolvm_ssh **out, const char *host, int port, const char 
     r = check_host_key(s, host_pub, err);
     if (r < 0)
         goto fail;
-    SMOLVM_SSH_RETRY(s, deadline, rc,
-                     libssh2_userauth_publickey_fromfile(s->session, SSH_USER, pub_path,
-                                                         key_path, NULL));
+    SMOLVM_SSH_RETRY(
+        s, deadline, rc,
+        libssh2_userauth_publickey_fromfile(s->session, SSH_USER, pub_path, key_path, NULL));
     if (rc) {
-        r = smolvm_ssh_fail(s, rc, err, "authenticate as '%s' to '%s' with key '%s'",
-                            SSH_USER, s->peer, key_path);
-        if (r == SMOLVM_ESSH && (rc == LIBSSH2_ERROR_FILE || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED))
+        r = smolvm_ssh_fail(s, rc, err, "authenticate as '%s' to '%s' with key '%s'", SSH_USER,
+                            s->peer, key_path);
+        if (r == SMOLVM_ESSH &&
+            (rc == LIBSSH2_ERROR_FILE || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED))
             r = smolvm_err_hint(err, "is the key file readable and an openssh ed25519 key?");
         goto fail;
     }

@@ -16,14 +16,14 @@
 /* One row of the vms table. Strings are owned by the row. */
 typedef struct smolvm_vm_row {
     char *id;
-    char *status;      /* "created" | "starting" | "running" | "stopping" | "stopped" | "error" */
-    char *backend;     /* "qemu" | "firecracker" */
-    char *config_json; /* the VM options as given, resolved (JSON object) */
-    char *dir;         /* per-VM directory: disk, sockets, console log */
-    char *reason;      /* why it is in "error"/"stopped" (may be NULL) */
-    int64_t pid;       /* VMM pid, 0 when none */
-    uint64_t pid_start;/* VMM start time (/proc/PID/stat field 22), 0 when none */
-    int64_t created_at;/* wall clock ms */
+    char *status;       /* "created" | "starting" | "running" | "stopping" | "stopped" | "error" */
+    char *backend;      /* "qemu" | "firecracker" */
+    char *config_json;  /* the VM options as given, resolved (JSON object) */
+    char *dir;          /* per-VM directory: disk, sockets, console log */
+    char *reason;       /* why it is in "error"/"stopped" (may be NULL) */
+    int64_t pid;        /* VMM pid, 0 when none */
+    uint64_t pid_start; /* VMM start time (/proc/PID/stat field 22), 0 when none */
+    int64_t created_at; /* wall clock ms */
     int64_t updated_at;
 } smolvm_vm_row;
 
@@ -52,15 +52,15 @@ int smolvm_store_vm_delete(smolvm_store *s, const char *id, smolvm_error **err);
  * network address, the broadcast address and the first host (.1, the gateway side)
  * are never leased. Exhausted: SMOLVM_ENOSPC. A VM holding a lease in that CIDR gets
  * the same one back. out receives dotted quad text. */
-int smolvm_store_lease_ip(smolvm_store *s, const char *vm_id, const char *cidr,
-                          char out[16], smolvm_error **err);
+int smolvm_store_lease_ip(smolvm_store *s, const char *vm_id, const char *cidr, char out[16],
+                          smolvm_error **err);
 int smolvm_store_release_ips(smolvm_store *s, const char *vm_id, smolvm_error **err);
 
 /* Host ports. kind: "ssh" (user networking SSH forward) or "forward".
  * Reserve a specific port: SMOLVM_EEXIST if (host_addr, port, proto) is taken. */
 int smolvm_store_port_add(smolvm_store *s, const char *vm_id, const char *kind,
-                          const char *host_addr, int host_port, int guest_port,
-                          const char *proto, smolvm_error **err);
+                          const char *host_addr, int host_port, int guest_port, const char *proto,
+                          smolvm_error **err);
 /* Reserve the lowest free port in [lo, hi] for which `usable(port, payload)` returns
  * true (the caller checks the host can bind it; NULL accepts all). SMOLVM_ENOSPC when
  * none. */
@@ -76,7 +76,7 @@ int smolvm_store_port_get(smolvm_store *s, const char *vm_id, const char *kind, 
 int smolvm_store_release_ports(smolvm_store *s, const char *vm_id, smolvm_error **err);
 
 /* Append to the event log (vm_id may be NULL). Failures are ignored by callers. */
-int smolvm_store_event(smolvm_store *s, const char *vm_id, const char *kind,
-                       const char *detail, smolvm_error **err);
+int smolvm_store_event(smolvm_store *s, const char *vm_id, const char *kind, const char *detail,
+                       smolvm_error **err);
 
 #endif

@@ -28,9 +28,9 @@
 #define STORE_APPLICATION_ID 0x536d6f4c
 #define STORE_BUSY_TIMEOUT_MS 10000
 #define STORE_HINT "move it away or set SMOLVM_STATE_DIR"
-#define STORE_TEXT_MAX 4096          /* reason, event detail: truncated beyond */
-#define STORE_CONFIG_MAX (1u << 20)  /* config JSON: rejected beyond */
-#define STORE_EVENTS_KEEP 10000      /* the event log keeps the newest rows */
+#define STORE_TEXT_MAX 4096         /* reason, event detail: truncated beyond */
+#define STORE_CONFIG_MAX (1u << 20) /* config JSON: rejected beyond */
+#define STORE_EVENTS_KEEP 10000     /* the event log keeps the newest rows */
 #define STORE_ID_ATTEMPTS 32
 
 struct smolvm_store {
@@ -594,8 +594,8 @@ static void vm_row_freep(smolvm_vm_row **row)
     smolvm_vm_row_free(*row);
 }
 
-static int insert_vm(smolvm_store *s, const smolvm_vm_row *row, const char *config,
-                     int64_t now, smolvm_error **err)
+static int insert_vm(smolvm_store *s, const smolvm_vm_row *row, const char *config, int64_t now,
+                     smolvm_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     int rc, r;
@@ -697,7 +697,7 @@ int smolvm_store_vm_insert(smolvm_store *s, smolvm_vm_row *row, smolvm_error **e
     return 0;
 }
 
-#define VM_COLUMNS                                                                         \
+#define VM_COLUMNS                                                                                 \
     "id, status, backend, config, dir, reason, pid, pid_start, created_at, updated_at"
 
 static int row_from_stmt(sqlite3_stmt *st, smolvm_vm_row **out, smolvm_error **err)
@@ -905,8 +905,7 @@ static int lease_of(smolvm_store *s, const char *vm_id, const char *cidr, char o
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     int rc, r;
 
-    r = prep(s, &st, "SELECT ip FROM ip_leases WHERE vm_id = ? AND cidr = ? ORDER BY ip_num",
-             err);
+    r = prep(s, &st, "SELECT ip FROM ip_leases WHERE vm_id = ? AND cidr = ? ORDER BY ip_num", err);
     if (r < 0)
         return r;
     (void)bind_text(st, 1, vm_id);
@@ -934,7 +933,7 @@ int smolvm_store_lease_ip(smolvm_store *s, const char *vm_id, const char *cidr, 
         r = parse_cidr(cidr, &net, &prefix, err);
     if (r < 0)
         return r;
-    first = net + 2;                                  /* skip the network and .1 */
+    first = net + 2;                                      /* skip the network and .1 */
     last = net + (uint32_t)((1ull << (32 - prefix)) - 2); /* skip the broadcast */
 
     r = begin_immediate(s, err);
@@ -1034,14 +1033,13 @@ static int check_port_args(const char *vm_id, const char *kind, const char *host
         return smolvm_err(err, SMOLVM_EINVAL, "invalid guest port '%d' (expected 0..65535)",
                           guest_port);
     if (!proto || (strcmp(proto, "tcp") != 0 && strcmp(proto, "udp") != 0))
-        return smolvm_err(err, SMOLVM_EINVAL,
-                          "invalid protocol '%.40s' (expected 'tcp' or 'udp')", proto ? proto : "");
+        return smolvm_err(err, SMOLVM_EINVAL, "invalid protocol '%.40s' (expected 'tcp' or 'udp')",
+                          proto ? proto : "");
     return 0;
 }
 
-static int insert_port(smolvm_store *s, const char *vm_id, const char *kind,
-                       const char *host_addr, int host_port, int guest_port, const char *proto,
-                       smolvm_error **err)
+static int insert_port(smolvm_store *s, const char *vm_id, const char *kind, const char *host_addr,
+                       int host_port, int guest_port, const char *proto, smolvm_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     int rc, r;
@@ -1070,8 +1068,8 @@ static int insert_port(smolvm_store *s, const char *vm_id, const char *kind,
 }
 
 int smolvm_store_port_add(smolvm_store *s, const char *vm_id, const char *kind,
-                          const char *host_addr, int host_port, int guest_port,
-                          const char *proto, smolvm_error **err)
+                          const char *host_addr, int host_port, int guest_port, const char *proto,
+                          smolvm_error **err)
 {
     _cleanup_txn_ smolvm_store *txn = NULL;
     int r;
@@ -1193,8 +1191,7 @@ int smolvm_store_port_get(smolvm_store *s, const char *vm_id, const char *kind, 
     (void)bind_text(st, 2, kind);
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE)
-        return smolvm_err(err, SMOLVM_ENOENT, "vm '%s' has no '%s' port", vm_id,
-                          kind ? kind : "");
+        return smolvm_err(err, SMOLVM_ENOENT, "vm '%s' has no '%s' port", vm_id, kind ? kind : "");
     if (rc != SQLITE_ROW)
         return store_fail(s, rc, "read port", err);
     *out_port = sqlite3_column_int(st, 0);
@@ -1352,13 +1349,13 @@ static int dump(json_t *j, char **out, smolvm_error **err)
 }
 
 /* A read transaction, so the JSON is one consistent snapshot. Ends with rollbackp. */
-#define READ_SNAPSHOT(s, err)                                                              \
-    _cleanup_txn_ smolvm_store *txn_ = NULL;                                               \
-    do {                                                                                   \
-        int r_ = begin_read(s, err);                                                       \
-        if (r_ < 0)                                                                        \
-            return r_;                                                                     \
-        txn_ = (s);                                                                        \
+#define READ_SNAPSHOT(s, err)                                                                      \
+    _cleanup_txn_ smolvm_store *txn_ = NULL;                                                       \
+    do {                                                                                           \
+        int r_ = begin_read(s, err);                                                               \
+        if (r_ < 0)                                                                                \
+            return r_;                                                                             \
+        txn_ = (s);                                                                                \
     } while (0)
 
 int smolvm_store_list_json(smolvm_store *s, char **out, smolvm_error **err)

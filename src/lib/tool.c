@@ -101,8 +101,7 @@ int smolvm_tool_run(char *const argv[], int64_t deadline, char **output, smolvm_
         last_line(buf, line, sizeof(line));
         if (WIFEXITED(status) && WEXITSTATUS(status) == 127 && !*line)
             return smolvm_err(err, SMOLVM_EHOST, "'%s' could not be run", argv[0]);
-        return smolvm_err(err, SMOLVM_EIO, "'%s' failed: %s", argv[0],
-                          *line ? line : "no output");
+        return smolvm_err(err, SMOLVM_EIO, "'%s' failed: %s", argv[0], *line ? line : "no output");
     }
     if (output)
         *output = TAKE_PTR(buf);

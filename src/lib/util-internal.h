@@ -37,17 +37,17 @@ static inline void smolvm_fclosep(FILE **f)
 #define _cleanup_fclose_ _cleanup_(smolvm_fclosep)
 
 /* Take ownership out of a cleanup variable. */
-#define TAKE_PTR(p)                                                                        \
-    ({                                                                                     \
-        __typeof__(p) _p = (p);                                                            \
-        (p) = NULL;                                                                        \
-        _p;                                                                                \
+#define TAKE_PTR(p)                                                                                \
+    ({                                                                                             \
+        __typeof__(p) _p = (p);                                                                    \
+        (p) = NULL;                                                                                \
+        _p;                                                                                        \
     })
-#define TAKE_FD(fd)                                                                        \
-    ({                                                                                     \
-        int _fd = (fd);                                                                    \
-        (fd) = -1;                                                                         \
-        _fd;                                                                               \
+#define TAKE_FD(fd)                                                                                \
+    ({                                                                                             \
+        int _fd = (fd);                                                                            \
+        (fd) = -1;                                                                                 \
+        _fd;                                                                                       \
     })
 
 #define SMOLVM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))

@@ -122,8 +122,7 @@ int smolvm_read_file(const char *path, size_t max, char **out, size_t *len, smol
             if (ncap > max + 1)
                 ncap = max + 1;
             if (n + 1 >= ncap)
-                return smolvm_err(err, SMOLVM_EINVAL, "'%s' is larger than %zu bytes", path,
-                                  max);
+                return smolvm_err(err, SMOLVM_EINVAL, "'%s' is larger than %zu bytes", path, max);
             nb = realloc(buf, ncap);
             if (!nb)
                 return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");

@@ -10,9 +10,8 @@
 
 /* Write the config disk (mode 0600): hostname, the client's authorized key line, the
  * guest host private key (file at host_key_path, base64-encoded) and env entries. */
-int smolvm_config_disk_write(const char *path, const char *hostname,
-                             const char *authorized_key, const char *host_key_path,
-                             const char *const *env, smolvm_error **err);
+int smolvm_config_disk_write(const char *path, const char *hostname, const char *authorized_key,
+                             const char *host_key_path, const char *const *env, smolvm_error **err);
 
 /* The kernel command line for a VM. network: resolved SMOLVM_NET_*; guest_ip,
  * gateway, netmask, dns used unless network is NONE. tsc_khz 0 omits

@@ -8,8 +8,7 @@
 
 static char *base64(const unsigned char *in, size_t len)
 {
-    static const char tbl[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     char *out = malloc((len + 2) / 3 * 4 + 1), *o = out;
     size_t i;
 
@@ -51,9 +50,8 @@ static int append(char *buf, size_t *n, const char *key, const char *value, smol
     return 0;
 }
 
-int smolvm_config_disk_write(const char *path, const char *hostname,
-                             const char *authorized_key, const char *host_key_path,
-                             const char *const *env, smolvm_error **err)
+int smolvm_config_disk_write(const char *path, const char *hostname, const char *authorized_key,
+                             const char *host_key_path, const char *const *env, smolvm_error **err)
 {
     _cleanup_free_ char *buf = calloc(1, SMOLVM_CONFIG_DISK_MAX);
     _cleanup_free_ char *key = NULL, *key64 = NULL, *authkey = NULL;
@@ -99,8 +97,8 @@ int smolvm_kernel_cmdline(char **out, const char *hostname, int network, const c
      * panic into that too. acpi=off: microvm then lists virtio-mmio devices on the
      * command line, which is how the kernel finds them. */
     if (network != SMOLVM_NET_NONE) {
-        ip = smolvm_strdupf(" ip=%s::%s:%s:%s:eth0:off%s%s", guest_ip, gateway, netmask,
-                            hostname, dns ? " smolvm.dns=" : "", dns ? dns : "");
+        ip = smolvm_strdupf(" ip=%s::%s:%s:%s:eth0:off%s%s", guest_ip, gateway, netmask, hostname,
+                            dns ? " smolvm.dns=" : "", dns ? dns : "");
         if (!ip)
             return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     }

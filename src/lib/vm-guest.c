@@ -72,8 +72,7 @@ int smolvm_vm_upload(smolvm_vm *vm, const char *local, const char *remote, smolv
     return r < 0 ? smolvm_err_wrap(err, "upload to '%s'", vm->id) : 0;
 }
 
-int smolvm_vm_download(smolvm_vm *vm, const char *remote, const char *local,
-                       smolvm_error **err)
+int smolvm_vm_download(smolvm_vm *vm, const char *remote, const char *local, smolvm_error **err)
 {
     int r;
 
@@ -126,7 +125,8 @@ static int forward_checks(smolvm_vm *vm, const char *addr, int host_port, smolvm
     if (strcmp(smolvm_vm_cfg_str(vm, "network"), "none") == 0)
         return smolvm_err(err, SMOLVM_ESTATE,
                           "forward in '%s': the vm has network 'none'; forwards need 'user' "
-                          "or 'nat'", vm->id);
+                          "or 'nat'",
+                          vm->id);
     return 0;
 }
 
@@ -148,8 +148,8 @@ int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, in
     if (guest_port < 1 || guest_port > 65535)
         return smolvm_err(err, SMOLVM_EINVAL, "forward: guest port must be 1..65535, got %d",
                           guest_port);
-    r = smolvm_store_port_add(vm->ctx->store, vm->id, "forward", addr, host_port, guest_port,
-                              "tcp", err);
+    r = smolvm_store_port_add(vm->ctx->store, vm->id, "forward", addr, host_port, guest_port, "tcp",
+                              err);
     if (r < 0)
         return smolvm_err_wrap(err, "forward %s:%d", addr, host_port);
     if (strcmp(smolvm_vm_status(vm), "running") != 0)
@@ -166,8 +166,10 @@ int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, in
     ops = smolvm_vm_backend_ops(vm->row->backend);
     if (!ops->hostfwd_add) {
         (void)smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", NULL);
-        return smolvm_err(err, SMOLVM_ESTATE, "forward in '%s': backend '%s' cannot add "
-                          "forwards to a running vm", vm->id, vm->row->backend);
+        return smolvm_err(err, SMOLVM_ESTATE,
+                          "forward in '%s': backend '%s' cannot add "
+                          "forwards to a running vm",
+                          vm->id, vm->row->backend);
     }
     r = ops->hostfwd_add(vm->row->dir, &fwd, smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
     if (r < 0) {
@@ -191,8 +193,7 @@ int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error **err)
     if ((r = smolvm_store_get_json(vm->ctx->store, vm->id, &raw, err)) < 0)
         return r;
     info = json_loads(raw, 0, NULL);
-    json_array_foreach(json_object_get(info, "ports"), i, p)
-    {
+    json_array_foreach (json_object_get(info, "ports"), i, p) {
         const char *kind = json_string_value(json_object_get(p, "kind"));
 
         if (kind && strcmp(kind, "forward") == 0 &&
@@ -215,8 +216,10 @@ int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error **err)
 
         ops = smolvm_vm_backend_ops(vm->row->backend);
         if (!ops->hostfwd_remove)
-            return smolvm_err(err, SMOLVM_ESTATE, "unforward in '%s': backend '%s' cannot "
-                              "remove forwards from a running vm", vm->id, vm->row->backend);
+            return smolvm_err(err, SMOLVM_ESTATE,
+                              "unforward in '%s': backend '%s' cannot "
+                              "remove forwards from a running vm",
+                              vm->id, vm->row->backend);
         r = ops->hostfwd_remove(vm->row->dir, &fwd, smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
         if (r < 0)
             return smolvm_err_wrap(err, "unforward %s:%d", addr, host_port);

@@ -43,8 +43,7 @@ int smolvm_vm_reconcile_row(smolvm_ctx *ctx, const smolvm_vm_row *row, int *chan
                             smolvm_error **err);
 
 /* Take the VM's lock without waiting; another process holding it is SMOLVM_ESTATE. */
-int smolvm_vm_lock(const char *dir, const char *id, const char *what, int *fd,
-                   smolvm_error **err);
+int smolvm_vm_lock(const char *dir, const char *id, const char *what, int *fd, smolvm_error **err);
 
 /* Installation-wide SSH client key (created on first use). Caller frees both. */
 int smolvm_client_key(smolvm_ctx *ctx, char **key_path, char **pub_line, smolvm_error **err);

@@ -48,8 +48,8 @@ static char *log_tail(const char *dir, const char *file)
     if (!path || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
         return strdup("");
     size = lseek(fd, 0, SEEK_END);
-    if (size < 0 || lseek(fd, size > CONSOLE_TAIL_BYTES ? size - CONSOLE_TAIL_BYTES : 0,
-                          SEEK_SET) < 0)
+    if (size < 0 ||
+        lseek(fd, size > CONSOLE_TAIL_BYTES ? size - CONSOLE_TAIL_BYTES : 0, SEEK_SET) < 0)
         return strdup("");
     n = read(fd, buf, CONSOLE_TAIL_BYTES);
     if (n <= 0)
@@ -154,8 +154,8 @@ int smolvm_vm_reconcile_row(smolvm_ctx *ctx, const smolvm_vm_row *row, int *chan
             return 0;
         tail = log_tail(row->dir, SMOLVM_VMM_CONSOLE_LOG);
         if (tail && strstr(tail, "smolvm: poweroff")) {
-            r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped",
-                                           "the guest powered off", err);
+            r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped", "the guest powered off",
+                                           err);
         } else {
             reason = smolvm_strdupf("the vmm exited unexpectedly; console: %s",
                                     tail && *tail ? tail : "(empty)");
@@ -168,7 +168,8 @@ int smolvm_vm_reconcile_row(smolvm_ctx *ctx, const smolvm_vm_row *row, int *chan
         if (strcmp(status, "starting") == 0)
             r = smolvm_store_vm_set_status(ctx->store, row->id, "error",
                                            "start interrupted (the controlling process "
-                                           "exited)", err);
+                                           "exited)",
+                                           err);
         else
             r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped", NULL, err);
     } else {
@@ -258,8 +259,7 @@ static int build_hostfwds(smolvm_vm *vm, smolvm_vmm_hostfwd **out, size_t *n, js
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     }
     h[0] = (smolvm_vmm_hostfwd){"127.0.0.1", port, 22};
-    json_array_foreach(ports, i, p)
-    {
+    json_array_foreach (ports, i, p) {
         const char *kind = json_string_value(json_object_get(p, "kind"));
 
         if (!kind || strcmp(kind, "forward") != 0)
@@ -293,8 +293,8 @@ static int revalidate_ports(smolvm_vm *vm, smolvm_error **err)
     if (!smolvm_port_bindable(port, (void *)"127.0.0.1")) {
         smolvm_log(vm->ctx, SMOLVM_LOG_INFO, "vm '%s': ssh port %d was taken; moving", vm->id,
                    port);
-        if ((r = smolvm_store_port_remove(vm->ctx->store, vm->id, "127.0.0.1", port, "tcp",
-                                          err)) < 0 ||
+        if ((r = smolvm_store_port_remove(vm->ctx->store, vm->id, "127.0.0.1", port, "tcp", err)) <
+                0 ||
             (r = smolvm_vm_alloc_ssh_port(vm, &port, err)) < 0)
             return r;
     }
@@ -302,8 +302,7 @@ static int revalidate_ports(smolvm_vm *vm, smolvm_error **err)
         return r;
     info = json_loads(raw, 0, NULL);
     r = 0;
-    json_array_foreach(json_object_get(info, "ports"), i, p)
-    {
+    json_array_foreach (json_object_get(info, "ports"), i, p) {
         const char *kind = json_string_value(json_object_get(p, "kind"));
         const char *addr = json_string_value(json_object_get(p, "host_address"));
         int hp = (int)json_integer_value(json_object_get(p, "host_port"));
@@ -331,8 +330,7 @@ static int connect_ssh(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
         return 0;
     if (strcmp(network, "nat") == 0) {
         /* The host reaches the guest's own address through its TAP. */
-        r = smolvm_store_lease_ip(vm->ctx->store, vm->id, smolvm_vm_cfg_str(vm, "cidr"), host,
-                                  err);
+        r = smolvm_store_lease_ip(vm->ctx->store, vm->id, smolvm_vm_cfg_str(vm, "cidr"), host, err);
         if (r < 0)
             return r;
     } else if (strcmp(network, "user") == 0) {
@@ -341,7 +339,8 @@ static int connect_ssh(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     } else {
         return smolvm_err(err, SMOLVM_ESTATE,
                           "vm '%s' has network 'none': commands and files need a network "
-                          "(create it with network = \"user\" or \"nat\")", vm->id);
+                          "(create it with network = \"user\" or \"nat\")",
+                          vm->id);
     }
     if ((r = smolvm_client_key(vm->ctx, &key, &pub, err)) < 0)
         return r;
@@ -363,8 +362,8 @@ int smolvm_vm_ensure_ssh(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
 
     if (strcmp(status, "running") != 0) {
         smolvm_vm_drop_ssh(vm);
-        return smolvm_err(err, SMOLVM_ESTATE, "vm '%s' is %s, not running (start it first)",
-                          vm->id, status);
+        return smolvm_err(err, SMOLVM_ESTATE, "vm '%s' is %s, not running (start it first)", vm->id,
+                          status);
     }
     return connect_ssh(vm, deadline, err);
 }
@@ -405,14 +404,14 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     if (net == SMOLVM_NET_NAT) {
         if ((r = smolvm_vm_net_up(vm, &natnet, err)) < 0)
             return r;
-        r = smolvm_kernel_cmdline(&cmdline, vm->id, net, natnet.ip, natnet.gateway,
-                                  natnet.netmask, natnet.have_dns ? natnet.dns : NULL,
+        r = smolvm_kernel_cmdline(&cmdline, vm->id, net, natnet.ip, natnet.gateway, natnet.netmask,
+                                  natnet.have_dns ? natnet.dns : NULL,
                                   accel == SMOLVM_ACCEL_TCG ? smolvm_host_tsc_khz() : 0, err);
         cfg.tap_name = natnet.tap;
         cfg.mac = natnet.mac;
     } else {
-        r = smolvm_kernel_cmdline(&cmdline, vm->id, net, SMOLVM_USER_GUEST_IP,
-                                  SMOLVM_USER_GATEWAY, "255.255.255.0", SMOLVM_USER_DNS,
+        r = smolvm_kernel_cmdline(&cmdline, vm->id, net, SMOLVM_USER_GUEST_IP, SMOLVM_USER_GATEWAY,
+                                  "255.255.255.0", SMOLVM_USER_DNS,
                                   accel == SMOLVM_ACCEL_TCG ? smolvm_host_tsc_khz() : 0, err);
     }
     if (r < 0)
@@ -440,7 +439,8 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     cfg.n_hostfwds = nfwds;
     /* User networking is closed to the outside unless the operator opens it for
      * this process: untrusted code gets no egress by accident. */
-    cfg.user_egress = getenv("SMOLVM_USER_EGRESS") && strcmp(getenv("SMOLVM_USER_EGRESS"), "1") == 0;
+    cfg.user_egress =
+        getenv("SMOLVM_USER_EGRESS") && strcmp(getenv("SMOLVM_USER_EGRESS"), "1") == 0;
 
     r = ops->spawn(&cfg, &ctl, &pid, &pid_start, deadline, err);
     if (r < 0)
@@ -476,8 +476,7 @@ int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
         return smolvm_err(err, SMOLVM_ESTATE, "start '%s': the vm was deleted", vm->id);
     status = smolvm_vm_status(vm);
     if (strcmp(status, "running") == 0)
-        return connect_ssh(vm, deadline, err) < 0 ? smolvm_err_wrap(err, "start '%s'", vm->id)
-                                                  : 0;
+        return connect_ssh(vm, deadline, err) < 0 ? smolvm_err_wrap(err, "start '%s'", vm->id) : 0;
     if ((r = smolvm_vm_lock(vm->row->dir, vm->id, "start", &lock, err)) < 0)
         return r;
     if ((r = smolvm_vm_refresh(vm, err)) < 0)
@@ -521,11 +520,12 @@ static int do_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
         return 0;
     r = ops->poweroff ? ops->poweroff(vm->row->dir, poweroff_deadline, NULL)
                       : smolvm_vmm_request_poweroff(vm->row->dir, poweroff_deadline, NULL);
-    if (r == 0 &&
-        smolvm_proc_wait_exit(pid, pstart, poweroff_deadline, NULL) == 0)
+    if (r == 0 && smolvm_proc_wait_exit(pid, pstart, poweroff_deadline, NULL) == 0)
         return 0;
-    smolvm_log(vm->ctx, SMOLVM_LOG_INFO, "stop '%s': the guest did not power off in time; "
-               "asking the vmm to quit", vm->id);
+    smolvm_log(vm->ctx, SMOLVM_LOG_INFO,
+               "stop '%s': the guest did not power off in time; "
+               "asking the vmm to quit",
+               vm->id);
     if (ops->quit(vm->row->dir, deadline, NULL) == 0 &&
         smolvm_proc_wait_exit(pid, pstart, deadline, NULL) == 0)
         return 0;

@@ -26,8 +26,8 @@ int smolvm_vm_net_up(smolvm_vm *vm, smolvm_vm_net *n, smolvm_error **err);
 /* Remove the VM's TAP and rules (idempotent; failures are logged). */
 void smolvm_vm_net_down(smolvm_ctx *ctx, const char *vm_id);
 /* Add or remove one forward's rules for a running VM. */
-int smolvm_vm_net_forward(smolvm_vm *vm, const char *addr, int host_port, int guest_port,
-                          int add, smolvm_error **err);
+int smolvm_vm_net_forward(smolvm_vm *vm, const char *addr, int host_port, int guest_port, int add,
+                          smolvm_error **err);
 /* Remove TAPs and rules of VMs not in live_ids (NULL-terminated). */
 void smolvm_vm_net_gc(smolvm_ctx *ctx, const char *const *live_ids);
 

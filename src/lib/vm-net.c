@@ -35,8 +35,8 @@ static int have_uplink(void)
     if (!f)
         return 0;
     while (fgets(line, sizeof(line), f))
-        if (sscanf(line, "%31s %lx %lx %x %*d %*d %*d %lx", ifname, &dest, &gw, &flags,
-                   &mask) == 5 &&
+        if (sscanf(line, "%31s %lx %lx %x %*d %*d %*d %lx", ifname, &dest, &gw, &flags, &mask) ==
+                5 &&
             dest == 0 && mask == 0 && (flags & 1))
             return 1;
     return 0;
@@ -112,8 +112,7 @@ int smolvm_vm_net_up(smolvm_vm *vm, smolvm_vm_net *n, smolvm_error **err)
     if ((r = smolvm_store_get_json(vm->ctx->store, vm->id, &raw, err)) < 0)
         return r;
     info = json_loads(raw, 0, NULL);
-    json_array_foreach(json_object_get(info, "ports"), i, p)
-    {
+    json_array_foreach (json_object_get(info, "ports"), i, p) {
         const char *kind = json_string_value(json_object_get(p, "kind"));
 
         if (!kind || strcmp(kind, "forward") != 0 || k >= SMOLVM_NET_MAX_FORWARDS)
@@ -123,8 +122,8 @@ int smolvm_vm_net_up(smolvm_vm *vm, smolvm_vm_net *n, smolvm_error **err)
         fwds[k].guest_port = (int)json_integer_value(json_object_get(p, "guest_port"));
         k++;
     }
-    r = smolvm_net_vm_up(vm->id, n->ip, n->gateway, prefix, getenv("SMOLVM_NET_UPLINK"), fwds,
-                         k, n->tap, err);
+    r = smolvm_net_vm_up(vm->id, n->ip, n->gateway, prefix, getenv("SMOLVM_NET_UPLINK"), fwds, k,
+                         n->tap, err);
     json_decref(info);
     if (r < 0)
         return smolvm_err_wrap(err, "network 'nat'");
@@ -144,8 +143,8 @@ void smolvm_vm_net_down(smolvm_ctx *ctx, const char *vm_id)
     }
 }
 
-int smolvm_vm_net_forward(smolvm_vm *vm, const char *addr, int host_port, int guest_port,
-                          int add, smolvm_error **err)
+int smolvm_vm_net_forward(smolvm_vm *vm, const char *addr, int host_port, int guest_port, int add,
+                          smolvm_error **err)
 {
     char ip[16];
     int r;

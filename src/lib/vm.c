@@ -49,11 +49,11 @@ static int validate(const smolvm_vm_options *o, smolvm_error **err)
     if (o->version < 1 || o->version > SMOLVM_VM_OPTIONS_VERSION)
         return smolvm_err(err, SMOLVM_EINVAL, "vm options: unknown version %u", o->version);
     if (o->id && !smolvm_id_valid(o->id))
-        return smolvm_err(err, SMOLVM_EINVAL,
-                          "id: expected [a-z0-9][a-z0-9_-]{0,62}, got '%.80s'", o->id);
+        return smolvm_err(err, SMOLVM_EINVAL, "id: expected [a-z0-9][a-z0-9_-]{0,62}, got '%.80s'",
+                          o->id);
     if (o->vcpus < SMOLVM_VCPUS_MIN || o->vcpus > SMOLVM_VCPUS_MAX)
-        return smolvm_err(err, SMOLVM_EINVAL, "vcpus: expected %d..%d, got %u",
-                          SMOLVM_VCPUS_MIN, SMOLVM_VCPUS_MAX, o->vcpus);
+        return smolvm_err(err, SMOLVM_EINVAL, "vcpus: expected %d..%d, got %u", SMOLVM_VCPUS_MIN,
+                          SMOLVM_VCPUS_MAX, o->vcpus);
     if (o->memory_mib < SMOLVM_MEMORY_MIN || o->memory_mib > SMOLVM_MEMORY_MAX)
         return smolvm_err(err, SMOLVM_EINVAL, "memory: expected %d..%d (MiB), got %u",
                           SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX, o->memory_mib);
@@ -73,7 +73,8 @@ static int validate(const smolvm_vm_options *o, smolvm_error **err)
         if (!eq || !env_name_valid(o->env[n], (size_t)(eq - o->env[n])))
             return smolvm_err(err, SMOLVM_EINVAL,
                               "env: expected NAME=value with NAME [A-Za-z_][A-Za-z0-9_]*, "
-                              "got '%.80s'", o->env[n]);
+                              "got '%.80s'",
+                              o->env[n]);
         if (strlen(o->env[n]) > ENV_ENTRY_MAX || strchr(o->env[n], '\n'))
             return smolvm_err(err, SMOLVM_EINVAL,
                               "env: '%.*s' is longer than %d bytes or has a newline",
@@ -86,20 +87,20 @@ static int validate(const smolvm_vm_options *o, smolvm_error **err)
         struct in_addr a;
         size_t j;
 
-        if (f->host_port < 1 || f->host_port > 65535 || f->guest_port < 1 ||
-            f->guest_port > 65535)
+        if (f->host_port < 1 || f->host_port > 65535 || f->guest_port < 1 || f->guest_port > 65535)
             return smolvm_err(err, SMOLVM_EINVAL,
-                              "forwards[%zu]: ports must be 1..65535, got host %d guest %d",
-                              i + 1, f->host_port, f->guest_port);
+                              "forwards[%zu]: ports must be 1..65535, got host %d guest %d", i + 1,
+                              f->host_port, f->guest_port);
         if (f->host_address && inet_pton(AF_INET, f->host_address, &a) != 1)
             return smolvm_err(err, SMOLVM_EINVAL,
-                              "forwards[%zu]: host address '%.64s' is not an IPv4 address",
-                              i + 1, f->host_address);
+                              "forwards[%zu]: host address '%.64s' is not an IPv4 address", i + 1,
+                              f->host_address);
         for (j = 0; j < i; j++)
             if (o->forwards[j].host_port == f->host_port)
                 return smolvm_err(err, SMOLVM_EINVAL,
                                   "forwards[%zu]: host port %d is already forwarded by "
-                                  "forwards[%zu]", i + 1, f->host_port, j + 1);
+                                  "forwards[%zu]",
+                                  i + 1, f->host_port, j + 1);
     }
     return 0;
 }
@@ -122,12 +123,12 @@ const char **smolvm_vm_env(const smolvm_vm *vm)
 
     if (!out)
         return NULL;
-    json_array_foreach(env, i, v) out[i] = json_string_value(v);
+    json_array_foreach (env, i, v)
+        out[i] = json_string_value(v);
     return out;
 }
 
-int smolvm_vm_lock(const char *dir, const char *id, const char *what, int *fd,
-                   smolvm_error **err)
+int smolvm_vm_lock(const char *dir, const char *id, const char *what, int *fd, smolvm_error **err)
 {
     _cleanup_free_ char *path = smolvm_strdupf("%s/%s", dir, SMOLVM_VM_LOCK);
     _cleanup_close_ int lfd = -1;
@@ -142,7 +143,8 @@ int smolvm_vm_lock(const char *dir, const char *id, const char *what, int *fd,
         if (errno == EWOULDBLOCK)
             return smolvm_err(err, SMOLVM_ESTATE,
                               "%s '%s': another process is starting, stopping or deleting "
-                              "this vm (try again when it is done)", what, id);
+                              "this vm (try again when it is done)",
+                              what, id);
         return smolvm_err_errno(err, errno, "%s '%s': lock", what, id);
     }
     *fd = TAKE_FD(lfd);
@@ -287,8 +289,8 @@ static int resolve_backend(const smolvm_vm_options *o, int *backend, int *networ
     return 0;
 }
 
-static json_t *build_config(const smolvm_vm_options *o, const smolvm_image *img,
-                            const char *dir, int backend, int network)
+static json_t *build_config(const smolvm_vm_options *o, const smolvm_image *img, const char *dir,
+                            int backend, int network)
 {
     json_t *c = json_object(), *env = json_array(), *fwds = json_array();
     size_t i;
@@ -304,8 +306,7 @@ static json_t *build_config(const smolvm_vm_options *o, const smolvm_image *img,
     for (i = 0; i < o->n_forwards; i++)
         json_array_append_new(
             fwds, json_pack("{s:s, s:i, s:i}", "host_address",
-                            o->forwards[i].host_address ? o->forwards[i].host_address
-                                                        : "127.0.0.1",
+                            o->forwards[i].host_address ? o->forwards[i].host_address : "127.0.0.1",
                             "host_port", o->forwards[i].host_port, "guest_port",
                             o->forwards[i].guest_port));
     json_object_set_new(c, "vcpus", json_integer(o->vcpus));
@@ -355,22 +356,21 @@ int smolvm_vm_alloc_ssh_port(smolvm_vm *vm, int *port, smolvm_error **err)
      * for the same port between the bind check and QEMU's bind. */
     (void)smolvm_random(&rnd, sizeof(rnd), NULL);
     lo = SMOLVM_SSH_PORT_MIN + rnd % (SMOLVM_SSH_PORT_MAX - SMOLVM_SSH_PORT_MIN + 1);
-    r = smolvm_store_port_alloc(vm->ctx->store, vm->id, "ssh", "127.0.0.1", lo,
-                                SMOLVM_SSH_PORT_MAX, 22, "tcp", smolvm_port_bindable,
-                                (void *)"127.0.0.1", port, err);
+    r = smolvm_store_port_alloc(vm->ctx->store, vm->id, "ssh", "127.0.0.1", lo, SMOLVM_SSH_PORT_MAX,
+                                22, "tcp", smolvm_port_bindable, (void *)"127.0.0.1", port, err);
     if (r == SMOLVM_ENOSPC && lo > SMOLVM_SSH_PORT_MIN) {
         if (err)
             *err = smolvm_error_free(*err);
-        r = smolvm_store_port_alloc(vm->ctx->store, vm->id, "ssh", "127.0.0.1",
-                                    SMOLVM_SSH_PORT_MIN, lo - 1, 22, "tcp",
-                                    smolvm_port_bindable, (void *)"127.0.0.1", port, err);
+        r = smolvm_store_port_alloc(vm->ctx->store, vm->id, "ssh", "127.0.0.1", SMOLVM_SSH_PORT_MIN,
+                                    lo - 1, 22, "tcp", smolvm_port_bindable, (void *)"127.0.0.1",
+                                    port, err);
     }
     return r < 0 ? smolvm_err_wrap(err, "allocate a host port for ssh") : 0;
 }
 
 /* Everything after the record exists; on failure the caller removes dir and record. */
-static int prepare(smolvm_vm *vm, const smolvm_vm_options *o, const smolvm_image *img,
-                   int network, smolvm_error **err)
+static int prepare(smolvm_vm *vm, const smolvm_vm_options *o, const smolvm_image *img, int network,
+                   smolvm_error **err)
 {
     const char *dir = vm->row->dir;
     _cleanup_free_ char *hostkey = smolvm_strdupf("%s/%s", dir, SMOLVM_VM_HOST_KEY);
@@ -576,8 +576,8 @@ const char *smolvm_vm_id(const smolvm_vm *vm)
 
 const char *smolvm_vm_status(smolvm_vm *vm)
 {
-    static const char *const known[] = {"created", "starting", "running", "stopping",
-                                        "stopped", "error"};
+    static const char *const known[] = {"created",  "starting", "running",
+                                        "stopping", "stopped",  "error"};
     size_t i;
 
     if (vm->deleted)
@@ -617,8 +617,7 @@ static void augment(json_t *info)
         if (gip)
             json_object_set(info, "ip", gip);
     }
-    json_array_foreach(ports, i, p)
-    {
+    json_array_foreach (ports, i, p) {
         const char *kind = json_string_value(json_object_get(p, "kind"));
 
         if (kind && strcmp(kind, "ssh") == 0)
@@ -661,7 +660,8 @@ int smolvm_vm_list_json(smolvm_ctx *ctx, char **out, smolvm_error **err)
     list = json_loads(raw, 0, NULL);
     if (!list)
         return smolvm_err(err, SMOLVM_EDB, "bad vm list");
-    json_array_foreach(list, i, v) augment(v);
+    json_array_foreach (list, i, v)
+        augment(v);
     *out = json_dumps(list, JSON_COMPACT);
     json_decref(list);
     return *out ? 0 : smolvm_err(err, SMOLVM_ENOMEM, "out of memory");

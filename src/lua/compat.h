@@ -61,8 +61,7 @@ static inline void smolvm_compat_setmetatable(lua_State *L, const char *tname)
 
 #define lua_rawlen(L, i) lua_objlen(L, (i))
 
-#define lua_absindex(L, i) \
-    (((i) > 0 || (i) <= LUA_REGISTRYINDEX) ? (i) : lua_gettop(L) + (i) + 1)
+#define lua_absindex(L, i) (((i) > 0 || (i) <= LUA_REGISTRYINDEX) ? (i) : lua_gettop(L) + (i) + 1)
 
 static inline void smolvm_compat_rawgetp(lua_State *L, int idx, const void *p)
 {

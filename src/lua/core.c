@@ -148,7 +148,7 @@ static void push_json(lua_State *L, json_t *v, int depth)
         json_t *x;
 
         lua_createtable(L, 0, (int)json_object_size(v));
-        json_object_foreach(v, k, x) {
+        json_object_foreach (v, k, x) {
             if (json_is_null(x))
                 continue;
             push_json(L, x, depth + 1);
@@ -161,7 +161,7 @@ static void push_json(lua_State *L, json_t *v, int depth)
         json_t *x;
 
         lua_createtable(L, (int)json_array_size(v), 0);
-        json_array_foreach(v, i, x) {
+        json_array_foreach (v, i, x) {
             if (json_is_null(x))
                 continue;
             push_json(L, x, depth + 1);
@@ -169,25 +169,13 @@ static void push_json(lua_State *L, json_t *v, int depth)
         }
         break;
     }
-    case JSON_STRING:
-        lua_pushlstring(L, json_string_value(v), json_string_length(v));
-        break;
-    case JSON_INTEGER:
-        lua_pushinteger(L, (lua_Integer)json_integer_value(v));
-        break;
-    case JSON_REAL:
-        lua_pushnumber(L, (lua_Number)json_real_value(v));
-        break;
-    case JSON_TRUE:
-        lua_pushboolean(L, 1);
-        break;
-    case JSON_FALSE:
-        lua_pushboolean(L, 0);
-        break;
+    case JSON_STRING: lua_pushlstring(L, json_string_value(v), json_string_length(v)); break;
+    case JSON_INTEGER: lua_pushinteger(L, (lua_Integer)json_integer_value(v)); break;
+    case JSON_REAL: lua_pushnumber(L, (lua_Number)json_real_value(v)); break;
+    case JSON_TRUE: lua_pushboolean(L, 1); break;
+    case JSON_FALSE: lua_pushboolean(L, 0); break;
     case JSON_NULL:
-    default:
-        lua_pushnil(L);
-        break;
+    default: lua_pushnil(L); break;
     }
 }
 

@@ -141,8 +141,8 @@ static int opt_enum(lua_State *L, int t, const char *field, const char *const na
     return luaL_error(L, "vm option '%s': invalid value '%s'", field, s ? s : "?");
 }
 
-static lua_Integer opt_int(lua_State *L, int t, const char *field, lua_Integer def,
-                           lua_Integer min, lua_Integer max)
+static lua_Integer opt_int(lua_State *L, int t, const char *field, lua_Integer def, lua_Integer min,
+                           lua_Integer max)
 {
     lua_Integer v;
 
@@ -151,8 +151,7 @@ static lua_Integer opt_int(lua_State *L, int t, const char *field, lua_Integer d
         return def;
     }
     if (!lua_isinteger(L, -1))
-        return luaL_error(L, "option '%s': expected integer, got %s", field,
-                          luaL_typename(L, -1));
+        return luaL_error(L, "option '%s': expected integer, got %s", field, luaL_typename(L, -1));
     v = lua_tointeger(L, -1);
     lua_pop(L, 1);
     if (v < min || v > max)
@@ -206,8 +205,7 @@ static const char *const *opt_env(lua_State *L, int t)
     while (lua_next(L, -4)) {
         if (lua_type(L, -2) == LUA_TSTRING) {
             if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-                luaL_error(L, "option 'env.%s': expected string or number",
-                           lua_tostring(L, -2));
+                luaL_error(L, "option 'env.%s': expected string or number", lua_tostring(L, -2));
             lua_pushvalue(L, -2);
             lua_pushliteral(L, "=");
             lua_pushvalue(L, -3);
@@ -237,8 +235,7 @@ static int l_vm_create(lua_State *L)
     static const char *const accels[] = {"auto", "kvm", "tcg", NULL};
     static const int accel_v[] = {SMOLVM_ACCEL_AUTO, SMOLVM_ACCEL_KVM, SMOLVM_ACCEL_TCG};
     static const char *const nets[] = {"auto", "none", "user", "nat", NULL};
-    static const int net_v[] = {SMOLVM_NET_AUTO, SMOLVM_NET_NONE, SMOLVM_NET_USER,
-                                SMOLVM_NET_NAT};
+    static const int net_v[] = {SMOLVM_NET_AUTO, SMOLVM_NET_NONE, SMOLVM_NET_USER, SMOLVM_NET_NAT};
     smolvm_vm_options o = SMOLVM_VM_OPTIONS_INIT;
     smolvm_forward *fw = NULL;
     smolvm_lua_box *box;

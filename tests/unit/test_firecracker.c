@@ -149,8 +149,7 @@ static void assert_no_violation(json_t *reqs)
     size_t i;
     json_t *r;
 
-    json_array_foreach(reqs, i, r)
-    {
+    json_array_foreach (reqs, i, r) {
         if (json_is_true(json_object_get(r, "violation")))
             fail_msg("contract violation: %s %s: %s",
                      json_string_value(json_object_get(r, "method")),
@@ -164,8 +163,7 @@ static json_t *find_request(json_t *reqs, const char *method, const char *path)
     size_t i;
     json_t *r;
 
-    json_array_foreach(reqs, i, r)
-    {
+    json_array_foreach (reqs, i, r) {
         if (strcmp(json_string_value(json_object_get(r, "method")), method) == 0 &&
             strcmp(json_string_value(json_object_get(r, "path")), path) == 0)
             return r;
@@ -234,8 +232,7 @@ static void stop_vm(const char *dir, running *r)
 
     if (fc->poweroff(dir, smolvm_now_ms() + 3000, &err) < 0)
         fail_msg("poweroff: %s", smolvm_error_message(err));
-    assert_int_equal(smolvm_proc_wait_exit((pid_t)r->pid, r->start, smolvm_now_ms() + 5000,
-                                           NULL),
+    assert_int_equal(smolvm_proc_wait_exit((pid_t)r->pid, r->start, smolvm_now_ms() + 5000, NULL),
                      0);
     if (r->ctl >= 0)
         (void)close(r->ctl);
@@ -294,16 +291,15 @@ static void test_available(void **state)
 /* Configure, start, pause, snapshot, resume, stop: every request within the contract. */
 static void test_lifecycle(void **state)
 {
-    char *dir = new_vm("life"), *snap = path_in(dir, "snap.state"),
-         *mem = path_in(dir, "snap.mem");
+    char *dir = new_vm("life"), *snap = path_in(dir, "snap.state"), *mem = path_in(dir, "snap.mem");
     smolvm_vmm_config c;
     smolvm_error *err = NULL;
     running r = {.ctl = -1};
     json_t *reqs, *q;
     int64_t t0;
-    const char *expect[] = {"GET /version", "PUT /logger", "PUT /metrics",
+    const char *expect[] = {"GET /version",        "PUT /logger",      "PUT /metrics",
                             "PUT /machine-config", "PUT /boot-source", "PUT /drives/rootfs",
-                            "PUT /drives/config", "PUT /entropy", "PUT /actions"};
+                            "PUT /drives/config",  "PUT /entropy",     "PUT /actions"};
     size_t i;
 
     (void)state;
@@ -338,15 +334,13 @@ static void test_lifecycle(void **state)
         assert_non_null(q);
         char got[128];
 
-        (void)snprintf(got, sizeof(got), "%s %s",
-                       json_string_value(json_object_get(q, "method")),
+        (void)snprintf(got, sizeof(got), "%s %s", json_string_value(json_object_get(q, "method")),
                        json_string_value(json_object_get(q, "path")));
         assert_string_equal(got, expect[i]);
         assert_true(json_integer_value(json_object_get(q, "status")) < 300);
     }
     q = find_request(reqs, "PUT", "/machine-config");
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(q, "body"),
-                                                        "vcpu_count")),
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(q, "body"), "vcpu_count")),
                      2);
     q = find_request(reqs, "PUT", "/drives/rootfs");
     assert_true(json_is_true(json_object_get(json_object_get(q, "body"), "is_root_device")));
@@ -364,8 +358,7 @@ static void test_lifecycle(void **state)
         char *dir2 = new_vm("restored");
 
         c.dir = dir2;
-        if (fc->restore(&c, snap, mem, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 10000,
-                        &err) < 0)
+        if (fc->restore(&c, snap, mem, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 10000, &err) < 0)
             fail_msg("restore: %s", smolvm_error_message(err));
         assert_string_equal(instance_state(dir2), "Running");
         reqs = requests(dir2);
@@ -435,8 +428,17 @@ static void test_overlay_disk(void **state)
 
         /* The disk creation alone, as a user's "isolated" disk pays it. */
         for (i = 0; i < 5; i++) {
-            char *argv[] = {"mkfs.ext4", "-q", "-F", "-m", "0", "-L", "smolvm-upper", "-E",
-                            "lazy_itable_init=1,lazy_journal_init=1", u2, NULL};
+            char *argv[] = {"mkfs.ext4",
+                            "-q",
+                            "-F",
+                            "-m",
+                            "0",
+                            "-L",
+                            "smolvm-upper",
+                            "-E",
+                            "lazy_itable_init=1,lazy_journal_init=1",
+                            u2,
+                            NULL};
             int fd;
 
             t0 = smolvm_now_ms();
@@ -508,9 +510,9 @@ static void test_bad_config(void **state)
 
         assert_no_violation(reqs);
         assert_non_null(q);
-        assert_string_equal(json_string_value(json_object_get(json_object_get(q, "body"),
-                                                               "host_dev_name")),
-                            "smolvm-tap0");
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(q, "body"), "host_dev_name")),
+            "smolvm-tap0");
         json_decref(reqs);
     }
     free(dir);
@@ -560,8 +562,7 @@ static void test_config_errors(void **state)
     {
         running r2 = {.ctl = -1};
 
-        assert_int_equal(fc->spawn(&c, &r2.ctl, &r2.pid, &r2.start, smolvm_now_ms() + 3000,
-                                   &err),
+        assert_int_equal(fc->spawn(&c, &r2.ctl, &r2.pid, &r2.start, smolvm_now_ms() + 3000, &err),
                          SMOLVM_EEXIST);
         err = smolvm_error_free(err);
     }
@@ -594,8 +595,7 @@ static void test_boot_errors(void **state)
     (void)setenv("FAKE_FC_BOOT", "silent", 1);
     assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err), 0);
     t0 = smolvm_now_ms();
-    assert_int_equal(fc->wait_ready(NULL, dir, r.ctl, t0 + 300, NULL, &err),
-                     SMOLVM_ETIMEDOUT);
+    assert_int_equal(fc->wait_ready(NULL, dir, r.ctl, t0 + 300, NULL, &err), SMOLVM_ETIMEDOUT);
     assert_true(smolvm_now_ms() - t0 < 1000);
     assert_err_contains(err, "not ready in time (last milestone: none)");
     err = smolvm_error_free(err);
@@ -652,8 +652,9 @@ static void test_contract_checks(void **state)
          "below the minimum 1"},
         {"PUT", "/machine-config", "{\"vcpu_count\": 33, \"mem_size_mib\": 128}",
          "above the maximum 32"},
-        {"PUT", "/machine-config", "{\"vcpu_count\": 2}", "missing required field "
-                                                          "'mem_size_mib'"},
+        {"PUT", "/machine-config", "{\"vcpu_count\": 2}",
+         "missing required field "
+         "'mem_size_mib'"},
         {"PUT", "/machine-config", "{\"vcpu_count\": \"2\", \"mem_size_mib\": 128}",
          "expected integer"},
         {"PUT", "/machine-config", "{\"vcpu_count\": 2, \"mem_size_mib\": 128, \"cpus\": 1}",
@@ -664,17 +665,18 @@ static void test_contract_checks(void **state)
          "Invalid ID"},
         {"PUT", "/drives/a", "{\"drive_id\": \"b\", \"is_root_device\": false}",
          "does not match the id from the body"},
-        {"PUT", "/drives/a", "{\"drive_id\": \"a\", \"is_root_device\": false, "
-                             "\"cache_type\": \"Fast\"}",
+        {"PUT", "/drives/a",
+         "{\"drive_id\": \"a\", \"is_root_device\": false, "
+         "\"cache_type\": \"Fast\"}",
          "is not one of"},
         {"PUT", "/vsock", "{\"guest_cid\": 2, \"uds_path\": \"/tmp/v.sock\"}",
          "below the minimum 3"},
         {"PATCH", "/vm", "{\"state\": \"Paused\"}", "not supported before starting"},
-        {"PUT", "/actions", "{\"action_type\": \"InstanceStart\"}",
-         "without kernel configuration"},
+        {"PUT", "/actions", "{\"action_type\": \"InstanceStart\"}", "without kernel configuration"},
         {"PUT", "/actions", "{\"action_type\": \"Reboot\"}", "is not one of"},
-        {"PUT", "/snapshot/create", "{\"snapshot_path\": \"/tmp/s\", \"mem_file_path\": "
-                                    "\"/tmp/m\"}",
+        {"PUT", "/snapshot/create",
+         "{\"snapshot_path\": \"/tmp/s\", \"mem_file_path\": "
+         "\"/tmp/m\"}",
          "not supported before starting"},
         {"GET", "/no-such-resource", NULL, "Invalid request method and/or path"},
         {"DELETE", "/machine-config", NULL, "Invalid request method and/or path"},
@@ -697,8 +699,7 @@ static void test_contract_checks(void **state)
         char where[128];
 
         assert_true(!bad[i].body || body);
-        assert_int_equal(smolvm_fc_api_call(api, bad[i].method, bad[i].path, body, NULL, dl,
-                                            &err),
+        assert_int_equal(smolvm_fc_api_call(api, bad[i].method, bad[i].path, body, NULL, dl, &err),
                          SMOLVM_EVMM);
         (void)snprintf(where, sizeof(where), "%s %s: firecracker answered 400: ", bad[i].method,
                        bad[i].path);
@@ -777,20 +778,25 @@ static void http_start(const char *dir)
         (void)dup2(fds[1], 1);
         (void)close(fds[0]);
         execl("/usr/bin/python3", "python3", "-c",
-               "import functools, http.server, sys\n"
-               "class Quiet(http.server.SimpleHTTPRequestHandler):\n"
-               "    def log_message(self, *a): pass\n"
-               "h = functools.partial(Quiet, directory=sys.argv[1])\n"
-               "s = http.server.HTTPServer(('127.0.0.1', 0), h)\n"
-               "print(s.server_address[1], flush=True)\n"
-               "s.serve_forever()\n",
-               dir, (char *)NULL);
+              "import functools, http.server, sys\n"
+              "class Quiet(http.server.SimpleHTTPRequestHandler):\n"
+              "    def log_message(self, *a): pass\n"
+              "h = functools.partial(Quiet, directory=sys.argv[1])\n"
+              "s = http.server.HTTPServer(('127.0.0.1', 0), h)\n"
+              "print(s.server_address[1], flush=True)\n"
+              "s.serve_forever()\n",
+              dir, (char *)NULL);
         _exit(127);
     }
     (void)close(fds[1]);
-    n = read(fds[0], buf, sizeof(buf) - 1);
+    /* Read the whole line: print() may write the number and the newline separately,
+     * and closing the pipe early would kill the server with EPIPE. */
+    for (size_t got = 0; got < sizeof(buf) - 1 && !strchr(buf, '\n'); got += (size_t)n) {
+        n = read(fds[0], buf + got, sizeof(buf) - 1 - got);
+        assert_true(n > 0);
+        buf[got + (size_t)n] = '\0';
+    }
     (void)close(fds[0]);
-    assert_true(n > 0);
     http_port = atoi(buf);
     assert_true(http_port > 0);
 }
@@ -831,8 +837,8 @@ static int count_entries(const char *dir)
 
 static void test_download(void **state)
 {
-    char *srv = path_in(tmpdir, "www"), *dest = path_in(tmpdir, "bin"), *url = NULL,
-         *path = NULL, *version = NULL, *sha = NULL;
+    char *srv = path_in(tmpdir, "www"), *dest = path_in(tmpdir, "bin"), *url = NULL, *path = NULL,
+         *version = NULL, *sha = NULL;
     const char *wrong = "0000000000000000000000000000000000000000000000000000000000000000";
     smolvm_fc_download_opts o = {0};
     smolvm_error *err = NULL;
@@ -919,9 +925,9 @@ static void test_download(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_available),     cmocka_unit_test(test_lifecycle),
-        cmocka_unit_test(test_overlay_disk),  cmocka_unit_test(test_bad_config),
-        cmocka_unit_test(test_config_errors), cmocka_unit_test(test_boot_errors),
+        cmocka_unit_test(test_available),       cmocka_unit_test(test_lifecycle),
+        cmocka_unit_test(test_overlay_disk),    cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_config_errors),   cmocka_unit_test(test_boot_errors),
         cmocka_unit_test(test_contract_checks), cmocka_unit_test(test_download),
     };
     const char *src = getenv("SMOLVM_SOURCE_DIR");

@@ -40,20 +40,20 @@
 #include "util-internal.h"
 
 /* Inside the namespace child: a failed check prints and ends the child with 1. */
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fprintf(stderr, "\n");                                                         \
-            _exit(1);                                                                      \
-        }                                                                                  \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+            _exit(1);                                                                              \
+        }                                                                                          \
     } while (0)
-#define OK(call)                                                                           \
-    do {                                                                                   \
-        smolvm_error *e_ = NULL;                                                           \
-        int r_ = (call);                                                                   \
-        CHECK(r_ == 0, "%s -> %d: %s", #call, r_, e_ ? smolvm_error_message(e_) : "");     \
+#define OK(call)                                                                                   \
+    do {                                                                                           \
+        smolvm_error *e_ = NULL;                                                                   \
+        int r_ = (call);                                                                           \
+        CHECK(r_ == 0, "%s -> %d: %s", #call, r_, e_ ? smolvm_error_message(e_) : "");             \
     } while (0)
 
 #define UPLINK_HOST "10.99.0.1"
@@ -456,8 +456,9 @@ static void body_tap(void)
     (void)snprintf(path, sizeof(path), "ip -d link show dev %s", tap);
     sh_out(out, sizeof(out), path);
     CHECK(strstr(out, "tun type tap pi off") && strstr(out, "persist on"), "link: %s", out);
-    sh_out(out, sizeof(out), "ip -o addr show dev sv-vm-0a1b2c3d; ip route; ip -d link show "
-                             "dev sv-vm-0a1b2c3d");
+    sh_out(out, sizeof(out),
+           "ip -o addr show dev sv-vm-0a1b2c3d; ip route; ip -d link show "
+           "dev sv-vm-0a1b2c3d");
     CHECK(strstr(out, "inet " GATEWAY "/32"), "no gateway address: %s", out);
     CHECK(strstr(out, "172.16.0.9 dev sv-vm-0a1b2c3d"), "no route: %s", out);
     CHECK(strstr(out, "alias smolvm vm:vm-0a1b2c3d"), "no alias: %s", out);
@@ -617,8 +618,8 @@ static void body_bench(void)
      * for an RCU grace period (netdev unregister, nf_tables commit of deletions):
      * `ip link del` and `nft delete rule` alone take 7-20 ms each on this machine. */
     CHECK(getenv("SMOLVM_TEST_NO_TIMING") || (up[N / 2] < 20000 && down[N / 2] < 100000),
-          "too slow: up %lld us (limit 20 ms), down %lld us (limit 100 ms)",
-          (long long)up[N / 2], (long long)down[N / 2]);
+          "too slow: up %lld us (limit 20 ms), down %lld us (limit 100 ms)", (long long)up[N / 2],
+          (long long)down[N / 2]);
 }
 
 static void test_bench(void **state)
@@ -630,9 +631,8 @@ static void test_bench(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tap),     cmocka_unit_test(test_traffic),
-        cmocka_unit_test(test_gc),      cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_bench),
+        cmocka_unit_test(test_tap),    cmocka_unit_test(test_traffic), cmocka_unit_test(test_gc),
+        cmocka_unit_test(test_errors), cmocka_unit_test(test_bench),
     };
     pid_t pid;
     int status = 0;

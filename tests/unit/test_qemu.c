@@ -168,7 +168,8 @@ static int free_port(void)
 /* First bytes the guest's sshd sends on a forwarded loopback port. */
 static int read_banner(int port, char *buf, size_t len, int64_t deadline)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     struct pollfd p;
     ssize_t n;
@@ -188,8 +189,8 @@ static int read_banner(int port, char *buf, size_t len, int64_t deadline)
     return 0;
 }
 
-static void base_config(smolvm_vmm_config *c, const char *dir, const char *kernel,
-                        const char *disk, const char *cmdline)
+static void base_config(smolvm_vmm_config *c, const char *dir, const char *kernel, const char *disk,
+                        const char *cmdline)
 {
     *c = (smolvm_vmm_config){
         .vm_id = "test",
@@ -360,9 +361,9 @@ static void test_runs_pause_forward_quit(void **state)
 
         if (i == 0) {
             /* A second VMM in the same dir is refused before anything is touched. */
-            assert_int_equal(smolvm_vmm_qemu.spawn(&c, &ctl2, &pid2, &start2,
-                                                   smolvm_now_ms() + 5000, &err),
-                             SMOLVM_EEXIST);
+            assert_int_equal(
+                smolvm_vmm_qemu.spawn(&c, &ctl2, &pid2, &start2, smolvm_now_ms() + 5000, &err),
+                SMOLVM_EEXIST);
             err = smolvm_error_free(err);
             assert_string_equal(status_of(dir), "running");
 
@@ -378,9 +379,11 @@ static void test_runs_pause_forward_quit(void **state)
                              SMOLVM_EEXIST);
             print_message("# duplicate forward: %s\n", smolvm_error_message(err));
             err = smolvm_error_free(err);
-            assert_int_equal(smolvm_vmm_qemu.hostfwd_remove(dir, &extra, smolvm_now_ms() + 5000, &err), 0);
-            assert_int_equal(smolvm_vmm_qemu.hostfwd_remove(dir, &extra, smolvm_now_ms() + 5000, &err),
-                             SMOLVM_ENOENT);
+            assert_int_equal(
+                smolvm_vmm_qemu.hostfwd_remove(dir, &extra, smolvm_now_ms() + 5000, &err), 0);
+            assert_int_equal(
+                smolvm_vmm_qemu.hostfwd_remove(dir, &extra, smolvm_now_ms() + 5000, &err),
+                SMOLVM_ENOENT);
             err = smolvm_error_free(err);
         }
 
@@ -420,18 +423,17 @@ static void test_boot_ready_poweroff(void **state)
                       image_dir);
         skip();
     }
-    assert_int_equal(sh("qemu-img create -q -f qcow2 -b '%s/rootfs.ext4' -F raw '%s'", image_dir,
-                        disk),
-                     0);
-    /* The config disk of docs/guest-protocol.md. */
     assert_int_equal(
-        sh("cd '%s' && ssh-keygen -q -t ed25519 -N '' -C t -f client && "
-           "ssh-keygen -q -t ed25519 -N '' -C t -f hostkey && "
-           "{ printf 'smolvm-config 1\\nhostname=vm-test\\nauthorized_key=%%s\\nhost_key=%%s\\nend\\n' "
-           "\"$(cat client.pub)\" \"$(base64 -w0 hostkey)\"; } > config.img && "
-           "truncate -s 4096 config.img",
-           dir),
-        0);
+        sh("qemu-img create -q -f qcow2 -b '%s/rootfs.ext4' -F raw '%s'", image_dir, disk), 0);
+    /* The config disk of docs/guest-protocol.md. */
+    assert_int_equal(sh("cd '%s' && ssh-keygen -q -t ed25519 -N '' -C t -f client && "
+                        "ssh-keygen -q -t ed25519 -N '' -C t -f hostkey && "
+                        "{ printf 'smolvm-config "
+                        "1\\nhostname=vm-test\\nauthorized_key=%%s\\nhost_key=%%s\\nend\\n' "
+                        "\"$(cat client.pub)\" \"$(base64 -w0 hostkey)\"; } > config.img && "
+                        "truncate -s 4096 config.img",
+                        dir),
+                     0);
     cmdline = smolvm_strdupf("console=ttyS0 reboot=t panic=-1 acpi=off tsc_early_khz=%lu "
                              "root=/dev/vda rw rootfstype=ext4 init=/sbin/smolvm-init quiet "
                              "ip=10.0.2.15::10.0.2.2:255.255.255.0:vm-test:eth0:off",
@@ -456,7 +458,8 @@ static void test_boot_ready_poweroff(void **state)
     t_ready = smolvm_now_ms() - t0;
     print_message("# spawn %lld ms, ready %lld ms (guest uptime %lld ms)\n", (long long)t_spawn,
                   (long long)t_ready, (long long)uptime);
-    assert_int_equal(read_banner(fwds[0].host_port, banner, sizeof(banner), smolvm_now_ms() + 10000), 0);
+    assert_int_equal(
+        read_banner(fwds[0].host_port, banner, sizeof(banner), smolvm_now_ms() + 10000), 0);
     assert_memory_equal(banner, "SSH-2.0-", 8);
 
     /* The channel serves one client: the spawner lets go so poweroff can get through. */
@@ -470,10 +473,8 @@ static void test_boot_ready_poweroff(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_available),
-        cmocka_unit_test(test_missing_kernel),
-        cmocka_unit_test(test_bad_config),
-        cmocka_unit_test(test_runs_pause_forward_quit),
+        cmocka_unit_test(test_available),           cmocka_unit_test(test_missing_kernel),
+        cmocka_unit_test(test_bad_config),          cmocka_unit_test(test_runs_pause_forward_quit),
         cmocka_unit_test(test_boot_ready_poweroff),
     };
     int r;

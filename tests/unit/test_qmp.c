@@ -19,8 +19,8 @@
 #include "util-internal.h"
 #include "vmm/qmp.h"
 
-#define GREETING                                                                           \
-    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, "    \
+#define GREETING                                                                                   \
+    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, "             \
     "\"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n"
 
 static void srv_send(int fd, const char *s)
@@ -84,7 +84,8 @@ static void srv_hello(int fd)
         srv_reply(fd, id, "\"return\": {}");
 }
 
-#define EVENT(name) "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"" name "\"}\r\n"
+#define EVENT(name)                                                                                \
+    "{\"timestamp\": {\"seconds\": 1, \"microseconds\": 2}, \"event\": \"" name "\"}\r\n"
 
 static void *srv_basic(void *arg)
 {
@@ -101,8 +102,9 @@ static void *srv_basic(void *arg)
     srv_send(fd, EVENT("RESUME"));
     /* bogus: an error reply. */
     id = srv_request(fd, cmd, sizeof(cmd));
-    srv_reply(fd, id, "\"error\": {\"class\": \"CommandNotFound\", "
-                      "\"desc\": \"The command bogus has not been found\"}");
+    srv_reply(fd, id,
+              "\"error\": {\"class\": \"CommandNotFound\", "
+              "\"desc\": \"The command bogus has not been found\"}");
     /* quit: reply, then close. */
     id = srv_request(fd, cmd, sizeof(cmd));
     srv_send(fd, EVENT("SHUTDOWN"));
@@ -186,7 +188,8 @@ static void test_execute_events_errors(void **state)
     q = start(&f, srv_basic, 0, &err);
     assert_string_equal(smolvm_qmp_version(q), "7.2.22");
 
-    assert_int_equal(smolvm_qmp_execute(q, "query-status", NULL, &ret, smolvm_now_ms() + 5000, &err), 0);
+    assert_int_equal(
+        smolvm_qmp_execute(q, "query-status", NULL, &ret, smolvm_now_ms() + 5000, &err), 0);
     assert_string_equal(json_string_value(json_object_get(ret, "status")), "running");
     json_decref(ret);
 
@@ -208,8 +211,9 @@ static void test_execute_events_errors(void **state)
     assert_int_equal(smolvm_qmp_wait_event(q, "SHUTDOWN", NULL, smolvm_now_ms() + 5000, &err), 0);
     assert_int_equal(smolvm_qmp_wait_closed(q, smolvm_now_ms() + 5000, &err), 0);
     /* After EOF, commands fail cleanly. */
-    assert_int_equal(smolvm_qmp_execute(q, "query-status", NULL, NULL, smolvm_now_ms() + 1000, &err),
-                     SMOLVM_EVMM);
+    assert_int_equal(
+        smolvm_qmp_execute(q, "query-status", NULL, NULL, smolvm_now_ms() + 1000, &err),
+        SMOLVM_EVMM);
     err = smolvm_error_free(err);
     finish(&f, q);
 }

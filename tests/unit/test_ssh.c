@@ -86,8 +86,8 @@ static int connect_with(const char *pinned_pub_path, smolvm_ssh **out, smolvm_er
 
     if (!pin)
         return -1;
-    r = smolvm_ssh_connect(out, "127.0.0.1", sshd_port, client_key, pin,
-                           smolvm_now_ms() + 10000, err);
+    r = smolvm_ssh_connect(out, "127.0.0.1", sshd_port, client_key, pin, smolvm_now_ms() + 10000,
+                           err);
     free(pin);
     return r;
 }
@@ -125,9 +125,8 @@ static int start_sshd(void **state)
     assert_int_equal(r, 0);
     pub = slurp(path_in("client.pub"));
     assert_non_null(pub);
-    assert_int_equal(smolvm_write_file_atomic(path_in("authorized_keys"), pub, strlen(pub), 0600,
-                                              &err),
-                     0);
+    assert_int_equal(
+        smolvm_write_file_atomic(path_in("authorized_keys"), pub, strlen(pub), 0600, &err), 0);
     free(pub);
     /* sshd insists on its privilege separation directory. */
     (void)mkdir("/run/sshd", 0755);
@@ -293,7 +292,8 @@ static void test_env(void **state)
 
     (void)state;
     o.env = env;
-    assert_int_equal(smolvm_ssh_exec(ssh, "printf '%s|%s|%s|%s' \"$A\" \"$B\" \"$Q\" \"${_u9-unset}\"",
+    assert_int_equal(smolvm_ssh_exec(ssh,
+                                     "printf '%s|%s|%s|%s' \"$A\" \"$B\" \"$Q\" \"${_u9-unset}\"",
                                      base, &o, &res, &err),
                      0);
     assert_string_equal(res->out, "over|x y|it's \"q\" $HOME `id` \\n\n;|");
@@ -363,8 +363,7 @@ static void test_cwd(void **state)
     /* A missing cwd is an error and the command does not run anywhere else. */
     o.cwd = path_in("no-such-dir");
     res = NULL;
-    assert_int_equal(smolvm_ssh_exec(ssh, "touch ran-anyway", NULL, &o, &res, &err),
-                     SMOLVM_ENOENT);
+    assert_int_equal(smolvm_ssh_exec(ssh, "touch ran-anyway", NULL, &o, &res, &err), SMOLVM_ENOENT);
     assert_null(res);
     assert_non_null(strstr(smolvm_error_message(err), "no-such-dir"));
     smolvm_error_free(err);
@@ -398,8 +397,9 @@ static void test_timeout_kills(void **state)
     int64_t t0;
 
     (void)state;
-    cmd = smolvm_strdupf("sleep 300 & echo \"$$ $!\" > '%s.tmp'; mv '%s.tmp' '%s'; echo started; wait",
-                         path_in("pids"), path_in("pids"), path_in("pids"));
+    cmd = smolvm_strdupf(
+        "sleep 300 & echo \"$$ $!\" > '%s.tmp'; mv '%s.tmp' '%s'; echo started; wait",
+        path_in("pids"), path_in("pids"), path_in("pids"));
     o.timeout_ms = 700;
     t0 = smolvm_now_ms();
     assert_int_equal(smolvm_ssh_exec(ssh, cmd, NULL, &o, &res, &err), SMOLVM_ETIMEDOUT);
@@ -521,9 +521,9 @@ static void test_connect_refused_deadline(void **state)
     int64_t t0 = smolvm_now_ms();
 
     (void)state;
-    assert_int_equal(smolvm_ssh_connect(&s, "127.0.0.1", free_port(), client_key, pin,
-                                        t0 + 300, &err),
-                     SMOLVM_ESSH);
+    assert_int_equal(
+        smolvm_ssh_connect(&s, "127.0.0.1", free_port(), client_key, pin, t0 + 300, &err),
+        SMOLVM_ESSH);
     assert_true(smolvm_now_ms() - t0 < 1000);
     assert_non_null(strstr(smolvm_error_message(err), "refused"));
     smolvm_error_free(err);
@@ -652,8 +652,7 @@ static void test_missing_paths(void **state)
     assert_int_equal(smolvm_ssh_read(ssh, "/nope-smolvm", 0, &data, &len, &err), SMOLVM_ENOENT);
     assert_string_equal(smolvm_error_message(err), "read '/nope-smolvm' in guest: no such file");
     err = smolvm_error_free(err);
-    assert_int_equal(smolvm_ssh_download(ssh, "/nope-smolvm", path_in("dl"), &err),
-                     SMOLVM_ENOENT);
+    assert_int_equal(smolvm_ssh_download(ssh, "/nope-smolvm", path_in("dl"), &err), SMOLVM_ENOENT);
     assert_non_null(strstr(smolvm_error_message(err), "'/nope-smolvm'"));
     err = smolvm_error_free(err);
     assert_int_equal(access(path_in("dl"), F_OK), -1);

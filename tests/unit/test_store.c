@@ -428,8 +428,7 @@ static void test_vm_update_list(void **state)
     assert_int_equal(smolvm_store_vm_set_status(f->s, "a", "error", "vmm died", NULL), 0);
     assert_int_equal(smolvm_store_vm_set_pid(f->s, "a", 4242, 99887766554433ull, NULL), 0);
     assert_int_equal(smolvm_store_vm_set_status(f->s, "a", "bogus", NULL, NULL), SMOLVM_EINVAL);
-    assert_int_equal(smolvm_store_vm_set_status(f->s, "zz", "running", NULL, NULL),
-                     SMOLVM_ENOENT);
+    assert_int_equal(smolvm_store_vm_set_status(f->s, "zz", "running", NULL, NULL), SMOLVM_ENOENT);
     assert_int_equal(smolvm_store_vm_set_pid(f->s, "zz", 1, 1, NULL), SMOLVM_ENOENT);
 
     assert_int_equal(smolvm_store_vm_get(f->s, "a", &got, NULL), 0);
@@ -520,8 +519,7 @@ static void test_lease_exhausted(void **state)
     vm_new(f->s, "a");
     vm_new(f->s, "b");
     lease(f->s, "a", "192.168.7.4/30", "192.168.7.6"); /* .4 net, .5 gw, .7 broadcast */
-    assert_int_equal(smolvm_store_lease_ip(f->s, "b", "192.168.7.4/30", ip, &err),
-                     SMOLVM_ENOSPC);
+    assert_int_equal(smolvm_store_lease_ip(f->s, "b", "192.168.7.4/30", ip, &err), SMOLVM_ENOSPC);
     assert_string_equal(smolvm_error_message(err), "no free address left in '192.168.7.4/30'");
     err = smolvm_error_free(err);
     assert_int_equal(smolvm_store_release_ips(f->s, "a", NULL), 0);
@@ -549,9 +547,8 @@ static void test_lease_invalid_cidr(void **state)
 {
     fixture *f = *state;
     static const char *const bad[] = {
-        "10.0.0.0",  "10.0.0.0/31", "10.0.0.0/7",  "10.0.0.1/24", "300.0.0.0/24",
-        "x/24",      "10.0.0.0/",   "10.0.0.0/2x", "",            "10.0.0.0/24/1",
-        "::1/64",    "10.0.0.0/-8",
+        "10.0.0.0",  "10.0.0.0/31", "10.0.0.0/7", "10.0.0.1/24",   "300.0.0.0/24", "x/24",
+        "10.0.0.0/", "10.0.0.0/2x", "",           "10.0.0.0/24/1", "::1/64",       "10.0.0.0/-8",
     };
     smolvm_error *err = NULL;
     char ip[16];
@@ -587,36 +584,40 @@ static void test_ports(void **state)
 
     vm_new(f->s, "a");
     vm_new(f->s, "b");
-    assert_int_equal(smolvm_store_port_add(f->s, "a", "forward", "127.0.0.1", 8080, 80, "tcp",
-                                           NULL), 0);
-    assert_int_equal(smolvm_store_port_add(f->s, "b", "forward", "127.0.0.1", 8080, 81, "tcp",
-                                           &err), SMOLVM_EEXIST);
+    assert_int_equal(
+        smolvm_store_port_add(f->s, "a", "forward", "127.0.0.1", 8080, 80, "tcp", NULL), 0);
+    assert_int_equal(
+        smolvm_store_port_add(f->s, "b", "forward", "127.0.0.1", 8080, 81, "tcp", &err),
+        SMOLVM_EEXIST);
     assert_string_equal(smolvm_error_message(err),
                         "host port '127.0.0.1:8080/tcp' is already in use");
     err = smolvm_error_free(err);
     /* Another address or protocol is another port. */
-    assert_int_equal(smolvm_store_port_add(f->s, "b", "forward", "0.0.0.0", 8080, 81, "tcp",
-                                           NULL), 0);
-    assert_int_equal(smolvm_store_port_add(f->s, "b", "forward", "127.0.0.1", 8080, 81, "udp",
-                                           NULL), 0);
-    assert_int_equal(smolvm_store_port_add(f->s, "ghost", "forward", "127.0.0.1", 9, 9, "tcp",
-                                           NULL), SMOLVM_ENOENT);
+    assert_int_equal(smolvm_store_port_add(f->s, "b", "forward", "0.0.0.0", 8080, 81, "tcp", NULL),
+                     0);
+    assert_int_equal(
+        smolvm_store_port_add(f->s, "b", "forward", "127.0.0.1", 8080, 81, "udp", NULL), 0);
+    assert_int_equal(
+        smolvm_store_port_add(f->s, "ghost", "forward", "127.0.0.1", 9, 9, "tcp", NULL),
+        SMOLVM_ENOENT);
     assert_int_equal(smolvm_store_port_add(f->s, "a", "forward", "127.0.0.1", 0, 9, "tcp", NULL),
                      SMOLVM_EINVAL);
-    assert_int_equal(smolvm_store_port_add(f->s, "a", "forward", "127.0.0.1", 9, 9, "sctp",
-                                           NULL), SMOLVM_EINVAL);
+    assert_int_equal(smolvm_store_port_add(f->s, "a", "forward", "127.0.0.1", 9, 9, "sctp", NULL),
+                     SMOLVM_EINVAL);
     assert_int_equal(smolvm_store_port_add(f->s, "a", "bogus", "127.0.0.1", 9, 9, "tcp", NULL),
                      SMOLVM_EINVAL);
 
     /* Allocation: 2002 is taken, usable() rejects odd ports and 2000. */
-    assert_int_equal(smolvm_store_port_add(f->s, "b", "forward", "127.0.0.1", 2002, 22, "tcp",
-                                           NULL), 0);
+    assert_int_equal(
+        smolvm_store_port_add(f->s, "b", "forward", "127.0.0.1", 2002, 22, "tcp", NULL), 0);
     assert_int_equal(smolvm_store_port_alloc(f->s, "a", "ssh", "127.0.0.1", 2000, 2010, 22, "tcp",
-                                             reject_odd_and_2000, &calls, &port, NULL), 0);
+                                             reject_odd_and_2000, &calls, &port, NULL),
+                     0);
     assert_int_equal(port, 2004);
     assert_int_equal(calls, 4); /* 2000, 2001, 2003, 2004: taken ports are not asked */
     assert_int_equal(smolvm_store_port_alloc(f->s, "a", "forward", "127.0.0.1", 2000, 2010, 22,
-                                             "tcp", NULL, NULL, &port, NULL), 0);
+                                             "tcp", NULL, NULL, &port, NULL),
+                     0);
     assert_int_equal(port, 2000);
     assert_int_equal(smolvm_store_port_alloc(f->s, "a", "forward", "127.0.0.1", 2000, 2010, 22,
                                              "tcp", reject_all, NULL, &port, &err),
@@ -625,15 +626,19 @@ static void test_ports(void **state)
                         "no free host port in '2000-2010' on '127.0.0.1'");
     err = smolvm_error_free(err);
     assert_int_equal(smolvm_store_port_alloc(f->s, "a", "forward", "127.0.0.1", 10, 9, 22, "tcp",
-                                             NULL, NULL, &port, NULL), SMOLVM_EINVAL);
+                                             NULL, NULL, &port, NULL),
+                     SMOLVM_EINVAL);
     /* Exhaust a small range. */
     assert_int_equal(smolvm_store_port_alloc(f->s, "b", "forward", "127.0.0.1", 3000, 3001, 1,
-                                             "tcp", NULL, NULL, &port, NULL), 0);
+                                             "tcp", NULL, NULL, &port, NULL),
+                     0);
     assert_int_equal(smolvm_store_port_alloc(f->s, "b", "forward", "127.0.0.1", 3000, 3001, 1,
-                                             "tcp", NULL, NULL, &port, NULL), 0);
+                                             "tcp", NULL, NULL, &port, NULL),
+                     0);
     assert_int_equal(port, 3001);
     assert_int_equal(smolvm_store_port_alloc(f->s, "b", "forward", "127.0.0.1", 3000, 3001, 1,
-                                             "tcp", NULL, NULL, &port, NULL), SMOLVM_ENOSPC);
+                                             "tcp", NULL, NULL, &port, NULL),
+                     SMOLVM_ENOSPC);
 
     port = 0;
     assert_int_equal(smolvm_store_port_get(f->s, "a", "ssh", &port, NULL), 0);
@@ -644,8 +649,8 @@ static void test_ports(void **state)
                      SMOLVM_ENOENT);
     assert_int_equal(smolvm_store_port_get(f->s, "a", "ssh", &port, NULL), SMOLVM_ENOENT);
     assert_int_equal(smolvm_store_release_ports(f->s, "b", NULL), 0);
-    assert_int_equal(smolvm_store_port_add(f->s, "a", "forward", "127.0.0.1", 3000, 1, "tcp",
-                                           NULL), 0);
+    assert_int_equal(smolvm_store_port_add(f->s, "a", "forward", "127.0.0.1", 3000, 1, "tcp", NULL),
+                     0);
 }
 
 /* ---------------------------------------------------------------- delete, JSON */
@@ -660,10 +665,11 @@ static void test_delete_cascades(void **state)
     vm_new(f->s, "b");
     assert_int_equal(smolvm_store_lease_ip(f->s, "a", "10.0.0.0/24", ip, NULL), 0);
     assert_int_equal(smolvm_store_lease_ip(f->s, "b", "10.0.0.0/24", ip, NULL), 0);
-    assert_int_equal(smolvm_store_port_add(f->s, "a", "forward", "127.0.0.1", 8080, 80, "tcp",
-                                           NULL), 0);
-    assert_int_equal(smolvm_store_port_alloc(f->s, "a", "ssh", "127.0.0.1", 2200, 2300, 22,
-                                             "tcp", NULL, NULL, &port, NULL), 0);
+    assert_int_equal(
+        smolvm_store_port_add(f->s, "a", "forward", "127.0.0.1", 8080, 80, "tcp", NULL), 0);
+    assert_int_equal(smolvm_store_port_alloc(f->s, "a", "ssh", "127.0.0.1", 2200, 2300, 22, "tcp",
+                                             NULL, NULL, &port, NULL),
+                     0);
     assert_int_equal(smolvm_store_vm_delete(f->s, "a", NULL), 0);
     assert_int_equal(smolvm_store_vm_delete(f->s, "a", NULL), SMOLVM_ENOENT);
 
@@ -676,8 +682,8 @@ static void test_delete_cascades(void **state)
     /* The freed address and port are free again. */
     vm_new(f->s, "c");
     lease(f->s, "c", "10.0.0.0/24", "10.0.0.2");
-    assert_int_equal(smolvm_store_port_add(f->s, "c", "forward", "127.0.0.1", 8080, 80, "tcp",
-                                           NULL), 0);
+    assert_int_equal(
+        smolvm_store_port_add(f->s, "c", "forward", "127.0.0.1", 8080, 80, "tcp", NULL), 0);
 }
 
 static void test_json(void **state)
@@ -695,8 +701,8 @@ static void test_json(void **state)
     vm_new(f->s, "idle");
     assert_int_equal(smolvm_store_vm_set_pid(f->s, "web", 77, 5, NULL), 0);
     assert_int_equal(smolvm_store_lease_ip(f->s, "web", "172.16.0.0/16", ip, NULL), 0);
-    assert_int_equal(smolvm_store_port_add(f->s, "web", "forward", "127.0.0.1", 8080, 80, "tcp",
-                                           NULL), 0);
+    assert_int_equal(
+        smolvm_store_port_add(f->s, "web", "forward", "127.0.0.1", 8080, 80, "tcp", NULL), 0);
 
     assert_int_equal(smolvm_store_list_json(f->s, &text, NULL), 0);
     arr = parse(text);

@@ -42,7 +42,7 @@ int smolvm_link_gc(const char *const *live, smolvm_error **err);
 /* ---- nft.c: smolvm's nftables table (libnftnl + libmnl) */
 
 typedef struct smolvm_nft_fwd {
-    uint32_t host_be;  /* 0 = every local address */
+    uint32_t host_be; /* 0 = every local address */
     uint16_t host_port;
     uint16_t guest_port;
 } smolvm_nft_fwd;

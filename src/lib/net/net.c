@@ -44,8 +44,9 @@ static int check_id(const char *vm_id, smolvm_error **err)
 {
     size_t len = vm_id ? strlen(vm_id) : 0;
 
-    if (len == 0 || len >= SMOLVM_NET_IDMAX || strspn(vm_id, "abcdefghijklmnopqrstuvwxyz"
-                                                             "0123456789_-") != len)
+    if (len == 0 || len >= SMOLVM_NET_IDMAX ||
+        strspn(vm_id, "abcdefghijklmnopqrstuvwxyz"
+                      "0123456789_-") != len)
         return smolvm_err(err, SMOLVM_EINVAL, "invalid vm id '%s'", vm_id ? vm_id : "(null)");
     return 0;
 }
@@ -87,9 +88,8 @@ int smolvm_net_pool_info(const char *cidr, char gateway[16], int *prefix, char n
 /* A listening socket on host_addr:port would be shadowed by the DNAT: refuse. */
 static int host_port_free(uint32_t host_be, int port, smolvm_error **err)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = host_be};
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = host_be};
     _cleanup_close_ int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     char addr[INET_ADDRSTRLEN];
     int one = 1;
@@ -110,8 +110,8 @@ static int host_port_free(uint32_t host_be, int port, smolvm_error **err)
     return smolvm_err_errno(err, errno, "check host port '%s:%d'", addr, port);
 }
 
-static int parse_forward(const char *host_addr, int host_port, int guest_port,
-                         smolvm_nft_fwd *out, smolvm_error **err)
+static int parse_forward(const char *host_addr, int host_port, int guest_port, smolvm_nft_fwd *out,
+                         smolvm_error **err)
 {
     uint32_t be = 0;
     int r;
@@ -146,10 +146,9 @@ static int enable_forwarding(smolvm_error **err)
     return 0;
 }
 
-static int vm_up(const char *existing, const char *vm_id, const char *guest_ip,
-                 const char *gateway, int prefix, const char *uplink,
-                 const smolvm_net_forward *forwards, size_t n, char tap[SMOLVM_NET_IFNAMSIZ],
-                 smolvm_error **err)
+static int vm_up(const char *existing, const char *vm_id, const char *guest_ip, const char *gateway,
+                 int prefix, const char *uplink, const smolvm_net_forward *forwards, size_t n,
+                 char tap[SMOLVM_NET_IFNAMSIZ], smolvm_error **err)
 {
     smolvm_nft_fwd fwds[SMOLVM_NET_MAX_FORWARDS];
     char up[SMOLVM_NET_IFNAMSIZ];
@@ -165,21 +164,21 @@ static int vm_up(const char *existing, const char *vm_id, const char *guest_ip,
                           prefix);
     if (((guest_be ^ gw_be) & mask_of(prefix)) || guest_be == gw_be)
         return smolvm_err(err, SMOLVM_EINVAL,
-                          "guest address '%s' is not a host of gateway '%s'/%d's network",
-                          guest_ip, gateway, prefix);
+                          "guest address '%s' is not a host of gateway '%s'/%d's network", guest_ip,
+                          gateway, prefix);
     if (n > SMOLVM_NET_MAX_FORWARDS || (n && !forwards))
         return smolvm_err(err, SMOLVM_EINVAL, "too many forwards '%zu' (at most %d)", n,
                           SMOLVM_NET_MAX_FORWARDS);
     for (size_t i = 0; i < n; i++) {
-        if ((r = parse_forward(forwards[i].host_addr, forwards[i].host_port,
-                               forwards[i].guest_port, &fwds[i], err)) < 0 ||
+        if ((r = parse_forward(forwards[i].host_addr, forwards[i].host_port, forwards[i].guest_port,
+                               &fwds[i], err)) < 0 ||
             (r = host_port_free(fwds[i].host_be, fwds[i].host_port, err)) < 0)
             return r;
     }
     smolvm_net_tap_name(vm_id, tap);
     if (existing && strcmp(existing, tap) != 0)
-        return smolvm_err(err, SMOLVM_EINVAL, "link '%s' must be named '%s' for vm '%s'",
-                          existing, tap, vm_id);
+        return smolvm_err(err, SMOLVM_EINVAL, "link '%s' must be named '%s' for vm '%s'", existing,
+                          tap, vm_id);
     if (uplink) {
         if (strlen(uplink) >= SMOLVM_NET_IFNAMSIZ)
             return smolvm_err(err, SMOLVM_EINVAL, "invalid uplink '%s'", uplink);
@@ -216,8 +215,7 @@ int smolvm_net_vm_up(const char *vm_id, const char *guest_ip, const char *gatewa
                      char tap_name[SMOLVM_NET_IFNAMSIZ], smolvm_error **err)
 {
     char tap[SMOLVM_NET_IFNAMSIZ];
-    int r = vm_up(NULL, vm_id, guest_ip, gateway, prefix, uplink, forwards, n_forwards, tap,
-                  err);
+    int r = vm_up(NULL, vm_id, guest_ip, gateway, prefix, uplink, forwards, n_forwards, tap, err);
 
     if (r < 0)
         return r;
@@ -228,15 +226,13 @@ int smolvm_net_vm_up(const char *vm_id, const char *guest_ip, const char *gatewa
 
 int smolvm_net_vm_up_link(const char *ifname, const char *vm_id, const char *guest_ip,
                           const char *gateway, int prefix, const char *uplink,
-                          const smolvm_net_forward *forwards, size_t n_forwards,
-                          smolvm_error **err)
+                          const smolvm_net_forward *forwards, size_t n_forwards, smolvm_error **err)
 {
     char tap[SMOLVM_NET_IFNAMSIZ];
 
     if (!ifname)
         return smolvm_err(err, SMOLVM_EINVAL, "missing link name");
-    return vm_up(ifname, vm_id, guest_ip, gateway, prefix, uplink, forwards, n_forwards, tap,
-                 err);
+    return vm_up(ifname, vm_id, guest_ip, gateway, prefix, uplink, forwards, n_forwards, tap, err);
 }
 
 int smolvm_net_vm_down(const char *vm_id, smolvm_error **err)
@@ -281,7 +277,8 @@ int smolvm_net_forward_remove(const char *vm_id, const char *guest_ip, const cha
 
     (void)guest_ip;
     (void)guest_port;
-    if ((r = check_id(vm_id, err)) < 0 || (r = parse_forward(host_addr, host_port, 1, &f, err)) < 0 ||
+    if ((r = check_id(vm_id, err)) < 0 ||
+        (r = parse_forward(host_addr, host_port, 1, &f, err)) < 0 ||
         (r = smolvm_nft_forward_remove(vm_id, f.host_be, f.host_port, err)) < 0)
         return smolvm_err_wrap(err, "remove forward of vm '%s'", vm_id ? vm_id : "(null)");
     return 0;

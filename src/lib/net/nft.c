@@ -76,8 +76,7 @@ static int nft_err(smolvm_error **err, int e, const char *what)
                           "nftables: %s: %s (needs CAP_NET_ADMIN: run as root or grant "
                           "the capability)",
                           what, strerror(e));
-    case EEXIST:
-        return smolvm_err(err, SMOLVM_EEXIST, "nftables: %s: %s", what, strerror(e));
+    case EEXIST: return smolvm_err(err, SMOLVM_EEXIST, "nftables: %s: %s", what, strerror(e));
     case EOPNOTSUPP:
     case EPROTONOSUPPORT:
     case EAFNOSUPPORT:
@@ -86,10 +85,9 @@ static int nft_err(smolvm_error **err, int e, const char *what)
                           "support: modprobe nf_tables nft_nat nft_masq nft_ct nft_fib_inet)",
                           what, strerror(e));
     case ETIMEDOUT:
-        return smolvm_err(err, SMOLVM_ETIMEDOUT, "nftables: %s: no answer within %d ms",
-                          what, NFT_TIMEOUT_MS);
-    default:
-        return smolvm_err(err, SMOLVM_ENET, "nftables: %s: %s", what, strerror(e));
+        return smolvm_err(err, SMOLVM_ETIMEDOUT, "nftables: %s: no answer within %d ms", what,
+                          NFT_TIMEOUT_MS);
+    default: return smolvm_err(err, SMOLVM_ENET, "nftables: %s: %s", what, strerror(e));
     }
 }
 
@@ -567,9 +565,8 @@ static void rb_finish(nft *n, batch *bt, rb *b)
     if (b->oom || !p) {
         bt->oom = 1;
     } else {
-        struct nlmsghdr *nlh =
-            nftnl_rule_nlmsg_build_hdr(p, NFT_MSG_NEWRULE, NFT_FAMILY,
-                                       NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK, n->seq++);
+        struct nlmsghdr *nlh = nftnl_rule_nlmsg_build_hdr(
+            p, NFT_MSG_NEWRULE, NFT_FAMILY, NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK, n->seq++);
 
         nftnl_rule_nlmsg_build_payload(nlh, b->r);
         batch_push(bt, nlh);
@@ -804,8 +801,7 @@ static int comment_fwd(const char *comment, uint32_t *addr_be, uint16_t *port)
     return 1;
 }
 
-static void fwd_comment(char *out, size_t size, const char *vm_id, uint32_t host_be,
-                        uint16_t port)
+static void fwd_comment(char *out, size_t size, const char *vm_id, uint32_t host_be, uint16_t port)
 {
     char addr[INET_ADDRSTRLEN];
     struct in_addr a = {.s_addr = host_be};
@@ -858,8 +854,8 @@ static void add_forward_rules(nft *n, batch *bt, const char *vm_id, uint32_t gue
     }
 }
 
-static void add_vm_rules(nft *n, batch *bt, const char *vm_id, const char *tap,
-                         const char *uplink, uint32_t guest_be)
+static void add_vm_rules(nft *n, batch *bt, const char *vm_id, const char *tap, const char *uplink,
+                         uint32_t guest_be)
 {
     char comment[SMOLVM_NET_IDMAX + 8];
     rb b;
@@ -923,8 +919,7 @@ static int check_conflicts(const dump *d, const char *vm_id, int same_vm,
  * rule we meant to delete (ENOENT) — the listing and the batch are not one step. */
 typedef int (*build_fn)(nft *n, batch *bt, const dump *d, void *arg, smolvm_error **err);
 
-static int change(const char *what, build_fn build, void *arg, int need_table,
-                  smolvm_error **err)
+static int change(const char *what, build_fn build, void *arg, int need_table, smolvm_error **err)
 {
     nft n = {0};
     int r;
@@ -1059,8 +1054,7 @@ static int build_fwd_remove(nft *n, batch *bt, const dump *d, void *arg, smolvm_
         uint16_t p;
 
         if (comment_is_vm(d->rules[i].comment, a->vm_id) &&
-            comment_fwd(d->rules[i].comment, &h, &p) && h == a->f.host_be &&
-            p == a->f.host_port) {
+            comment_fwd(d->rules[i].comment, &h, &p) && h == a->f.host_be && p == a->f.host_port) {
             del_rule(n, bt, &d->rules[i]);
             any = 1;
         }
@@ -1117,8 +1111,8 @@ int smolvm_nft_gc(const char *const *live, smolvm_error **err)
         char *p = batch_room(&bt);
 
         if (t && p) {
-            struct nlmsghdr *nlh = nftnl_table_nlmsg_build_hdr(
-                p, NFT_MSG_DELTABLE, NFT_FAMILY, NLM_F_ACK, n.seq++);
+            struct nlmsghdr *nlh =
+                nftnl_table_nlmsg_build_hdr(p, NFT_MSG_DELTABLE, NFT_FAMILY, NLM_F_ACK, n.seq++);
 
             nftnl_table_set_str(t, NFTNL_TABLE_NAME, SMOLVM_NFT_TABLE);
             nftnl_table_nlmsg_build_payload(nlh, t);

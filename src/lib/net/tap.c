@@ -126,8 +126,7 @@ int smolvm_tap_create(const char *name, smolvm_error **err)
     if ((r = smolvm_link_exists(name, err)) < 0)
         return r;
     if (r)
-        return smolvm_err(err, SMOLVM_EEXIST, "create tap '%s': a link of that name exists",
-                          name);
+        return smolvm_err(err, SMOLVM_EEXIST, "create tap '%s': a link of that name exists", name);
     fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
     if (fd < 0) {
         int e = errno, c = smolvm_err_errno(err, e, "create tap '%s': open /dev/net/tun", name);
@@ -266,9 +265,9 @@ int smolvm_link_default_uplink(char out[SMOLVM_NET_IFNAMSIZ], smolvm_error **err
         struct nl_addr *d = rtnl_route_get_dst(rt);
         struct rtnl_nexthop *nh;
 
-        if (rtnl_route_get_table(rt) != RT_TABLE_MAIN ||
-            rtnl_route_get_type(rt) != RTN_UNICAST || (d && nl_addr_get_prefixlen(d) != 0) ||
-            rtnl_route_get_nnexthops(rt) < 1 || !(nh = rtnl_route_nexthop_n(rt, 0)))
+        if (rtnl_route_get_table(rt) != RT_TABLE_MAIN || rtnl_route_get_type(rt) != RTN_UNICAST ||
+            (d && nl_addr_get_prefixlen(d) != 0) || rtnl_route_get_nnexthops(rt) < 1 ||
+            !(nh = rtnl_route_nexthop_n(rt, 0)))
             continue;
         if (rtnl_route_get_priority(rt) < best_prio || !best) {
             best_prio = rtnl_route_get_priority(rt);

@@ -117,8 +117,8 @@ static char *fault_text(const reply_buf *b)
     return out;
 }
 
-int smolvm_fc_api_call(smolvm_fc_api *api, const char *method, const char *path,
-                       json_t *body, json_t **reply, int64_t deadline, smolvm_error **err)
+int smolvm_fc_api_call(smolvm_fc_api *api, const char *method, const char *path, json_t *body,
+                       json_t **reply, int64_t deadline, smolvm_error **err)
 {
     _cleanup_free_ char *url = NULL, *text = NULL, *fault = NULL;
     struct curl_slist *headers = NULL, *h;
@@ -175,8 +175,8 @@ int smolvm_fc_api_call(smolvm_fc_api *api, const char *method, const char *path,
         r = smolvm_err(err, SMOLVM_ESTATE, "%s %s: cannot connect to '%s' (is the vm running?)",
                        method, path, api->sock_path);
     else if (rc == CURLE_OPERATION_TIMEDOUT)
-        r = smolvm_err(err, SMOLVM_ETIMEDOUT, "%s %s: firecracker did not answer in time",
-                       method, path);
+        r = smolvm_err(err, SMOLVM_ETIMEDOUT, "%s %s: firecracker did not answer in time", method,
+                       path);
     else if (rc == CURLE_WRITE_ERROR && b.overflow)
         r = smolvm_err(err, SMOLVM_EVMM, "%s %s: answer larger than %d bytes", method, path,
                        REPLY_MAX);
@@ -292,16 +292,14 @@ int smolvm_fc_put_logger(smolvm_fc_api *api, const char *log_path, const char *l
                          int64_t deadline, smolvm_error **err)
 {
     return put(api, "/logger",
-               json_pack("{s:s, s:s, s:b}", "log_path", log_path, "level", level, "show_level",
-                         1),
+               json_pack("{s:s, s:s, s:b}", "log_path", log_path, "level", level, "show_level", 1),
                deadline, err);
 }
 
 int smolvm_fc_put_metrics(smolvm_fc_api *api, const char *metrics_path, int64_t deadline,
                           smolvm_error **err)
 {
-    return put(api, "/metrics", json_pack("{s:s}", "metrics_path", metrics_path), deadline,
-               err);
+    return put(api, "/metrics", json_pack("{s:s}", "metrics_path", metrics_path), deadline, err);
 }
 
 int smolvm_fc_put_entropy(smolvm_fc_api *api, int64_t deadline, smolvm_error **err)
@@ -309,8 +307,7 @@ int smolvm_fc_put_entropy(smolvm_fc_api *api, int64_t deadline, smolvm_error **e
     return put(api, "/entropy", json_object(), deadline, err);
 }
 
-int smolvm_fc_action(smolvm_fc_api *api, const char *action, int64_t deadline,
-                     smolvm_error **err)
+int smolvm_fc_action(smolvm_fc_api *api, const char *action, int64_t deadline, smolvm_error **err)
 {
     return put(api, "/actions", json_pack("{s:s}", "action_type", action), deadline, err);
 }
@@ -327,8 +324,8 @@ int smolvm_fc_patch_vm(smolvm_fc_api *api, int paused, int64_t deadline, smolvm_
     return r;
 }
 
-int smolvm_fc_snapshot_create(smolvm_fc_api *api, const char *snapshot_path,
-                              const char *mem_path, int64_t deadline, smolvm_error **err)
+int smolvm_fc_snapshot_create(smolvm_fc_api *api, const char *snapshot_path, const char *mem_path,
+                              int64_t deadline, smolvm_error **err)
 {
     return put(api, "/snapshot/create",
                json_pack("{s:s, s:s, s:s}", "snapshot_path", snapshot_path, "mem_file_path",
@@ -341,9 +338,8 @@ int smolvm_fc_snapshot_load(smolvm_fc_api *api, const char *snapshot_path, const
 {
     /* mem_backend, not the deprecated mem_file_path. */
     return put(api, "/snapshot/load",
-               json_pack("{s:s, s:{s:s, s:s}, s:b}", "snapshot_path", snapshot_path,
-                         "mem_backend", "backend_type", "File", "backend_path", mem_path,
-                         "resume_vm", resume),
+               json_pack("{s:s, s:{s:s, s:s}, s:b}", "snapshot_path", snapshot_path, "mem_backend",
+                         "backend_type", "File", "backend_path", mem_path, "resume_vm", resume),
                deadline, err);
 }
 
@@ -374,8 +370,9 @@ int smolvm_fc_version(smolvm_fc_api *api, char **version, int64_t deadline, smol
     *version = v ? strdup(v) : NULL;
     json_decref(j);
     if (!v)
-        return smolvm_err(err, SMOLVM_EVMM, "GET /version: the answer has no "
-                                            "'firecracker_version'");
+        return smolvm_err(err, SMOLVM_EVMM,
+                          "GET /version: the answer has no "
+                          "'firecracker_version'");
     if (!*version)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     return 0;

@@ -35,8 +35,8 @@ int smolvm_fc_valid_id(const char *s);
 
 /* One request. body (borrowed, may be NULL) is sent as JSON; *reply (may be NULL)
  * receives the parsed JSON answer of a 200 (NULL for 204). */
-int smolvm_fc_api_call(smolvm_fc_api *api, const char *method, const char *path,
-                       json_t *body, json_t **reply, int64_t deadline, smolvm_error **err);
+int smolvm_fc_api_call(smolvm_fc_api *api, const char *method, const char *path, json_t *body,
+                       json_t **reply, int64_t deadline, smolvm_error **err);
 
 /* ---- pre-boot configuration */
 int smolvm_fc_put_machine_config(smolvm_fc_api *api, unsigned vcpus, unsigned mem_mib,
@@ -72,13 +72,12 @@ int smolvm_fc_put_entropy(smolvm_fc_api *api, int64_t deadline, smolvm_error **e
 
 /* ---- actions and runtime */
 /* action: "InstanceStart" | "SendCtrlAltDel" | "FlushMetrics". */
-int smolvm_fc_action(smolvm_fc_api *api, const char *action, int64_t deadline,
-                     smolvm_error **err);
+int smolvm_fc_action(smolvm_fc_api *api, const char *action, int64_t deadline, smolvm_error **err);
 /* PATCH /vm: paused 1 -> "Paused", 0 -> "Resumed". */
 int smolvm_fc_patch_vm(smolvm_fc_api *api, int paused, int64_t deadline, smolvm_error **err);
 /* Full snapshot of a paused VM. */
-int smolvm_fc_snapshot_create(smolvm_fc_api *api, const char *snapshot_path,
-                              const char *mem_path, int64_t deadline, smolvm_error **err);
+int smolvm_fc_snapshot_create(smolvm_fc_api *api, const char *snapshot_path, const char *mem_path,
+                              int64_t deadline, smolvm_error **err);
 /* On a fresh process only; resume 1 runs the guest right away. */
 int smolvm_fc_snapshot_load(smolvm_fc_api *api, const char *snapshot_path, const char *mem_path,
                             int resume, int64_t deadline, smolvm_error **err);

@@ -50,8 +50,9 @@ int smolvm_fc_bin_dir(char **out, smolvm_error **err)
             home = pw ? pw->pw_dir : NULL;
         }
         if (!home)
-            return smolvm_err(err, SMOLVM_EINVAL, "cannot find a home directory for the data "
-                                                  "dir (set XDG_DATA_HOME)");
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "cannot find a home directory for the data "
+                              "dir (set XDG_DATA_HOME)");
         r = smolvm_strdupf("%s/.local/share/smolvm/bin", home);
     }
     if (!r)
@@ -68,8 +69,8 @@ int smolvm_fc_find_binary(char **out, smolvm_error **err)
 
     if (env && *env) {
         if (access(env, X_OK) < 0)
-            return smolvm_err(err, SMOLVM_EHOST, SMOLVM_FC_ENV "='%s' is not executable: %s",
-                              env, strerror(errno));
+            return smolvm_err(err, SMOLVM_EHOST, SMOLVM_FC_ENV "='%s' is not executable: %s", env,
+                              strerror(errno));
         return (*out = strdup(env)) ? 0 : smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     }
     if (smolvm_fc_bin_dir(&dir, NULL) == 0 && (p = smolvm_strdupf("%s/firecracker", dir)) &&
@@ -194,8 +195,7 @@ int smolvm_fc_run(char *const argv[], char **output, int64_t deadline, smolvm_er
     return 0;
 }
 
-int smolvm_fc_binary_version(const char *path, char **version, int64_t deadline,
-                             smolvm_error **err)
+int smolvm_fc_binary_version(const char *path, char **version, int64_t deadline, smolvm_error **err)
 {
     char *argv[] = {(char *)path, "--version", NULL};
     _cleanup_free_ char *out = NULL;
@@ -211,8 +211,10 @@ int smolvm_fc_binary_version(const char *path, char **version, int64_t deadline,
     /* "Firecracker v1.16.1\n\nSupported snapshot data format versions: ..." */
     p = strstr(out, "Firecracker v");
     if (!p || sscanf(p, "Firecracker v%31[0-9.]", v) != 1)
-        return smolvm_err(err, SMOLVM_EHOST, "'%s' is not firecracker: --version printed "
-                                             "'%.80s'", path, out);
+        return smolvm_err(err, SMOLVM_EHOST,
+                          "'%s' is not firecracker: --version printed "
+                          "'%.80s'",
+                          path, out);
     if (smolvm_fc_version_cmp(v, SMOLVM_FC_MIN_VERSION) < 0)
         return smolvm_err(err, SMOLVM_EHOST,
                           "'%s' is firecracker %s, older than " SMOLVM_FC_MIN_VERSION
@@ -327,8 +329,7 @@ static int fetch_url(const smolvm_fc_download_opts *o, const char *url, int fd, 
     if (rc == CURLE_ABORTED_BY_CALLBACK)
         return smolvm_err(err, SMOLVM_EINTR, "download '%s': interrupted", url);
     if (rc == CURLE_HTTP_RETURNED_ERROR)
-        return smolvm_err(err, SMOLVM_EIO, "download '%s': the server answered %ld", url,
-                          status);
+        return smolvm_err(err, SMOLVM_EIO, "download '%s': the server answered %ld", url, status);
     if (rc != CURLE_OK)
         return smolvm_err(err, SMOLVM_EIO, "download '%s': %s", url,
                           *ebuf ? ebuf : curl_easy_strerror(rc));
@@ -380,9 +381,8 @@ static char *find_member(const char *dir, const char *prefix, int depth)
 
 int smolvm_fc_download(const smolvm_fc_download_opts *opts, char **path, smolvm_error **err)
 {
-    _cleanup_free_ char *dest = NULL, *url = NULL, *archive = NULL, *unpack = NULL,
-                        *fc = NULL, *jailer = NULL, *target = NULL, *jtarget = NULL,
-                        *version = NULL;
+    _cleanup_free_ char *dest = NULL, *url = NULL, *archive = NULL, *unpack = NULL, *fc = NULL,
+                        *jailer = NULL, *target = NULL, *jtarget = NULL, *version = NULL;
     _cleanup_close_ int fd = -1;
     const char *want = opts->sha256;
     struct utsname un;
@@ -393,8 +393,7 @@ int smolvm_fc_download(const smolvm_fc_download_opts *opts, char **path, smolvm_
 
     if (opts->url) {
         if (!want)
-            return smolvm_err(err, SMOLVM_EINVAL, "download '%s': a sha256 is required",
-                              opts->url);
+            return smolvm_err(err, SMOLVM_EINVAL, "download '%s': a sha256 is required", opts->url);
         url = strdup(opts->url);
     } else {
         if (uname(&un) < 0)
@@ -445,8 +444,8 @@ int smolvm_fc_download(const smolvm_fc_download_opts *opts, char **path, smolvm_
                       : smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     }
     {
-        char *argv[] = {"tar", "-xzf", archive, "-C", unpack, "--no-same-owner",
-                        "--no-same-permissions", NULL};
+        char *argv[] = {
+            "tar", "-xzf", archive, "-C", unpack, "--no-same-owner", "--no-same-permissions", NULL};
 
         r = smolvm_fc_run(argv, NULL, deadline, err);
     }
@@ -455,8 +454,10 @@ int smolvm_fc_download(const smolvm_fc_download_opts *opts, char **path, smolvm_
         fc = find_member(unpack, "firecracker-v", 1);
         jailer = find_member(unpack, "jailer-v", 1);
         if (!fc)
-            r = smolvm_err(err, SMOLVM_EIO, "download '%s': no 'firecracker-v*' in the "
-                                            "archive", url);
+            r = smolvm_err(err, SMOLVM_EIO,
+                           "download '%s': no 'firecracker-v*' in the "
+                           "archive",
+                           url);
     }
     if (r == 0) {
         target = smolvm_strdupf("%s/firecracker", dest);

@@ -11,13 +11,13 @@
 
 #include "smolvm.h"
 
-#define SMOLVM_FC_ENV "SMOLVM_FIRECRACKER"        /* path of the binary to use */
-#define SMOLVM_FC_JAILER_ENV "SMOLVM_JAILER"      /* path of jailer: use it when set */
-#define SMOLVM_FC_PINNED_VERSION "1.16.1"         /* the API contract we follow */
-#define SMOLVM_FC_MIN_VERSION "1.4.0"             /* PUT /entropy and mem_backend */
-#define SMOLVM_FC_RELEASE_URL                                                              \
-    "https://github.com/firecracker-microvm/firecracker/releases/download/v"             \
-    SMOLVM_FC_PINNED_VERSION "/firecracker-v" SMOLVM_FC_PINNED_VERSION "-%s.tgz"
+#define SMOLVM_FC_ENV "SMOLVM_FIRECRACKER"   /* path of the binary to use */
+#define SMOLVM_FC_JAILER_ENV "SMOLVM_JAILER" /* path of jailer: use it when set */
+#define SMOLVM_FC_PINNED_VERSION "1.16.1"    /* the API contract we follow */
+#define SMOLVM_FC_MIN_VERSION "1.4.0"        /* PUT /entropy and mem_backend */
+#define SMOLVM_FC_RELEASE_URL                                                                      \
+    "https://github.com/firecracker-microvm/firecracker/releases/download/"                        \
+    "v" SMOLVM_FC_PINNED_VERSION "/firecracker-v" SMOLVM_FC_PINNED_VERSION "-%s.tgz"
 #define SMOLVM_FC_DOWNLOAD_MAX (256u << 20) /* the release archive is ~10 MB */
 
 /* $XDG_DATA_HOME/smolvm/bin (default ~/.local/share/smolvm/bin). Caller frees. */
@@ -40,9 +40,9 @@ int smolvm_fc_version_cmp(const char *a, const char *b);
 typedef void (*smolvm_fc_progress_fn)(uint64_t done, uint64_t total, void *payload);
 
 typedef struct smolvm_fc_download_opts {
-    const char *url;      /* NULL: the pinned release for this machine */
-    const char *sha256;   /* expected, hex; NULL: the pinned one (required with url) */
-    const char *dest_dir; /* NULL: smolvm_fc_bin_dir() */
+    const char *url;                /* NULL: the pinned release for this machine */
+    const char *sha256;             /* expected, hex; NULL: the pinned one (required with url) */
+    const char *dest_dir;           /* NULL: smolvm_fc_bin_dir() */
     smolvm_fc_progress_fn progress; /* may be NULL */
     void *payload;
     int timeout_ms; /* whole download + unpack; 0: 300 s */

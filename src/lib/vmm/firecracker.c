@@ -98,11 +98,11 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
         return smolvm_err(err, SMOLVM_EINVAL, "vmm: overlay size %u MiB above 1 TiB",
                           c->overlay_mib);
     switch (c->network) {
-    case SMOLVM_NET_NONE:
-        return 0;
+    case SMOLVM_NET_NONE: return 0;
     case SMOLVM_NET_USER:
-        return smolvm_err(err, SMOLVM_EINVAL, "firecracker has no user-mode networking (use "
-                                              "network 'nat' or 'none', or backend 'qemu')");
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "firecracker has no user-mode networking (use "
+                          "network 'nat' or 'none', or backend 'qemu')");
     case SMOLVM_NET_NAT:
         if (!valid_ifname(c->tap_name))
             return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid tap name '%s'",
@@ -111,8 +111,7 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
             return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid mac '%s'",
                               c->mac ? c->mac : "(null)");
         return 0;
-    default:
-        return smolvm_err(err, SMOLVM_EINVAL, "vmm: network must be resolved");
+    default: return smolvm_err(err, SMOLVM_EINVAL, "vmm: network must be resolved");
     }
 }
 
@@ -124,9 +123,8 @@ static void instance_id(const char *vm_id, char out[65])
     for (i = 0; vm_id && vm_id[i] && i < 64; i++) {
         char c = vm_id[i];
 
-        out[i] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
-                     ? c
-                     : '-';
+        out[i] =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ? c : '-';
     }
     if (i == 0)
         out[i++] = 'x';
@@ -165,8 +163,10 @@ static char *overlay_cmdline(const char *cmdline, const char *dev)
 static int create_overlay(const char *path, unsigned mib, int64_t deadline, smolvm_error **err)
 {
     _cleanup_close_ int fd = -1;
-    char *argv[] = {"mkfs.ext4", "-q", "-F", "-m", "0", "-L", "smolvm-upper",
-                    "-E", "lazy_itable_init=1,lazy_journal_init=1", (char *)path, NULL};
+    char *argv[] = {"mkfs.ext4",    "-q", "-F",
+                    "-m",           "0",  "-L",
+                    "smolvm-upper", "-E", "lazy_itable_init=1,lazy_journal_init=1",
+                    (char *)path,   NULL};
     int r;
 
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -235,8 +235,10 @@ static int api_open(const char *dir, smolvm_fc_api **api, smolvm_error **err)
     if (!sock)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     if (access(sock, F_OK) < 0)
-        return smolvm_err(err, SMOLVM_ESTATE, "no firecracker api socket in '%s' (is the vm "
-                                              "running?)", dir);
+        return smolvm_err(err, SMOLVM_ESTATE,
+                          "no firecracker api socket in '%s' (is the vm "
+                          "running?)",
+                          dir);
     return smolvm_fc_api_new(api, sock, err);
 }
 
@@ -263,9 +265,8 @@ static char *console_tail(const char *dir)
 
     if (fd < 0 || (size = lseek(fd, 0, SEEK_END)) < 0)
         return NULL;
-    n = pread(fd, buf, sizeof(buf) - 1, size > (off_t)sizeof(buf) - 1
-                                            ? size - (off_t)sizeof(buf) + 1
-                                            : 0);
+    n = pread(fd, buf, sizeof(buf) - 1,
+              size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0);
     if (n <= 0)
         return NULL;
     buf[n] = '\0';
@@ -306,8 +307,9 @@ static int wait_socket(const char *dir, const char *sock, int ino, const launche
         if (stat(sock, &st) == 0 && S_ISSOCK(st.st_mode))
             return 0;
         if (l->pidfd < 0 && !smolvm_proc_alive(l->pid, l->start))
-            return smolvm_err(err, SMOLVM_EVMM, "firecracker exited before its api socket "
-                                                "was up");
+            return smolvm_err(err, SMOLVM_EVMM,
+                              "firecracker exited before its api socket "
+                              "was up");
         w = poll(p, l->pidfd >= 0 ? 2 : 1,
                  l->pidfd >= 0 ? smolvm_remaining_ms(deadline)
                                : (smolvm_remaining_ms(deadline) < DEAD_CHECK_MS
@@ -318,8 +320,9 @@ static int wait_socket(const char *dir, const char *sock, int ino, const launche
         if (w < 0)
             return smolvm_err_errno(err, errno, "poll");
         if (p[1].revents & POLLIN)
-            return smolvm_err(err, SMOLVM_EVMM, "firecracker exited before its api socket "
-                                                "was up");
+            return smolvm_err(err, SMOLVM_EVMM,
+                              "firecracker exited before its api socket "
+                              "was up");
         if (p[0].revents & POLLIN)
             while (read(ino, evbuf, sizeof(evbuf)) > 0)
                 ;
@@ -330,8 +333,7 @@ static int wait_socket(const char *dir, const char *sock, int ino, const launche
 }
 
 /* Spawn firecracker in cfg->dir and return once its API answers, its version checked. */
-static int launch(const smolvm_vmm_config *cfg, launched *l, int64_t deadline,
-                  smolvm_error **err)
+static int launch(const smolvm_vmm_config *cfg, launched *l, int64_t deadline, smolvm_error **err)
 {
     _cleanup_free_ char *bin = NULL, *sock = NULL, *console = NULL, *pidfile = NULL,
                         *pidtext = NULL, *version = NULL;
@@ -385,8 +387,7 @@ static int launch(const smolvm_vmm_config *cfg, launched *l, int64_t deadline,
         _cleanup_free_ char *tail = console_tail(cfg->dir);
 
         remove_runtime_files(cfg->dir);
-        return smolvm_err(err, SMOLVM_EVMM, "firecracker exited: %s",
-                          tail ? tail : "no output");
+        return smolvm_err(err, SMOLVM_EVMM, "firecracker exited: %s", tail ? tail : "no output");
     }
     if (r < 0)
         return r;
@@ -490,8 +491,7 @@ static int configure(const smolvm_vmm_config *c, smolvm_fc_api *api, int64_t dea
             return r;
     }
     if (c->network == SMOLVM_NET_NAT &&
-        (r = smolvm_fc_put_network_interface(api, "eth0", c->tap_name, c->mac, deadline, err)) <
-            0)
+        (r = smolvm_fc_put_network_interface(api, "eth0", c->tap_name, c->mac, deadline, err)) < 0)
         return r;
     /* Seeds the guest's entropy pool, so sshd's first getrandom() does not block. */
     return smolvm_fc_put_entropy(api, deadline, err);
@@ -511,8 +511,9 @@ static int fc_available(int accel, smolvm_error **err)
                           "which also runs under tcg)",
                           why);
     if (accel == SMOLVM_ACCEL_TCG)
-        return smolvm_err(err, SMOLVM_EHOST, "backend 'firecracker' cannot run with accel "
-                                             "'tcg' (use accel = \"kvm\" or \"auto\")");
+        return smolvm_err(err, SMOLVM_EHOST,
+                          "backend 'firecracker' cannot run with accel "
+                          "'tcg' (use accel = \"kvm\" or \"auto\")");
     if ((r = smolvm_fc_find_binary(&bin, err)) < 0)
         return smolvm_err_wrap(err, "backend 'firecracker'");
     if ((r = smolvm_fc_binary_version(bin, &version, 0, err)) < 0)
@@ -543,9 +544,9 @@ static int fc_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pid,
     return 0;
 }
 
-static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path,
-                      const char *mem_path, int *ctl_fd, int64_t *out_pid, uint64_t *out_start,
-                      int64_t deadline, smolvm_error **err)
+static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path, const char *mem_path,
+                      int *ctl_fd, int64_t *out_pid, uint64_t *out_start, int64_t deadline,
+                      smolvm_error **err)
 {
     _cleanup_free_ char *log = dir_file(cfg->dir, SMOLVM_VMM_STDERR_LOG);
     launched l;
@@ -610,8 +611,8 @@ static int console_line(console_reader *cr, char *line)
 }
 
 /* What a console line means: 1 ready, -1 error (message in *err), 0 anything else. */
-static int console_event(struct smolvm_ctx *ctx, const char *line, int64_t *uptime,
-                         char *last, size_t last_len, smolvm_error **err)
+static int console_event(struct smolvm_ctx *ctx, const char *line, int64_t *uptime, char *last,
+                         size_t last_len, smolvm_error **err)
 {
     char stage[32];
     int64_t ms;
@@ -682,8 +683,8 @@ static int fc_wait_ready(struct smolvm_ctx *ctx, const char *dir, int ctl_fd, in
         }
         if (dead) {
             r = smolvm_err(err, SMOLVM_EVMM,
-                           "the vm stopped before it was ready (last milestone: %s; see '"
-                           SMOLVM_VMM_CONSOLE_LOG "')",
+                           "the vm stopped before it was ready (last milestone: %s; see "
+                           "'" SMOLVM_VMM_CONSOLE_LOG "')",
                            last);
             goto out;
         }
@@ -798,8 +799,8 @@ static int fc_describe(const char *dir, int64_t deadline, char **out, smolvm_err
         json_decref(info);
         return r;
     }
-    obj = json_pack("{s:s, s:o, s:s, s:o*}", "backend", "firecracker", "instance", info,
-                    "version", version, "machine", machine);
+    obj = json_pack("{s:s, s:o, s:s, s:o*}", "backend", "firecracker", "instance", info, "version",
+                    version, "machine", machine);
     if (!obj)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     text = json_dumps(obj, JSON_COMPACT);

@@ -77,8 +77,8 @@ static int read_line(line_reader *lr, char *line, int64_t deadline, smolvm_error
     }
 }
 
-int smolvm_vmm_wait_ready(struct smolvm_ctx *ctx, int ctl_fd, int64_t deadline,
-                          int64_t *uptime_ms, smolvm_error **err)
+int smolvm_vmm_wait_ready(struct smolvm_ctx *ctx, int ctl_fd, int64_t deadline, int64_t *uptime_ms,
+                          smolvm_error **err)
 {
     line_reader lr = {.fd = ctl_fd};
     char line[LINE_MAX_BYTES + 1], stage[32];
@@ -91,8 +91,8 @@ int smolvm_vmm_wait_ready(struct smolvm_ctx *ctx, int ctl_fd, int64_t deadline,
 
         if (r == 1)
             return smolvm_err(err, SMOLVM_EVMM,
-                              "the vm stopped before it was ready (last milestone: %s; see '"
-                              SMOLVM_VMM_CONSOLE_LOG "')",
+                              "the vm stopped before it was ready (last milestone: %s; see "
+                              "'" SMOLVM_VMM_CONSOLE_LOG "')",
                               last);
         if (r == SMOLVM_ETIMEDOUT)
             return smolvm_err(err, SMOLVM_ETIMEDOUT,

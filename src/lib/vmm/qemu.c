@@ -163,12 +163,10 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
     if (strlen(c->cmdline) > 4096)
         return smolvm_err(err, SMOLVM_EINVAL, "vmm: kernel command line longer than 4096");
     switch (c->network) {
-    case SMOLVM_NET_NONE:
-        break;
+    case SMOLVM_NET_NONE: break;
     case SMOLVM_NET_USER:
         if (c->n_hostfwds > SMOLVM_FORWARDS_MAX + 1)
-            return smolvm_err(err, SMOLVM_EINVAL, "vmm: too many forwards (%zu)",
-                              c->n_hostfwds);
+            return smolvm_err(err, SMOLVM_EINVAL, "vmm: too many forwards (%zu)", c->n_hostfwds);
         for (i = 0; i < c->n_hostfwds; i++)
             if ((r = check_fwd(&c->hostfwds[i], err)) < 0)
                 return r;
@@ -183,8 +181,7 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
             return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid mac '%s'",
                               c->mac ? c->mac : "(null)");
         break;
-    default:
-        return smolvm_err(err, SMOLVM_EINVAL, "vmm: network must be resolved");
+    default: return smolvm_err(err, SMOLVM_EINVAL, "vmm: network must be resolved");
     }
     return 0;
 }
@@ -258,8 +255,8 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, argv_buf *a, smolv
         for (i = 0; fwds && i < c->n_hostfwds; i++) {
             const smolvm_vmm_hostfwd *f = &c->hostfwds[i];
             char *n = smolvm_strdupf("%s,hostfwd=tcp:%s:%d-:%d", fwds,
-                                     f->host_address ? f->host_address : "127.0.0.1",
-                                     f->host_port, f->guest_port);
+                                     f->host_address ? f->host_address : "127.0.0.1", f->host_port,
+                                     f->guest_port);
 
             free(fwds);
             fwds = n;
@@ -269,8 +266,8 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, argv_buf *a, smolv
         /* restrict=on (the default): the guest cannot open any connection to the
          * outside, only answer forwarded ones. Egress is opt-in (user_egress). */
         argv_push(a, "-netdev");
-        argv_pushf(a, "user,id=" NETDEV_ID ",restrict=%s,ipv6=off%s",
-                   c->user_egress ? "off" : "on", fwds);
+        argv_pushf(a, "user,id=" NETDEV_ID ",restrict=%s,ipv6=off%s", c->user_egress ? "off" : "on",
+                   fwds);
         argv_push(a, "-device");
         if (c->mac)
             argv_pushf(a, "virtio-net-device,netdev=" NETDEV_ID ",mac=%s", c->mac);
@@ -284,8 +281,7 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, argv_buf *a, smolv
         argv_push(a, "-device");
         argv_pushf(a, "virtio-net-device,netdev=" NETDEV_ID ",mac=%s", c->mac);
         break;
-    default:
-        break;
+    default: break;
     }
 
     /* Seeds the guest's entropy pool, so sshd's first getrandom() does not block. */
@@ -428,8 +424,7 @@ static int qmp_open(const char *dir, smolvm_qmp **q, int64_t deadline, smolvm_er
     return smolvm_qmp_connect(q, path, deadline, err);
 }
 
-static int qmp_simple(const char *dir, const char *command, int64_t deadline,
-                      smolvm_error **err)
+static int qmp_simple(const char *dir, const char *command, int64_t deadline, smolvm_error **err)
 {
     _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
     int r;
@@ -488,8 +483,9 @@ static int qemu_available(int accel, smolvm_error **err)
         found = p && access(p, X_OK) == 0;
     }
     if (!found)
-        return smolvm_err(err, SMOLVM_EHOST, "'" QEMU_BINARY "' not found in PATH "
-                                             "(install the package 'qemu-system-x86')");
+        return smolvm_err(err, SMOLVM_EHOST,
+                          "'" QEMU_BINARY "' not found in PATH "
+                          "(install the package 'qemu-system-x86')");
     if (accel == SMOLVM_ACCEL_KVM) {
         _cleanup_close_ int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 
@@ -522,8 +518,7 @@ static int wait_ctl_accepted(smolvm_qmp *q, int64_t deadline, smolvm_error **err
         r = smolvm_qmp_execute(q, "query-chardev", NULL, &ret, deadline, err);
         if (r < 0)
             return r;
-        json_array_foreach(ret, i, dev)
-        {
+        json_array_foreach (ret, i, dev) {
             const char *label = json_string_value(json_object_get(dev, "label"));
             const char *file = json_string_value(json_object_get(dev, "filename"));
 
@@ -587,8 +582,7 @@ static int fail_started(const char *dir, const char *log_path, off_t log_offset,
 static int qemu_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pid,
                       uint64_t *out_start, int64_t deadline, smolvm_error **err)
 {
-    _cleanup_free_ char *qmp_path = NULL, *ctl_path = NULL, *pid_path = NULL,
-                        *log_path = NULL;
+    _cleanup_free_ char *qmp_path = NULL, *ctl_path = NULL, *pid_path = NULL, *log_path = NULL;
     _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
     _cleanup_close_ int listen_fd = -1, ctl = -1;
     argv_buf argv = {0};
@@ -704,8 +698,7 @@ static int qemu_quit(const char *dir, int64_t deadline, smolvm_error **err)
     return smolvm_qmp_wait_closed(q, deadline, err);
 }
 
-static int hmp(const char *dir, const char *line, char **out, int64_t deadline,
-               smolvm_error **err)
+static int hmp(const char *dir, const char *line, char **out, int64_t deadline, smolvm_error **err)
 {
     _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
     json_t *args, *ret = NULL;
@@ -753,8 +746,8 @@ static int qemu_hostfwd_add(const char *dir, const smolvm_vmm_hostfwd *fwd, int6
     return 0;
 }
 
-static int qemu_hostfwd_remove(const char *dir, const smolvm_vmm_hostfwd *fwd,
-                               int64_t deadline, smolvm_error **err)
+static int qemu_hostfwd_remove(const char *dir, const smolvm_vmm_hostfwd *fwd, int64_t deadline,
+                               smolvm_error **err)
 {
     _cleanup_free_ char *line = NULL, *out = NULL;
     const char *addr = fwd->host_address ? fwd->host_address : "127.0.0.1";

@@ -42,8 +42,7 @@ const char *smolvm_qmp_version(const smolvm_qmp *q)
 }
 
 /* Wait for fd to be ready for `events`; SMOLVM_ETIMEDOUT at the deadline. */
-static int wait_fd(int fd, short events, int64_t deadline, const char *what,
-                   smolvm_error **err)
+static int wait_fd(int fd, short events, int64_t deadline, const char *what, smolvm_error **err)
 {
     for (;;) {
         struct pollfd p = {.fd = fd, .events = events};
@@ -86,7 +85,7 @@ static int send_all(smolvm_qmp *q, const char *data, size_t len, int64_t deadlin
 
 /* Read one message (a JSON object on one line). Returns 1 at EOF, no error set. */
 static int read_message_or_eof(smolvm_qmp *q, json_t **out, int64_t deadline, const char *what,
-                        smolvm_error **err)
+                               smolvm_error **err)
 {
     for (;;) {
         char *nl = q->len ? memchr(q->buf, '\n', q->len) : NULL;
@@ -224,8 +223,7 @@ int smolvm_qmp_open_fd(smolvm_qmp **out, int fd, int64_t deadline, smolvm_error 
     return 0;
 }
 
-int smolvm_qmp_connect(smolvm_qmp **out, const char *path, int64_t deadline,
-                       smolvm_error **err)
+int smolvm_qmp_connect(smolvm_qmp **out, const char *path, int64_t deadline, smolvm_error **err)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     int left = smolvm_remaining_ms(deadline);
@@ -338,8 +336,7 @@ int smolvm_qmp_wait_event(smolvm_qmp *q, const char *name, json_t **event, int64
     size_t i;
     json_t *msg;
 
-    json_array_foreach(q->events, i, msg)
-    {
+    json_array_foreach (q->events, i, msg) {
         if (strcmp(json_string_value(json_object_get(msg, "event")) ?: "", name) == 0) {
             if (event)
                 *event = json_incref(msg);

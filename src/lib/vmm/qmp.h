@@ -22,8 +22,7 @@ typedef struct smolvm_qmp smolvm_qmp;
 
 /* Connect to the QMP socket at path, read the greeting and negotiate capabilities.
  * A socket nobody listens on (no VMM) gives SMOLVM_ESTATE. */
-int smolvm_qmp_connect(smolvm_qmp **out, const char *path, int64_t deadline,
-                       smolvm_error **err);
+int smolvm_qmp_connect(smolvm_qmp **out, const char *path, int64_t deadline, smolvm_error **err);
 
 /* Same over an already connected socket; takes ownership of fd (closed on failure). */
 int smolvm_qmp_open_fd(smolvm_qmp **out, int fd, int64_t deadline, smolvm_error **err);

@@ -30,13 +30,13 @@ typedef struct smolvm_vmm_config {
     const char *cmdline;     /* complete kernel command line */
     unsigned vcpus;
     unsigned memory_mib;
-    int accel;               /* SMOLVM_ACCEL_KVM or SMOLVM_ACCEL_TCG (resolved) */
-    int network;             /* SMOLVM_NET_NONE | USER | NAT (resolved) */
-    const char *tap_name;    /* NAT: the TAP device */
-    const char *mac;         /* guest MAC, "52:54:00:xx:xx:xx" */
+    int accel;                          /* SMOLVM_ACCEL_KVM or SMOLVM_ACCEL_TCG (resolved) */
+    int network;                        /* SMOLVM_NET_NONE | USER | NAT (resolved) */
+    const char *tap_name;               /* NAT: the TAP device */
+    const char *mac;                    /* guest MAC, "52:54:00:xx:xx:xx" */
     const smolvm_vmm_hostfwd *hostfwds; /* USER: index 0 is ssh (guest 22) */
     size_t n_hostfwds;
-    int user_egress;         /* USER: let the guest open outbound connections */
+    int user_egress; /* USER: let the guest open outbound connections */
     /* Appended for backends without qcow2 (firecracker; QEMU ignores them). When set,
      * 'disk' (raw) is attached read-only as the lower layer and this raw ext4 file as
      * the writable upper layer of an overlayfs root (the guest init mounts it, see
@@ -65,8 +65,8 @@ typedef struct smolvm_vmm_ops {
      * reads "smolvm-ready" from it, see wait_ready). pid and its start time are
      * returned for tracking; the pidfile is written before anything else can fail so
      * a killed caller leaves a findable process. */
-    int (*spawn)(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *pid,
-                 uint64_t *pid_start, int64_t deadline, smolvm_error **err);
+    int (*spawn)(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *pid, uint64_t *pid_start,
+                 int64_t deadline, smolvm_error **err);
 
     /* Pause / resume the guest CPUs. */
     int (*pause)(const char *dir, int64_t deadline, smolvm_error **err);
@@ -98,8 +98,8 @@ typedef struct smolvm_vmm_ops {
     int (*poweroff)(const char *dir, int64_t deadline, smolvm_error **err);
 
     /* Write a full snapshot of a paused VM: device state and guest memory. */
-    int (*snapshot)(const char *dir, const char *state_path, const char *mem_path,
-                    int64_t deadline, smolvm_error **err);
+    int (*snapshot)(const char *dir, const char *state_path, const char *mem_path, int64_t deadline,
+                    smolvm_error **err);
 
     /* Like spawn, but the guest continues from a snapshot instead of booting (so there
      * is no ready message to wait for). cfg must describe the same disks and network. */
@@ -115,8 +115,8 @@ extern const smolvm_vmm_ops smolvm_vmm_firecracker;
  * in *uptime_ms), EOF (the VMM died: SMOLVM_EVMM) or the deadline (SMOLVM_ETIMEDOUT).
  * Milestones are logged at debug level. */
 struct smolvm_ctx;
-int smolvm_vmm_wait_ready(struct smolvm_ctx *ctx, int ctl_fd, int64_t deadline,
-                          int64_t *uptime_ms, smolvm_error **err);
+int smolvm_vmm_wait_ready(struct smolvm_ctx *ctx, int ctl_fd, int64_t deadline, int64_t *uptime_ms,
+                          smolvm_error **err);
 
 /* Connect to the guest channel of a running VM and send "poweroff". */
 int smolvm_vmm_request_poweroff(const char *dir, int64_t deadline, smolvm_error **err);
