@@ -31,6 +31,8 @@ def main():
     ap.add_argument("--smp", type=int, default=2, help="vCPUs (default 2)")
     ap.add_argument("--memory", type=int, default=512, help="MiB (default 512)")
     ap.add_argument("--no-rng", action="store_true", help="no virtio-rng device")
+    ap.add_argument("--accel", default="tcg",
+                    help="QEMU -accel (default tcg; smolvm uses tcg,thread=multi for >1 vCPU)")
     ap.add_argument("image_dir", nargs="?", default=ib.default_image_dir())
     args = ap.parse_args()
     why = ib.check_image(args.image_dir)
@@ -43,7 +45,7 @@ def main():
     for i in range(args.n):
         with tempfile.TemporaryDirectory(prefix="smolvm-bench-") as tmp:
             vm = ib.VM(args.image_dir, tmp, memory=args.memory, vcpus=args.smp,
-                       cpu=args.cpu, rng=not args.no_rng)
+                       cpu=args.cpu, rng=not args.no_rng, accel=args.accel)
             try:
                 t_ready, line = vm.wait_line("smolvm-ready", 60)
                 banner = vm.banner()

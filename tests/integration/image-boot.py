@@ -93,7 +93,7 @@ class VM:
     """One QEMU microvm booting the image; timings are host monotonic seconds."""
 
     def __init__(self, image_dir, tmp, hostname=HOSTNAME, env=ENV, memory=512, vcpus=2,
-                 cpu="max", rng=True):
+                 cpu="max", rng=True, accel="tcg"):
         self.tmp = tmp
         self.key, self.known = make_keys(tmp)
         cfg = os.path.join(tmp, "config.img")
@@ -112,7 +112,7 @@ class VM:
                   % (" tsc_early_khz=%d" % khz if khz else "", hostname))
         self.argv = [
             "qemu-system-x86_64", "-M", "microvm,acpi=off,x-option-roms=off,rtc=on",
-            "-accel", "tcg", "-cpu", cpu, "-m", str(memory), "-smp", str(vcpus),
+            "-accel", accel, "-cpu", cpu, "-m", str(memory), "-smp", str(vcpus),
             "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
             "-kernel", os.path.join(image_dir, "vmlinux"), "-append", append,
             # snapshot=on: writes go to a temporary overlay, never to the image.
