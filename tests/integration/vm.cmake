@@ -36,3 +36,11 @@ add_test(NAME integration/nat
 set_tests_properties(integration/nat PROPERTIES LABELS "integration;vm;root"
   SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 900
   ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
+
+add_test(NAME integration/cli
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integration/run-spec.sh ${SMOLVM_IT_LUA}
+          ${CMAKE_CURRENT_SOURCE_DIR}/integration/cli_spec.lua
+  WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/integration)
+set_tests_properties(integration/cli PROPERTIES LABELS "integration;vm" SKIP_RETURN_CODE 77
+  RUN_SERIAL ON TIMEOUT 600
+  ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
