@@ -8,8 +8,10 @@
  *   - OpenSSH with a ControlMaster running `true` (the warm-command baseline).
  * Prints median/min/max per phase and the ratios the targets are stated in.
  *
- *   build/bench-lifecycle [-n RUNS] [-w WARM] [-v]
+ *   build/bench-lifecycle [-n RUNS] [-w WARM] [-v] [-N]
  * -v prints the library's debug log (boot milestones) with timestamps to stderr.
+ * -N uses network "nat" (root, and a namespace with a default route: run it inside a
+ *    test namespace, never on a machine's own network) instead of "user".
  */
 #define _GNU_SOURCE
 #include <jansson.h>
@@ -173,13 +175,15 @@ static void on_log(int level, const char *msg, void *payload)
 int main(int argc, char **argv)
 {
     smolvm_ctx_options copts = SMOLVM_CTX_OPTIONS_INIT;
-    int runs = 5, warm = 50, opt, i, k;
+    int runs = 5, warm = 50, opt, i, k, nat = 0;
     smolvm_ctx *ctx = NULL;
     smolvm_error *e = NULL;
     double *ph[NPHASES], *w, fresh = 0, master = 0, baseline;
 
-    while ((opt = getopt(argc, argv, "n:w:v")) != -1) {
-        if (opt == 'v') {
+    while ((opt = getopt(argc, argv, "n:w:vN")) != -1) {
+        if (opt == 'N') {
+            nat = 1;
+        } else if (opt == 'v') {
             copts.log = on_log;
             copts.log_level = SMOLVM_LOG_DEBUG;
         } else if (opt == 'n')
@@ -187,7 +191,7 @@ int main(int argc, char **argv)
         else if (opt == 'w')
             warm = atoi(optarg);
         else {
-            fprintf(stderr, "usage: %s [-n RUNS] [-w WARM] [-v]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-n RUNS] [-w WARM] [-v] [-N]\n", argv[0]);
             return 2;
         }
     }
@@ -205,7 +209,7 @@ int main(int argc, char **argv)
         smolvm_vm *vm = NULL;
         double t0 = now_ms(), t;
 
-        o.network = SMOLVM_NET_USER;
+        o.network = nat ? SMOLVM_NET_NAT : SMOLVM_NET_USER;
         t_origin = now_ms();
         if (smolvm_vm_create(&vm, ctx, &o, &e) < 0)
             die("create", e);
@@ -222,7 +226,7 @@ int main(int argc, char **argv)
             w[k] = now_ms() - t;
         }
         ph[P_WARM][i] = median(w, warm);
-        if (i == 0)
+        if (i == 0 && !nat)
             ssh_baselines(vm, smolvm_ctx_state_dir(ctx), warm, &fresh, &master);
         t = now_ms();
         if (smolvm_vm_stop(vm, 5000, &e) < 0)

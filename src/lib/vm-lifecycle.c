@@ -507,7 +507,8 @@ int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
 }
 
 /* Clean guest power-off, then VMM quit, then kill: each gets a share of the time. */
-static int do_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
+/* *net_done is set once the VM's NAT network was taken down on the way. */
+static int do_stop(smolvm_vm *vm, int timeout_ms, int *net_done, smolvm_error **err)
 {
     const smolvm_vmm_ops *ops = backend_ops(vm->row->backend);
     int64_t start_ms = smolvm_now_ms(), deadline = start_ms + timeout_ms;
@@ -520,6 +521,13 @@ static int do_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
         return 0;
     r = ops->poweroff ? ops->poweroff(vm->row->dir, poweroff_deadline, NULL)
                       : smolvm_vmm_request_poweroff(vm->row->dir, poweroff_deadline, NULL);
+    if (r == 0 && strcmp(smolvm_vm_cfg_str(vm, "network"), "nat") == 0) {
+        /* The guest is syncing and powering off, which needs no network: take the
+         * network down meanwhile rather than after. Its link goes first, so even a
+         * guest that only pretended to power off is cut off before its rules go. */
+        smolvm_vm_net_down(vm->ctx, vm->id);
+        *net_done = 1;
+    }
     if (r == 0 && smolvm_proc_wait_exit(pid, pstart, poweroff_deadline, NULL) == 0)
         return 0;
     smolvm_log(vm->ctx, SMOLVM_LOG_INFO,
@@ -535,15 +543,15 @@ static int do_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
 
 static int stop_locked(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
 {
-    int r;
+    int r, net_done = 0;
 
     smolvm_vm_drop_ssh(vm);
     if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "stopping", NULL, err)) < 0)
         return r;
-    r = do_stop(vm, timeout_ms, err);
+    r = do_stop(vm, timeout_ms, &net_done, err);
     if (r < 0)
         return r;
-    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "nat") == 0)
+    if (!net_done && strcmp(smolvm_vm_cfg_str(vm, "network"), "nat") == 0)
         smolvm_vm_net_down(vm->ctx, vm->id);
     if ((r = smolvm_store_vm_set_pid(vm->ctx->store, vm->id, 0, 0, err)) < 0 ||
         (r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "stopped", NULL, err)) < 0)

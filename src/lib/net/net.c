@@ -243,11 +243,13 @@ int smolvm_net_vm_down(const char *vm_id, smolvm_error **err)
     if ((r = check_id(vm_id, err)) < 0)
         return r;
     smolvm_net_tap_name(vm_id, tap);
-    /* Both halves always run; the first failure is reported. Each mostly waits for
-     * an RCU grace period in the kernel (unregistering the netdev, committing rule
+    /* Both halves always run; the first failure is reported. The link goes first: a
+     * guest that is still running (vm_down may overlap its power-off) then has no path
+     * left before its isolation rules are removed. Each half mostly waits for an RCU
+     * grace period in the kernel (unregistering the netdev, committing rule
      * deletions); running them in parallel threads was measured slower, not faster. */
-    r = smolvm_nft_vm_remove(vm_id, err);
-    r2 = smolvm_link_delete(tap, r < 0 ? NULL : err);
+    r = smolvm_link_delete(tap, err);
+    r2 = smolvm_nft_vm_remove(vm_id, r < 0 ? NULL : err);
     if (r < 0 || r2 < 0)
         return smolvm_err_wrap(err, "network down for vm '%s'", vm_id);
     return 0;
