@@ -263,6 +263,12 @@ int main(int argc, char **argv)
         mx = ph[k][runs - 1];
         printf("%-26s %9.1f %9.1f %9.1f\n", phase_names[k], median(ph[k], runs), mn, mx);
     }
+    if (nat) {
+        /* Baselines are user-network runs; compare with a plain run of this bench. */
+        printf("\n(network nat: compare with a run without -N for the network's cost)\n");
+        smolvm_ctx_free(ctx);
+        return 0;
+    }
     printf("\nbaselines, same kernel and disk\n");
     printf("%-40s %9.1f\n", "plain QEMU spawn -> ready (median)", baseline);
     printf("%-40s %9.1f\n", "OpenSSH fresh connection `true`", fresh);

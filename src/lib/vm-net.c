@@ -99,6 +99,8 @@ int smolvm_vm_net_up(smolvm_vm *vm, smolvm_vm_net *n, smolvm_error **err)
     size_t i, k = 0;
     int prefix, r;
 
+    int64_t t0 = smolvm_now_ms();
+
     memset(n, 0, sizeof(*n));
     if (!cidr)
         cidr = smolvm_nat_cidr();
@@ -129,18 +131,24 @@ int smolvm_vm_net_up(smolvm_vm *vm, smolvm_vm_net *n, smolvm_error **err)
         return smolvm_err_wrap(err, "network 'nat'");
     mac_for(vm->id, n->mac);
     n->have_dns = pick_dns(n->dns);
+    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': network up (%s, %s) in %lld ms", vm->id, n->tap,
+               n->ip, (long long)(smolvm_now_ms() - t0));
     return 0;
 }
 
 void smolvm_vm_net_down(smolvm_ctx *ctx, const char *vm_id)
 {
     smolvm_error *e = NULL;
+    int64_t t0 = smolvm_now_ms();
 
     if (smolvm_net_vm_down(vm_id, &e) < 0) {
         smolvm_log(ctx, SMOLVM_LOG_WARN, "vm '%s': network teardown: %s", vm_id,
                    smolvm_error_message(e));
         smolvm_error_free(e);
+        return;
     }
+    smolvm_log(ctx, SMOLVM_LOG_DEBUG, "vm '%s': network down in %lld ms", vm_id,
+               (long long)(smolvm_now_ms() - t0));
 }
 
 int smolvm_vm_net_forward(smolvm_vm *vm, const char *addr, int host_port, int guest_port, int add,
