@@ -117,6 +117,21 @@ function methods.start(self, opts)
   return u:start(check_timeout("start", opts.timeout, DEFAULT_START_TIMEOUT, 2))
 end
 
+--- vm:start_begin{ timeout = 60 } -> true | nil, msg, code
+--- vm:start_finish() -> true | nil, msg, code
+--- vm:start() in two halves, so several VMs boot at once: begin starts the VM and
+--- returns; finish waits for it (the timeout counts from begin). Call begin on each
+--- VM, then finish on each.
+function methods.start_begin(self, opts)
+  local u = ud(self)
+  opts = check_opts("start_begin", opts, { "timeout" }, 2)
+  return u:start_begin(check_timeout("start_begin", opts.timeout, DEFAULT_START_TIMEOUT, 2))
+end
+
+function methods.start_finish(self)
+  return ud(self):start_finish()
+end
+
 --- vm:stop{ timeout = 5 } -> true | nil, msg, code
 function methods.stop(self, opts)
   local u = ud(self)

@@ -187,6 +187,13 @@ SMOLVM_EXTERN smolvm_vm *smolvm_vm_free(smolvm_vm *vm);
 
 /* Boot and wait until commands can run (guest ready + SSH session up). */
 SMOLVM_EXTERN int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **err);
+/* smolvm_vm_start in two halves, so several VMs boot at once: begin starts the VMM
+ * and returns; finish waits (until timeout_ms after begin) for the guest and opens
+ * the SSH session. The VM is locked against other processes in between. Freeing the
+ * handle between the two abandons the start (the VMM is killed by the next
+ * reconcile). Typical: begin on every VM, then finish on every VM. */
+SMOLVM_EXTERN int smolvm_vm_start_begin(smolvm_vm *vm, int timeout_ms, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_vm_start_finish(smolvm_vm *vm, smolvm_error **err);
 /* Clean guest power-off, then VMM quit, then kill, each bounded by the timeout. */
 SMOLVM_EXTERN int smolvm_vm_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err);
 /* Stop if running, then remove disk, leases, forwards, rules and the record. The handle

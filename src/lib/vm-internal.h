@@ -31,7 +31,17 @@ struct smolvm_vm {
     json_t *config;     /* row->config_json parsed */
     smolvm_ssh *ssh;    /* persistent session, NULL until first use */
     int deleted;
+    struct { /* between smolvm_vm_start_begin and _finish */
+        int pending;
+        int lock; /* the VM's lock, held throughout */
+        int ctl;  /* guest channel; -1 when the VM was already running */
+        int64_t t0, deadline;
+    } start;
 };
+
+/* Give up a begun start (the handle is being freed): the VM is left "starting"
+ * with its lock released, so the next reconcile kills its VMM. */
+void smolvm_vm_start_abandon(smolvm_vm *vm);
 
 /* Re-read the row (and config) from the store. */
 int smolvm_vm_refresh(smolvm_vm *vm, smolvm_error **err);

@@ -368,7 +368,9 @@ int smolvm_vm_ensure_ssh(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     return connect_ssh(vm, deadline, err);
 }
 
-static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
+/* Everything up to a running VMM: network, command line, spawn. *ctl receives the
+ * guest channel to wait on. */
+static int do_start_begin(smolvm_vm *vm, int64_t deadline, int *ctl_out, smolvm_error **err)
 {
     const smolvm_vmm_ops *ops = backend_ops(vm->row->backend);
     _cleanup_free_ char *cmdline = NULL, *cfgdisk = NULL;
@@ -379,7 +381,7 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     smolvm_vmm_config cfg = {0};
     smolvm_vm_net natnet;
     int accel, net, r;
-    int64_t pid = 0, uptime = 0, t0 = smolvm_now_ms();
+    int64_t pid = 0, t0 = smolvm_now_ms();
     uint64_t pid_start = 0;
     size_t nfwds = 0;
 
@@ -449,61 +451,127 @@ static int do_start(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
         return r;
     smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': vmm pid %lld up after %lld ms", vm->id,
                (long long)pid, (long long)(smolvm_now_ms() - t0));
+    *ctl_out = TAKE_FD(ctl);
+    return 0;
+}
+
+/* From a spawned VMM to a VM that runs commands: the guest's ready message, the
+ * record, the SSH session. */
+static int do_start_finish(smolvm_vm *vm, int ctl, int64_t deadline, smolvm_error **err)
+{
+    const smolvm_vmm_ops *ops = backend_ops(vm->row->backend);
+    int64_t uptime = 0;
+    int r;
+
     r = ops->wait_ready ? ops->wait_ready(vm->ctx, vm->row->dir, ctl, deadline, &uptime, err)
                         : smolvm_vmm_wait_ready(vm->ctx, ctl, deadline, &uptime, err);
     if (r < 0)
         return r;
     smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': guest ready after %lld ms (uptime %lld ms)",
-               vm->id, (long long)(smolvm_now_ms() - t0), (long long)uptime);
+               vm->id, (long long)(smolvm_now_ms() - vm->start.t0), (long long)uptime);
     if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "running", NULL, err)) < 0)
         return r;
     if ((r = smolvm_vm_refresh(vm, err)) < 0)
         return r;
-    if (net == SMOLVM_NET_NONE)
+    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "none") == 0)
         return 0;
     return connect_ssh(vm, deadline, err);
 }
 
-int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
+/* After a failed start: no VMM left behind, nor its network; the record stays,
+ * marked with what went wrong. Returns r. */
+static int start_failed(smolvm_vm *vm, int r, smolvm_error **err)
+{
+    _cleanup_free_ char *tail = NULL, *reason = NULL;
+
+    (void)smolvm_vm_refresh(vm, NULL);
+    kill_vmm(vm->row);
+    smolvm_vm_drop_ssh(vm);
+    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "nat") == 0)
+        smolvm_vm_net_down(vm->ctx, vm->id);
+    tail = log_tail(vm->row->dir, SMOLVM_VMM_CONSOLE_LOG);
+    if (tail && *tail && r != SMOLVM_EHOST && r != SMOLVM_EINVAL)
+        smolvm_err_hint(err, "console: %s", tail);
+    smolvm_err_wrap(err, "start '%s'", vm->id);
+    reason = strdup(err && *err ? smolvm_error_message(*err) : "start failed");
+    (void)smolvm_store_vm_set_pid(vm->ctx->store, vm->id, 0, 0, NULL);
+    (void)smolvm_store_vm_set_status(vm->ctx->store, vm->id, "error", reason, NULL);
+    (void)smolvm_vm_refresh(vm, NULL);
+    return r;
+}
+
+void smolvm_vm_start_abandon(smolvm_vm *vm)
+{
+    if (!vm->start.pending)
+        return;
+    /* Releasing the lock with the VM still "starting" lets the next reconcile finish
+     * the job (kill the VMM, mark it error), exactly as for a dead controller. */
+    if (vm->start.ctl >= 0)
+        (void)close(vm->start.ctl);
+    if (vm->start.lock >= 0)
+        (void)close(vm->start.lock);
+    vm->start.pending = 0;
+}
+
+int smolvm_vm_start_begin(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
 {
     _cleanup_close_ int lock = -1;
-    _cleanup_free_ char *tail = NULL;
-    int64_t deadline = smolvm_now_ms() + (timeout_ms > 0 ? timeout_ms : 60000);
-    const char *status;
-    int r;
+    int ctl = -1, r;
 
     if (vm->deleted)
         return smolvm_err(err, SMOLVM_ESTATE, "start '%s': the vm was deleted", vm->id);
-    status = smolvm_vm_status(vm);
-    if (strcmp(status, "running") == 0)
-        return connect_ssh(vm, deadline, err) < 0 ? smolvm_err_wrap(err, "start '%s'", vm->id) : 0;
+    if (vm->start.pending)
+        return smolvm_err(err, SMOLVM_ESTATE, "start '%s': already starting", vm->id);
+    vm->start.t0 = smolvm_now_ms();
+    vm->start.deadline = vm->start.t0 + (timeout_ms > 0 ? timeout_ms : 60000);
+    vm->start.lock = vm->start.ctl = -1;
+    if (strcmp(smolvm_vm_status(vm), "running") == 0) {
+        vm->start.pending = 1; /* finish only (re)connects the session */
+        return 0;
+    }
     if ((r = smolvm_vm_lock(vm->row->dir, vm->id, "start", &lock, err)) < 0)
         return r;
     if ((r = smolvm_vm_refresh(vm, err)) < 0)
         return r;
     smolvm_vm_drop_ssh(vm);
-    r = do_start(vm, deadline, err);
-    if (r < 0) {
-        /* Leave no VMM behind; keep the record, marked with what went wrong. */
-        _cleanup_free_ char *reason = NULL;
-
-        (void)smolvm_vm_refresh(vm, NULL);
-        kill_vmm(vm->row);
-        smolvm_vm_drop_ssh(vm);
-        if (strcmp(smolvm_vm_cfg_str(vm, "network"), "nat") == 0)
-            smolvm_vm_net_down(vm->ctx, vm->id);
-        tail = log_tail(vm->row->dir, SMOLVM_VMM_CONSOLE_LOG);
-        if (tail && *tail && r != SMOLVM_EHOST && r != SMOLVM_EINVAL)
-            smolvm_err_hint(err, "console: %s", tail);
-        smolvm_err_wrap(err, "start '%s'", vm->id);
-        reason = strdup(err && *err ? smolvm_error_message(*err) : "start failed");
-        (void)smolvm_store_vm_set_pid(vm->ctx->store, vm->id, 0, 0, NULL);
-        (void)smolvm_store_vm_set_status(vm->ctx->store, vm->id, "error", reason, NULL);
-        (void)smolvm_vm_refresh(vm, NULL);
-        return r;
-    }
-    (void)smolvm_store_event(vm->ctx->store, vm->id, "start", NULL, NULL);
+    r = do_start_begin(vm, vm->start.deadline, &ctl, err);
+    if (r < 0)
+        return start_failed(vm, r, err);
+    vm->start.lock = TAKE_FD(lock);
+    vm->start.ctl = ctl;
+    vm->start.pending = 1;
     return 0;
+}
+
+int smolvm_vm_start_finish(smolvm_vm *vm, smolvm_error **err)
+{
+    int r;
+
+    if (!vm->start.pending)
+        return smolvm_err(err, SMOLVM_ESTATE, "start '%s': no start in progress", vm->id);
+    if (vm->start.ctl < 0) {
+        /* It was already running. */
+        vm->start.pending = 0;
+        r = connect_ssh(vm, vm->start.deadline, err);
+        return r < 0 ? smolvm_err_wrap(err, "start '%s'", vm->id) : 0;
+    }
+    r = do_start_finish(vm, vm->start.ctl, vm->start.deadline, err);
+    if (r < 0)
+        r = start_failed(vm, r, err);
+    else
+        (void)smolvm_store_event(vm->ctx->store, vm->id, "start", NULL, NULL);
+    /* The lock goes last: until here no other process may act on the VM. */
+    (void)close(vm->start.ctl);
+    (void)close(vm->start.lock);
+    vm->start.pending = 0;
+    return r;
+}
+
+int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
+{
+    int r = smolvm_vm_start_begin(vm, timeout_ms, err);
+
+    return r < 0 ? r : smolvm_vm_start_finish(vm, err);
 }
 
 /* Clean guest power-off, then VMM quit, then kill: each gets a share of the time. */

@@ -561,6 +561,7 @@ smolvm_vm *smolvm_vm_free(smolvm_vm *vm)
 {
     if (!vm)
         return NULL;
+    smolvm_vm_start_abandon(vm);
     smolvm_vm_drop_ssh(vm);
     smolvm_vm_row_free(vm->row);
     json_decref(vm->config);

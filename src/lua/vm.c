@@ -347,6 +347,27 @@ static int l_vm_start(lua_State *L)
     return push_ok(L);
 }
 
+static int l_vm_start_begin(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    int ms = check_ms(L, 2);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_start_begin(vm, ms, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EVMM);
+    return push_ok(L);
+}
+
+static int l_vm_start_finish(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_start_finish(vm, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EVMM);
+    return push_ok(L);
+}
+
 static int l_vm_stop(lua_State *L)
 {
     smolvm_vm *vm = check_vm(L);
@@ -542,6 +563,8 @@ static const luaL_Reg vm_methods[] = {
     {"status", l_vm_status},
     {"info", l_vm_info},
     {"start", l_vm_start},
+    {"start_begin", l_vm_start_begin},
+    {"start_finish", l_vm_start_finish},
     {"stop", l_vm_stop},
     {"delete", l_vm_delete},
     {"run", l_vm_run},

@@ -187,15 +187,39 @@ describe("isolated disks", function()
       .. "/default/rootfs.ext4"
     local a = assert(smolvm.VM{ memory = 256, vcpus = 1 })
     local b = assert(smolvm.VM{ memory = 256, vcpus = 1 })
-    assert(a:start{ timeout = BOOT })
+    -- booted side by side
+    assert(a:start_begin{ timeout = BOOT })
+    assert(b:start_begin{ timeout = BOOT })
+    assert(a:start_finish())
+    assert(b:start_finish())
+    assert.are.equal("running", b.status)
     assert(a:write_file("/root/only-in-a", "a"))
     assert(a:run("sync"))
-    assert(b:start{ timeout = BOOT })
     assert.are.equal(1, assert(b:run("test -e /root/only-in-a")).exit_code)
     a:delete()
     b:delete()
     local out = sh(("debugfs -R 'stat /root/only-in-a' %q"):format(image))
     assert.truthy(out:find("File not found", 1, true), out)
+  end)
+end)
+
+describe("a start begun and abandoned", function()
+  it("leaves no VMM once the handle is gone and the next command reconciles", function()
+    local vm = assert(smolvm.VM{ memory = 256, vcpus = 1 })
+    local id, dir = vm.id, vm:info().dir
+    vm:keep()
+    assert(vm:start_begin{ timeout = BOOT })
+    assert.truthy(vmm_running(dir))
+    vm:close() -- frees the handle mid-start
+    vm = nil
+    collectgarbage()
+    local listed
+    for _, info in ipairs(smolvm.VM.list()) do
+      if info.id == id then listed = info end
+    end
+    assert.are.equal("error", listed.status)
+    assert.is_false(vmm_running(dir))
+    assert(assert(smolvm.VM.from_id(id)):delete())
   end)
 end)
 
