@@ -30,4 +30,10 @@ int smolvm_proc_kill(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_er
 int smolvm_spawn_detached(char *const argv[], const char *log_path, int keep_fd, pid_t *out_pid,
                           smolvm_error **err);
 
+/* The VMM of a VM directory, found through the pidfile the VMM wrote itself (so a
+ * controller killed between spawning it and recording its pid leaves a findable
+ * process): 1 if <dir>/<pidfile> names a live process whose command line contains
+ * dir (a reused pid is never taken for it), with its pid and start time; else 0. */
+int smolvm_proc_find_vmm(const char *dir, const char *pidfile, pid_t *pid, uint64_t *start);
+
 #endif

@@ -361,3 +361,27 @@ int smolvm_spawn_detached(char *const argv[], const char *log_path, int keep_fd,
     *out_pid = pid;
     return 0;
 }
+
+int smolvm_proc_find_vmm(const char *dir, const char *pidfile, pid_t *pid, uint64_t *start)
+{
+    _cleanup_free_ char *path = smolvm_strdupf("%s/%s", dir, pidfile);
+    _cleanup_free_ char *text = NULL, *cmdline_path = NULL, *cmdline = NULL;
+    size_t len = 0, i;
+    long p;
+
+    if (!path || smolvm_read_file(path, 64, &text, NULL, NULL) < 0)
+        return 0;
+    p = strtol(text, NULL, 10);
+    if (p <= 1 || p > INT32_MAX)
+        return 0;
+    cmdline_path = smolvm_strdupf("/proc/%ld/cmdline", p);
+    if (!cmdline_path || smolvm_read_file(cmdline_path, 1 << 20, &cmdline, &len, NULL) < 0)
+        return 0;
+    for (i = 0; i < len; i++)
+        if (cmdline[i] == '\0')
+            cmdline[i] = ' ';
+    if (!strstr(cmdline, dir) || smolvm_proc_start_time((pid_t)p, start, NULL) < 0)
+        return 0;
+    *pid = (pid_t)p;
+    return smolvm_proc_alive(*pid, *start);
+}

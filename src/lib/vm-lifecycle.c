@@ -72,35 +72,6 @@ static char *log_tail(const char *dir, const char *file)
     return strdup(start);
 }
 
-/* The VMM of a VM directory, found through the pidfile the VMM wrote itself: covers a
- * controller killed between spawning and recording the pid. The process must still
- * name the directory on its command line, so a reused pid is never taken for it. */
-static int find_vmm(const char *dir, pid_t *pid, uint64_t *start)
-{
-    _cleanup_free_ char *pidfile = smolvm_strdupf("%s/%s", dir, SMOLVM_VMM_PIDFILE);
-    _cleanup_free_ char *text = NULL, *cmdline_path = NULL, *cmdline = NULL;
-    size_t len = 0, i;
-    long p;
-
-    if (!pidfile || smolvm_read_file(pidfile, 64, &text, NULL, NULL) < 0)
-        return 0;
-    p = strtol(text, NULL, 10);
-    if (p <= 1)
-        return 0;
-    cmdline_path = smolvm_strdupf("/proc/%ld/cmdline", p);
-    if (!cmdline_path || smolvm_read_file(cmdline_path, 1 << 20, &cmdline, &len, NULL) < 0)
-        return 0;
-    for (i = 0; i < len; i++)
-        if (cmdline[i] == '\0')
-            cmdline[i] = ' ';
-    if (!strstr(cmdline, dir))
-        return 0;
-    if (smolvm_proc_start_time((pid_t)p, start, NULL) < 0)
-        return 0;
-    *pid = (pid_t)p;
-    return 1;
-}
-
 /* Is the VM's VMM alive? Checks the recorded pid+start time, then the pidfile. */
 static int vmm_alive(const smolvm_vm_row *row, pid_t *pid, uint64_t *start)
 {
@@ -109,7 +80,7 @@ static int vmm_alive(const smolvm_vm_row *row, pid_t *pid, uint64_t *start)
         *start = row->pid_start;
         return 1;
     }
-    return row->dir && find_vmm(row->dir, pid, start) && smolvm_proc_alive(*pid, *start);
+    return row->dir && smolvm_proc_find_vmm(row->dir, SMOLVM_VMM_PIDFILE, pid, start);
 }
 
 static void kill_vmm(const smolvm_vm_row *row)

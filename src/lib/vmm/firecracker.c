@@ -193,26 +193,7 @@ static int create_overlay(const char *path, unsigned mib, int64_t deadline, smol
  * names the dir). */
 static int find_vmm(const char *dir, pid_t *pid, uint64_t *start)
 {
-    _cleanup_free_ char *pidfile = dir_file(dir, SMOLVM_VMM_PIDFILE);
-    _cleanup_free_ char *text = NULL, *cmdline_path = NULL, *cmdline = NULL;
-    size_t len = 0, i;
-    long p;
-
-    if (!pidfile || smolvm_read_file(pidfile, 64, &text, NULL, NULL) < 0)
-        return 0;
-    p = strtol(text, NULL, 10);
-    if (p <= 1 || p > INT32_MAX)
-        return 0;
-    cmdline_path = smolvm_strdupf("/proc/%ld/cmdline", p);
-    if (!cmdline_path || smolvm_read_file(cmdline_path, 1 << 20, &cmdline, &len, NULL) < 0)
-        return 0;
-    for (i = 0; i < len; i++)
-        if (cmdline[i] == '\0')
-            cmdline[i] = ' ';
-    if (!strstr(cmdline, dir) || smolvm_proc_start_time((pid_t)p, start, NULL) < 0)
-        return 0;
-    *pid = (pid_t)p;
-    return smolvm_proc_alive(*pid, *start);
+    return smolvm_proc_find_vmm(dir, SMOLVM_VMM_PIDFILE, pid, start);
 }
 
 static void remove_runtime_files(const char *dir)
