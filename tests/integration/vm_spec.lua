@@ -210,6 +210,16 @@ describe("a start begun and abandoned", function()
     vm:keep()
     assert(vm:start_begin{ timeout = BOOT })
     assert.truthy(vmm_running(dir))
+    -- while one handle is starting it, nobody else may act on the VM
+    local other = assert(smolvm.VM.from_id(id))
+    local ok, err, code = other:start{ timeout = BOOT }
+    assert.is_nil(ok)
+    assert.are.equal("ESTATE", code)
+    assert.truthy(err:find("another process", 1, true), err)
+    local ok2, _, code2 = other:delete()
+    assert.is_nil(ok2)
+    assert.are.equal("ESTATE", code2)
+    other:close()
     vm:close() -- frees the handle mid-start
     vm = nil
     collectgarbage()
