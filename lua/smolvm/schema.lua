@@ -84,7 +84,7 @@ M.vm_fields = {
   field("accel", { kind = "enum", values = { "auto", "kvm", "tcg" } }, "auto",
         "Acceleration: \"auto\" uses KVM when the host really supports it, else TCG."),
   field("network", { kind = "enum", values = { "auto", "nat", "user", "none" } }, "auto",
-        "\"nat\" (TAP + nftables, needs CAP_NET_ADMIN), \"user\" (rootless), \"none\"; \"auto\": nat when privileged, else user."),
+        "\"nat\" (own address, egress via masquerade; TAP + nftables, needs root), \"user\" (rootless; no egress unless SMOLVM_USER_EGRESS=1), \"none\" (no NIC, so no commands); \"auto\": nat where it can work (root and an uplink), else user."),
   field("forwards", { kind = "list", items = FORWARD, max = M.LIMITS.forwards, forwards = true },
         nil, "Port forwards { host=, guest=, address= }; at most 64, host ports unique."),
   field("env", ENV_MAP, nil,
