@@ -267,6 +267,77 @@ function(args)
   return r.exit_code
 end)
 
+command("run", "run [--name ID] [-m MIB] [--cpus N] [--network MODE] [-e NAME=VALUE]... "
+  .. "[-w DIR] [-t SECONDS] [-i] [--keep] -- CMD [ARG...]",
+  "Run a command in a new sandbox, then delete it (--keep: leave it running)",
+function(args)
+  local o, rest = parse(args, {
+    ["--name"] = { "name" }, ["-m"] = { "memory" }, ["--memory"] = { "memory" },
+    ["--cpus"] = { "vcpus" }, ["--network"] = { "network" },
+    ["-e"] = { "env", multi = true }, ["--env"] = { "env", multi = true },
+    ["-w"] = { "cwd" }, ["--workdir"] = { "cwd" },
+    ["-t"] = { "timeout" }, ["--timeout"] = { "timeout" },
+    ["-i"] = "stdin", ["--interactive"] = "stdin", ["--keep"] = "keep",
+  })
+  if not o then return usage_error(rest, "run") end
+  if #rest == 0 then return usage_error("usage: smolvm run [OPTIONS] -- CMD [ARG...]", "run") end
+  -- Not-a-number strings go through as given, so the schema names the field.
+  local vmopts = { id = o.name, network = o.network,
+                   memory = o.memory and (tonumber(o.memory) or o.memory) or nil,
+                   vcpus = o.vcpus and (tonumber(o.vcpus) or o.vcpus) or nil }
+  local env
+  for _, kv in ipairs(o.env or {}) do
+    local k, v = kv:match("^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+    if not k then return usage_error("-e expects NAME=VALUE, got '" .. kv .. "'", "run") end
+    env = env or {}
+    env[k] = v
+  end
+  local timeout
+  if o.timeout then
+    timeout = tonumber(o.timeout)
+    if not timeout or timeout <= 0 then return usage_error("-t expects seconds > 0", "run") end
+  end
+  local smolvm = load_smolvm()
+  if not smolvm then return EXIT_EXEC end
+  local okv, vm, err, code = pcall(smolvm.VM, vmopts)
+  if not okv then -- a bad option: the schema's message, without our file:line
+    return usage_error((tostring(vm):gsub("^[^\n]-:%d+: ", "")), "run")
+  end
+  if not vm then
+    return fail("run: " .. tostring(err), code == "EHOST" and "see 'smolvm doctor'" or nil,
+      code == "EHOST" and EXIT_HOST or EXIT_EXEC)
+  end
+  local words = {}
+  for i, a in ipairs(rest) do words[i] = shell_quote(a) end
+  local stdin
+  if o.stdin or not is_tty(0) then stdin = io.stdin:read("*a") end
+  local r
+  local okr, perr = pcall(function()
+    local oks, serr, scode = vm:start()
+    if not oks then
+      err, code = serr, scode
+      return
+    end
+    r, err, code = vm:run(table.concat(words, " "), { timeout = timeout, env = env,
+                                                      cwd = o.cwd, stdin = stdin })
+  end)
+  if o.keep and okr then
+    vm:keep()
+    io.stderr:write("smolvm: kept sandbox '", vm.id, "'\n")
+  else
+    vm:delete()
+  end
+  vm:close()
+  if not okr then error(perr, 0) end -- interrupted: the sandbox is gone already
+  if not r then return fail("run: " .. tostring(err), nil, EXIT_EXEC) end
+  io.stdout:write(r.stdout or "")
+  io.stdout:flush()
+  io.stderr:write(r.stderr or "")
+  io.stderr:flush()
+  if r.exit_code == nil or r.exit_code < 0 then return 128 + 9 end
+  return r.exit_code
+end)
+
 -- The ssh command line for a VM, from its info: the per-installation key, the
 -- VM's pinned host key (written to a private known_hosts file, never trust on first
 -- use) and the address/port sshd is reachable at.

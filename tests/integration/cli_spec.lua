@@ -98,6 +98,16 @@ describe("the smolvm command", function()
     assert.truthy(out:find("smolvm: ready", 1, true), out)
   end)
 
+  it("runs a command in a throwaway sandbox", function()
+    local out, status = smolvm("run -m 256 --cpus 1 -e X=7 -- sh -c 'echo x=$X; exit 3'")
+    assert.are.equal(3, status, out)
+    assert.are.equal("x=7\n", out)
+    assert.are.equal(id .. "\n", (smolvm("ls -q"))) -- only the kept one is left
+    out, status = smolvm("run -m lots -- true")
+    assert.are.equal(2, status, out)
+    assert.truthy(out:find("memory", 1, true), out)
+  end)
+
   it("explains mistakes", function()
     local out, status = smolvm("exec no-such-vm -- true")
     assert.are.equal(125, status)
