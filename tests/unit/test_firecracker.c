@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -31,6 +32,7 @@
 #include "util-internal.h"
 #include "vmm/fc-api.h"
 #include "vmm/fc-binary.h"
+#include "vmm/fc-jailer.h"
 #include "vmm/vmm.h"
 
 static char tmpdir[] = "/tmp/smolvm-test-fc-XXXXXX";
@@ -759,6 +761,391 @@ static void test_contract_checks(void **state)
     free(dir);
 }
 
+/* ---------------------------------------------------------------- jailer */
+
+static char fake_jailer[1024];
+
+/* The jail's ids: an unprivileged user when we are root (as the jailer needs), our own
+ * otherwise (the fake can then skip the chown the real jailer does). */
+static unsigned jail_uid(void)
+{
+    return getuid() == 0 ? 65534 : getuid();
+}
+
+static void jail_env(void)
+{
+    char id[16];
+
+    (void)snprintf(id, sizeof(id), "%u", jail_uid());
+    (void)setenv(SMOLVM_FC_JAILER_ENV, fake_jailer, 1);
+    (void)setenv(SMOLVM_FC_JAILER_UID_ENV, id, 1);
+    (void)setenv(SMOLVM_FC_JAILER_GID_ENV, id, 1);
+}
+
+static void unjail_env(void)
+{
+    (void)unsetenv(SMOLVM_FC_JAILER_ENV);
+    (void)unsetenv(SMOLVM_FC_JAILER_UID_ENV);
+    (void)unsetenv(SMOLVM_FC_JAILER_GID_ENV);
+    (void)unsetenv(SMOLVM_FC_JAILER_CGROUP_ENV);
+}
+
+static void assert_same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    assert_int_equal(stat(a, &sa), 0);
+    assert_int_equal(stat(b, &sb), 0);
+    assert_true(sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev);
+}
+
+static const char *body_str(json_t *reqs, const char *method, const char *path, const char *key)
+{
+    json_t *q = find_request(reqs, method, path);
+
+    assert_non_null(q);
+    return json_string_value(json_object_get(json_object_get(q, "body"), key));
+}
+
+/* Jailed: the jailer gets its documented arguments, firecracker sees only the chroot
+ * (every file linked in, readable by the jail uid), and everything that finds a VM
+ * from its dir (socket, pidfile, console) still does. */
+static void test_jailer_lifecycle(void **state)
+{
+    char *dir = new_vm("jailed"), *upper = path_in(dir, "upper.ext4"), *root, *p, *jail;
+    smolvm_vmm_config c;
+    smolvm_error *err = NULL;
+    running r = {.ctl = -1};
+    json_t *reqs;
+    struct stat st;
+    pid_t pid;
+    uint64_t start;
+
+    (void)state;
+    base_config(&c, dir);
+    c.vm_id = "vm-jail-1";
+    c.overlay_disk = upper;
+    jail_env();
+    (void)setenv(SMOLVM_FC_JAILER_CGROUP_ENV, "smolvm", 1);
+    start_vm(&c, &r);
+    assert_string_equal(instance_state(dir), "Running"); /* through <dir>/fc.sock */
+    assert_true(smolvm_proc_find_vmm(dir, SMOLVM_VMM_PIDFILE, &pid, &start));
+    assert_int_equal(pid, (pid_t)r.pid);
+    assert_true(file_contains(dir, SMOLVM_VMM_CONSOLE_LOG, "smolvm: ready "));
+
+    root = smolvm_strdupf("%s/jail/fake-firecracker.py/vm-jail-1/root", dir);
+    assert_non_null(root);
+    p = path_in(root, "fake-firecracker.py"); /* the jailer copies the exec file in */
+    assert_int_equal(access(p, X_OK), 0);
+    free(p);
+    p = path_in(root, "rootfs");
+    assert_same_file(p, rootfs); /* a hard link, not a copy */
+    free(p);
+    p = path_in(root, "vmlinux");
+    assert_same_file(p, kernel);
+    free(p);
+    p = path_in(root, "overlay");
+    assert_same_file(p, upper);
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_uid, jail_uid());
+    free(p);
+    p = path_in(dir, SMOLVM_VMM_STDERR_LOG);
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_uid, jail_uid());
+    free(p);
+    assert_int_equal(stat(root, &st), 0);
+    assert_int_equal(st.st_uid, jail_uid());
+    p = path_in(dir, "fc.sock");
+    assert_int_equal(lstat(p, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    free(p);
+
+    /* Not supported jailed yet: said so, nothing half done. */
+    assert_int_equal(fc->snapshot(dir, "/tmp/s", "/tmp/m", smolvm_now_ms() + 1000, &err),
+                     SMOLVM_EINVAL);
+    assert_err_contains(err, "jailed");
+    err = smolvm_error_free(err);
+    stop_vm(dir, &r);
+
+    reqs = requests(dir);
+    assert_no_violation(reqs);
+    assert_string_equal(body_str(reqs, "PUT", "/boot-source", "kernel_image_path"), "/vmlinux");
+    assert_string_equal(body_str(reqs, "PUT", "/drives/rootfs", "path_on_host"), "/rootfs");
+    assert_string_equal(body_str(reqs, "PUT", "/drives/config", "path_on_host"), "/config");
+    assert_string_equal(body_str(reqs, "PUT", "/drives/overlay", "path_on_host"), "/overlay");
+    assert_string_equal(body_str(reqs, "PUT", "/logger", "log_path"), "/vmm.log");
+    assert_string_equal(body_str(reqs, "PUT", "/metrics", "metrics_path"), "/fc-metrics.json");
+    json_decref(reqs);
+
+    /* Started again: a fresh jail; quit removes it. */
+    start_vm(&c, &r);
+    assert_int_equal(fc->poweroff(dir, smolvm_now_ms() + 3000, &err), 0);
+    (void)smolvm_proc_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 5000, NULL);
+    if (r.ctl >= 0)
+        (void)close(r.ctl);
+    start_vm(&c, &r);
+    assert_int_equal(fc->quit(dir, smolvm_now_ms() + 3000, &err), 0);
+    if (r.ctl >= 0)
+        (void)close(r.ctl);
+    jail = path_in(dir, "jail");
+    assert_int_equal(access(jail, F_OK), -1);
+
+    /* After a clean stop the jail stays until the next start or the delete, which
+     * removes the VM dir and with it the jail; the shared base loses only its link. */
+    start_vm(&c, &r);
+    stop_vm(dir, &r);
+    assert_int_equal(access(jail, F_OK), 0);
+    assert_int_equal(stat(rootfs, &st), 0);
+    assert_int_equal(st.st_nlink, 2);
+    assert_int_equal(smolvm_rm_rf(dir, NULL), 0);
+    assert_int_equal(stat(rootfs, &st), 0);
+    assert_int_equal(st.st_nlink, 1);
+    unjail_env();
+    free(jail);
+    free(root);
+    free(upper);
+    free(dir);
+}
+
+/* Refused before anything runs, each with what to do; failures after the spawn leave
+ * no process and no jail. */
+static void test_jailer_errors(void **state)
+{
+    char *dir = new_vm("jailbad"), *jail = path_in(dir, "jail"), *fcdir = strdup(fake);
+    char *upper = path_in(dir, "upper.ext4");
+    smolvm_vmm_config c;
+    smolvm_error *err = NULL;
+    running r = {.ctl = -1};
+    char want[1200];
+
+    (void)state;
+    base_config(&c, dir);
+    c.vm_id = "vm-jail-2";
+    jail_env();
+    (void)unsetenv(SMOLVM_FC_JAILER_UID_ENV);
+    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EINVAL);
+    assert_err_contains(err, "SMOLVM_JAILER_UID is required");
+    err = smolvm_error_free(err);
+
+    (void)setenv(SMOLVM_FC_JAILER_UID_ENV, "0", 1);
+    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EINVAL);
+    assert_err_contains(err, "SMOLVM_JAILER_UID 0 is root");
+    err = smolvm_error_free(err);
+
+    (void)setenv(SMOLVM_FC_JAILER_UID_ENV, "12x", 1);
+    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EINVAL);
+    assert_err_contains(err, "'12x' is not a number");
+    err = smolvm_error_free(err);
+
+    jail_env();
+    (void)setenv(SMOLVM_FC_JAILER_GID_ENV, "0", 1);
+    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EINVAL);
+    assert_err_contains(err, "SMOLVM_JAILER_GID 0 is root");
+    err = smolvm_error_free(err);
+
+    /* Our ids may hold '_', the jailer's may not. */
+    jail_env();
+    c.vm_id = "vm_2";
+    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EINVAL);
+    assert_err_contains(err, "vm id 'vm_2' is not a valid jailer id");
+    err = smolvm_error_free(err);
+    c.vm_id = "vm-jail-2";
+
+    (void)setenv(SMOLVM_FC_JAILER_CGROUP_ENV, "/abs", 1);
+    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EINVAL);
+    assert_err_contains(err, "is not a relative cgroup path");
+    err = smolvm_error_free(err);
+    (void)unsetenv(SMOLVM_FC_JAILER_CGROUP_ENV);
+
+    /* SMOLVM_JAILER=1: the jailer next to firecracker, as the download installs it. */
+    (void)setenv(SMOLVM_FC_JAILER_ENV, "1", 1);
+    *strrchr(fcdir, '/') = '\0';
+    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EHOST);
+    {
+        char *canon = realpath(fcdir, NULL);
+
+        assert_non_null(canon);
+        (void)snprintf(want, sizeof(want), "no jailer at '%s/jailer'", canon);
+        free(canon);
+    }
+    assert_err_contains(err, want);
+    err = smolvm_error_free(err);
+    (void)setenv(SMOLVM_FC_JAILER_ENV, "jailer", 1);
+    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EINVAL);
+    assert_err_contains(err, "must be 1 (the jailer next to firecracker) or an absolute path");
+    err = smolvm_error_free(err);
+    assert_int_equal(access(jail, F_OK), -1);
+
+    /* A kernel the jail uid cannot read: refused before firecracker would fail on it. */
+    jail_env();
+    if (getuid() == 0) {
+        char *k = path_in(dir, "private-vmlinux");
+
+        write_text(k, "kernel\n");
+        assert_int_equal(chmod(k, 0600), 0);
+        c.kernel = k;
+        assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                         SMOLVM_EPERM);
+        assert_err_contains(err, "is not readable by the jail's uid 65534");
+        err = smolvm_error_free(err);
+        assert_int_equal(access(jail, F_OK), -1);
+        assert_false(smolvm_proc_find_vmm(dir, SMOLVM_VMM_PIDFILE, &(pid_t){0}, &(uint64_t){0}));
+        c.kernel = kernel;
+        free(k);
+
+        /* disk = "shared": the base is attached read-write, so the jail must write it. */
+        assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                         SMOLVM_EPERM);
+        assert_err_contains(err, "is attached read-write but not writable by the jail's uid");
+        err = smolvm_error_free(err);
+        assert_int_equal(access(jail, F_OK), -1);
+    }
+    c.overlay_disk = upper;
+
+    /* Firecracker refuses a request: killed, jail removed, its words in the error. */
+    (void)setenv("FAKE_FC_FAIL", "PUT /boot-source", 1);
+    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EVMM);
+    assert_err_contains(err, "injected failure");
+    err = smolvm_error_free(err);
+    assert_int_equal(access(jail, F_OK), -1);
+    (void)unsetenv("FAKE_FC_FAIL");
+
+    /* The jailer exits before firecracker is up (a stand-in that exits at once). */
+    (void)setenv(SMOLVM_FC_JAILER_ENV, "/bin/false", 1);
+    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EVMM);
+    err = smolvm_error_free(err);
+    assert_int_equal(access(jail, F_OK), -1);
+    unjail_env();
+    free(upper);
+    free(fcdir);
+    free(jail);
+    free(dir);
+}
+
+/* network "nat" jailed: the TAP the networking module made as root is given to the
+ * jail uid, or jailed firecracker could not attach to it. In a network namespace of
+ * its own (a child process), as root only. */
+static void test_jailer_tap(void **state)
+{
+    pid_t child;
+    int status = 0;
+
+    (void)state;
+    if (getuid() != 0) {
+        print_message("skipped: creating a tap needs root\n");
+        return;
+    }
+    child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        char *dir, *upper;
+        smolvm_vmm_config c;
+        running r = {.ctl = -1};
+        smolvm_error *err = NULL;
+        int owned;
+
+        if (unshare(CLONE_NEWNET) < 0)
+            _exit(77);
+        if (sh("ip tuntap add dev fcjail0 mode tap") != 0)
+            _exit(77);
+        dir = new_vm("jailtap");
+        upper = path_in(dir, "upper.ext4");
+        base_config(&c, dir);
+        c.vm_id = "vm-jail-3";
+        c.overlay_disk = upper;
+        c.network = SMOLVM_NET_NAT;
+        c.tap_name = "fcjail0";
+        c.mac = "52:54:00:12:34:56";
+        jail_env();
+        if (fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err) < 0) {
+            fprintf(stderr, "spawn: %s\n", smolvm_error_message(err));
+            _exit(3);
+        }
+        owned = sh("ip -d link show fcjail0 | grep -qE 'user (nobody|65534) group "
+                   "(nogroup|nobody|65534)'") == 0;
+        (void)fc->quit(dir, smolvm_now_ms() + 3000, NULL);
+        _exit(owned ? 0 : 4);
+    }
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77) {
+        print_message("skipped: no network namespace or tap here\n");
+        return;
+    }
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* The fake jailer refuses what the real one (or smolvm's use of it) would not take. */
+static void test_jailer_contract_checks(void **state)
+{
+    char *base = path_in(tmpdir, "jailbase");
+    struct {
+        const char *args, *fault;
+    } bad[] = {
+        {"--id j1 --exec-file F --gid 7 --chroot-base-dir B --cgroup-version 2 -- --api-sock "
+         "/s",
+         "missing required argument '--uid'"},
+        {"--id j_1 --exec-file F --uid 7 --gid 7 --chroot-base-dir B --cgroup-version 2 -- "
+         "--api-sock /s",
+         "invalid id 'j_1'"},
+        {"--id j1 --exec-file /bin/true --uid 7 --gid 7 --chroot-base-dir B --cgroup-version 2 "
+         "-- --api-sock /s",
+         "must include 'firecracker'"},
+        {"--id j1 --exec-file F --uid x --gid 7 --chroot-base-dir B --cgroup-version 2 -- "
+         "--api-sock /s",
+         "--uid 'x' is not a number"},
+        {"--id j1 --exec-file F --uid 7 --gid 7 --chroot-base-dir rel --cgroup-version 2 -- "
+         "--api-sock /s",
+         "chroot base 'rel' is not absolute"},
+        {"--id j1 --exec-file F --uid 7 --gid 7 --chroot-base-dir B --cgroup-version 1 -- "
+         "--api-sock /s",
+         "--cgroup-version 2"},
+        {"--id j1 --exec-file F --uid 7 --gid 7 --chroot-base-dir B --cgroup-version 2 "
+         "--daemonize -- --api-sock /s",
+         "--daemonize"},
+        {"--id j1 --exec-file F --uid 7 --gid 7 --chroot-base-dir B --cgroup-version 2 -- "
+         "--id j1 --api-sock /s",
+         "the jailer passes it"},
+        {"--id j1 --exec-file F --uid 7 --gid 7 --chroot-base-dir B --cgroup-version 2 -- "
+         "--api-sock s",
+         "an absolute --api-sock"},
+        {"--id j1 --exec-file F --uid 7 --gid 7 --chroot-base-dir B --cgroup-version 2 -- "
+         "--api-sock /no/such/dir/s",
+         "does not exist in the jail"},
+    };
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < SMOLVM_ARRAY_SIZE(bad); i++) {
+        /* F: the fake firecracker, B: a base dir. */
+        char args[1024], *o = args;
+        const char *s;
+
+        for (s = bad[i].args; *s && o < args + sizeof(args) - 600; s++) {
+            if ((*s == 'F' || *s == 'B') && s[1] == ' ' && s[-1] == ' ')
+                o += sprintf(o, "'%s'", *s == 'F' ? fake : base);
+            else
+                *o++ = *s;
+        }
+        *o = '\0';
+        if (sh("out=$('%s' %s 2>&1) && exit 1; echo \"$out\" | grep -qF -- \"%s\"", fake_jailer,
+               args, bad[i].fault) != 0)
+            fail_msg("fake jailer did not refuse with '%s': %s", bad[i].fault, args);
+    }
+    (void)smolvm_rm_rf(base, NULL);
+    free(base);
+}
+
 /* ---------------------------------------------------------------- download */
 
 static pid_t http_pid;
@@ -925,16 +1312,20 @@ static void test_download(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_available),       cmocka_unit_test(test_lifecycle),
-        cmocka_unit_test(test_overlay_disk),    cmocka_unit_test(test_bad_config),
-        cmocka_unit_test(test_config_errors),   cmocka_unit_test(test_boot_errors),
-        cmocka_unit_test(test_contract_checks), cmocka_unit_test(test_download),
+        cmocka_unit_test(test_available),        cmocka_unit_test(test_lifecycle),
+        cmocka_unit_test(test_overlay_disk),     cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_config_errors),    cmocka_unit_test(test_boot_errors),
+        cmocka_unit_test(test_contract_checks),  cmocka_unit_test(test_download),
+        cmocka_unit_test(test_jailer_lifecycle), cmocka_unit_test(test_jailer_errors),
+        cmocka_unit_test(test_jailer_tap),       cmocka_unit_test(test_jailer_contract_checks),
     };
     const char *src = getenv("SMOLVM_SOURCE_DIR");
 
     (void)snprintf(fake, sizeof(fake), "%s/tests/fixtures/fake-firecracker.py",
                    src && *src ? src : ".");
-    if (access(fake, X_OK) < 0) {
+    (void)snprintf(fake_jailer, sizeof(fake_jailer), "%s/tests/fixtures/fake-jailer.py",
+                   src && *src ? src : ".");
+    if (access(fake, X_OK) < 0 || access(fake_jailer, X_OK) < 0) {
         printf("SKIP: '%s' not found (set SMOLVM_SOURCE_DIR)\n", fake);
         return 77;
     }

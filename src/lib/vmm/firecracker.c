@@ -25,6 +25,7 @@
 #include "proc-internal.h"
 #include "vmm/fc-api.h"
 #include "vmm/fc-binary.h"
+#include "vmm/fc-jailer.h"
 #include "vmm/vmm.h"
 
 #define FC_API_SOCK "fc.sock"
@@ -265,6 +266,8 @@ typedef struct launched {
     uint64_t start;
     int pidfd;
     smolvm_fc_api *api;
+    smolvm_fc_jail jail; /* jail.jailer NULL: not jailed */
+    int jail_made;       /* the jail dir was (re)made for this launch */
 } launched;
 
 static void launched_done(launched *l)
@@ -273,6 +276,19 @@ static void launched_done(launched *l)
         (void)close(l->pidfd);
     l->pidfd = -1;
     l->api = smolvm_fc_api_free(l->api);
+    smolvm_fc_jail_done(&l->jail);
+}
+
+/* The path jailed firecracker is to be given for host_path: a link in its chroot.
+ * Unjailed, host_path itself. */
+static int vmm_path(const launched *l, const char *host_path, const char *name, int how, char **out,
+                    smolvm_error **err)
+{
+    if (l->jail.jailer)
+        return smolvm_fc_jail_add(&l->jail, host_path, name, how, out, err);
+    if (!(*out = strdup(host_path)))
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    return 0;
 }
 
 /* Wait (inotify on the dir + the VMM's pidfd) until the API socket exists. */
@@ -313,11 +329,13 @@ static int wait_socket(const char *dir, const char *sock, int ino, const launche
     }
 }
 
-/* Spawn firecracker in cfg->dir and return once its API answers, its version checked. */
-static int launch(const smolvm_vmm_config *cfg, launched *l, int64_t deadline, smolvm_error **err)
+/* Spawn firecracker in cfg->dir (through the jailer when SMOLVM_JAILER says so) and
+ * return once its API answers, its version checked. */
+static int launch(const smolvm_vmm_config *cfg, int restoring, launched *l, int64_t deadline,
+                  smolvm_error **err)
 {
     _cleanup_free_ char *bin = NULL, *sock = NULL, *console = NULL, *pidfile = NULL,
-                        *pidtext = NULL, *version = NULL;
+                        *pidtext = NULL, *version = NULL, *watch = NULL, *jail_sock = NULL;
     _cleanup_close_ int ino = -1;
     char id[65];
     pid_t held;
@@ -329,6 +347,12 @@ static int launch(const smolvm_vmm_config *cfg, launched *l, int64_t deadline, s
         return r;
     if ((r = smolvm_fc_find_binary(&bin, err)) < 0)
         return r;
+    if ((r = smolvm_fc_jail_config(&l->jail, bin, cfg->vm_id, cfg->dir, err)) < 0)
+        return r;
+    if (l->jail.jailer && restoring)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "jailer: restoring a snapshot in a jail is not supported yet "
+                          "(unset " SMOLVM_FC_JAILER_ENV ")");
     sock = dir_file(cfg->dir, FC_API_SOCK);
     console = dir_file(cfg->dir, SMOLVM_VMM_CONSOLE_LOG);
     pidfile = dir_file(cfg->dir, SMOLVM_VMM_PIDFILE);
@@ -339,26 +363,56 @@ static int launch(const smolvm_vmm_config *cfg, launched *l, int64_t deadline, s
         return smolvm_err(err, SMOLVM_EEXIST, "a vmm (pid %ld) is already running in '%s'",
                           (long)held, cfg->dir);
     remove_runtime_files(cfg->dir);
+    smolvm_fc_jail_remove(cfg->dir);
     /* The serial console of this boot, from its first byte. */
     if ((r = touch(console, err)) < 0)
         return r;
+    if (l->jail.jailer) {
+        /* Jailed firecracker binds <root><dir>/fc.sock, which it knows as <dir>/fc.sock:
+         * its command line names the dir, as smolvm_proc_find_vmm needs, and the
+         * socket is found through the link <dir>/fc.sock like an unjailed one. */
+        l->jail_made = 1;
+        if ((r = smolvm_fc_jail_prepare(&l->jail, cfg->dir, err)) < 0)
+            return r;
+        watch = smolvm_strdupf("%s%s", l->jail.root, cfg->dir);
+        jail_sock = smolvm_strdupf("%s%s/" FC_API_SOCK, l->jail.root, cfg->dir);
+        if (!watch || !jail_sock)
+            return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+        if (symlink(jail_sock, sock) < 0)
+            return smolvm_err_errno(err, errno, "jailer: link '%s'", sock);
+        if (cfg->network == SMOLVM_NET_NAT &&
+            (r = smolvm_fc_jail_give_tap(&l->jail, cfg->tap_name, err)) < 0)
+            return r;
+    } else if (!(watch = strdup(cfg->dir))) {
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    }
 
     ino = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
     if (ino < 0)
         return smolvm_err_errno(err, errno, "inotify_init1");
-    if (inotify_add_watch(ino, cfg->dir, IN_CREATE) < 0)
-        return smolvm_err_errno(err, errno, "inotify_add_watch '%s'", cfg->dir);
+    if (inotify_add_watch(ino, watch, IN_CREATE) < 0)
+        return smolvm_err_errno(err, errno, "inotify_add_watch '%s'", watch);
 
     instance_id(cfg->vm_id, id);
-    {
+    if (l->jail.jailer) {
+        /* The jailer's own complaints and then the serial console go to console.log. */
+        char **argv = smolvm_fc_jail_argv(&l->jail, sock);
+
+        if (!argv)
+            return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+        r = smolvm_spawn_detached(argv, console, -1, &l->pid, err);
+        smolvm_fc_jail_argv_free(argv);
+        if (r < 0)
+            return smolvm_err_wrap(err, "spawn '%s'", l->jail.jailer);
+    } else {
         /* stdout is the guest's serial console; stderr is firecracker's log until the
          * logger is configured. Both go to console.log. */
         char *argv[] = {bin, "--api-sock", sock, "--id", id, NULL};
 
         r = smolvm_spawn_detached(argv, console, -1, &l->pid, err);
+        if (r < 0)
+            return smolvm_err_wrap(err, "spawn '%s'", bin);
     }
-    if (r < 0)
-        return smolvm_err_wrap(err, "spawn '%s'", bin);
     pidtext = smolvm_strdupf("%ld\n", (long)l->pid);
     if (!pidtext)
         r = smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
@@ -418,6 +472,10 @@ static int fail_launched(const smolvm_vmm_config *cfg, launched *l, int r, smolv
 
     if (l->pid <= 0) {
         /* Refused before anything was spawned: the dir may belong to a live VMM. */
+        if (l->jail_made) {
+            remove_runtime_files(cfg->dir);
+            smolvm_fc_jail_remove(cfg->dir);
+        }
         launched_done(l);
         return r;
     }
@@ -425,22 +483,25 @@ static int fail_launched(const smolvm_vmm_config *cfg, launched *l, int r, smolv
         (void)smolvm_proc_kill(l->pid, l->start, smolvm_now_ms() + CLEANUP_KILL_MS, NULL);
     launched_done(l);
     remove_runtime_files(cfg->dir);
+    smolvm_fc_jail_remove(cfg->dir);
     tail = console_tail(cfg->dir);
     if (tail && *tail && r != SMOLVM_EINVAL)
         smolvm_err_hint(err, "console: %s", tail);
     return r;
 }
 
-static int configure(const smolvm_vmm_config *c, smolvm_fc_api *api, int64_t deadline,
+static int configure(const smolvm_vmm_config *c, const launched *l, int64_t deadline,
                      smolvm_error **err)
 {
-    _cleanup_free_ char *log = dir_file(c->dir, SMOLVM_VMM_STDERR_LOG);
-    _cleanup_free_ char *metrics = dir_file(c->dir, FC_METRICS);
-    _cleanup_free_ char *cmdline = NULL;
-    smolvm_fc_drive root = {"rootfs", c->disk, 1, 0};
+    _cleanup_free_ char *host_log = dir_file(c->dir, SMOLVM_VMM_STDERR_LOG);
+    _cleanup_free_ char *host_metrics = dir_file(c->dir, FC_METRICS);
+    _cleanup_free_ char *cmdline = NULL, *log = NULL, *metrics = NULL, *kernel = NULL, *disk = NULL,
+                        *config = NULL, *overlay = NULL;
+    smolvm_fc_api *api = l->api;
+    smolvm_fc_drive root = {"rootfs", NULL, 1, 0};
     int r;
 
-    if (!log || !metrics)
+    if (!host_log || !host_metrics)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     if (c->overlay_disk) {
         cmdline = overlay_cmdline(c->cmdline, c->config_disk ? "/dev/vdc" : "/dev/vdb");
@@ -450,23 +511,36 @@ static int configure(const smolvm_vmm_config *c, smolvm_fc_api *api, int64_t dea
     }
     if (!cmdline)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    if ((r = touch(log, err)) < 0 || (r = touch(metrics, err)) < 0)
+    if ((r = touch(host_log, err)) < 0 || (r = touch(host_metrics, err)) < 0)
         return r;
+    /* Jailed, each file is linked into the chroot; the logs keep their place in the
+     * dir (a hard link is the same file). */
+    if ((r = vmm_path(l, host_log, SMOLVM_VMM_STDERR_LOG, SMOLVM_FC_JAIL_RW_OWN, &log, err)) < 0 ||
+        (r = vmm_path(l, host_metrics, FC_METRICS, SMOLVM_FC_JAIL_RW_OWN, &metrics, err)) < 0 ||
+        (r = vmm_path(l, c->kernel, "vmlinux", SMOLVM_FC_JAIL_RO, &kernel, err)) < 0 ||
+        (r = vmm_path(l, c->disk, "rootfs", root.read_only ? SMOLVM_FC_JAIL_RO : SMOLVM_FC_JAIL_RW,
+                      &disk, err)) < 0 ||
+        (c->config_disk &&
+         (r = vmm_path(l, c->config_disk, "config", SMOLVM_FC_JAIL_RO, &config, err)) < 0) ||
+        (c->overlay_disk &&
+         (r = vmm_path(l, c->overlay_disk, "overlay", SMOLVM_FC_JAIL_RW_OWN, &overlay, err)) < 0))
+        return r;
+    root.path = disk;
     if ((r = smolvm_fc_put_logger(api, log, "Warning", deadline, err)) < 0 ||
         (r = smolvm_fc_put_metrics(api, metrics, deadline, err)) < 0 ||
         (r = smolvm_fc_put_machine_config(api, c->vcpus, c->memory_mib, deadline, err)) < 0 ||
-        (r = smolvm_fc_put_boot_source(api, c->kernel, cmdline, deadline, err)) < 0 ||
+        (r = smolvm_fc_put_boot_source(api, kernel, cmdline, deadline, err)) < 0 ||
         (r = smolvm_fc_put_drive(api, &root, deadline, err)) < 0)
         return r;
     /* Drives after the root appear as /dev/vdb, /dev/vdc in the order they are added. */
     if (c->config_disk) {
-        smolvm_fc_drive d = {"config", c->config_disk, 0, 1};
+        smolvm_fc_drive d = {"config", config, 0, 1};
 
         if ((r = smolvm_fc_put_drive(api, &d, deadline, err)) < 0)
             return r;
     }
     if (c->overlay_disk) {
-        smolvm_fc_drive d = {"overlay", c->overlay_disk, 0, 0};
+        smolvm_fc_drive d = {"overlay", overlay, 0, 0};
 
         if ((r = smolvm_fc_put_drive(api, &d, deadline, err)) < 0)
             return r;
@@ -511,9 +585,9 @@ static int fc_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pid,
     if (cfg->overlay_disk && (r = check_config(cfg, err)) == 0 &&
         (r = create_overlay(cfg->overlay_disk, cfg->overlay_mib, deadline, err)) < 0)
         return r;
-    r = launch(cfg, &l, deadline, err);
+    r = launch(cfg, 0, &l, deadline, err);
     if (r == 0)
-        r = configure(cfg, l.api, deadline, err);
+        r = configure(cfg, &l, deadline, err);
     if (r == 0)
         r = smolvm_fc_action(l.api, "InstanceStart", deadline, err);
     if (r < 0)
@@ -535,7 +609,7 @@ static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path, cons
 
     if (!log)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    r = launch(cfg, &l, deadline, err);
+    r = launch(cfg, 1, &l, deadline, err);
     if (r == 0 && (r = touch(log, err)) == 0)
         r = smolvm_fc_put_logger(l.api, log, "Warning", deadline, err);
     if (r == 0)
@@ -747,6 +821,7 @@ static int fc_quit(const char *dir, int64_t deadline, smolvm_error **err)
     if (smolvm_proc_wait_exit(pid, start, deadline, err) < 0)
         return SMOLVM_ETIMEDOUT;
     remove_runtime_files(dir);
+    smolvm_fc_jail_remove(dir);
     return 0;
 }
 
@@ -756,6 +831,10 @@ static int fc_snapshot(const char *dir, const char *state_path, const char *mem_
     _cleanup_(smolvm_fc_api_freep) smolvm_fc_api *api = NULL;
     int r;
 
+    if (smolvm_fc_jailed(dir))
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "jailer: snapshots of a jailed vm are not supported yet (start it "
+                          "without " SMOLVM_FC_JAILER_ENV ")");
     if ((r = api_open(dir, &api, err)) < 0)
         return r;
     return smolvm_fc_snapshot_create(api, state_path, mem_path, deadline, err);
