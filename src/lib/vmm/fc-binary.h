@@ -12,7 +12,8 @@
 #include "smolvm.h"
 
 #define SMOLVM_FC_ENV "SMOLVM_FIRECRACKER"   /* path of the binary to use */
-#define SMOLVM_FC_JAILER_ENV "SMOLVM_JAILER" /* path of jailer: use it when set */
+#define SMOLVM_FC_JAILER_ENV "SMOLVM_JAILER" /* "1" or a jailer path: jail each VM (fc-jailer.h)   \
+                                              */
 #define SMOLVM_FC_PINNED_VERSION "1.16.1"    /* the API contract we follow */
 #define SMOLVM_FC_MIN_VERSION "1.4.0"        /* PUT /entropy and mem_backend */
 #define SMOLVM_FC_RELEASE_URL                                                                      \
