@@ -11,11 +11,11 @@
 
 #include "smolvm.h"
 
-#define SMOLVM_FC_ENV "SMOLVM_FIRECRACKER"   /* path of the binary to use */
-#define SMOLVM_FC_JAILER_ENV "SMOLVM_JAILER" /* "1" or a jailer path: jail each VM (fc-jailer.h)   \
-                                              */
-#define SMOLVM_FC_PINNED_VERSION "1.16.1"    /* the API contract we follow */
-#define SMOLVM_FC_MIN_VERSION "1.4.0"        /* PUT /entropy and mem_backend */
+#define SMOLVM_FC_ENV "SMOLVM_FIRECRACKER" /* path of the binary to use */
+/* "1" or a jailer's path: jail each VM (see fc-jailer.h) */
+#define SMOLVM_FC_JAILER_ENV "SMOLVM_JAILER"
+#define SMOLVM_FC_PINNED_VERSION "1.16.1" /* the API contract we follow */
+#define SMOLVM_FC_MIN_VERSION "1.4.0"     /* PUT /entropy and mem_backend */
 #define SMOLVM_FC_RELEASE_URL                                                                      \
     "https://github.com/firecracker-microvm/firecracker/releases/download/"                        \
     "v" SMOLVM_FC_PINNED_VERSION "/firecracker-v" SMOLVM_FC_PINNED_VERSION "-%s.tgz"
