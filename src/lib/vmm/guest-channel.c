@@ -5,6 +5,7 @@
  * connected socket or the VM dir's ctl.sock.
  */
 #include "util-internal.h"
+#include "sock-internal.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -127,30 +128,17 @@ int smolvm_vmm_wait_ready(struct smolvm_ctx *ctx, int ctl_fd, int64_t deadline, 
 int smolvm_vmm_request_poweroff(const char *dir, int64_t deadline, smolvm_error **err)
 {
     static const char msg[] = "poweroff\n";
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
     _cleanup_free_ char *path = smolvm_strdupf("%s/" SMOLVM_VMM_CTL_SOCK, dir);
     _cleanup_close_ int fd = -1;
-    int left = smolvm_remaining_ms(deadline);
-    struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000 + 1000};
     line_reader lr;
     char line[LINE_MAX_BYTES + 1];
     ssize_t w;
+    int r;
 
     if (!path)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    if (strlen(path) >= sizeof(sa.sun_path))
-        return smolvm_err(err, SMOLVM_EINVAL, "socket path '%s' is too long", path);
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return smolvm_err_errno(err, errno, "socket");
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        if (errno == ECONNREFUSED || errno == ENOENT)
-            return smolvm_err(err, SMOLVM_ESTATE, "connect '%s': %s (is the vm running?)", path,
-                              strerror(errno));
-        return smolvm_err_errno(err, errno, "connect '%s'", path);
-    }
+    if ((r = smolvm_unix_connect(path, deadline, &fd, err)) < 0)
+        return r;
     do
         w = send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL);
     while (w < 0 && errno == EINTR);
@@ -163,7 +151,7 @@ int smolvm_vmm_request_poweroff(const char *dir, int64_t deadline, smolvm_error 
      * it was heard. Anything else on the channel is old news. */
     lr = (line_reader){.fd = fd};
     for (;;) {
-        int r = read_line(&lr, line, deadline, err);
+        r = read_line(&lr, line, deadline, err);
 
         if (r == 1)
             return 0;

@@ -17,6 +17,7 @@
 
 #include "error-internal.h"
 #include "proc-internal.h"
+#include "sock-internal.h"
 #include "vmm/qmp.h"
 #include "vmm/vmm.h"
 
@@ -319,62 +320,6 @@ static char *dir_file(const char *dir, const char *name)
     return smolvm_strdupf("%s/%s", dir, name);
 }
 
-static int unix_addr(struct sockaddr_un *sa, const char *path, smolvm_error **err)
-{
-    memset(sa, 0, sizeof(*sa));
-    sa->sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof(sa->sun_path))
-        return smolvm_err(err, SMOLVM_EINVAL,
-                          "socket path '%s' is longer than %zu bytes (use a shorter state dir)",
-                          path, sizeof(sa->sun_path) - 1);
-    memcpy(sa->sun_path, path, strlen(path) + 1);
-    return 0;
-}
-
-static int listen_unix(const char *path, int *out, smolvm_error **err)
-{
-    struct sockaddr_un sa;
-    _cleanup_close_ int fd = -1;
-    int r;
-
-    if ((r = unix_addr(&sa, path, err)) < 0)
-        return r;
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return smolvm_err_errno(err, errno, "socket");
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-        return smolvm_err_errno(err, errno, "bind '%s'", path);
-    (void)chmod(path, 0600);
-    if (listen(fd, 8) < 0)
-        return smolvm_err_errno(err, errno, "listen '%s'", path);
-    *out = TAKE_FD(fd);
-    return 0;
-}
-
-static int connect_unix(const char *path, int64_t deadline, int *out, smolvm_error **err)
-{
-    struct sockaddr_un sa;
-    _cleanup_close_ int fd = -1;
-    int left = smolvm_remaining_ms(deadline);
-    struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000 + 1000};
-    int r;
-
-    if ((r = unix_addr(&sa, path, err)) < 0)
-        return r;
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return smolvm_err_errno(err, errno, "socket");
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        if (errno == ECONNREFUSED || errno == ENOENT)
-            return smolvm_err(err, SMOLVM_ESTATE, "connect '%s': %s (is the vm running?)", path,
-                              strerror(errno));
-        return smolvm_err_errno(err, errno, "connect '%s'", path);
-    }
-    *out = TAKE_FD(fd);
-    return 0;
-}
-
 /* The last lines QEMU wrote to its log since offset, joined with "; ". */
 static char *log_tail(const char *path, off_t offset)
 {
@@ -603,7 +548,7 @@ static int qemu_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pi
     {
         struct sockaddr_un sa;
 
-        if ((r = unix_addr(&sa, ctl_path, err)) < 0)
+        if ((r = smolvm_unix_addr(&sa, ctl_path, err)) < 0)
             return r;
     }
     /* Never pull the sockets from under a VMM that still runs in this dir. */
@@ -615,7 +560,7 @@ static int qemu_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pi
     if (stat(log_path, &st) == 0)
         log_offset = st.st_size;
 
-    if ((r = listen_unix(qmp_path, &listen_fd, err)) < 0)
+    if ((r = smolvm_unix_listen(qmp_path, &listen_fd, err)) < 0)
         return r;
     r = build_argv(cfg, listen_fd, &argv, err);
     if (r == 0)
@@ -638,7 +583,7 @@ static int qemu_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pi
 
     r = smolvm_qmp_connect(&q, qmp_path, deadline, err);
     if (r == 0)
-        r = connect_unix(ctl_path, deadline, &ctl, err);
+        r = smolvm_unix_connect(ctl_path, deadline, &ctl, err);
     if (r == 0)
         r = wait_ctl_accepted(q, deadline, err);
     if (r == 0)

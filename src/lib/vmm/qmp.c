@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* QMP client: see qmp.h. JSON is jansson's; framing is one message per line. */
 #include "util-internal.h"
+#include "sock-internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -225,33 +226,10 @@ int smolvm_qmp_open_fd(smolvm_qmp **out, int fd, int64_t deadline, smolvm_error 
 
 int smolvm_qmp_connect(smolvm_qmp **out, const char *path, int64_t deadline, smolvm_error **err)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    int left = smolvm_remaining_ms(deadline);
-    struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
-    int fd;
+    int fd = -1, r;
 
-    if (strlen(path) >= sizeof(sa.sun_path))
-        return smolvm_err(err, SMOLVM_EINVAL, "qmp: socket path '%s' is too long", path);
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return smolvm_err_errno(err, errno, "qmp: socket");
-    if (left == 0)
-        tv.tv_usec = 1000;
-    /* A unix connect blocks only while the listen backlog is full; SO_SNDTIMEO
-     * bounds that wait. */
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        int e = errno;
-
-        (void)close(fd);
-        if (e == ECONNREFUSED || e == ENOENT)
-            return smolvm_err(err, SMOLVM_ESTATE, "qmp: no vmm listening on '%s': %s", path,
-                              strerror(e));
-        if (e == EAGAIN || e == EINPROGRESS)
-            return smolvm_err(err, SMOLVM_ETIMEDOUT, "qmp: connect '%s': timed out", path);
-        return smolvm_err_errno(err, e, "qmp: connect '%s'", path);
-    }
+    if ((r = smolvm_unix_connect(path, deadline, &fd, err)) < 0)
+        return smolvm_err_wrap(err, "qmp");
     return smolvm_qmp_open_fd(out, fd, deadline, err);
 }
 
