@@ -216,6 +216,43 @@ function(args)
   return status
 end)
 
+-- -e NAME=VALUE... -> env table (nil when none) | nil, usage message
+local function parse_env(list, cmd)
+  local env
+  for _, kv in ipairs(list or {}) do
+    local k, v = kv:match("^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+    if not k then return nil, usage_error("-e expects NAME=VALUE, got '" .. kv .. "'", cmd) end
+    env = env or {}
+    env[k] = v
+  end
+  return env
+end
+
+-- -t SECONDS -> number (nil when not given) | nil, usage status
+local function parse_timeout(t, cmd)
+  if t == nil then return nil end
+  local n = tonumber(t)
+  if not n or n <= 0 then return nil, usage_error("-t expects seconds > 0", cmd) end
+  return n
+end
+
+-- A command's words as one shell command line, quoted word by word.
+local function command_line(words)
+  local q = {}
+  for i, a in ipairs(words) do q[i] = shell_quote(a) end
+  return table.concat(q, " ")
+end
+
+-- Pass a run result through as our own output and exit status.
+local function emit_result(r)
+  io.stdout:write(r.stdout or "")
+  io.stdout:flush()
+  io.stderr:write(r.stderr or "")
+  io.stderr:flush()
+  if r.exit_code == nil or r.exit_code < 0 then return 128 + 9 end
+  return r.exit_code
+end
+
 command("exec", "exec [-e NAME=VALUE]... [-w DIR] [-t SECONDS] [-i] ID -- CMD [ARG...]",
   "Run a command in a running sandbox; exits with its status",
 function(args)
@@ -231,40 +268,25 @@ function(args)
   if not id or #rest == 0 then
     return usage_error("usage: smolvm exec ID -- CMD [ARG...]", "exec")
   end
-  local env
-  for _, kv in ipairs(o.env or {}) do
-    local k, v = kv:match("^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
-    if not k then return usage_error("-e expects NAME=VALUE, got '" .. kv .. "'", "exec") end
-    env = env or {}
-    env[k] = v
-  end
-  local timeout
-  if o.timeout then
-    timeout = tonumber(o.timeout)
-    if not timeout or timeout <= 0 then return usage_error("-t expects seconds > 0", "exec") end
-  end
+  local env, bad = parse_env(o.env, "exec")
+  if bad then return bad end
+  local timeout, badt = parse_timeout(o.timeout, "exec")
+  if badt then return badt end
   local smolvm = load_smolvm()
   if not smolvm then return EXIT_EXEC end
   local vm = open_vm(smolvm, id)
   if not vm then return EXIT_EXEC end
-  local words = {}
-  for i, a in ipairs(rest) do words[i] = shell_quote(a) end
   local stdin
   if o.stdin or not is_tty(0) then stdin = io.stdin:read("*a") end
-  local r, err, code = vm:run(table.concat(words, " "), { timeout = timeout, env = env,
-                                                         cwd = o.cwd, stdin = stdin })
+  local r, err, code = vm:run(command_line(rest), { timeout = timeout, env = env,
+                                                    cwd = o.cwd, stdin = stdin })
   if not r then
     local hint
     if code == "ESTATE" then hint = "start it first, or check 'smolvm ls'"
     elseif code == "ETIMEDOUT" then hint = "raise the limit with -t SECONDS" end
     return fail("exec in '" .. id .. "': " .. tostring(err), hint, EXIT_EXEC)
   end
-  io.stdout:write(r.stdout or "")
-  io.stdout:flush()
-  io.stderr:write(r.stderr or "")
-  io.stderr:flush()
-  if r.exit_code == nil or r.exit_code < 0 then return 128 + 9 end
-  return r.exit_code
+  return emit_result(r)
 end)
 
 command("run", "run [--name ID] [-m MIB] [--cpus N] [--network MODE] [-e NAME=VALUE]... "
@@ -285,18 +307,10 @@ function(args)
   local vmopts = { id = o.name, network = o.network,
                    memory = o.memory and (tonumber(o.memory) or o.memory) or nil,
                    vcpus = o.vcpus and (tonumber(o.vcpus) or o.vcpus) or nil }
-  local env
-  for _, kv in ipairs(o.env or {}) do
-    local k, v = kv:match("^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
-    if not k then return usage_error("-e expects NAME=VALUE, got '" .. kv .. "'", "run") end
-    env = env or {}
-    env[k] = v
-  end
-  local timeout
-  if o.timeout then
-    timeout = tonumber(o.timeout)
-    if not timeout or timeout <= 0 then return usage_error("-t expects seconds > 0", "run") end
-  end
+  local env, bad = parse_env(o.env, "run")
+  if bad then return bad end
+  local timeout, badt = parse_timeout(o.timeout, "run")
+  if badt then return badt end
   local smolvm = load_smolvm()
   if not smolvm then return EXIT_EXEC end
   local okv, vm, err, code = pcall(smolvm.VM, vmopts)
@@ -307,8 +321,6 @@ function(args)
     return fail("run: " .. tostring(err), code == "EHOST" and "see 'smolvm doctor'" or nil,
       code == "EHOST" and EXIT_HOST or EXIT_EXEC)
   end
-  local words = {}
-  for i, a in ipairs(rest) do words[i] = shell_quote(a) end
   local stdin
   if o.stdin or not is_tty(0) then stdin = io.stdin:read("*a") end
   local r
@@ -318,8 +330,8 @@ function(args)
       err, code = serr, scode
       return
     end
-    r, err, code = vm:run(table.concat(words, " "), { timeout = timeout, env = env,
-                                                      cwd = o.cwd, stdin = stdin })
+    r, err, code = vm:run(command_line(rest), { timeout = timeout, env = env,
+                                                cwd = o.cwd, stdin = stdin })
   end)
   if o.keep and okr then
     vm:keep()
@@ -330,12 +342,7 @@ function(args)
   vm:close()
   if not okr then error(perr, 0) end -- interrupted: the sandbox is gone already
   if not r then return fail("run: " .. tostring(err), nil, EXIT_EXEC) end
-  io.stdout:write(r.stdout or "")
-  io.stdout:flush()
-  io.stderr:write(r.stderr or "")
-  io.stderr:flush()
-  if r.exit_code == nil or r.exit_code < 0 then return 128 + 9 end
-  return r.exit_code
+  return emit_result(r)
 end)
 
 -- The ssh command line for a VM, from its info: the per-installation key, the
