@@ -582,7 +582,11 @@ static int do_stop(smolvm_vm *vm, int timeout_ms, int *net_done, smolvm_error **
 
 static int stop_locked(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
 {
-    int r, net_done = 0;
+    /* A stopped, created or failed VM has no network up: it came down at stop, never
+     * went up, or came down with the failed start or the reconcile that found it. */
+    const char *was = vm->row->status ? vm->row->status : "";
+    int r, net_done = strcmp(was, "stopped") == 0 || strcmp(was, "created") == 0 ||
+                      strcmp(was, "error") == 0;
 
     smolvm_vm_drop_ssh(vm);
     if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "stopping", NULL, err)) < 0)
