@@ -17,18 +17,6 @@
 
 extern char **environ;
 
-static void last_line(const char *out, char *buf, size_t size)
-{
-    const char *end = out + strlen(out), *start;
-
-    while (end > out && (end[-1] == '\n' || end[-1] == '\r'))
-        end--;
-    start = end;
-    while (start > out && start[-1] != '\n')
-        start--;
-    snprintf(buf, size, "%.*s", (int)(end - start), start);
-}
-
 int smolvm_tool_run(char *const argv[], int64_t deadline, char **output, smolvm_error **err)
 {
     posix_spawn_file_actions_t fa;
@@ -37,7 +25,6 @@ int smolvm_tool_run(char *const argv[], int64_t deadline, char **output, smolvm_
     int pipefd[2], r, status = 0, timed_out = 0;
     size_t n = 0;
     pid_t pid;
-    char line[512];
 
     if (!buf)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
@@ -84,6 +71,8 @@ int smolvm_tool_run(char *const argv[], int64_t deadline, char **output, smolvm_
         if (n < TOOL_OUTPUT_MAX)
             n += (size_t)got;
     }
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
     buf[n] = '\0';
     if (!timed_out && pidfd >= 0) {
         /* Output closed; the exit follows promptly but still gets a deadline. */
@@ -98,10 +87,15 @@ int smolvm_tool_run(char *const argv[], int64_t deadline, char **output, smolvm_
     if (timed_out)
         return smolvm_err(err, SMOLVM_ETIMEDOUT, "'%s' did not finish in time", argv[0]);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        last_line(buf, line, sizeof(line));
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 127 && !*line)
-            return smolvm_err(err, SMOLVM_EHOST, "'%s' could not be run", argv[0]);
-        return smolvm_err(err, SMOLVM_EIO, "'%s' failed: %s", argv[0], *line ? line : "no output");
+        char *nl;
+
+        for (nl = buf; (nl = strchr(nl, '\n'));)
+            *nl = ' ';
+        if (WIFEXITED(status))
+            return smolvm_err(err, SMOLVM_EIO, "'%s' exited with status %d: %.300s", argv[0],
+                              WEXITSTATUS(status), *buf ? buf : "no output");
+        return smolvm_err(err, SMOLVM_EIO, "'%s' was killed by signal %d", argv[0],
+                          WTERMSIG(status));
     }
     if (output)
         *output = TAKE_PTR(buf);

@@ -31,6 +31,7 @@
 #include "proc-internal.h"
 #include "util-internal.h"
 #include "vmm/fc-api.h"
+#include "tool-internal.h"
 #include "vmm/fc-binary.h"
 #include "vmm/fc-jailer.h"
 #include "vmm/vmm.h"
@@ -448,7 +449,7 @@ static void test_overlay_disk(void **state)
             assert_true(fd >= 0);
             assert_int_equal(ftruncate(fd, (off_t)8192 << 20), 0);
             (void)close(fd);
-            assert_int_equal(smolvm_fc_run(argv, NULL, smolvm_now_ms() + 10000, NULL), 0);
+            assert_int_equal(smolvm_tool_run(argv, smolvm_now_ms() + 10000, NULL, NULL), 0);
             t1 = smolvm_now_ms() - t0;
             best = t1 < best ? t1 : best;
             (void)unlink(u2);

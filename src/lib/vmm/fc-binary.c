@@ -7,25 +7,18 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
-#include <poll.h>
 #include <pwd.h>
-#include <signal.h>
-#include <spawn.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/utsname.h>
-#include <sys/wait.h>
 
 #include "error-internal.h"
 #include "host-internal.h"
+#include "tool-internal.h"
 #include "vmm/fc-binary.h"
 
-#define RUN_OUTPUT_MAX (16 * 1024)
 #define VERSION_TIMEOUT_MS 5000
-
-extern char **environ;
 
 /* Published sha256 of the pinned release archives (firecracker-vX-<arch>.tgz). */
 static const struct {
@@ -104,97 +97,6 @@ int smolvm_fc_version_cmp(const char *a, const char *b)
     return 0;
 }
 
-static int pidfd_open_(pid_t pid)
-{
-    return (int)syscall(SYS_pidfd_open, pid, 0);
-}
-
-int smolvm_fc_run(char *const argv[], char **output, int64_t deadline, smolvm_error **err)
-{
-    posix_spawn_file_actions_t fa;
-    _cleanup_close_ int rd = -1, wr = -1, pfd = -1;
-    _cleanup_free_ char *buf = calloc(1, RUN_OUTPUT_MAX + 1);
-    size_t len = 0;
-    int fds[2], status = 0, e, timed_out = 0, eof = 0;
-    pid_t pid;
-
-    if (!buf)
-        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    if (pipe2(fds, O_CLOEXEC) < 0)
-        return smolvm_err_errno(err, errno, "pipe");
-    rd = fds[0];
-    wr = fds[1];
-    if ((e = posix_spawn_file_actions_init(&fa)) != 0)
-        return smolvm_err_errno(err, e, "spawn '%s'", argv[0]);
-    (void)posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    (void)posix_spawn_file_actions_adddup2(&fa, wr, 1);
-    (void)posix_spawn_file_actions_adddup2(&fa, wr, 2);
-    e = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (e != 0)
-        return smolvm_err_errno(err, e, "run '%s'", argv[0]);
-    (void)close(TAKE_FD(wr));
-    pfd = pidfd_open_(pid);
-
-    /* Output until EOF, then the exit: both bounded by the deadline. */
-    while (!eof) {
-        struct pollfd p = {.fd = rd, .events = POLLIN};
-        int w = poll(&p, 1, smolvm_remaining_ms(deadline));
-        char tmp[4096];
-        ssize_t n;
-
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            timed_out = 1;
-            break;
-        }
-        n = read(rd, tmp, sizeof(tmp));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            eof = 1;
-            break;
-        }
-        if (len < RUN_OUTPUT_MAX) {
-            size_t k = (size_t)n < RUN_OUTPUT_MAX - len ? (size_t)n : RUN_OUTPUT_MAX - len;
-
-            memcpy(buf + len, tmp, k);
-            len += k;
-        }
-    }
-    if (!timed_out && pfd >= 0) {
-        struct pollfd p = {.fd = pfd, .events = POLLIN};
-
-        while ((e = poll(&p, 1, smolvm_remaining_ms(deadline))) < 0 && errno == EINTR)
-            ;
-        timed_out = e == 0;
-    }
-    if (timed_out)
-        (void)kill(pid, SIGKILL);
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    buf[len] = '\0';
-    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
-        buf[--len] = '\0';
-    if (timed_out)
-        return smolvm_err(err, SMOLVM_ETIMEDOUT, "'%s' did not finish in time", argv[0]);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        char *nl;
-
-        for (nl = buf; (nl = strchr(nl, '\n'));)
-            *nl = ' ';
-        if (WIFEXITED(status))
-            return smolvm_err(err, SMOLVM_EIO, "'%s' exited with status %d: %.300s", argv[0],
-                              WEXITSTATUS(status), *buf ? buf : "no output");
-        return smolvm_err(err, SMOLVM_EIO, "'%s' was killed by signal %d", argv[0],
-                          WTERMSIG(status));
-    }
-    if (output)
-        *output = TAKE_PTR(buf);
-    return 0;
-}
-
 int smolvm_fc_binary_version(const char *path, char **version, int64_t deadline, smolvm_error **err)
 {
     char *argv[] = {(char *)path, "--version", NULL};
@@ -205,7 +107,7 @@ int smolvm_fc_binary_version(const char *path, char **version, int64_t deadline,
 
     if (deadline <= 0)
         deadline = smolvm_now_ms() + VERSION_TIMEOUT_MS;
-    r = smolvm_fc_run(argv, &out, deadline, err);
+    r = smolvm_tool_run(argv, deadline, &out, err);
     if (r < 0)
         return smolvm_err_wrap(err, "firecracker version");
     /* "Firecracker v1.16.1\n\nSupported snapshot data format versions: ..." */
@@ -447,7 +349,7 @@ int smolvm_fc_download(const smolvm_fc_download_opts *opts, char **path, smolvm_
         char *argv[] = {
             "tar", "-xzf", archive, "-C", unpack, "--no-same-owner", "--no-same-permissions", NULL};
 
-        r = smolvm_fc_run(argv, NULL, deadline, err);
+        r = smolvm_tool_run(argv, deadline, NULL, err);
     }
     (void)unlink(archive);
     if (r == 0) {

@@ -55,10 +55,4 @@ typedef struct smolvm_fc_download_opts {
  * firecracker (caller frees). */
 int smolvm_fc_download(const smolvm_fc_download_opts *opts, char **path, smolvm_error **err);
 
-/* Run argv (argv[0] a path or a name in PATH), stdin /dev/null, stdout+stderr captured
- * (at most 16 KiB kept, NUL-terminated, *output may be NULL). Returns 0 when it exited
- * 0; SMOLVM_EIO naming the program and its output otherwise; SMOLVM_ETIMEDOUT (after
- * killing it) at the deadline. */
-int smolvm_fc_run(char *const argv[], char **output, int64_t deadline, smolvm_error **err);
-
 #endif

@@ -21,6 +21,7 @@
 
 #include "context-internal.h"
 #include "error-internal.h"
+#include "tool-internal.h"
 #include "host-internal.h"
 #include "proc-internal.h"
 #include "vmm/fc-api.h"
@@ -180,7 +181,7 @@ static int create_overlay(const char *path, unsigned mib, int64_t deadline, smol
         (void)unlink(path);
         return r;
     }
-    r = smolvm_fc_run(argv, NULL, deadline, err);
+    r = smolvm_tool_run(argv, deadline, NULL, err);
     if (r < 0) {
         (void)unlink(path);
         return smolvm_err_wrap(err, "create overlay disk '%s'", path);
