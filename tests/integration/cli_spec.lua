@@ -1,10 +1,9 @@
 -- SPDX-License-Identifier: MIT
 -- The `smolvm` command line against a real sandbox, as a user types it. Run by
 -- tests/integration/run-spec.sh (temporary state dir, private network namespace).
-local LUA = assert(os.getenv("SMOLVM_LUA"))
+local h = require "helpers"
+local LUA, q, readfile = h.LUA, h.quote, h.readfile
 local SRC = assert(os.getenv("SMOLVM_SOURCE_DIR"))
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 -- Run `smolvm ARGS`; returns stdout+stderr and the exit status.
 local function smolvm(args, stdin)
@@ -15,14 +14,6 @@ local function smolvm(args, stdin)
   p:close()
   local status = tonumber(out:match("__status=(%d+)%s*$"))
   return out:gsub("__status=%d+%s*$", ""), status
-end
-
-local function readfile(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
 end
 
 describe("the smolvm command", function()

@@ -5,15 +5,8 @@
 local smolvm = require "smolvm"
 
 local OUT = assert(os.getenv("SMOLVM_NAT_OUTSIDE_NS"), "run through nat-netns.sh")
-local LUA = assert(os.getenv("SMOLVM_LUA"))
-local BOOT = 120
-
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return out, ok and 0 or code
-end
+local h = require "helpers"
+local LUA, BOOT, sh, tmpfile = h.LUA, h.BOOT, h.sh, h.tmpfile
 
 local function nft_rules()
   return (sh("nft list table inet smolvm"))
@@ -21,14 +14,6 @@ end
 
 local function links()
   return (sh("ip -o link show"))
-end
-
-local function tmpfile(content)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(content)
-  f:close()
-  return path
 end
 
 -- Start a tiny HTTP server in the guest, answering "guest:<hostname>".

@@ -4,7 +4,7 @@
 -- reason when the host cannot run sandboxes).
 local smolvm = require "smolvm"
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local sh_quote = require("helpers").quote
 
 describe("recipes with real VMs", function()
   local bin = assert(os.getenv("SMOLVM_LUA"), "SMOLVM_LUA: path of smolvm-lua")

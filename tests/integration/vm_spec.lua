@@ -4,42 +4,9 @@
 -- when the host has no image or QEMU.
 local smolvm = require "smolvm"
 
-local LUA = assert(os.getenv("SMOLVM_LUA"), "SMOLVM_LUA: path of smolvm-lua")
-local BOOT = 120 -- seconds; TCG boots take seconds, a loaded CI machine more
-
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return out, ok and 0 or code
-end
-
-local function tmpfile(content, mode)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
-  if mode then sh(("chmod %s %q"):format(mode, path)) end
-  return path
-end
-
-local function readfile(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function wait_for(pred, seconds)
-  local deadline = os.time() + seconds
-  repeat
-    local v = pred()
-    if v then return v end
-    sh("sleep 0.2")
-  until os.time() > deadline
-  return nil
-end
+local h = require "helpers"
+local LUA, BOOT = h.LUA, h.BOOT
+local sh, tmpfile, readfile, wait_for = h.sh, h.tmpfile, h.readfile, h.wait_for
 
 -- Is any process still using this VM's directory (its QEMU)?
 local function vmm_running(dir)
