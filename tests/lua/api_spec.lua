@@ -5,11 +5,7 @@
 
 local smolvm = require "smolvm"
 
-local INTERP = os.getenv("SMOLVM_TEST_INTERP") == "luajit" and "luajit" or "lua5.4"
-
-local function sh_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local sh_quote = require("helpers").quote
 
 -- The message of the error fn raises (busted's has_error wants exact matches).
 local function err_of(fn, ...)
@@ -133,21 +129,7 @@ end)
 
 -- VM objects without booting: create (network "none"), ownership, close, keep.
 describe("VM objects (no boot)", function()
-  local function mktemp_dir()
-    local p = assert(io.popen("mktemp -d"))
-    local d = p:read("*l")
-    p:close()
-    return d
-  end
-
-  local function child(state_dir, code)
-    local cmd = "SMOLVM_STATE_DIR=" .. sh_quote(state_dir) .. " " .. INTERP .. " -e "
-      .. sh_quote(code) .. " 2>&1; echo \"rc=$?\""
-    local p = assert(io.popen(cmd))
-    local out = p:read("*a")
-    p:close()
-    return (out:gsub("rc=%d+%s*$", "")), tonumber(out:match("rc=(%d+)%s*$"))
-  end
+  local mktemp_dir, child = require("helpers").mktemp_dir, require("helpers").child
 
   local dir
   before_each(function() dir = mktemp_dir() end)

@@ -5,28 +5,8 @@
 local SMOLVM_LUA = os.getenv("SMOLVM_LUA")
   or ((os.getenv("SMOLVM_BUILD_DIR") or "../../build") .. "/smolvm-lua")
 
-local function sh_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function mktemp_dir()
-  local p = assert(io.popen("mktemp -d"))
-  local d = p:read("*l")
-  p:close()
-  return d
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
-
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local h = require "helpers"
+local sh_quote, mktemp_dir, exists, write = h.quote, h.mktemp_dir, h.exists, h.write
 
 -- Run smolvm-lua with the given shell-quoted argument string; LUA_PATH/LUA_CPATH are
 -- cleared so only the binary's own setup is tested. Returns stdout, stderr, status.

@@ -5,7 +5,7 @@
 -- same begin/loadfile/finish sequence), so the recipe engine is tested on both ABIs.
 -- No VM is ever created: an invalid recipe is refused before anything runs.
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local sh_quote = require("helpers").quote
 
 local function run(cmd)
   local p = io.popen(cmd .. " 2>&1; echo \"__status=$?\"")

@@ -7,7 +7,7 @@
 local recipe = require "smolvm.recipe"
 local schema = require "smolvm.schema"
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local sh_quote = require("helpers").quote
 
 -- A fake smolvm: commands are words the fake understands.
 local function fake_smolvm(opts)

@@ -3,53 +3,9 @@
 
 local smolvm = require "smolvm"
 
-local INTERP = os.getenv("SMOLVM_TEST_INTERP") == "luajit" and "luajit" or "lua5.4"
-
-local function sh_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function mktemp_dir()
-  local p = assert(io.popen("mktemp -d"))
-  local d = p:read("*l")
-  p:close()
-  return d
-end
-
-local function rm_rf(d)
-  os.execute("rm -rf " .. sh_quote(d))
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
-
--- Run Lua code in a child interpreter (same ABI, same LUA_PATH/LUA_CPATH) with
--- SMOLVM_STATE_DIR set; returns its stdout and exit status.
-local function child(state_dir, code)
-  local cmd = "SMOLVM_STATE_DIR=" .. sh_quote(state_dir) .. " " .. INTERP .. " -e "
-    .. sh_quote(code) .. " 2>&1; echo \"rc=$?\""
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  return out:gsub("rc=%d+%s*$", ""), rc
-end
+local h = require "helpers"
+local sh_quote, mktemp_dir, rm_rf, exists, read, write, child =
+  h.quote, h.mktemp_dir, h.rm_rf, h.exists, h.read, h.write, h.child
 
 describe("smolvm.Store", function()
   local dir
