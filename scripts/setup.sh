@@ -12,7 +12,7 @@ t0=$(date +%s)
 step() { printf '==> %s (%ss)\n' "$1" "$(( $(date +%s) - t0 ))"; }
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "setup: run as root (sudo scripts/setup.sh): packages and the image build need it" >&2
+    echo "setup: run as root (in a root shell: su -, or sudo -i): packages and the image build need it" >&2
     exit 1
 fi
 

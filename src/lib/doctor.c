@@ -115,7 +115,7 @@ int smolvm_doctor_json(smolvm_ctx *ctx, char **out, smolvm_error **err)
         add(list, "image", 1, 1, detail, NULL);
     } else {
         add(list, "image", 0, 1, smolvm_error_message(e),
-            "build it once with: sudo scripts/build-image.sh (about 10 minutes)");
+            "build it once, as root: scripts/build-image.sh (about 10 minutes)");
     }
     smolvm_image_free(img);
     e = smolvm_error_free(e);
