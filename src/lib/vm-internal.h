@@ -52,8 +52,12 @@ int smolvm_vm_refresh(smolvm_vm *vm, smolvm_error **err);
 int smolvm_vm_reconcile_row(smolvm_ctx *ctx, const smolvm_vm_row *row, int *changed,
                             smolvm_error **err);
 
-/* Take the VM's lock without waiting; another process holding it is SMOLVM_ESTATE. */
-int smolvm_vm_lock(const char *dir, const char *id, const char *what, int *fd, smolvm_error **err);
+/* Take the VM's lock, waiting at most wait_ms for a holder to let go (a reconcile
+ * holds it for milliseconds, a start for a whole boot). Still held then: another
+ * process is acting on the VM, SMOLVM_ESTATE. */
+#define SMOLVM_LOCK_WAIT_MS 2000
+int smolvm_vm_lock(const char *dir, const char *id, const char *what, int wait_ms, int *fd,
+                   smolvm_error **err);
 
 /* Installation-wide SSH client key (created on first use). Caller frees both. */
 int smolvm_client_key(smolvm_ctx *ctx, char **key_path, char **pub_line, smolvm_error **err);

@@ -102,23 +102,52 @@ static int row_is_nat(const smolvm_vm_row *row)
     return nat;
 }
 
-int smolvm_vm_reconcile_row(smolvm_ctx *ctx, const smolvm_vm_row *row, int *changed,
+static void smolvm_vm_row_freep(smolvm_vm_row **row)
+{
+    smolvm_vm_row_free(*row);
+}
+
+/* Does the row disagree with reality (so reconcile has something to do)? */
+static int needs_reconcile(const smolvm_vm_row *row)
+{
+    const char *status = row->status ? row->status : "";
+    uint64_t start;
+    pid_t pid;
+
+    if (strcmp(status, "running") == 0)
+        return !vmm_alive(row, &pid, &start);
+    if (strcmp(status, "starting") == 0 || strcmp(status, "stopping") == 0)
+        return 1; /* unless its controller still holds the lock */
+    return row->pid != 0 || vmm_alive(row, &pid, &start);
+}
+
+int smolvm_vm_reconcile_row(smolvm_ctx *ctx, const smolvm_vm_row *seen, int *changed,
                             smolvm_error **err)
 {
     _cleanup_close_ int lock = -1;
     _cleanup_free_ char *tail = NULL, *reason = NULL;
-    const char *status = row->status ? row->status : "";
+    _cleanup_(smolvm_vm_row_freep) smolvm_vm_row *row = NULL;
+    const char *status;
     pid_t pid;
     uint64_t start;
     int r;
 
     if (changed)
         *changed = 0;
-    if (!row->dir || access(row->dir, F_OK) < 0)
+    if (!seen->dir || access(seen->dir, F_OK) < 0)
+        return 0;
+    /* A healthy VM is only read: readers never take the lock that start, stop and
+     * delete need. */
+    if (!needs_reconcile(seen))
         return 0;
     /* Whoever holds the lock is acting on this VM right now; its view wins. */
-    if (smolvm_vm_lock(row->dir, row->id, "reconcile", &lock, NULL) < 0)
+    if (smolvm_vm_lock(seen->dir, seen->id, "reconcile", 0, &lock, NULL) < 0)
         return 0;
+    /* What was read before the lock may be stale (a stop that just finished): decide
+     * on the row as it is now. */
+    if (smolvm_store_vm_get(ctx->store, seen->id, &row, NULL) < 0 || !needs_reconcile(row))
+        return 0;
+    status = row->status ? row->status : "";
 
     if (strcmp(status, "running") == 0) {
         if (vmm_alive(row, &pid, &start))
@@ -500,7 +529,7 @@ int smolvm_vm_start_begin(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
         vm->start.pending = 1; /* finish only (re)connects the session */
         return 0;
     }
-    if ((r = smolvm_vm_lock(vm->row->dir, vm->id, "start", &lock, err)) < 0)
+    if ((r = smolvm_vm_lock(vm->row->dir, vm->id, "start", SMOLVM_LOCK_WAIT_MS, &lock, err)) < 0)
         return r;
     if ((r = smolvm_vm_refresh(vm, err)) < 0)
         return r;
@@ -616,7 +645,7 @@ int smolvm_vm_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
         smolvm_vm_drop_ssh(vm);
         return 0;
     }
-    if ((r = smolvm_vm_lock(vm->row->dir, vm->id, "stop", &lock, err)) < 0)
+    if ((r = smolvm_vm_lock(vm->row->dir, vm->id, "stop", SMOLVM_LOCK_WAIT_MS, &lock, err)) < 0)
         return r;
     r = stop_locked(vm, timeout_ms > 0 ? timeout_ms : 5000, err);
     return r < 0 ? smolvm_err_wrap(err, "stop '%s'", vm->id) : 0;
@@ -639,7 +668,7 @@ int smolvm_vm_delete(smolvm_vm *vm, smolvm_error **err)
         return 0;
     }
     if (access(vm->row->dir, F_OK) == 0 &&
-        (r = smolvm_vm_lock(vm->row->dir, vm->id, "delete", &lock, err)) < 0)
+        (r = smolvm_vm_lock(vm->row->dir, vm->id, "delete", SMOLVM_LOCK_WAIT_MS, &lock, err)) < 0)
         return r;
     /* Whatever the recorded status says, no VMM of this VM may survive. */
     if ((r = stop_locked(vm, DELETE_STOP_TIMEOUT_MS, err)) < 0)

@@ -10,6 +10,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "context-internal.h"
 #include "error-internal.h"
@@ -128,18 +129,29 @@ const char **smolvm_vm_env(const smolvm_vm *vm)
     return out;
 }
 
-int smolvm_vm_lock(const char *dir, const char *id, const char *what, int *fd, smolvm_error **err)
+int smolvm_vm_lock(const char *dir, const char *id, const char *what, int wait_ms, int *fd,
+                   smolvm_error **err)
 {
     _cleanup_free_ char *path = smolvm_strdupf("%s/%s", dir, SMOLVM_VM_LOCK);
     _cleanup_close_ int lfd = -1;
+    int64_t deadline = smolvm_now_ms() + wait_ms;
+    int pause_ms = 1;
 
     if (!path)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     lfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (lfd < 0)
         return smolvm_err_errno(err, errno, "%s '%s': open lock '%s'", what, id, path);
-    /* Never wait on a lock: another process mid-start/stop/delete owns the VM. */
-    if (flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+    /* flock(2) cannot wait with a deadline, so a short holder (a reconcile) is waited
+     * out with a bounded backoff; a long one (a start) is reported, not waited for. */
+    while (flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK && smolvm_remaining_ms(deadline) > 0) {
+            struct timespec ts = {0, (long)pause_ms * 1000000L};
+
+            (void)nanosleep(&ts, NULL);
+            pause_ms = pause_ms < 50 ? pause_ms * 2 : 50;
+            continue;
+        }
         if (errno == EWOULDBLOCK)
             return smolvm_err(err, SMOLVM_ESTATE,
                               "%s '%s': another process is starting, stopping or deleting "
