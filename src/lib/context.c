@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: MIT */
-#include "util-internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <string.h>
 
-#include "context-internal.h"
-#include "error-internal.h"
+#include "context.h"
+#include "error.h"
 
 /* $ENV_VAR, else $XDG_VAR/suffix, else ~/fallback/suffix (XDG base directory spec:
  * relative XDG paths are invalid and ignored). */

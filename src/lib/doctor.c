@@ -1,17 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /* smolvm_doctor_json: what this host can run, each check with a hint when it fails. */
-#include "util-internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <jansson.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "context-internal.h"
-#include "error-internal.h"
-#include "host-internal.h"
-#include "image-internal.h"
-#include "tool-internal.h"
+#include "context.h"
+#include "error.h"
+#include "host.h"
+#include "image.h"
+#include "tool.h"
 #include "vmm/fc-binary.h"
 #include "vmm/vmm.h"
 

@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-#include "error-internal.h"
+#include "error.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "util-internal.h"
+#include "util.h"
 
 /* When even the message cannot be allocated, errors still carry their code. */
 static char oom_message[] = "out of memory";

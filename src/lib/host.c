@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-#include "util-internal.h"
+#include "util.h"
 
 #include <cpuid.h>
 #include <errno.h>
@@ -10,8 +10,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 
-#include "error-internal.h"
-#include "host-internal.h"
+#include "error.h"
+#include "host.h"
 
 #define KVM_GET_API_VERSION_IOCTL 0xAE00 /* _IO(KVMIO, 0x00), avoids linux/kvm.h */
 

@@ -1,15 +1,15 @@
 /* SPDX-License-Identifier: MIT */
-#include "util-internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "context-internal.h"
-#include "error-internal.h"
-#include "image-internal.h"
-#include "store-internal.h"
-#include "tool-internal.h"
+#include "context.h"
+#include "error.h"
+#include "image.h"
+#include "store.h"
+#include "tool.h"
 
 #define QEMU_IMG_TIMEOUT_MS 30000
 

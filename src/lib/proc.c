@@ -5,7 +5,7 @@
  * through a pidfd opened before the start time is checked: once the pidfd is open it
  * cannot be redirected to a newer process with the same pid.
  */
-#include "util-internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,8 +17,8 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#include "error-internal.h"
-#include "proc-internal.h"
+#include "error.h"
+#include "proc.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)

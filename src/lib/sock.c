@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-#include "util-internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <string.h>
@@ -7,8 +7,8 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 
-#include "error-internal.h"
-#include "sock-internal.h"
+#include "error.h"
+#include "sock.h"
 
 int smolvm_unix_addr(struct sockaddr_un *sa, const char *path, smolvm_error **err)
 {

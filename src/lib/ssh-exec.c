@@ -13,14 +13,14 @@
  * owns the deadline: on expiry it opens a second channel running
  * `kill -s KILL -- -PGID`, then collects the first channel. A guest-side timer would
  * still need this path for a guest too slow or too wedged to honour it. */
-#include "ssh-session-internal.h"
+#include "ssh-internal.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "error-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "util.h"
 
 #define RUN_TIMEOUT_DEFAULT_MS (3600 * 1000) /* the public contract's "1 hour" */
 /* sshd passes the script as one argv string to the login shell: Linux refuses a

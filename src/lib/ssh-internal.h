@@ -1,40 +1,53 @@
 /* SPDX-License-Identifier: MIT */
-/* Commands and files in the guest over SSH (libssh2): one persistent session. */
+/* The SSH session shared by ssh.c (connect), ssh-exec.c (commands) and sftp.c (files).
+ * Private to those files: everyone else uses ssh-internal.h. */
 #ifndef SMOLVM_SSH_INTERNAL_H
 #define SMOLVM_SSH_INTERNAL_H
 
-#include <stddef.h>
+#include <libssh2.h>
+#include <libssh2_sftp.h>
+#include <stdbool.h>
 #include <stdint.h>
 
-#include "smolvm.h"
+#include "ssh.h"
 
-typedef struct smolvm_ssh smolvm_ssh;
+struct smolvm_ssh {
+    LIBSSH2_SESSION *session; /* always non-blocking: every wait goes through smolvm_ssh_wait */
+    LIBSSH2_SFTP *sftp;       /* started on first use */
+    int fd;
+    bool broken; /* transport failed or was left mid-request: reconnect */
+    char *peer;  /* "host:port", for messages */
+};
 
-/* Generate an ed25519 key pair: private key (OpenSSH format, mode 0600) at `path`,
- * public key line ("ssh-ed25519 AAAA... comment") at `path`.pub. */
-int smolvm_ssh_keygen(const char *path, const char *comment, smolvm_error **err);
+/* A libssh2 call that gave up because smolvm_ssh_wait hit the deadline. Never a
+ * libssh2 error code. */
+#define SMOLVM_SSH_RC_TIMEOUT (-100000)
 
-/* Connect (TCP_NODELAY), verify the server's host key against `host_pub` (the exact
- * "ssh-ed25519 AAAA..." line the host generated for this VM; a mismatch is
- * SMOLVM_ESSH, never accepted), authenticate as root with the private key at
- * `key_path`. Retries refused connections until the deadline (the guest is known
- * ready, so this is for races only). */
-int smolvm_ssh_connect(smolvm_ssh **out, const char *host, int port, const char *key_path,
-                       const char *host_pub, int64_t deadline, smolvm_error **err);
-smolvm_ssh *smolvm_ssh_free(smolvm_ssh *s);
+/* Wait until the socket is ready in the direction libssh2 is blocked on. Returns 0,
+ * SMOLVM_SSH_RC_TIMEOUT when `deadline` passed, or LIBSSH2_ERROR_BAD_SOCKET when poll
+ * itself failed. */
+int smolvm_ssh_wait(smolvm_ssh *s, int64_t deadline);
 
-/* Run a command. env entries ("K=V") from base_env and then opts->env are exported
- * before it; opts may be NULL. Timeout kills the remote command and returns
- * SMOLVM_ETIMEDOUT. A dropped session is SMOLVM_ESSH (the caller reconnects). */
-int smolvm_ssh_exec(smolvm_ssh *s, const char *cmd, const char *const *base_env,
-                    const smolvm_run_options *opts, smolvm_run_result **out, smolvm_error **err);
+/* Repeat a libssh2 call returning int while it says EAGAIN, waiting on the socket in
+ * between; `rc` gets the call's final result or SMOLVM_SSH_RC_TIMEOUT. */
+#define SMOLVM_SSH_RETRY(s, deadline, rc, call)                                                    \
+    do {                                                                                           \
+        while (((rc) = (call)) == LIBSSH2_ERROR_EAGAIN) {                                          \
+            int _w = smolvm_ssh_wait((s), (deadline));                                             \
+            if (_w < 0) {                                                                          \
+                (rc) = _w;                                                                         \
+                break;                                                                             \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
 
-/* SFTP. Parent directories are created; mode preserved on upload/download. */
-int smolvm_ssh_upload(smolvm_ssh *s, const char *local, const char *remote, smolvm_error **err);
-int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local, smolvm_error **err);
-int smolvm_ssh_write(smolvm_ssh *s, const char *remote, const void *data, size_t len, unsigned mode,
-                     smolvm_error **err);
-int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, size_t *len,
-                    smolvm_error **err);
+/* Report a failed libssh2 call: "<context>: <libssh2 message>" as SMOLVM_ESSH, or
+ * "<context>: timed out" as SMOLVM_ETIMEDOUT for SMOLVM_SSH_RC_TIMEOUT. Transport
+ * failures and timeouts mark the session broken. Returns the code. */
+int smolvm_ssh_fail(smolvm_ssh *s, int rc, smolvm_error **err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* SMOLVM_ESSH when the session cannot be used any more (the caller reconnects). */
+int smolvm_ssh_usable(smolvm_ssh *s, smolvm_error **err);
 
 #endif

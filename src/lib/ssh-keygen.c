@@ -1,15 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /* ed25519 key pairs, made by OpenSSH's own ssh-keygen rather than by hand-writing the
  * OpenSSH private key format. Costs one process spawn (a few milliseconds). */
-#include "ssh-internal.h"
+#include "ssh.h"
 
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "error-internal.h"
-#include "tool-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "tool.h"
+#include "util.h"
 
 #define KEYGEN_TIMEOUT_MS 10000
 #define COMMENT_MAX 256

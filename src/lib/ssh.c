@@ -2,7 +2,7 @@
 /* The SSH session to a guest: TCP connect, handshake, pinned host key, key auth.
  * libssh2 runs in non-blocking mode and every wait is a poll() bounded by a deadline,
  * so a guest that stops answering can never hang the caller. */
-#include "ssh-session-internal.h"
+#include "ssh-internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,8 +15,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "error-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "util.h"
 
 #define SSH_USER "root"
 #define HOST_PUB_MAX 4096

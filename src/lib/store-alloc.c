@@ -4,7 +4,7 @@
  * BEGIN IMMEDIATE transaction and relies on UNIQUE constraints, so concurrent
  * processes never hand out the same value.
  */
-#include "util-internal.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -12,8 +12,8 @@
 
 #include <sqlite3.h>
 
-#include "error-internal.h"
-#include "store-private.h"
+#include "error.h"
+#include "store-internal.h"
 
 /* ---------------------------------------------------------------- IP leases */
 

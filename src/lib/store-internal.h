@@ -1,82 +1,133 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The state database (SQLite): VMs, IP leases, host ports / forwards, events.
- * Every allocation is one IMMEDIATE transaction and is unique by constraint, so many
- * processes can allocate at once without handing out a duplicate.
+ * Between the parts of the state store: store.c (opening, schema, migrations),
+ * store-vms.c (VM rows, the event log), store-alloc.c (IP leases, host ports) and
+ * store-json.c (JSON views). The handle and the statement helpers they all use.
  */
 #ifndef SMOLVM_STORE_INTERNAL_H
 #define SMOLVM_STORE_INTERNAL_H
 
-#include <stdint.h>
+#include "util.h"
 
-#include "smolvm.h"
+#include <string.h>
 
-#define SMOLVM_ID_MAX 63 /* [a-z0-9][a-z0-9_-]{0,62} */
+#include <sqlite3.h>
 
-/* One row of the vms table. Strings are owned by the row. */
-typedef struct smolvm_vm_row {
-    char *id;
-    char *status;       /* "created" | "starting" | "running" | "stopping" | "stopped" | "error" */
-    char *backend;      /* "qemu" | "firecracker" */
-    char *config_json;  /* the VM options as given, resolved (JSON object) */
-    char *dir;          /* per-VM directory: disk, sockets, console log */
-    char *reason;       /* why it is in "error"/"stopped" (may be NULL) */
-    int64_t pid;        /* VMM pid, 0 when none */
-    uint64_t pid_start; /* VMM start time (/proc/PID/stat field 22), 0 when none */
-    int64_t created_at; /* wall clock ms */
-    int64_t updated_at;
-} smolvm_vm_row;
+#include "error.h"
+#include "store.h"
 
-smolvm_vm_row *smolvm_vm_row_free(smolvm_vm_row *row);
-void smolvm_vm_rows_free(smolvm_vm_row **rows, size_t n);
+#define STORE_HINT "move it away or set SMOLVM_STATE_DIR"
+#define STORE_TEXT_MAX 4096 /* reason, event detail: truncated beyond */
 
-/* Valid VM id? */
-int smolvm_id_valid(const char *id);
+struct smolvm_store {
+    sqlite3 *db;
+    char *path;
+};
 
-/* Insert a VM. row->id NULL: generate "vm-" + 8 random hex chars, retrying on a
- * clash, and store the generated id in row->id. A given id already in use:
- * SMOLVM_EEXIST. created_at/updated_at are set here. */
-int smolvm_store_vm_insert(smolvm_store *s, smolvm_vm_row *row, smolvm_error **err);
-int smolvm_store_vm_get(smolvm_store *s, const char *id, smolvm_vm_row **out, smolvm_error **err);
-int smolvm_store_vm_list(smolvm_store *s, smolvm_vm_row ***out, size_t *n, smolvm_error **err);
-/* Update status (and reason, may be NULL), touching updated_at. */
-int smolvm_store_vm_set_status(smolvm_store *s, const char *id, const char *status,
-                               const char *reason, smolvm_error **err);
-/* Record the VMM process (pid 0 clears it). */
-int smolvm_store_vm_set_pid(smolvm_store *s, const char *id, int64_t pid, uint64_t pid_start,
-                            smolvm_error **err);
-/* Delete the VM and, in the same transaction, its leases and ports. */
-int smolvm_store_vm_delete(smolvm_store *s, const char *id, smolvm_error **err);
+/* ---------------------------------------------------------------- helpers */
 
-/* Lease the lowest free address of `cidr` (e.g. "172.16.0.0/16") to vm_id. The
- * network address, the broadcast address and the first host (.1, the gateway side)
- * are never leased. Exhausted: SMOLVM_ENOSPC. A VM holding a lease in that CIDR gets
- * the same one back. out receives dotted quad text. */
-int smolvm_store_lease_ip(smolvm_store *s, const char *vm_id, const char *cidr, char out[16],
-                          smolvm_error **err);
-int smolvm_store_release_ips(smolvm_store *s, const char *vm_id, smolvm_error **err);
+static inline void finalizep(sqlite3_stmt **st)
+{
+    if (*st)
+        (void)sqlite3_finalize(*st);
+}
+#define _cleanup_stmt_ _cleanup_(finalizep)
 
-/* Host ports. kind: "ssh" (user networking SSH forward) or "forward".
- * Reserve a specific port: SMOLVM_EEXIST if (host_addr, port, proto) is taken. */
-int smolvm_store_port_add(smolvm_store *s, const char *vm_id, const char *kind,
-                          const char *host_addr, int host_port, int guest_port, const char *proto,
-                          smolvm_error **err);
-/* Reserve the lowest free port in [lo, hi] for which `usable(port, payload)` returns
- * true (the caller checks the host can bind it; NULL accepts all). SMOLVM_ENOSPC when
- * none. */
-int smolvm_store_port_alloc(smolvm_store *s, const char *vm_id, const char *kind,
-                            const char *host_addr, int lo, int hi, int guest_port,
-                            const char *proto, int (*usable)(int port, void *payload),
-                            void *payload, int *out_port, smolvm_error **err);
-int smolvm_store_port_remove(smolvm_store *s, const char *vm_id, const char *host_addr,
-                             int host_port, const char *proto, smolvm_error **err);
-/* The port of kind `kind` of a VM (first one), SMOLVM_ENOENT if none. */
-int smolvm_store_port_get(smolvm_store *s, const char *vm_id, const char *kind, int *out_port,
-                          smolvm_error **err);
-int smolvm_store_release_ports(smolvm_store *s, const char *vm_id, smolvm_error **err);
+static inline int is_busy(int rc)
+{
+    return (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED;
+}
 
-/* Append to the event log (vm_id may be NULL). Failures are ignored by callers. */
-int smolvm_store_event(smolvm_store *s, const char *vm_id, const char *kind, const char *detail,
-                       smolvm_error **err);
+/* An SQLite failure as a one-line SMOLVM_EDB error naming the file. */
+static inline int db_fail(sqlite3 *db, const char *path, int rc, const char *what,
+                          smolvm_error **err)
+{
+    if (is_busy(rc))
+        return smolvm_err(err, SMOLVM_EDB, "state database '%s' is locked by another process (%s)",
+                          path, what);
+    if ((rc & 0xff) == SQLITE_NOMEM)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    if ((rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB)
+        return smolvm_err(err, SMOLVM_EDB, "state database '%s' is damaged: %s: %s (%s)", path,
+                          what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), STORE_HINT);
+    return smolvm_err(err, SMOLVM_EDB, "state database '%s': %s: %s", path, what,
+                      db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+}
+
+static inline int store_fail(smolvm_store *s, int rc, const char *what, smolvm_error **err)
+{
+    return db_fail(s->db, s->path, rc, what, err);
+}
+
+static inline int prep(smolvm_store *s, sqlite3_stmt **st, const char *sql, smolvm_error **err)
+{
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, st, NULL);
+
+    if (rc != SQLITE_OK)
+        return store_fail(s, rc, "prepare", err);
+    return 0;
+}
+
+static inline int exec(smolvm_store *s, const char *sql, const char *what, smolvm_error **err)
+{
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+
+    if (rc != SQLITE_OK)
+        return store_fail(s, rc, what, err);
+    return 0;
+}
+
+/* Rolls back on every early return; set to NULL once committed. */
+static inline void rollbackp(smolvm_store **s)
+{
+    if (*s && !sqlite3_get_autocommit((*s)->db))
+        (void)sqlite3_exec((*s)->db, "ROLLBACK", NULL, NULL, NULL);
+}
+#define _cleanup_txn_ _cleanup_(rollbackp)
+
+static inline int begin_immediate(smolvm_store *s, smolvm_error **err)
+{
+    return exec(s, "BEGIN IMMEDIATE", "begin transaction", err);
+}
+
+static inline int begin_read(smolvm_store *s, smolvm_error **err)
+{
+    return exec(s, "BEGIN", "begin transaction", err);
+}
+
+static inline int commit(smolvm_store *s, smolvm_error **err)
+{
+    return exec(s, "COMMIT", "commit", err);
+}
+
+static inline int bind_text(sqlite3_stmt *st, int i, const char *v)
+{
+    return v ? sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+}
+
+/* Bind at most STORE_TEXT_MAX bytes of v, cut on a UTF-8 character boundary. */
+static inline int bind_text_capped(sqlite3_stmt *st, int i, const char *v)
+{
+    size_t n;
+
+    if (!v)
+        return sqlite3_bind_null(st, i);
+    n = strnlen(v, STORE_TEXT_MAX + 1);
+    if (n > STORE_TEXT_MAX) {
+        n = STORE_TEXT_MAX;
+        while (n > 0 && ((unsigned char)v[n] & 0xc0) == 0x80)
+            n--;
+    }
+    return sqlite3_bind_text(st, i, v, (int)n, SQLITE_STATIC);
+}
+
+static inline int check_id(const char *id, smolvm_error **err)
+{
+    if (!smolvm_id_valid(id))
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "invalid vm id '%.80s' (expected [a-z0-9][a-z0-9_-]{0,62})",
+                          id ? id : "");
+    return 0;
+}
 
 #endif

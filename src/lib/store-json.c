@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* The state store's JSON views: VMs (with their IP and ports), leases, forwards. */
-#include "util-internal.h"
+#include "util.h"
 
 #include <jansson.h>
 #include <sqlite3.h>
 
-#include "error-internal.h"
-#include "store-private.h"
+#include "error.h"
+#include "store-internal.h"
 
 /* ---------------------------------------------------------------- JSON */
 

@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /* The state store's VM rows (insert, read, status, pid, delete) and its event log. */
-#include "util-internal.h"
+#include "util.h"
 
 #include <string.h>
 
 #include <jansson.h>
 #include <sqlite3.h>
 
-#include "error-internal.h"
-#include "store-private.h"
+#include "error.h"
+#include "store-internal.h"
 
 #define STORE_CONFIG_MAX (1u << 20) /* config JSON: rejected beyond */
 #define STORE_EVENTS_KEEP 10000     /* the event log keeps the newest rows */

@@ -13,7 +13,7 @@
  * store-vms.c, leases and ports in store-alloc.c, JSON views in store-json.c, and what
  * they share in store-private.h.
  */
-#include "util-internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,8 +23,8 @@
 
 #include <sqlite3.h>
 
-#include "error-internal.h"
-#include "store-private.h"
+#include "error.h"
+#include "store-internal.h"
 
 /* PRAGMA application_id of a smolvm database: "SmoL" in ASCII. */
 #define STORE_APPLICATION_ID 0x536d6f4c

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-#include "util-internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,8 +10,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
-#include "error-internal.h"
-#include "tool-internal.h"
+#include "error.h"
+#include "tool.h"
 
 #define TOOL_OUTPUT_MAX (64 * 1024)
 

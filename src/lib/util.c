@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-#include "util-internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "error-internal.h"
+#include "error.h"
 
 static volatile sig_atomic_t interrupt_flag;
 

@@ -1,15 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /* Working inside a running VM: commands, files, port forwards. */
-#include "util-internal.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <string.h>
 
-#include "context-internal.h"
-#include "error-internal.h"
-#include "ssh-internal.h"
+#include "context.h"
+#include "error.h"
+#include "ssh.h"
 #include "vm-internal.h"
-#include "vm-net-internal.h"
+#include "vm-net.h"
 #include "vmm/vmm.h"
 
 #define CONNECT_TIMEOUT_MS 30000

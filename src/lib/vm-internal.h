@@ -7,8 +7,8 @@
 #include <stdint.h>
 
 #include "smolvm.h"
-#include "ssh-internal.h"
-#include "store-internal.h"
+#include "ssh.h"
+#include "store.h"
 
 /* Per-VM directory: <state>/vms/<id>/ */
 #define SMOLVM_VM_HOST_KEY "ssh_host_ed25519_key"

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Start, stop, delete and reconcile: the VM's life against the store. */
-#include "util-internal.h"
+#include "util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -8,14 +8,14 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "context-internal.h"
-#include "error-internal.h"
-#include "host-internal.h"
-#include "proc-internal.h"
-#include "ssh-internal.h"
-#include "vm-config-internal.h"
+#include "context.h"
+#include "error.h"
+#include "host.h"
+#include "proc.h"
+#include "ssh.h"
+#include "guest-config.h"
 #include "vm-internal.h"
-#include "vm-net-internal.h"
+#include "vm-net.h"
 #include "vmm/vmm.h"
 
 #define CONSOLE_TAIL_BYTES 1024

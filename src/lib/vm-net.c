@@ -1,16 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /* A VM's NAT network: lease, TAP and nftables rules (src/lib/net), tied to the VM's
  * life: up before the VMM starts, down when it stops, gone when it is deleted. */
-#include "util-internal.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <string.h>
 
-#include "context-internal.h"
-#include "error-internal.h"
+#include "context.h"
+#include "error.h"
 #include "net/net.h"
 #include "vm-internal.h"
-#include "vm-net-internal.h"
+#include "vm-net.h"
 
 #define DEFAULT_CIDR "172.16.0.0/16"
 

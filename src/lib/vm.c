@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* VM records: create (validate, record, prepare), open, describe, list. */
-#include "util-internal.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -12,14 +12,14 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "context-internal.h"
-#include "error-internal.h"
-#include "host-internal.h"
-#include "image-internal.h"
-#include "ssh-internal.h"
-#include "vm-config-internal.h"
+#include "context.h"
+#include "error.h"
+#include "host.h"
+#include "image.h"
+#include "ssh.h"
+#include "guest-config.h"
 #include "vm-internal.h"
-#include "vm-net-internal.h"
+#include "vm-net.h"
 #include "vmm/vmm.h"
 
 #define ENV_ENTRY_MAX 4096

@@ -26,12 +26,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "error-internal.h"
-#include "host-internal.h"
-#include "proc-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "host.h"
+#include "proc.h"
+#include "util.h"
 #include "vmm/fc-api.h"
-#include "tool-internal.h"
+#include "tool.h"
 #include "vmm/fc-binary.h"
 #include "vmm/fc-jailer.h"
 #include "vmm/vmm.h"

@@ -35,9 +35,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "error-internal.h"
+#include "error.h"
 #include "net/net.h"
-#include "util-internal.h"
+#include "util.h"
 
 /* Inside the namespace child: a failed check prints and ends the child with 1. */
 #define CHECK(cond, ...)                                                                           \

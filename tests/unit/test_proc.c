@@ -15,9 +15,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "error-internal.h"
-#include "proc-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "proc.h"
+#include "util.h"
 
 static char tmpdir[] = "/tmp/smolvm-test-proc-XXXXXX";
 static char log_path[256];

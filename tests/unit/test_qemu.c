@@ -24,9 +24,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "error-internal.h"
-#include "proc-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "proc.h"
+#include "util.h"
 #include "vmm/vmm.h"
 
 static char tmpdir[] = "/tmp/smolvm-test-qemu-XXXXXX";

@@ -15,8 +15,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "error-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "util.h"
 #include "vmm/qmp.h"
 
 #define GREETING                                                                                   \

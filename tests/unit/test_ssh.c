@@ -24,9 +24,9 @@
 
 #include <cmocka.h>
 
-#include "error-internal.h"
-#include "ssh-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "ssh.h"
+#include "util.h"
 
 #define SSHD "/usr/sbin/sshd"
 

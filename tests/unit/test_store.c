@@ -16,9 +16,9 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
-#include "error-internal.h"
-#include "store-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "store.h"
+#include "util.h"
 
 typedef struct fixture {
     char dir[64];

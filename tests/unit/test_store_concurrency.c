@@ -21,9 +21,9 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
-#include "error-internal.h"
-#include "store-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "store.h"
+#include "util.h"
 
 #define WORKERS 8
 #define ROUNDS 25

@@ -11,9 +11,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "error-internal.h"
+#include "error.h"
 #include "net/net-internal.h"
-#include "util-internal.h"
+#include "util.h"
 
 void smolvm_net_tap_name(const char *vm_id, char out[SMOLVM_NET_IFNAMSIZ])
 {

@@ -40,9 +40,9 @@
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/rtnetlink.h>
 
-#include "error-internal.h"
+#include "error.h"
 #include "net/net-internal.h"
-#include "util-internal.h"
+#include "util.h"
 
 #define NFT_FAMILY NFPROTO_INET
 #define NFT_TIMEOUT_MS 2000

@@ -22,9 +22,9 @@
 #include <netlink/route/link/inet.h>
 #include <netlink/route/route.h>
 
-#include "error-internal.h"
+#include "error.h"
 #include "net/net-internal.h"
-#include "util-internal.h"
+#include "util.h"
 
 #define RTNL_TIMEOUT_MS 2000
 

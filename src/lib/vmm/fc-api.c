@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* The Firecracker REST client: libcurl over the API unix socket, jansson for JSON. */
-#include "util-internal.h"
+#include "util.h"
 
 #include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>
 
-#include "error-internal.h"
+#include "error.h"
 #include "vmm/fc-api.h"
 
 #define REPLY_MAX (1 << 20) /* Firecracker's answers are small; a larger one is wrong */

@@ -8,8 +8,8 @@
  * SMOLVM_EVMM with "<METHOD> <path>: firecracker answered <status>: <fault_message>";
  * no VMM behind the socket is SMOLVM_ESTATE, a passed deadline SMOLVM_ETIMEDOUT.
  */
-#ifndef SMOLVM_FC_API_H
-#define SMOLVM_FC_API_H
+#ifndef SMOLVM_VMM_FC_API_H
+#define SMOLVM_VMM_FC_API_H
 
 #include <jansson.h>
 #include <stdint.h>

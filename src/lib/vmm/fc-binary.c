@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Finding, checking and downloading the firecracker binary (see docs/firecracker.md). */
-#include "util-internal.h"
+#include "util.h"
 
 #include <curl/curl.h>
 #include <dirent.h>
@@ -13,9 +13,9 @@
 #include <sys/stat.h>
 #include <sys/utsname.h>
 
-#include "error-internal.h"
-#include "host-internal.h"
-#include "tool-internal.h"
+#include "error.h"
+#include "host.h"
+#include "tool.h"
 #include "vmm/fc-binary.h"
 
 #define VERSION_TIMEOUT_MS 5000

@@ -4,8 +4,8 @@
  * release archive (sha256-verified before anything in it is used). Also the small
  * process helper the backend uses for mkfs.ext4.
  */
-#ifndef SMOLVM_FC_BINARY_H
-#define SMOLVM_FC_BINARY_H
+#ifndef SMOLVM_VMM_FC_BINARY_H
+#define SMOLVM_VMM_FC_BINARY_H
 
 #include <stdint.h>
 

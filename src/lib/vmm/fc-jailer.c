@@ -7,7 +7,7 @@
  * firecracker is given is then relative to that root, and every file it opens must
  * have been linked or copied in by us, readable (or writable) by the jail uid.
  */
-#include "util-internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,7 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "error-internal.h"
+#include "error.h"
 #include "vmm/fc-binary.h"
 #include "vmm/fc-jailer.h"
 

@@ -6,8 +6,8 @@
  * VM dir deletes the chroot, and hard links from the VM dir and image store into it
  * stay on one filesystem.
  */
-#ifndef SMOLVM_FC_JAILER_H
-#define SMOLVM_FC_JAILER_H
+#ifndef SMOLVM_VMM_FC_JAILER_H
+#define SMOLVM_VMM_FC_JAILER_H
 
 #include "smolvm.h"
 

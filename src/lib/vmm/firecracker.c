@@ -5,7 +5,7 @@
  * VM's console.log). What is verified against real firecracker and what only against
  * the API contract is in docs/firecracker.md.
  */
-#include "util-internal.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,11 +19,11 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 
-#include "context-internal.h"
-#include "error-internal.h"
-#include "tool-internal.h"
-#include "host-internal.h"
-#include "proc-internal.h"
+#include "context.h"
+#include "error.h"
+#include "tool.h"
+#include "host.h"
+#include "proc.h"
 #include "vmm/fc-api.h"
 #include "vmm/fc-binary.h"
 #include "vmm/fc-jailer.h"

@@ -4,8 +4,8 @@
  * for readiness and asking for power-off. Backend independent: it only needs the
  * connected socket or the VM dir's ctl.sock.
  */
-#include "util-internal.h"
-#include "sock-internal.h"
+#include "util.h"
+#include "sock.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -14,7 +14,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
-#include "error-internal.h"
+#include "error.h"
 #include "vmm/vmm.h"
 
 #define LINE_MAX_BYTES 512 /* protocol lines are short; longer ones are skipped */

@@ -3,7 +3,7 @@
  * The QEMU backend: qemu-system-x86_64 with the microvm machine, driven over QMP.
  * The command line and the reasons for each option are in docs/vmm.md.
  */
-#include "util-internal.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -15,9 +15,9 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
-#include "error-internal.h"
-#include "proc-internal.h"
-#include "sock-internal.h"
+#include "error.h"
+#include "proc.h"
+#include "sock.h"
 #include "vmm/qmp.h"
 #include "vmm/vmm.h"
 

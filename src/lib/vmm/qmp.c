@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* QMP client: see qmp.h. JSON is jansson's; framing is one message per line. */
-#include "util-internal.h"
-#include "sock-internal.h"
+#include "util.h"
+#include "sock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -11,7 +11,7 @@
 #include <sys/time.h>
 #include <sys/un.h>
 
-#include "error-internal.h"
+#include "error.h"
 #include "vmm/qmp.h"
 
 #define READ_CHUNK 65536

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* What this host can do: acceleration, VMM binaries, TSC frequency. */
-#ifndef SMOLVM_HOST_INTERNAL_H
-#define SMOLVM_HOST_INTERNAL_H
+#ifndef SMOLVM_HOST_H
+#define SMOLVM_HOST_H
 
 #include "smolvm.h"
 

@@ -3,7 +3,7 @@
  * Files are streamed in chunks, never loaded whole (except smolvm_ssh_read, bounded).
  * Each wait is bounded by an idle deadline that moves on with every chunk: a large
  * file may take long, a stalled transfer may not. */
-#include "ssh-session-internal.h"
+#include "ssh-internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,8 +12,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "error-internal.h"
-#include "util-internal.h"
+#include "error.h"
+#include "util.h"
 
 #define SFTP_IDLE_MS 30000
 #define SFTP_CHUNK (256u * 1024)

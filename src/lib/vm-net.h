@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* A VM's NAT network (vm-net.c), on top of the host networking module (net/). */
-#ifndef SMOLVM_VM_NET_INTERNAL_H
-#define SMOLVM_VM_NET_INTERNAL_H
+#ifndef SMOLVM_VM_NET_H
+#define SMOLVM_VM_NET_H
 
 #include "smolvm.h"
 

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-#include "util-internal.h"
+#include "util.h"
 
 #include <string.h>
 
-#include "error-internal.h"
-#include "vm-config-internal.h"
+#include "error.h"
+#include "guest-config.h"
 
 static char *base64(const unsigned char *in, size_t len)
 {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef SMOLVM_CONTEXT_INTERNAL_H
-#define SMOLVM_CONTEXT_INTERNAL_H
+#ifndef SMOLVM_CONTEXT_H
+#define SMOLVM_CONTEXT_H
 
 #include "smolvm.h"
 

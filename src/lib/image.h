@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Guest images (built by scripts/build-image.sh) and per-VM disks. */
-#ifndef SMOLVM_IMAGE_INTERNAL_H
-#define SMOLVM_IMAGE_INTERNAL_H
+#ifndef SMOLVM_IMAGE_H
+#define SMOLVM_IMAGE_H
 
 #include <stdint.h>
 

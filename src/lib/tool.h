@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Running short-lived helper programs (qemu-img, ...) to completion. */
-#ifndef SMOLVM_TOOL_INTERNAL_H
-#define SMOLVM_TOOL_INTERNAL_H
+#ifndef SMOLVM_TOOL_H
+#define SMOLVM_TOOL_H
 
 #include <stdint.h>
 

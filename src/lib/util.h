@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Small helpers shared across the library: cleanup attributes, time, files. */
-#ifndef SMOLVM_UTIL_INTERNAL_H
-#define SMOLVM_UTIL_INTERNAL_H
+#ifndef SMOLVM_UTIL_H
+#define SMOLVM_UTIL_H
 
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE

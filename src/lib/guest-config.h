@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* What the host hands a guest at boot: the kernel command line and the config disk
  * (docs/guest-protocol.md). */
-#ifndef SMOLVM_VM_CONFIG_INTERNAL_H
-#define SMOLVM_VM_CONFIG_INTERNAL_H
+#ifndef SMOLVM_GUEST_CONFIG_H
+#define SMOLVM_GUEST_CONFIG_H
 
 #include "smolvm.h"
 

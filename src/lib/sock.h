@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Unix stream sockets: the VMM control sockets (QMP, the guest channel). */
-#ifndef SMOLVM_SOCK_INTERNAL_H
-#define SMOLVM_SOCK_INTERNAL_H
+#ifndef SMOLVM_SOCK_H
+#define SMOLVM_SOCK_H
 
 #include <stdint.h>
 #include <sys/un.h>

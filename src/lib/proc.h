@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Tracking VMM processes that are not our children: pid plus start time. */
-#ifndef SMOLVM_PROC_INTERNAL_H
-#define SMOLVM_PROC_INTERNAL_H
+#ifndef SMOLVM_PROC_H
+#define SMOLVM_PROC_H
 
 #include <stdint.h>
 #include <sys/types.h>

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Building errors inside the library. */
-#ifndef SMOLVM_ERROR_INTERNAL_H
-#define SMOLVM_ERROR_INTERNAL_H
+#ifndef SMOLVM_ERROR_H
+#define SMOLVM_ERROR_H
 
 #include "smolvm.h"
 

@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The state database (SQLite): VMs, IP leases, host ports / forwards, events.
+ * Every allocation is one IMMEDIATE transaction and is unique by constraint, so many
+ * processes can allocate at once without handing out a duplicate.
+ */
+#ifndef SMOLVM_STORE_H
+#define SMOLVM_STORE_H
+
+#include <stdint.h>
+
+#include "smolvm.h"
+
+#define SMOLVM_ID_MAX 63 /* [a-z0-9][a-z0-9_-]{0,62} */
+
+/* One row of the vms table. Strings are owned by the row. */
+typedef struct smolvm_vm_row {
+    char *id;
+    char *status;       /* "created" | "starting" | "running" | "stopping" | "stopped" | "error" */
+    char *backend;      /* "qemu" | "firecracker" */
+    char *config_json;  /* the VM options as given, resolved (JSON object) */
+    char *dir;          /* per-VM directory: disk, sockets, console log */
+    char *reason;       /* why it is in "error"/"stopped" (may be NULL) */
+    int64_t pid;        /* VMM pid, 0 when none */
+    uint64_t pid_start; /* VMM start time (/proc/PID/stat field 22), 0 when none */
+    int64_t created_at; /* wall clock ms */
+    int64_t updated_at;
+} smolvm_vm_row;
+
+smolvm_vm_row *smolvm_vm_row_free(smolvm_vm_row *row);
+void smolvm_vm_rows_free(smolvm_vm_row **rows, size_t n);
+
+/* Valid VM id? */
+int smolvm_id_valid(const char *id);
+
+/* Insert a VM. row->id NULL: generate "vm-" + 8 random hex chars, retrying on a
+ * clash, and store the generated id in row->id. A given id already in use:
+ * SMOLVM_EEXIST. created_at/updated_at are set here. */
+int smolvm_store_vm_insert(smolvm_store *s, smolvm_vm_row *row, smolvm_error **err);
+int smolvm_store_vm_get(smolvm_store *s, const char *id, smolvm_vm_row **out, smolvm_error **err);
+int smolvm_store_vm_list(smolvm_store *s, smolvm_vm_row ***out, size_t *n, smolvm_error **err);
+/* Update status (and reason, may be NULL), touching updated_at. */
+int smolvm_store_vm_set_status(smolvm_store *s, const char *id, const char *status,
+                               const char *reason, smolvm_error **err);
+/* Record the VMM process (pid 0 clears it). */
+int smolvm_store_vm_set_pid(smolvm_store *s, const char *id, int64_t pid, uint64_t pid_start,
+                            smolvm_error **err);
+/* Delete the VM and, in the same transaction, its leases and ports. */
+int smolvm_store_vm_delete(smolvm_store *s, const char *id, smolvm_error **err);
+
+/* Lease the lowest free address of `cidr` (e.g. "172.16.0.0/16") to vm_id. The
+ * network address, the broadcast address and the first host (.1, the gateway side)
+ * are never leased. Exhausted: SMOLVM_ENOSPC. A VM holding a lease in that CIDR gets
+ * the same one back. out receives dotted quad text. */
+int smolvm_store_lease_ip(smolvm_store *s, const char *vm_id, const char *cidr, char out[16],
+                          smolvm_error **err);
+int smolvm_store_release_ips(smolvm_store *s, const char *vm_id, smolvm_error **err);
+
+/* Host ports. kind: "ssh" (user networking SSH forward) or "forward".
+ * Reserve a specific port: SMOLVM_EEXIST if (host_addr, port, proto) is taken. */
+int smolvm_store_port_add(smolvm_store *s, const char *vm_id, const char *kind,
+                          const char *host_addr, int host_port, int guest_port, const char *proto,
+                          smolvm_error **err);
+/* Reserve the lowest free port in [lo, hi] for which `usable(port, payload)` returns
+ * true (the caller checks the host can bind it; NULL accepts all). SMOLVM_ENOSPC when
+ * none. */
+int smolvm_store_port_alloc(smolvm_store *s, const char *vm_id, const char *kind,
+                            const char *host_addr, int lo, int hi, int guest_port,
+                            const char *proto, int (*usable)(int port, void *payload),
+                            void *payload, int *out_port, smolvm_error **err);
+int smolvm_store_port_remove(smolvm_store *s, const char *vm_id, const char *host_addr,
+                             int host_port, const char *proto, smolvm_error **err);
+/* The port of kind `kind` of a VM (first one), SMOLVM_ENOENT if none. */
+int smolvm_store_port_get(smolvm_store *s, const char *vm_id, const char *kind, int *out_port,
+                          smolvm_error **err);
+int smolvm_store_release_ports(smolvm_store *s, const char *vm_id, smolvm_error **err);
+
+/* Append to the event log (vm_id may be NULL). Failures are ignored by callers. */
+int smolvm_store_event(smolvm_store *s, const char *vm_id, const char *kind, const char *detail,
+                       smolvm_error **err);
+
+#endif
