@@ -60,7 +60,7 @@ static int run_true(smolvm_vm *vm)
     smolvm_run_result *r = NULL;
     smolvm_error *e = NULL;
 
-    if (smolvm_vm_run(vm, "true", NULL, &r, &e) < 0)
+    if (smolvm_vm_run(&r, vm, "true", NULL, &e) < 0)
         die("run", e);
     smolvm_run_result_free(r);
     return 0;
@@ -92,7 +92,7 @@ static void ssh_baselines(smolvm_vm *vm, const char *state_dir, int warm, double
     char *pub = NULL;
     size_t cap = 0;
 
-    if (smolvm_vm_info_json(vm, &info_json, &e) < 0)
+    if (smolvm_vm_info_json(&info_json, vm, &e) < 0)
         die("info", e);
     info = json_loads(info_json, 0, NULL);
     port = (int)json_integer_value(json_object_get(info, "ssh_port"));
@@ -246,7 +246,7 @@ int main(int argc, char **argv)
         char *doc = NULL;
 
         /* Same accelerator as smolvm chose: "accel" detail says kvm or tcg. */
-        if (smolvm_doctor_json(ctx, &doc, NULL) == 0)
+        if (smolvm_doctor_json(&doc, ctx, NULL) == 0)
             baseline = plain_qemu_ready(runs, strstr(doc, "uses kvm") != NULL);
         else
             baseline = plain_qemu_ready(runs, 0);

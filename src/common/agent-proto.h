@@ -60,8 +60,8 @@ void smolvm_agent_header_encode(uint8_t out[SMOLVM_AGENT_HEADER_SIZE],
 
 /* Parse and check 12 bytes (length bound, known type, flags, fd, reserved byte, the
  * stream-0 rule). Returns 0, or -1 with *why a static description of the violation. */
-int smolvm_agent_header_decode(const uint8_t in[SMOLVM_AGENT_HEADER_SIZE],
-                               smolvm_agent_header *h, const char **why);
+int smolvm_agent_header_decode(const uint8_t in[SMOLVM_AGENT_HEADER_SIZE], smolvm_agent_header *h,
+                               const char **why);
 
 /* "HELLO", "DATA", ...; "?" for an unknown type. Static. */
 const char *smolvm_agent_type_name(int type);

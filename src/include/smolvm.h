@@ -9,7 +9,10 @@
  *    smolvm_error_free().
  *  - Handles are opaque. Destructors accept NULL and return NULL.
  *  - Option structs start with `unsigned version`; initialise them with the
- *    matching _INIT macro. Fields are only ever appended.
+ *    matching _INIT macro (or smolvm_*_options_init() from a binding). Fields are only
+ *    ever appended, and a zeroed field means its default.
+ *  - Enums are types with a name table: smolvm_<enum>_to_string() and
+ *    smolvm_<enum>_from_string() (the latter returns the enum's _INVALID value).
  *  - The library never prints; it reports through errors and the log callback.
  *  - Thread safety: a handle may be used by one thread at a time. Different handles
  *    may be used from different threads. Many processes may share one state dir.
@@ -17,6 +20,7 @@
 #ifndef SMOLVM_H
 #define SMOLVM_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,7 +28,7 @@
 extern "C" {
 #endif
 
-#define SMOLVM_VERSION "0.1.0"
+#define SMOLVM_VERSION "0.2.0"
 
 #if defined(__GNUC__)
 #define SMOLVM_EXTERN __attribute__((visibility("default")))
@@ -35,7 +39,7 @@ extern "C" {
 /* ---------------------------------------------------------------- errors */
 
 /* Error codes. Stable: smolvm_error_name() gives the string used by the Lua API. */
-enum {
+typedef enum smolvm_code {
     SMOLVM_OK = 0,
     SMOLVM_EINVAL = -1,    /* bad argument or option */
     SMOLVM_ENOENT = -2,    /* no such VM, image, file */
@@ -52,7 +56,8 @@ enum {
     SMOLVM_ESTATE = -13,   /* operation not valid in the VM's current state */
     SMOLVM_ENET = -14,     /* network setup failure */
     SMOLVM_EINTR = -15,    /* interrupted by smolvm_interrupt() */
-};
+    _SMOLVM_CODE_MIN = -15,
+} smolvm_code;
 
 typedef struct smolvm_error smolvm_error;
 
@@ -74,7 +79,14 @@ SMOLVM_EXTERN void smolvm_interrupt_clear(void);
 
 /* ---------------------------------------------------------------- context */
 
-enum { SMOLVM_LOG_ERROR = 0, SMOLVM_LOG_WARN = 1, SMOLVM_LOG_INFO = 2, SMOLVM_LOG_DEBUG = 3 };
+typedef enum smolvm_log_level {
+    SMOLVM_LOG_ERROR = 0,
+    SMOLVM_LOG_WARN = 1,
+    SMOLVM_LOG_INFO = 2,
+    SMOLVM_LOG_DEBUG = 3,
+    _SMOLVM_LOG_MAX,
+    _SMOLVM_LOG_INVALID = -EINVAL,
+} smolvm_log_level;
 
 /* Called for log lines. `msg` is borrowed for the duration of the call. */
 typedef void (*smolvm_log_fn)(int level, const char *msg, void *payload);
@@ -91,13 +103,25 @@ typedef struct smolvm_ctx_options {
     const char *image_dir;
     smolvm_log_fn log;
     void *log_payload;
-    int log_level; /* highest level passed to log; default SMOLVM_LOG_INFO */
+    int log_level; /* highest level passed to log; 0 (SMOLVM_LOG_ERROR) .. 3 */
+    /* ---- version 2: network policy. Each NULL/0 field falls back to the environment
+     * variable named, read once here (secure_getenv), then to the built-in default. */
+    const char *nat_cidr;   /* address pool for network "nat"; $SMOLVM_NET_CIDR, "172.16.0.0/16" */
+    const char *nat_uplink; /* interface NAT leaves by; $SMOLVM_NET_UPLINK, the default route's */
+    const char *nat_dns;    /* resolver given to NAT guests; $SMOLVM_DNS, the host's first
+                             * non-loopback nameserver */
+    int user_egress;        /* 1: network "user" guests may open outbound connections;
+                             * 0: $SMOLVM_USER_EGRESS=1 opens them, else closed; -1: closed */
 } smolvm_ctx_options;
-#define SMOLVM_CTX_OPTIONS_VERSION 1
+#define SMOLVM_CTX_OPTIONS_VERSION 2
 #define SMOLVM_CTX_OPTIONS_INIT                                                                    \
     {                                                                                              \
-        SMOLVM_CTX_OPTIONS_VERSION, NULL, NULL, NULL, NULL, SMOLVM_LOG_INFO                        \
+        SMOLVM_CTX_OPTIONS_VERSION, NULL, NULL, NULL, NULL, SMOLVM_LOG_INFO, NULL, NULL, NULL, 0   \
     }
+
+/* Fill opts with the defaults of `version` (for bindings, which cannot use the macro).
+ * SMOLVM_EINVAL for a version this library does not know. */
+SMOLVM_EXTERN int smolvm_ctx_options_init(smolvm_ctx_options *opts, unsigned version);
 
 /* Create a context: resolves and creates the state directory (mode 0700) and opens
  * the state database. `opts` may be NULL. */
@@ -123,29 +147,71 @@ SMOLVM_EXTERN smolvm_store *smolvm_store_free(smolvm_store *s);
 /* Borrowed until the store is freed. */
 SMOLVM_EXTERN const char *smolvm_store_path(const smolvm_store *s);
 /* JSON array of VM records (see docs/c-api.md for the fields). Caller frees. */
-SMOLVM_EXTERN int smolvm_store_list_json(smolvm_store *s, char **out, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_store_list_json(char **out, smolvm_store *s, smolvm_error **err);
 /* JSON object for one VM; SMOLVM_ENOENT if there is none. Caller frees. */
-SMOLVM_EXTERN int smolvm_store_get_json(smolvm_store *s, const char *id, char **out,
+SMOLVM_EXTERN int smolvm_store_get_json(char **out, smolvm_store *s, const char *id,
                                         smolvm_error **err);
 /* JSON arrays of IP leases / port forwards across all VMs. Caller frees. */
-SMOLVM_EXTERN int smolvm_store_leases_json(smolvm_store *s, char **out, smolvm_error **err);
-SMOLVM_EXTERN int smolvm_store_forwards_json(smolvm_store *s, char **out, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_store_leases_json(char **out, smolvm_store *s, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_store_forwards_json(char **out, smolvm_store *s, smolvm_error **err);
 
 /* ---------------------------------------------------------------- VMs */
 
 typedef struct smolvm_vm smolvm_vm;
 
-enum { SMOLVM_DISK_ISOLATED = 0, SMOLVM_DISK_SHARED = 1 };
-enum { SMOLVM_BACKEND_AUTO = 0, SMOLVM_BACKEND_QEMU = 1, SMOLVM_BACKEND_FIRECRACKER = 2 };
-enum { SMOLVM_ACCEL_AUTO = 0, SMOLVM_ACCEL_KVM = 1, SMOLVM_ACCEL_TCG = 2 };
-enum { SMOLVM_NET_AUTO = 0, SMOLVM_NET_NONE = 1, SMOLVM_NET_USER = 2, SMOLVM_NET_NAT = 3 };
+typedef enum smolvm_disk_mode {
+    SMOLVM_DISK_ISOLATED = 0, /* "isolated": copy-on-write, writes never reach the image */
+    SMOLVM_DISK_SHARED = 1,   /* "shared": the image itself */
+    _SMOLVM_DISK_MAX,
+    _SMOLVM_DISK_INVALID = -EINVAL,
+} smolvm_disk_mode;
+
+typedef enum smolvm_backend {
+    SMOLVM_BACKEND_AUTO = 0, /* "auto": firecracker where usable, else qemu */
+    SMOLVM_BACKEND_QEMU = 1,
+    SMOLVM_BACKEND_FIRECRACKER = 2,
+    _SMOLVM_BACKEND_MAX,
+    _SMOLVM_BACKEND_INVALID = -EINVAL,
+} smolvm_backend;
+
+typedef enum smolvm_accel {
+    SMOLVM_ACCEL_AUTO = 0, /* "auto": kvm where usable, else tcg */
+    SMOLVM_ACCEL_KVM = 1,
+    SMOLVM_ACCEL_TCG = 2,
+    _SMOLVM_ACCEL_MAX,
+    _SMOLVM_ACCEL_INVALID = -EINVAL,
+} smolvm_accel;
+
+typedef enum smolvm_net_mode {
+    SMOLVM_NET_AUTO = 0, /* "auto": nat where privileged, else user */
+    SMOLVM_NET_NONE = 1,
+    SMOLVM_NET_USER = 2,
+    SMOLVM_NET_NAT = 3,
+    _SMOLVM_NET_MAX,
+    _SMOLVM_NET_INVALID = -EINVAL,
+} smolvm_net_mode;
+
+/* Names ("isolated", "qemu", "kvm", "nat", ...): static strings, NULL when out of
+ * range. from_string of an unknown name gives the enum's _INVALID value. */
+SMOLVM_EXTERN const char *smolvm_disk_mode_to_string(smolvm_disk_mode v);
+SMOLVM_EXTERN smolvm_disk_mode smolvm_disk_mode_from_string(const char *s);
+SMOLVM_EXTERN const char *smolvm_backend_to_string(smolvm_backend v);
+SMOLVM_EXTERN smolvm_backend smolvm_backend_from_string(const char *s);
+SMOLVM_EXTERN const char *smolvm_accel_to_string(smolvm_accel v);
+SMOLVM_EXTERN smolvm_accel smolvm_accel_from_string(const char *s);
+SMOLVM_EXTERN const char *smolvm_net_mode_to_string(smolvm_net_mode v);
+SMOLVM_EXTERN smolvm_net_mode smolvm_net_mode_from_string(const char *s);
 
 #define SMOLVM_VCPUS_MIN 1
 #define SMOLVM_VCPUS_MAX 32
 #define SMOLVM_MEMORY_MIN 128
 #define SMOLVM_MEMORY_MAX 16384
-#define SMOLVM_ENV_MAX 256 /* entries in env */
+#define SMOLVM_VCPUS_DEFAULT 2
+#define SMOLVM_MEMORY_DEFAULT 512
+#define SMOLVM_ENV_MAX 256        /* entries in env */
+#define SMOLVM_ENV_ENTRY_MAX 4096 /* bytes of one "NAME=value" */
 #define SMOLVM_FORWARDS_MAX 64
+#define SMOLVM_ID_MAX 63 /* [a-z0-9][a-z0-9_-]{0,62} */
 
 typedef struct smolvm_forward {
     const char *host_address; /* NULL: "127.0.0.1" */
@@ -155,24 +221,27 @@ typedef struct smolvm_forward {
 
 typedef struct smolvm_vm_options {
     unsigned version;
-    const char *id;         /* NULL: "vm-" + 8 hex chars; else [a-z0-9][a-z0-9_-]{0,62} */
-    unsigned vcpus;         /* 1..32, default 2 */
-    unsigned memory_mib;    /* 128..16384, default 512 */
-    int disk;               /* SMOLVM_DISK_*, default isolated */
-    const char *image;      /* image name under the image dir, default "default" */
-    int backend;            /* SMOLVM_BACKEND_* */
-    int accel;              /* SMOLVM_ACCEL_* */
-    int network;            /* SMOLVM_NET_* */
-    const char *const *env; /* "KEY=value" strings, NULL-terminated; applied to every command */
+    const char *id;          /* NULL: "vm-" + 8 hex chars; else [a-z0-9][a-z0-9_-]{0,62} */
+    unsigned vcpus;          /* 1..32; 0: 2 */
+    unsigned memory_mib;     /* 128..16384; 0: 512 */
+    smolvm_disk_mode disk;   /* default isolated */
+    const char *image;       /* image name under the image dir; NULL: "default" */
+    smolvm_backend backend;  /* default auto */
+    smolvm_accel accel;      /* default auto */
+    smolvm_net_mode network; /* default auto */
+    const char *const *env;  /* "KEY=value" strings, NULL-terminated; applied to every command */
     const smolvm_forward *forwards;
     size_t n_forwards;
 } smolvm_vm_options;
 #define SMOLVM_VM_OPTIONS_VERSION 1
 #define SMOLVM_VM_OPTIONS_INIT                                                                     \
     {                                                                                              \
-        SMOLVM_VM_OPTIONS_VERSION, NULL, 2, 512, SMOLVM_DISK_ISOLATED, "default",                  \
-            SMOLVM_BACKEND_AUTO, SMOLVM_ACCEL_AUTO, SMOLVM_NET_AUTO, NULL, NULL, 0                 \
+        SMOLVM_VM_OPTIONS_VERSION, NULL, 0, 0, SMOLVM_DISK_ISOLATED, NULL, SMOLVM_BACKEND_AUTO,    \
+            SMOLVM_ACCEL_AUTO, SMOLVM_NET_AUTO, NULL, NULL, 0                                      \
     }
+
+/* Fill opts with the defaults of `version`; SMOLVM_EINVAL for an unknown version. */
+SMOLVM_EXTERN int smolvm_vm_options_init(smolvm_vm_options *opts, unsigned version);
 
 /* Create a VM: validates options, records it in the store, prepares its directory,
  * disk, keys and network leases. Nothing runs yet. On failure nothing is left behind.
@@ -205,14 +274,14 @@ SMOLVM_EXTERN const char *smolvm_vm_id(const smolvm_vm *vm);
 /* Current status after reconciling: "created" | "running" | "stopped" | "error" |
  * "deleted". Static string. */
 SMOLVM_EXTERN const char *smolvm_vm_status(smolvm_vm *vm);
-/* JSON object describing the VM (id, status, config, ip, ports, pid, paths). */
-SMOLVM_EXTERN int smolvm_vm_info_json(smolvm_vm *vm, char **out, smolvm_error **err);
-/* JSON array of info objects for every VM in the store (reconciled). */
-SMOLVM_EXTERN int smolvm_vm_list_json(smolvm_ctx *ctx, char **out, smolvm_error **err);
+/* JSON object describing the VM (fields in docs/c-api.md). Caller frees. */
+SMOLVM_EXTERN int smolvm_vm_info_json(char **out, smolvm_vm *vm, smolvm_error **err);
+/* JSON array of info objects for every VM in the store (reconciled). Caller frees. */
+SMOLVM_EXTERN int smolvm_vm_list_json(char **out, smolvm_ctx *ctx, smolvm_error **err);
 
 /* Reconcile every VM in the store with reality (dead VMMs, leftovers). Returns the
  * number of VMs whose state changed in *changed (may be NULL). */
-SMOLVM_EXTERN int smolvm_reconcile(smolvm_ctx *ctx, int *changed, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_reconcile(int *changed, smolvm_ctx *ctx, smolvm_error **err);
 
 /* ---------------------------------------------------------------- commands */
 
@@ -233,6 +302,9 @@ typedef struct smolvm_run_options {
         SMOLVM_RUN_OPTIONS_VERSION, 0, NULL, NULL, NULL, 0, 0                                      \
     }
 
+/* Fill opts with the defaults of `version`; SMOLVM_EINVAL for an unknown version. */
+SMOLVM_EXTERN int smolvm_run_options_init(smolvm_run_options *opts, unsigned version);
+
 /* What a command did. Allocated by the library, freed with smolvm_run_result_free. */
 typedef struct smolvm_run_result {
     int exit_code;   /* -1 when killed by a signal */
@@ -248,8 +320,8 @@ typedef struct smolvm_run_result {
 /* Run `cmd` with /bin/sh -c in the guest. A command that exits non-zero is a success
  * of this call (see exit_code). Past the timeout the command is killed in the guest
  * and SMOLVM_ETIMEDOUT returned. */
-SMOLVM_EXTERN int smolvm_vm_run(smolvm_vm *vm, const char *cmd, const smolvm_run_options *opts,
-                                smolvm_run_result **out, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_vm_run(smolvm_run_result **out, smolvm_vm *vm, const char *cmd,
+                                const smolvm_run_options *opts, smolvm_error **err);
 SMOLVM_EXTERN smolvm_run_result *smolvm_run_result_free(smolvm_run_result *r);
 
 /* ---------------------------------------------------------------- files */
@@ -266,7 +338,7 @@ SMOLVM_EXTERN int smolvm_vm_download(smolvm_vm *vm, const char *remote, const ch
 SMOLVM_EXTERN int smolvm_vm_write_file(smolvm_vm *vm, const char *remote, const void *data,
                                        size_t len, smolvm_error **err);
 /* Read a guest file (at most SMOLVM_READ_FILE_MAX). *data is NUL-terminated; caller frees. */
-SMOLVM_EXTERN int smolvm_vm_read_file(smolvm_vm *vm, const char *remote, char **data, size_t *len,
+SMOLVM_EXTERN int smolvm_vm_read_file(char **data, size_t *len, smolvm_vm *vm, const char *remote,
                                       smolvm_error **err);
 
 /* ---------------------------------------------------------------- forwards */
@@ -279,17 +351,17 @@ SMOLVM_EXTERN int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error
 /* ---------------------------------------------------------------- host */
 
 /* Host checks as a JSON array of {name, ok, detail, hint}. Caller frees. */
-SMOLVM_EXTERN int smolvm_doctor_json(smolvm_ctx *ctx, char **out, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_doctor_json(char **out, smolvm_ctx *ctx, smolvm_error **err);
 
 /* Download the pinned firecracker release for this machine with libcurl, verify its
  * sha256 (a mismatch deletes the download and says so), and install firecracker and
  * jailer into dest_dir (NULL: $XDG_DATA_HOME/smolvm/bin, where the backend looks).
  * progress (may be NULL) is called as bytes arrive (total 0 when unknown). *path: the
  * installed binary; caller frees. Needs the network; blocks up to 5 minutes. */
-SMOLVM_EXTERN int smolvm_firecracker_download(const char *dest_dir,
+SMOLVM_EXTERN int smolvm_firecracker_download(char **path, const char *dest_dir,
                                               void (*progress)(uint64_t done, uint64_t total,
                                                                void *payload),
-                                              void *payload, char **path, smolvm_error **err);
+                                              void *payload, smolvm_error **err);
 
 #ifdef __cplusplus
 }

@@ -14,15 +14,15 @@
 static int resolve_dir(char **out, const char *env_var, const char *xdg_var, const char *fallback,
                        const char *suffix, smolvm_error **err)
 {
-    const char *v = getenv(env_var), *home;
+    const char *v = secure_getenv(env_var), *home;
     char *r;
 
     if (v && *v) {
         r = strdup(v);
-    } else if ((v = getenv(xdg_var)) && v[0] == '/') {
+    } else if ((v = secure_getenv(xdg_var)) && v[0] == '/') {
         r = smolvm_strdupf("%s/%s", v, suffix);
     } else {
-        home = getenv("HOME");
+        home = secure_getenv("HOME");
         if (!home || home[0] != '/') {
             struct passwd *pw = getpwuid(getuid());
 
@@ -44,6 +44,50 @@ int smolvm_default_state_dir(char **out, smolvm_error **err)
     return resolve_dir(out, "SMOLVM_STATE_DIR", "XDG_STATE_HOME", ".local/state", "smolvm", err);
 }
 
+int smolvm_ctx_options_init(smolvm_ctx_options *opts, unsigned version)
+{
+    smolvm_ctx_options defaults = SMOLVM_CTX_OPTIONS_INIT;
+
+    if (version < 1 || version > SMOLVM_CTX_OPTIONS_VERSION)
+        return SMOLVM_EINVAL;
+    *opts = defaults;
+    opts->version = version;
+    return 0;
+}
+
+/* A policy string: the option, else the environment variable, else NULL. */
+static int policy_str(char **out, const char *option, const char *env_var)
+{
+    const char *v = option && *option ? option : secure_getenv(env_var);
+
+    *out = NULL;
+    if (!v || !*v)
+        return 0;
+    *out = strdup(v);
+    return *out ? 0 : SMOLVM_ENOMEM;
+}
+
+/* Network policy, resolved once: the options, then the documented environment. */
+static int resolve_policy(smolvm_ctx *ctx, const smolvm_ctx_options *o, smolvm_error **err)
+{
+    smolvm_ctx_options v2 = SMOLVM_CTX_OPTIONS_INIT;
+    const char *egress;
+
+    /* Fields after log_level exist only in version 2 structs. */
+    if (o->version >= 2)
+        v2 = *o;
+    if (policy_str(&ctx->nat_cidr, v2.nat_cidr, "SMOLVM_NET_CIDR") < 0 ||
+        policy_str(&ctx->nat_uplink, v2.nat_uplink, "SMOLVM_NET_UPLINK") < 0 ||
+        policy_str(&ctx->nat_dns, v2.nat_dns, "SMOLVM_DNS") < 0)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    if (!ctx->nat_cidr && !(ctx->nat_cidr = strdup(SMOLVM_NAT_CIDR_DEFAULT)))
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    egress = secure_getenv("SMOLVM_USER_EGRESS");
+    ctx->user_egress =
+        v2.user_egress > 0 || (v2.user_egress == 0 && egress && strcmp(egress, "1") == 0);
+    return 0;
+}
+
 int smolvm_ctx_new(smolvm_ctx **out, const smolvm_ctx_options *opts, smolvm_error **err)
 {
     smolvm_ctx_options defaults = SMOLVM_CTX_OPTIONS_INIT;
@@ -54,12 +98,19 @@ int smolvm_ctx_new(smolvm_ctx **out, const smolvm_ctx_options *opts, smolvm_erro
         opts = &defaults;
     if (opts->version < 1 || opts->version > SMOLVM_CTX_OPTIONS_VERSION)
         return smolvm_err(err, SMOLVM_EINVAL, "ctx options: unknown version %u", opts->version);
+    if (opts->log_level < SMOLVM_LOG_ERROR || opts->log_level > SMOLVM_LOG_DEBUG)
+        return smolvm_err(err, SMOLVM_EINVAL, "ctx options: log_level: expected 0..3, got %d",
+                          opts->log_level);
     ctx = calloc(1, sizeof(*ctx));
     if (!ctx)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     ctx->log = opts->log;
     ctx->log_payload = opts->log_payload;
     ctx->log_level = opts->log_level;
+    if ((r = resolve_policy(ctx, opts, err)) < 0) {
+        smolvm_ctx_free(ctx);
+        return r;
+    }
 
     if (opts->state_dir)
         r = (ctx->state_dir = strdup(opts->state_dir)) ? 0 : SMOLVM_ENOMEM;
@@ -96,6 +147,9 @@ smolvm_ctx *smolvm_ctx_free(smolvm_ctx *ctx)
     free(ctx->state_dir);
     free(ctx->image_dir);
     free(ctx->db_path);
+    free(ctx->nat_cidr);
+    free(ctx->nat_uplink);
+    free(ctx->nat_dns);
     free(ctx);
     return NULL;
 }

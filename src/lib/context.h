@@ -4,6 +4,10 @@
 
 #include "smolvm.h"
 
+#include <stdbool.h>
+
+#define SMOLVM_NAT_CIDR_DEFAULT "172.16.0.0/16"
+
 struct smolvm_ctx {
     char *state_dir; /* created, mode 0700 */
     char *image_dir; /* not created: images are built by scripts/build-image.sh */
@@ -12,6 +16,11 @@ struct smolvm_ctx {
     smolvm_log_fn log;
     void *log_payload;
     int log_level;
+    /* Network policy, resolved at creation (options, then environment, then default). */
+    char *nat_cidr;   /* never NULL */
+    char *nat_uplink; /* NULL: the default route's interface */
+    char *nat_dns;    /* NULL: the host's first non-loopback nameserver */
+    bool user_egress;
 };
 
 #endif

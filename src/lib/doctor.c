@@ -79,7 +79,7 @@ static void check_firecracker(json_t *list)
     add(list, "firecracker", 1, 0, detail ? detail : path, NULL);
 }
 
-int smolvm_doctor_json(smolvm_ctx *ctx, char **out, smolvm_error **err)
+int smolvm_doctor_json(char **out, smolvm_ctx *ctx, smolvm_error **err)
 {
     json_t *list = json_array();
     const char *why = NULL, *note = NULL;

@@ -4,36 +4,8 @@
 #include <string.h>
 
 #include "error.h"
+#include "base64.h"
 #include "guest-config.h"
-
-static char *base64(const unsigned char *in, size_t len)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char *out = malloc((len + 2) / 3 * 4 + 1), *o = out;
-    size_t i;
-
-    if (!out)
-        return NULL;
-    for (i = 0; i + 2 < len; i += 3) {
-        *o++ = tbl[in[i] >> 2];
-        *o++ = tbl[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
-        *o++ = tbl[((in[i + 1] & 15) << 2) | (in[i + 2] >> 6)];
-        *o++ = tbl[in[i + 2] & 63];
-    }
-    if (i < len) {
-        *o++ = tbl[in[i] >> 2];
-        if (i + 1 < len) {
-            *o++ = tbl[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
-            *o++ = tbl[(in[i + 1] & 15) << 2];
-        } else {
-            *o++ = tbl[(in[i] & 3) << 4];
-            *o++ = '=';
-        }
-        *o++ = '=';
-    }
-    *o = '\0';
-    return out;
-}
 
 /* One line of the config disk: no newline may hide inside a value. */
 static int append(char *buf, size_t *n, const char *key, const char *value, smolvm_error **err)
@@ -63,7 +35,9 @@ int smolvm_config_disk_write(const char *path, const char *hostname, const char 
     r = smolvm_read_file(host_key_path, 16 * 1024, &key, &keylen, err);
     if (r < 0)
         return r;
-    key64 = base64((const unsigned char *)key, keylen);
+    key64 = malloc(SMOLVM_BASE64_LEN(keylen) + 1);
+    if (key64)
+        smolvm_base64_encode(key64, (const unsigned char *)key, keylen);
     authkey = strdup(authorized_key);
     if (!key64 || !authkey)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");

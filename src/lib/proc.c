@@ -26,7 +26,7 @@
 
 #define STAT_MAX 4096 /* /proc/PID/stat is ~300 bytes; comm is at most 64 */
 
-static int pidfd_open_(pid_t pid)
+int smolvm_pidfd_open(pid_t pid)
 {
     return (int)syscall(SYS_pidfd_open, pid, 0);
 }
@@ -126,7 +126,7 @@ static int open_verified(pid_t pid, uint64_t start_time)
 
     if (pid <= 0)
         return -EINVAL;
-    fd = pidfd_open_(pid);
+    fd = smolvm_pidfd_open(pid);
     if (fd < 0)
         return -errno;
     /* Checked after opening: if the start time matches now, the pidfd is ours. */

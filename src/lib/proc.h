@@ -8,6 +8,10 @@
 
 #include "smolvm.h"
 
+/* pidfd_open(2): a pollable fd that becomes readable when pid exits, or -1 (errno).
+ * Close-on-exec. */
+int smolvm_pidfd_open(pid_t pid);
+
 /* Start time of pid in clock ticks since boot (/proc/PID/stat field 22). */
 int smolvm_proc_start_time(pid_t pid, uint64_t *out, smolvm_error **err);
 

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "base64.h"
 #include "error.h"
 #include "util.h"
 
@@ -191,57 +192,13 @@ static int tcp_connect(const char *host, int port, int64_t deadline, int *fd_out
 
 /* ---------------------------------------------------------------- host key */
 
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* Strict base64 (with '=' padding) of n characters into out (at least n*3/4 bytes).
- * Returns the decoded length or -1. */
-static ssize_t b64_decode(const char *in, size_t n, unsigned char *out)
-{
-    size_t i, o = 0;
-
-    if (n == 0 || n % 4)
-        return -1;
-    for (i = 0; i < n; i += 4) {
-        int v[4], k, pad = 0;
-
-        for (k = 0; k < 4; k++) {
-            if (in[i + k] == '=' && i + 4 == n && k >= 2) {
-                v[k] = 0;
-                pad++;
-                continue;
-            }
-            if (pad || (v[k] = b64_value((unsigned char)in[i + k])) < 0)
-                return -1;
-        }
-        out[o++] = (unsigned char)(v[0] << 2 | v[1] >> 4);
-        if (pad < 2)
-            out[o++] = (unsigned char)(v[1] << 4 | v[2] >> 2);
-        if (pad < 1)
-            out[o++] = (unsigned char)(v[2] << 6 | v[3]);
-    }
-    return (ssize_t)o;
-}
-
 /* The key blob of an "ssh-ed25519 AAAA... [comment]" line. */
 static int parse_host_pub(const char *line, unsigned char *blob, size_t *blob_len,
                           smolvm_error **err)
 {
     static const char type[] = "ssh-ed25519 ";
     const char *b64, *end;
-    ssize_t n;
+    long n;
 
     if (strlen(line) > HOST_PUB_MAX)
         return smolvm_err(err, SMOLVM_EINVAL, "pinned host key is too long");
@@ -249,7 +206,7 @@ static int parse_host_pub(const char *line, unsigned char *blob, size_t *blob_le
         return smolvm_err(err, SMOLVM_EINVAL, "pinned host key is not an 'ssh-ed25519' key");
     b64 = line + sizeof(type) - 1;
     end = b64 + strcspn(b64, " \t\r\n");
-    n = b64_decode(b64, (size_t)(end - b64), blob);
+    n = smolvm_base64_decode(blob, HOST_PUB_MAX, b64, (size_t)(end - b64));
     if (n < 0)
         return smolvm_err(err, SMOLVM_EINVAL, "pinned host key is not valid base64");
     *blob_len = (size_t)n;

@@ -363,3 +363,61 @@ int smolvm_store_release_ports(smolvm_store *s, const char *vm_id, smolvm_error 
 {
     return delete_by_vm(s, "DELETE FROM ports WHERE vm_id = ?", vm_id, "release ports", err);
 }
+
+static const char *const port_kind_names[_SMOLVM_PORT_KIND_MAX] = {
+    [SMOLVM_PORT_SSH] = "ssh",
+    [SMOLVM_PORT_FORWARD] = "forward",
+};
+
+const char *smolvm_port_kind_to_string(smolvm_port_kind k)
+{
+    return k >= 0 && k < _SMOLVM_PORT_KIND_MAX ? port_kind_names[k] : NULL;
+}
+
+int smolvm_store_ports_list(smolvm_port_row **out, size_t *n_out, smolvm_store *s,
+                            const char *vm_id, smolvm_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    _cleanup_free_ smolvm_port_row *rows = NULL;
+    size_t n = 0, cap = 0;
+    int rc, r;
+
+    r = check_id(vm_id, err);
+    if (r == 0)
+        r = prep(s, &st,
+                 "SELECT kind, host_address, host_port, guest_port, proto FROM ports"
+                 " WHERE vm_id = ? ORDER BY rowid",
+                 err);
+    if (r < 0)
+        return r;
+    (void)bind_text(st, 1, vm_id);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *kind = (const char *)sqlite3_column_text(st, 0);
+        const char *addr = (const char *)sqlite3_column_text(st, 1);
+        const char *proto = (const char *)sqlite3_column_text(st, 4);
+        smolvm_port_row *p;
+
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            smolvm_port_row *nr = realloc(rows, ncap * sizeof(*nr));
+
+            if (!nr)
+                return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+            rows = nr;
+            cap = ncap;
+        }
+        p = &rows[n];
+        memset(p, 0, sizeof(*p));
+        p->kind = kind && strcmp(kind, "ssh") == 0 ? SMOLVM_PORT_SSH : SMOLVM_PORT_FORWARD;
+        snprintf(p->host_address, sizeof(p->host_address), "%s", addr ? addr : "");
+        p->host_port = sqlite3_column_int(st, 2);
+        p->guest_port = sqlite3_column_int(st, 3);
+        snprintf(p->proto, sizeof(p->proto), "%s", proto ? proto : "");
+        n++;
+    }
+    if (rc != SQLITE_DONE)
+        return store_fail(s, rc, "read ports", err);
+    *out = TAKE_PTR(rows);
+    *n_out = n;
+    return 0;
+}

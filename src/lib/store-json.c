@@ -126,7 +126,7 @@ static int dump(json_t *j, char **out, smolvm_error **err)
         txn_ = (s);                                                                                \
     } while (0)
 
-int smolvm_store_list_json(smolvm_store *s, char **out, smolvm_error **err)
+int smolvm_store_list_json(char **out, smolvm_store *s, smolvm_error **err)
 {
     _cleanup_json_ json_t *arr = json_array();
     smolvm_vm_row **rows = NULL;
@@ -152,7 +152,7 @@ int smolvm_store_list_json(smolvm_store *s, char **out, smolvm_error **err)
     return dump(arr, out, err);
 }
 
-int smolvm_store_get_json(smolvm_store *s, const char *id, char **out, smolvm_error **err)
+int smolvm_store_get_json(char **out, smolvm_store *s, const char *id, smolvm_error **err)
 {
     _cleanup_(vm_row_freep) smolvm_vm_row *row = NULL;
     _cleanup_json_ json_t *o = NULL;
@@ -167,7 +167,7 @@ int smolvm_store_get_json(smolvm_store *s, const char *id, char **out, smolvm_er
     return dump(o, out, err);
 }
 
-int smolvm_store_leases_json(smolvm_store *s, char **out, smolvm_error **err)
+int smolvm_store_leases_json(char **out, smolvm_store *s, smolvm_error **err)
 {
     _cleanup_json_ json_t *arr = NULL;
     int r;
@@ -178,7 +178,7 @@ int smolvm_store_leases_json(smolvm_store *s, char **out, smolvm_error **err)
     return dump(arr, out, err);
 }
 
-int smolvm_store_forwards_json(smolvm_store *s, char **out, smolvm_error **err)
+int smolvm_store_forwards_json(char **out, smolvm_store *s, smolvm_error **err)
 {
     _cleanup_json_ json_t *arr = NULL;
     int r;

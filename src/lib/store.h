@@ -7,11 +7,11 @@
 #ifndef SMOLVM_STORE_H
 #define SMOLVM_STORE_H
 
+#include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "smolvm.h"
-
-#define SMOLVM_ID_MAX 63 /* [a-z0-9][a-z0-9_-]{0,62} */
 
 /* One row of the vms table. Strings are owned by the row. */
 typedef struct smolvm_vm_row {
@@ -74,6 +74,29 @@ int smolvm_store_port_remove(smolvm_store *s, const char *vm_id, const char *hos
 int smolvm_store_port_get(smolvm_store *s, const char *vm_id, const char *kind, int *out_port,
                           smolvm_error **err);
 int smolvm_store_release_ports(smolvm_store *s, const char *vm_id, smolvm_error **err);
+
+typedef enum smolvm_port_kind {
+    SMOLVM_PORT_SSH,     /* "ssh": user networking's forward to the guest's sshd */
+    SMOLVM_PORT_FORWARD, /* "forward": a user's forward */
+    _SMOLVM_PORT_KIND_MAX,
+    _SMOLVM_PORT_KIND_INVALID = -EINVAL,
+} smolvm_port_kind;
+
+/* "ssh" | "forward": the kind strings the functions above take. */
+const char *smolvm_port_kind_to_string(smolvm_port_kind k);
+
+/* One row of the ports table. */
+typedef struct smolvm_port_row {
+    smolvm_port_kind kind;
+    char host_address[46];
+    int host_port;
+    int guest_port;
+    char proto[4]; /* "tcp" | "udp" */
+} smolvm_port_row;
+
+/* The ports of a VM in the order they were added. Caller frees *out (one array). */
+int smolvm_store_ports_list(smolvm_port_row **out, size_t *n, smolvm_store *s, const char *vm_id,
+                            smolvm_error **err);
 
 /* Append to the event log (vm_id may be NULL). Failures are ignored by callers. */
 int smolvm_store_event(smolvm_store *s, const char *vm_id, const char *kind, const char *detail,

@@ -7,10 +7,10 @@
 #include <signal.h>
 #include <spawn.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include "error.h"
+#include "proc.h"
 #include "tool.h"
 
 #define TOOL_OUTPUT_MAX (64 * 1024)
@@ -41,7 +41,7 @@ int smolvm_tool_run(char *const argv[], int64_t deadline, char **output, smolvm_
     if (r != 0)
         return smolvm_err_errno(err, r, "run '%s'", argv[0]);
 
-    pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    pidfd = smolvm_pidfd_open(pid);
     /* Read until EOF (all writers gone) or the deadline. */
     for (;;) {
         struct pollfd p = {rd, POLLIN, 0};

@@ -198,3 +198,52 @@ int smolvm_random(void *buf, size_t len, smolvm_error **err)
     }
     return 0;
 }
+
+char *smolvm_file_tail(const char *path, long long from, size_t max_bytes, int max_lines,
+                       const char *sep)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    _cleanup_free_ char *buf = NULL;
+    char *lines[64], *p, *save = NULL, *out;
+    size_t n = 0, k = 0, i, len = 0;
+    struct stat st;
+    ssize_t r;
+    off_t at;
+
+    if (fd < 0 || fstat(fd, &st) < 0 || max_lines < 1 || !(buf = malloc(max_bytes + 1)))
+        return NULL;
+    if (max_lines > (int)SMOLVM_ARRAY_SIZE(lines))
+        max_lines = (int)SMOLVM_ARRAY_SIZE(lines);
+    at = st.st_size > (off_t)max_bytes ? st.st_size - (off_t)max_bytes : 0;
+    if (at < from)
+        at = (off_t)from;
+    while (n < max_bytes && (r = pread(fd, buf + n, max_bytes - n, at + (off_t)n)) > 0)
+        n += (size_t)r;
+    buf[n] = '\0';
+    for (i = 0; i < n; i++)
+        if (buf[i] == '\0' || ((unsigned char)buf[i] < 0x20 && buf[i] != '\n' && buf[i] != '\r'))
+            buf[i] = ' ';
+    for (p = strtok_r(buf, "\r\n", &save); p; p = strtok_r(NULL, "\r\n", &save)) {
+        if (!*p)
+            continue;
+        if (k == (size_t)max_lines) {
+            memmove(lines, lines + 1, sizeof(lines[0]) * (k - 1));
+            k--;
+        }
+        lines[k++] = p;
+    }
+    if (k == 0)
+        return NULL;
+    for (i = 0; i < k; i++)
+        len += strlen(lines[i]) + strlen(sep);
+    out = malloc(len + 1);
+    if (!out)
+        return NULL;
+    out[0] = '\0';
+    for (i = 0; i < k; i++) {
+        if (i > 0)
+            strcat(out, sep);
+        strcat(out, lines[i]);
+    }
+    return out;
+}

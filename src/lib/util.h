@@ -71,6 +71,13 @@ int smolvm_rm_rf(const char *path, smolvm_error **err);
 /* Read a whole file (at most max bytes; larger is SMOLVM_EINVAL). NUL-terminated. */
 int smolvm_read_file(const char *path, size_t max, char **out, size_t *len, smolvm_error **err);
 
+/* The last max_lines non-empty lines of the file at path, reading at most max_bytes from
+ * the end but nothing before offset `from`; control characters become spaces; lines
+ * are joined with sep. NULL when the file is unreadable or holds no such line. Caller
+ * frees. (For error messages: "console: ...".) */
+char *smolvm_file_tail(const char *path, long long from, size_t max_bytes, int max_lines,
+                       const char *sep);
+
 /* Write a file atomically (temp file + rename) with the given mode. */
 int smolvm_write_file_atomic(const char *path, const void *data, size_t len, unsigned mode,
                              smolvm_error **err);

@@ -5,11 +5,11 @@
 #include <arpa/inet.h>
 #include <string.h>
 
-#include "context.h"
 #include "error.h"
 #include "ssh.h"
 #include "vm-internal.h"
 #include "vm-net.h"
+#include "vm-ssh.h"
 #include "vmm/vmm.h"
 
 #define CONNECT_TIMEOUT_MS 30000
@@ -20,14 +20,24 @@
 static int after(smolvm_vm *vm, int r)
 {
     if (r == SMOLVM_ESSH)
-        smolvm_vm_drop_ssh(vm);
+        smolvm_vm_ssh_drop(vm);
     return r;
 }
 
-int smolvm_vm_run(smolvm_vm *vm, const char *cmd, const smolvm_run_options *opts,
-                  smolvm_run_result **out, smolvm_error **err)
+int smolvm_run_options_init(smolvm_run_options *opts, unsigned version)
 {
-    _cleanup_free_ const char **env = NULL;
+    smolvm_run_options defaults = SMOLVM_RUN_OPTIONS_INIT;
+
+    if (version < 1 || version > SMOLVM_RUN_OPTIONS_VERSION)
+        return SMOLVM_EINVAL;
+    *opts = defaults;
+    opts->version = version;
+    return 0;
+}
+
+int smolvm_vm_run(smolvm_run_result **out, smolvm_vm *vm, const char *cmd,
+                  const smolvm_run_options *opts, smolvm_error **err)
+{
     int r;
 
     if (!cmd)
@@ -38,11 +48,9 @@ int smolvm_vm_run(smolvm_vm *vm, const char *cmd, const smolvm_run_options *opts
         return smolvm_err(err, SMOLVM_ESTATE, "run in '%s': the vm was deleted", vm->id);
     /* An open session is used as is: a dead VM shows up as a session error. The
      * status check (database + /proc) is only paid when connecting. */
-    if (!vm->ssh && (r = smolvm_vm_ensure_ssh(vm, smolvm_now_ms() + CONNECT_TIMEOUT_MS, err)) < 0)
+    if (!vm->ssh && (r = smolvm_vm_ssh_ensure(vm, smolvm_now_ms() + CONNECT_TIMEOUT_MS, err)) < 0)
         return smolvm_err_wrap(err, "run in '%s'", vm->id);
-    if (!(env = smolvm_vm_env(vm)))
-        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    r = after(vm, smolvm_ssh_exec(vm->ssh, cmd, env, opts, out, err));
+    r = after(vm, smolvm_ssh_exec(vm->ssh, cmd, (const char *const *)vm->cfg->env, opts, out, err));
     return r < 0 ? smolvm_err_wrap(err, "run in '%s'", vm->id) : 0;
 }
 
@@ -56,7 +64,7 @@ static int ready(smolvm_vm *vm, const char *what, const char *path, smolvm_error
         return smolvm_err(err, SMOLVM_ESTATE, "%s in '%s': the vm was deleted", what, vm->id);
     if (vm->ssh)
         return 0;
-    r = smolvm_vm_ensure_ssh(vm, smolvm_now_ms() + CONNECT_TIMEOUT_MS, err);
+    r = smolvm_vm_ssh_ensure(vm, smolvm_now_ms() + CONNECT_TIMEOUT_MS, err);
     return r < 0 ? smolvm_err_wrap(err, "%s in '%s'", what, vm->id) : 0;
 }
 
@@ -97,7 +105,7 @@ int smolvm_vm_write_file(smolvm_vm *vm, const char *remote, const void *data, si
     return r < 0 ? smolvm_err_wrap(err, "write_file in '%s'", vm->id) : 0;
 }
 
-int smolvm_vm_read_file(smolvm_vm *vm, const char *remote, char **data, size_t *len,
+int smolvm_vm_read_file(char **data, size_t *len, smolvm_vm *vm, const char *remote,
                         smolvm_error **err)
 {
     int r;
@@ -122,7 +130,7 @@ static int forward_checks(smolvm_vm *vm, const char *addr, int host_port, smolvm
                           "forward: host address '%.64s' is not an IPv4 address", addr);
     if (smolvm_vm_refresh(vm, err) < 0)
         return SMOLVM_ENOENT;
-    if (strcmp(smolvm_vm_cfg_str(vm, "network"), "none") == 0)
+    if (vm->cfg->network == SMOLVM_NET_NONE)
         return smolvm_err(err, SMOLVM_ESTATE,
                           "forward in '%s': the vm has network 'none'; forwards need 'user' "
                           "or 'nat'",
@@ -130,9 +138,9 @@ static int forward_checks(smolvm_vm *vm, const char *addr, int host_port, smolvm
     return 0;
 }
 
-static int is_nat(const smolvm_vm *vm)
+static bool is_nat(const smolvm_vm *vm)
 {
-    return strcmp(smolvm_vm_cfg_str(vm, "network"), "nat") == 0;
+    return vm->cfg->network == SMOLVM_NET_NAT;
 }
 
 int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, int guest_port,
@@ -155,7 +163,7 @@ int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, in
     if (strcmp(smolvm_vm_status(vm), "running") != 0)
         return 0; /* applied at the next start */
     if (is_nat(vm)) {
-        r = smolvm_vm_net_forward(vm, addr, host_port, guest_port, 1, err);
+        r = smolvm_vm_net_forward(vm->ctx, vm->id, vm->cfg, addr, host_port, guest_port, true, err);
         if (r < 0) {
             (void)smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", NULL);
             return smolvm_err_wrap(err, "forward %s:%d", addr, host_port);
@@ -163,13 +171,13 @@ int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, in
         (void)smolvm_store_event(vm->ctx->store, vm->id, "forward", NULL, NULL);
         return 0;
     }
-    ops = smolvm_vm_backend_ops(vm->row->backend);
+    ops = smolvm_vmm_ops_for(vm->cfg->backend);
     if (!ops->hostfwd_add) {
         (void)smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", NULL);
         return smolvm_err(err, SMOLVM_ESTATE,
                           "forward in '%s': backend '%s' cannot add "
                           "forwards to a running vm",
-                          vm->id, vm->row->backend);
+                          vm->id, smolvm_backend_to_string(vm->cfg->backend));
     }
     r = ops->hostfwd_add(vm->row->dir, &fwd, smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
     if (r < 0) {
@@ -182,47 +190,40 @@ int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, in
 
 int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error **err)
 {
-    _cleanup_free_ char *raw = NULL, *addr = NULL;
+    _cleanup_free_ smolvm_port_row *rows = NULL;
+    const smolvm_port_row *fwd = NULL;
     const smolvm_vmm_ops *ops;
-    json_t *info, *p;
-    size_t i;
-    int r, guest = 0;
+    size_t i, n = 0;
+    int r;
 
     if ((r = forward_checks(vm, NULL, host_port, err)) < 0)
         return r;
-    if ((r = smolvm_store_get_json(vm->ctx->store, vm->id, &raw, err)) < 0)
+    if ((r = smolvm_store_ports_list(&rows, &n, vm->ctx->store, vm->id, err)) < 0)
         return r;
-    info = json_loads(raw, 0, NULL);
-    json_array_foreach (json_object_get(info, "ports"), i, p) {
-        const char *kind = json_string_value(json_object_get(p, "kind"));
-
-        if (kind && strcmp(kind, "forward") == 0 &&
-            json_integer_value(json_object_get(p, "host_port")) == host_port) {
-            addr = strdup(json_string_value(json_object_get(p, "host_address")));
-            guest = (int)json_integer_value(json_object_get(p, "guest_port"));
-            break;
-        }
-    }
-    json_decref(info);
-    if (!addr)
+    for (i = 0; i < n && !fwd; i++)
+        if (rows[i].kind == SMOLVM_PORT_FORWARD && rows[i].host_port == host_port)
+            fwd = &rows[i];
+    if (!fwd)
         return smolvm_err(err, SMOLVM_ENOENT, "unforward in '%s': host port %d is not forwarded",
                           vm->id, host_port);
     if (strcmp(smolvm_vm_status(vm), "running") == 0 && is_nat(vm)) {
-        r = smolvm_vm_net_forward(vm, addr, host_port, guest, 0, err);
+        r = smolvm_vm_net_forward(vm->ctx, vm->id, vm->cfg, fwd->host_address, host_port,
+                                  fwd->guest_port, false, err);
         if (r < 0)
-            return smolvm_err_wrap(err, "unforward %s:%d", addr, host_port);
+            return smolvm_err_wrap(err, "unforward %s:%d", fwd->host_address, host_port);
     } else if (strcmp(smolvm_vm_status(vm), "running") == 0) {
-        smolvm_vmm_hostfwd fwd = {addr, host_port, guest};
+        smolvm_vmm_hostfwd hf = {fwd->host_address, host_port, fwd->guest_port};
 
-        ops = smolvm_vm_backend_ops(vm->row->backend);
+        ops = smolvm_vmm_ops_for(vm->cfg->backend);
         if (!ops->hostfwd_remove)
             return smolvm_err(err, SMOLVM_ESTATE,
                               "unforward in '%s': backend '%s' cannot "
                               "remove forwards from a running vm",
-                              vm->id, vm->row->backend);
-        r = ops->hostfwd_remove(vm->row->dir, &fwd, smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
+                              vm->id, smolvm_backend_to_string(vm->cfg->backend));
+        r = ops->hostfwd_remove(vm->row->dir, &hf, smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
         if (r < 0)
-            return smolvm_err_wrap(err, "unforward %s:%d", addr, host_port);
+            return smolvm_err_wrap(err, "unforward %s:%d", fwd->host_address, host_port);
     }
-    return smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", err);
+    return smolvm_store_port_remove(vm->ctx->store, vm->id, fwd->host_address, host_port, "tcp",
+                                    err);
 }

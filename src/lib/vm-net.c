@@ -9,28 +9,19 @@
 #include "context.h"
 #include "error.h"
 #include "net/net.h"
-#include "vm-internal.h"
+#include "store.h"
 #include "vm-net.h"
-
-#define DEFAULT_CIDR "172.16.0.0/16"
-
-const char *smolvm_nat_cidr(void)
-{
-    const char *c = getenv("SMOLVM_NET_CIDR");
-
-    return c && *c ? c : DEFAULT_CIDR;
-}
 
 /* Is there a default route (an uplink to masquerade out of)? /proc/net/route lists
  * it as destination 00000000 with mask 00000000. */
-static int have_uplink(void)
+static int have_uplink(const smolvm_ctx *ctx)
 {
     _cleanup_fclose_ FILE *f = fopen("/proc/net/route", "re");
     char line[256], ifname[32];
     unsigned long dest, gw, mask;
     unsigned flags;
 
-    if (getenv("SMOLVM_NET_UPLINK") && *getenv("SMOLVM_NET_UPLINK"))
+    if (ctx->nat_uplink)
         return 1;
     if (!f)
         return 0;
@@ -42,13 +33,13 @@ static int have_uplink(void)
     return 0;
 }
 
-int smolvm_nat_usable(smolvm_error **err)
+int smolvm_nat_usable(const smolvm_ctx *ctx, smolvm_error **err)
 {
     int r = smolvm_net_available(err);
 
     if (r < 0)
         return smolvm_err_wrap(err, "network 'nat'");
-    if (!have_uplink())
+    if (!have_uplink(ctx))
         return smolvm_err(err, SMOLVM_ENET,
                           "network 'nat': no default route to send guest traffic out of "
                           "(set SMOLVM_NET_UPLINK=IFNAME, or use network = \"user\")");
@@ -56,17 +47,16 @@ int smolvm_nat_usable(smolvm_error **err)
 }
 
 /* The first IPv4 resolver of the host that a guest can reach: not loopback (guests
- * cannot talk to the host's own services). SMOLVM_DNS overrides. */
-static int pick_dns(char out[16])
+ * cannot talk to the host's own services). The context's nat_dns overrides. */
+static bool pick_dns(const smolvm_ctx *ctx, char out[16])
 {
     _cleanup_fclose_ FILE *f = NULL;
-    const char *env = getenv("SMOLVM_DNS");
     char line[256], addr[64];
     struct in_addr a;
 
-    if (env && inet_pton(AF_INET, env, &a) == 1) {
-        snprintf(out, 16, "%s", env);
-        return 1;
+    if (ctx->nat_dns && inet_pton(AF_INET, ctx->nat_dns, &a) == 1) {
+        snprintf(out, 16, "%s", ctx->nat_dns);
+        return true;
     }
     if (!(f = fopen("/etc/resolv.conf", "re")))
         return 0;
@@ -90,48 +80,40 @@ static void mac_for(const char *id, char out[18])
              h & 0xff);
 }
 
-int smolvm_vm_net_up(smolvm_vm *vm, smolvm_vm_net *n, smolvm_error **err)
+int smolvm_vm_net_up(smolvm_vm_net *n, smolvm_ctx *ctx, const char *vm_id,
+                     const smolvm_vm_config *cfg, smolvm_error **err)
 {
-    _cleanup_free_ char *raw = NULL;
+    _cleanup_free_ smolvm_port_row *rows = NULL;
     smolvm_net_forward fwds[SMOLVM_NET_MAX_FORWARDS];
-    const char *cidr = smolvm_vm_cfg_str(vm, "cidr");
-    json_t *info, *p;
-    size_t i, k = 0;
+    const char *cidr = cfg->cidr ? cfg->cidr : ctx->nat_cidr;
+    size_t i, n_rows = 0, k = 0;
     int prefix, r;
-
     int64_t t0 = smolvm_now_ms();
 
     memset(n, 0, sizeof(*n));
-    if (!cidr)
-        cidr = smolvm_nat_cidr();
-    if ((r = smolvm_nat_usable(err)) < 0)
+    if ((r = smolvm_nat_usable(ctx, err)) < 0)
         return r;
     if ((r = smolvm_net_pool_info(cidr, n->gateway, &prefix, n->netmask, err)) < 0)
         return r;
     /* The VM's lease from create; the store hands the same one back. */
-    if ((r = smolvm_store_lease_ip(vm->ctx->store, vm->id, cidr, n->ip, err)) < 0)
+    if ((r = smolvm_store_lease_ip(ctx->store, vm_id, cidr, n->ip, err)) < 0)
         return smolvm_err_wrap(err, "lease an address in '%s'", cidr);
-    if ((r = smolvm_store_get_json(vm->ctx->store, vm->id, &raw, err)) < 0)
+    if ((r = smolvm_store_ports_list(&rows, &n_rows, ctx->store, vm_id, err)) < 0)
         return r;
-    info = json_loads(raw, 0, NULL);
-    json_array_foreach (json_object_get(info, "ports"), i, p) {
-        const char *kind = json_string_value(json_object_get(p, "kind"));
-
-        if (!kind || strcmp(kind, "forward") != 0 || k >= SMOLVM_NET_MAX_FORWARDS)
+    for (i = 0; i < n_rows && k < SMOLVM_NET_MAX_FORWARDS; i++) {
+        if (rows[i].kind != SMOLVM_PORT_FORWARD)
             continue;
-        fwds[k].host_addr = json_string_value(json_object_get(p, "host_address"));
-        fwds[k].host_port = (int)json_integer_value(json_object_get(p, "host_port"));
-        fwds[k].guest_port = (int)json_integer_value(json_object_get(p, "guest_port"));
+        fwds[k].host_addr = rows[i].host_address;
+        fwds[k].host_port = rows[i].host_port;
+        fwds[k].guest_port = rows[i].guest_port;
         k++;
     }
-    r = smolvm_net_vm_up(vm->id, n->ip, n->gateway, prefix, getenv("SMOLVM_NET_UPLINK"), fwds, k,
-                         n->tap, err);
-    json_decref(info);
+    r = smolvm_net_vm_up(vm_id, n->ip, n->gateway, prefix, ctx->nat_uplink, fwds, k, n->tap, err);
     if (r < 0)
         return smolvm_err_wrap(err, "network 'nat'");
-    mac_for(vm->id, n->mac);
-    n->have_dns = pick_dns(n->dns);
-    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': network up (%s, %s) in %lld ms", vm->id, n->tap,
+    mac_for(vm_id, n->mac);
+    n->have_dns = pick_dns(ctx, n->dns);
+    smolvm_log(ctx, SMOLVM_LOG_DEBUG, "vm '%s': network up (%s, %s) in %lld ms", vm_id, n->tap,
                n->ip, (long long)(smolvm_now_ms() - t0));
     return 0;
 }
@@ -151,17 +133,18 @@ void smolvm_vm_net_down(smolvm_ctx *ctx, const char *vm_id)
                (long long)(smolvm_now_ms() - t0));
 }
 
-int smolvm_vm_net_forward(smolvm_vm *vm, const char *addr, int host_port, int guest_port, int add,
+int smolvm_vm_net_forward(smolvm_ctx *ctx, const char *vm_id, const smolvm_vm_config *cfg,
+                          const char *addr, int host_port, int guest_port, bool add,
                           smolvm_error **err)
 {
     char ip[16];
     int r;
 
-    r = smolvm_store_lease_ip(vm->ctx->store, vm->id, smolvm_vm_cfg_str(vm, "cidr"), ip, err);
+    r = smolvm_store_lease_ip(ctx->store, vm_id, cfg->cidr ? cfg->cidr : ctx->nat_cidr, ip, err);
     if (r < 0)
         return r;
-    return add ? smolvm_net_forward_add(vm->id, ip, addr, host_port, guest_port, err)
-               : smolvm_net_forward_remove(vm->id, ip, addr, host_port, guest_port, err);
+    return add ? smolvm_net_forward_add(vm_id, ip, addr, host_port, guest_port, err)
+               : smolvm_net_forward_remove(vm_id, ip, addr, host_port, guest_port, err);
 }
 
 void smolvm_vm_net_gc(smolvm_ctx *ctx, const char *const *live_ids)

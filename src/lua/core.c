@@ -204,7 +204,7 @@ static int l_list(lua_State *L)
     smolvm_lua_box *box = smolvm_lua_box_new(L);
     smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
 
-    if (!c || smolvm_vm_list_json(c->ctx, &box->text, &box->err) < 0)
+    if (!c || smolvm_vm_list_json(&box->text, c->ctx, &box->err) < 0)
         return smolvm_lua_fail(L, box, SMOLVM_EIO);
     return smolvm_lua_push_json_text(L, box);
 }
@@ -215,7 +215,7 @@ static int l_doctor(lua_State *L)
     smolvm_lua_box *box = smolvm_lua_box_new(L);
     smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
 
-    if (!c || smolvm_doctor_json(c->ctx, &box->text, &box->err) < 0)
+    if (!c || smolvm_doctor_json(&box->text, c->ctx, &box->err) < 0)
         return smolvm_lua_fail(L, box, SMOLVM_EIO);
     return smolvm_lua_push_json_text(L, box);
 }
@@ -226,7 +226,7 @@ static int l_firecracker_download(lua_State *L)
     const char *dest = luaL_optstring(L, 1, NULL);
     smolvm_lua_box *box = smolvm_lua_box_new(L);
 
-    if (smolvm_firecracker_download(dest, NULL, NULL, &box->text, &box->err) < 0)
+    if (smolvm_firecracker_download(&box->text, dest, NULL, NULL, &box->err) < 0)
         return smolvm_lua_fail(L, box, SMOLVM_EIO);
     lua_pushstring(L, box->text);
     return 1;
@@ -239,7 +239,7 @@ static int l_reconcile(lua_State *L)
     smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
     int changed = 0;
 
-    if (!c || smolvm_reconcile(c->ctx, &changed, &box->err) < 0)
+    if (!c || smolvm_reconcile(&changed, c->ctx, &box->err) < 0)
         return smolvm_lua_fail(L, box, SMOLVM_EIO);
     lua_pushinteger(L, changed);
     return 1;

@@ -67,14 +67,14 @@ static int l_store_path(lua_State *L)
     return 1;
 }
 
-typedef int (*json_getter)(smolvm_store *s, char **out, smolvm_error **err);
+typedef int (*json_getter)(char **out, smolvm_store *s, smolvm_error **err);
 
 static int store_json(lua_State *L, json_getter get)
 {
     smolvm_store *s = check_store(L);
     smolvm_lua_box *box = smolvm_lua_box_new(L);
 
-    if (get(s, &box->text, &box->err) < 0)
+    if (get(&box->text, s, &box->err) < 0)
         return smolvm_lua_fail(L, box, SMOLVM_EDB);
     return smolvm_lua_push_json_text(L, box);
 }
@@ -100,7 +100,7 @@ static int l_store_get(lua_State *L)
     const char *id = luaL_checkstring(L, 2);
     smolvm_lua_box *box = smolvm_lua_box_new(L);
 
-    if (smolvm_store_get_json(s, id, &box->text, &box->err) < 0)
+    if (smolvm_store_get_json(&box->text, s, id, &box->err) < 0)
         return smolvm_lua_fail(L, box, SMOLVM_EDB);
     return smolvm_lua_push_json_text(L, box);
 }

@@ -331,7 +331,7 @@ static int l_vm_info(lua_State *L)
     smolvm_vm *vm = check_vm(L);
     smolvm_lua_box *box = smolvm_lua_box_new(L);
 
-    if (smolvm_vm_info_json(vm, &box->text, &box->err) < 0)
+    if (smolvm_vm_info_json(&box->text, vm, &box->err) < 0)
         return smolvm_lua_fail(L, box, SMOLVM_EIO);
     return smolvm_lua_push_json_text(L, box);
 }
@@ -441,7 +441,7 @@ static int l_vm_run(lua_State *L)
         o.env = opt_env(L, 3);
     }
     box = smolvm_lua_box_new(L);
-    if (smolvm_vm_run(vm, cmd, &o, &box->result, &box->err) < 0)
+    if (smolvm_vm_run(&box->result, vm, cmd, &o, &box->err) < 0)
         return smolvm_lua_fail(L, box, SMOLVM_ESSH);
     r = box->result;
     lua_createtable(L, 0, 9);
@@ -509,7 +509,7 @@ static int l_vm_read_file(lua_State *L)
     smolvm_lua_box *box = smolvm_lua_box_new(L);
     size_t len = 0;
 
-    if (smolvm_vm_read_file(vm, remote, &box->text, &len, &box->err) < 0)
+    if (smolvm_vm_read_file(&box->text, &len, vm, remote, &box->err) < 0)
         return smolvm_lua_fail(L, box, SMOLVM_EIO);
     lua_pushlstring(L, box->text ? box->text : "", box->text ? len : 0);
     smolvm_lua_box_clear(box);

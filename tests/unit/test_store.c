@@ -673,10 +673,10 @@ static void test_delete_cascades(void **state)
     assert_int_equal(smolvm_store_vm_delete(f->s, "a", NULL), 0);
     assert_int_equal(smolvm_store_vm_delete(f->s, "a", NULL), SMOLVM_ENOENT);
 
-    assert_int_equal(smolvm_store_leases_json(f->s, &text, NULL), 0);
+    assert_int_equal(smolvm_store_leases_json(&text, f->s, NULL), 0);
     assert_string_equal(text, "[{\"ip\":\"10.0.0.3\",\"cidr\":\"10.0.0.0/24\",\"vm_id\":\"b\"}]");
     free(text);
-    assert_int_equal(smolvm_store_forwards_json(f->s, &text, NULL), 0);
+    assert_int_equal(smolvm_store_forwards_json(&text, f->s, NULL), 0);
     assert_string_equal(text, "[]");
     free(text);
     /* The freed address and port are free again. */
@@ -693,7 +693,7 @@ static void test_json(void **state)
     json_t *arr, *o, *p;
     char *text = NULL, ip[16];
 
-    assert_int_equal(smolvm_store_list_json(f->s, &text, NULL), 0);
+    assert_int_equal(smolvm_store_list_json(&text, f->s, NULL), 0);
     assert_string_equal(text, "[]");
     free(text);
 
@@ -704,13 +704,13 @@ static void test_json(void **state)
     assert_int_equal(
         smolvm_store_port_add(f->s, "web", "forward", "127.0.0.1", 8080, 80, "tcp", NULL), 0);
 
-    assert_int_equal(smolvm_store_list_json(f->s, &text, NULL), 0);
+    assert_int_equal(smolvm_store_list_json(&text, f->s, NULL), 0);
     arr = parse(text);
     assert_true(json_is_array(arr));
     assert_int_equal(json_array_size(arr), 2);
     json_decref(arr);
 
-    assert_int_equal(smolvm_store_get_json(f->s, "web", &text, NULL), 0);
+    assert_int_equal(smolvm_store_get_json(&text, f->s, "web", NULL), 0);
     o = parse(text);
     assert_string_equal(json_string_value(json_object_get(o, "id")), "web");
     assert_string_equal(json_string_value(json_object_get(o, "status")), "created");
@@ -732,21 +732,21 @@ static void test_json(void **state)
     assert_string_equal(json_string_value(json_object_get(p, "kind")), "forward");
     json_decref(o);
 
-    assert_int_equal(smolvm_store_get_json(f->s, "idle", &text, NULL), 0);
+    assert_int_equal(smolvm_store_get_json(&text, f->s, "idle", NULL), 0);
     o = parse(text);
     assert_true(json_is_null(json_object_get(o, "ip")));
     assert_int_equal(json_array_size(json_object_get(o, "ports")), 0);
     json_decref(o);
 
-    assert_int_equal(smolvm_store_get_json(f->s, "gone", &text, &err), SMOLVM_ENOENT);
+    assert_int_equal(smolvm_store_get_json(&text, f->s, "gone", &err), SMOLVM_ENOENT);
     smolvm_error_free(err);
 
-    assert_int_equal(smolvm_store_forwards_json(f->s, &text, NULL), 0);
+    assert_int_equal(smolvm_store_forwards_json(&text, f->s, NULL), 0);
     assert_string_equal(text, "[{\"vm_id\":\"web\",\"host_address\":\"127.0.0.1\","
                               "\"host_port\":8080,\"guest_port\":80,\"proto\":\"tcp\","
                               "\"kind\":\"forward\"}]");
     free(text);
-    assert_int_equal(smolvm_store_leases_json(f->s, &text, NULL), 0);
+    assert_int_equal(smolvm_store_leases_json(&text, f->s, NULL), 0);
     assert_string_equal(text, "[{\"ip\":\"172.16.0.2\",\"cidr\":\"172.16.0.0/16\","
                               "\"vm_id\":\"web\"}]");
     free(text);

@@ -381,9 +381,9 @@ int smolvm_fc_download(const smolvm_fc_download_opts *opts, char **path, smolvm_
     return 0;
 }
 
-int smolvm_firecracker_download(const char *dest_dir,
+int smolvm_firecracker_download(char **path, const char *dest_dir,
                                 void (*progress)(uint64_t done, uint64_t total, void *payload),
-                                void *payload, char **path, smolvm_error **err)
+                                void *payload, smolvm_error **err)
 {
     smolvm_fc_download_opts o = {0};
 

@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 
 #include "context.h"
@@ -27,6 +26,7 @@
 #include "vmm/fc-api.h"
 #include "vmm/fc-binary.h"
 #include "vmm/fc-jailer.h"
+#include "vmm/vmm-internal.h"
 #include "vmm/vmm.h"
 
 #define FC_API_SOCK "fc.sock"
@@ -36,35 +36,7 @@
 #define SOCKET_CONNECT_TRIES 50 /* bind() to listen() gap only: microseconds */
 #define DEAD_CHECK_MS 100       /* only without pidfd (kernel < 5.3) */
 
-static char *dir_file(const char *dir, const char *name)
-{
-    return smolvm_strdupf("%s/%s", dir, name);
-}
-
-static int pidfd_open_(pid_t pid)
-{
-    return (int)syscall(SYS_pidfd_open, pid, 0);
-}
-
 /* ---------------------------------------------------------------- validation */
-
-static int valid_mac(const char *mac)
-{
-    unsigned b[6];
-    char tail;
-
-    return mac && strlen(mac) == 17 &&
-           sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
-                  &tail) == 6;
-}
-
-static int valid_ifname(const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-
-    return n > 0 && n <= 15 &&
-           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == n;
-}
 
 static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
 {
@@ -106,10 +78,10 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
                           "firecracker has no user-mode networking (use "
                           "network 'nat' or 'none', or backend 'qemu')");
     case SMOLVM_NET_NAT:
-        if (!valid_ifname(c->tap_name))
+        if (!smolvm_vmm_valid_ifname(c->tap_name))
             return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid tap name '%s'",
                               c->tap_name ? c->tap_name : "(null)");
-        if (!valid_mac(c->mac))
+        if (!smolvm_vmm_valid_mac(c->mac))
             return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid mac '%s'",
                               c->mac ? c->mac : "(null)");
         return 0;
@@ -200,20 +172,14 @@ static int find_vmm(const char *dir, pid_t *pid, uint64_t *start)
 
 static void remove_runtime_files(const char *dir)
 {
-    const char *names[] = {FC_API_SOCK, SMOLVM_VMM_PIDFILE};
-    size_t i;
+    static const char *const names[] = {FC_API_SOCK, SMOLVM_VMM_PIDFILE};
 
-    for (i = 0; i < SMOLVM_ARRAY_SIZE(names); i++) {
-        _cleanup_free_ char *p = dir_file(dir, names[i]);
-
-        if (p)
-            (void)unlink(p);
-    }
+    smolvm_vmm_remove_files(dir, names, SMOLVM_ARRAY_SIZE(names));
 }
 
 static int api_open(const char *dir, smolvm_fc_api **api, smolvm_error **err)
 {
-    _cleanup_free_ char *sock = dir_file(dir, FC_API_SOCK);
+    _cleanup_free_ char *sock = smolvm_vmm_path(dir, FC_API_SOCK);
 
     if (!sock)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
@@ -237,29 +203,12 @@ static int touch(const char *path, smolvm_error **err)
 }
 
 /* The last lines of console.log (where firecracker's own complaints land before its
- * logger is configured), "; "-joined. */
+ * logger is configured), "|"-joined. */
 static char *console_tail(const char *dir)
 {
-    _cleanup_free_ char *path = dir_file(dir, SMOLVM_VMM_CONSOLE_LOG);
-    _cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
-    char buf[1024], *out, *p;
-    off_t size;
-    ssize_t n;
+    _cleanup_free_ char *path = smolvm_vmm_path(dir, SMOLVM_VMM_CONSOLE_LOG);
 
-    if (fd < 0 || (size = lseek(fd, 0, SEEK_END)) < 0)
-        return NULL;
-    n = pread(fd, buf, sizeof(buf) - 1,
-              size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0);
-    if (n <= 0)
-        return NULL;
-    buf[n] = '\0';
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-        buf[--n] = '\0';
-    out = smolvm_strdupf("%s", buf);
-    for (p = out; p && *p; p++)
-        if (*p == '\r' || *p == '\n' || (unsigned char)*p < 0x20)
-            *p = *p == '\n' ? '|' : ' ';
-    return out;
+    return path ? smolvm_file_tail(path, 0, 1023, 64, "|") : NULL;
 }
 
 typedef struct launched {
@@ -354,9 +303,9 @@ static int launch(const smolvm_vmm_config *cfg, int restoring, launched *l, int6
         return smolvm_err(err, SMOLVM_EINVAL,
                           "jailer: restoring a snapshot in a jail is not supported yet "
                           "(unset " SMOLVM_FC_JAILER_ENV ")");
-    sock = dir_file(cfg->dir, FC_API_SOCK);
-    console = dir_file(cfg->dir, SMOLVM_VMM_CONSOLE_LOG);
-    pidfile = dir_file(cfg->dir, SMOLVM_VMM_PIDFILE);
+    sock = smolvm_vmm_path(cfg->dir, FC_API_SOCK);
+    console = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_CONSOLE_LOG);
+    pidfile = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_PIDFILE);
     if (!sock || !console || !pidfile)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     /* Never pull the socket from under a VMM that still runs in this dir. */
@@ -428,7 +377,7 @@ static int launch(const smolvm_vmm_config *cfg, int restoring, launched *l, int6
     if (r < 0)
         return r;
     /* Opened after the start time is known: checked once more, so it is our process. */
-    l->pidfd = pidfd_open_(l->pid);
+    l->pidfd = smolvm_pidfd_open(l->pid);
     if (l->pidfd >= 0 && !smolvm_proc_alive(l->pid, l->start))
         return smolvm_err(err, SMOLVM_EVMM, "firecracker exited right after the spawn");
 
@@ -494,8 +443,8 @@ static int fail_launched(const smolvm_vmm_config *cfg, launched *l, int r, smolv
 static int configure(const smolvm_vmm_config *c, const launched *l, int64_t deadline,
                      smolvm_error **err)
 {
-    _cleanup_free_ char *host_log = dir_file(c->dir, SMOLVM_VMM_STDERR_LOG);
-    _cleanup_free_ char *host_metrics = dir_file(c->dir, FC_METRICS);
+    _cleanup_free_ char *host_log = smolvm_vmm_path(c->dir, SMOLVM_VMM_STDERR_LOG);
+    _cleanup_free_ char *host_metrics = smolvm_vmm_path(c->dir, FC_METRICS);
     _cleanup_free_ char *cmdline = NULL, *log = NULL, *metrics = NULL, *kernel = NULL, *disk = NULL,
                         *config = NULL, *overlay = NULL;
     smolvm_fc_api *api = l->api;
@@ -604,7 +553,7 @@ static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path, cons
                       int *ctl_fd, int64_t *out_pid, uint64_t *out_start, int64_t deadline,
                       smolvm_error **err)
 {
-    _cleanup_free_ char *log = dir_file(cfg->dir, SMOLVM_VMM_STDERR_LOG);
+    _cleanup_free_ char *log = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_STDERR_LOG);
     launched l;
     int r;
 
@@ -697,7 +646,7 @@ static int console_event(struct smolvm_ctx *ctx, const char *line, int64_t *upti
 static int fc_wait_ready(struct smolvm_ctx *ctx, const char *dir, int ctl_fd, int64_t deadline,
                          int64_t *uptime_ms, smolvm_error **err)
 {
-    _cleanup_free_ char *path = dir_file(dir, SMOLVM_VMM_CONSOLE_LOG);
+    _cleanup_free_ char *path = smolvm_vmm_path(dir, SMOLVM_VMM_CONSOLE_LOG);
     _cleanup_close_ int ino = -1, fd = -1;
     console_reader *cr = NULL;
     char line[LINE_MAX_BYTES + 1], last[80] = "none", evbuf[4096];
@@ -846,7 +795,6 @@ static int fc_describe(const char *dir, int64_t deadline, char **out, smolvm_err
     _cleanup_(smolvm_fc_api_freep) smolvm_fc_api *api = NULL;
     json_t *info = NULL, *machine = NULL, *obj;
     _cleanup_free_ char *version = NULL;
-    char *text;
     int r;
 
     if ((r = api_open(dir, &api, err)) < 0)
@@ -862,14 +810,7 @@ static int fc_describe(const char *dir, int64_t deadline, char **out, smolvm_err
     }
     obj = json_pack("{s:s, s:o, s:s, s:o*}", "backend", "firecracker", "instance", info, "version",
                     version, "machine", machine);
-    if (!obj)
-        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    text = json_dumps(obj, JSON_COMPACT);
-    json_decref(obj);
-    if (!text)
-        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    *out = text;
-    return 0;
+    return smolvm_vmm_describe_text(out, obj, err);
 }
 
 const smolvm_vmm_ops smolvm_vmm_firecracker = {

@@ -19,6 +19,7 @@
 #include "proc.h"
 #include "sock.h"
 #include "vmm/qmp.h"
+#include "vmm/vmm-internal.h"
 #include "vmm/vmm.h"
 
 #define QEMU_BINARY "qemu-system-x86_64"
@@ -98,30 +99,6 @@ static char *qemu_escape(const char *s)
 
 /* ---------------------------------------------------------------- validation */
 
-static int valid_mac(const char *mac)
-{
-    unsigned b[6];
-    char tail;
-
-    return mac && strlen(mac) == 17 &&
-           sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
-                  &tail) == 6;
-}
-
-static int valid_ifname(const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    size_t i;
-
-    if (n == 0 || n > 15)
-        return 0;
-    for (i = 0; i < n; i++)
-        if (!(s[i] >= 'a' && s[i] <= 'z') && !(s[i] >= 'A' && s[i] <= 'Z') &&
-            !(s[i] >= '0' && s[i] <= '9') && s[i] != '-' && s[i] != '_' && s[i] != '.')
-            return 0;
-    return 1;
-}
-
 /* Forwards end up inside QEMU option strings and HMP commands: only an IPv4 literal
  * and numeric ports may get there. */
 static int check_fwd(const smolvm_vmm_hostfwd *f, smolvm_error **err)
@@ -171,14 +148,14 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
         for (i = 0; i < c->n_hostfwds; i++)
             if ((r = check_fwd(&c->hostfwds[i], err)) < 0)
                 return r;
-        if (c->mac && !valid_mac(c->mac))
+        if (c->mac && !smolvm_vmm_valid_mac(c->mac))
             return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid mac '%s'", c->mac);
         break;
     case SMOLVM_NET_NAT:
-        if (!valid_ifname(c->tap_name))
+        if (!smolvm_vmm_valid_ifname(c->tap_name))
             return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid tap name '%s'",
                               c->tap_name ? c->tap_name : "(null)");
-        if (!valid_mac(c->mac))
+        if (!smolvm_vmm_valid_mac(c->mac))
             return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid mac '%s'",
                               c->mac ? c->mac : "(null)");
         break;
@@ -315,54 +292,15 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, argv_buf *a, smolv
 
 /* ---------------------------------------------------------------- helpers */
 
-static char *dir_file(const char *dir, const char *name)
-{
-    return smolvm_strdupf("%s/%s", dir, name);
-}
-
 /* The last lines QEMU wrote to its log since offset, joined with "; ". */
 static char *log_tail(const char *path, off_t offset)
 {
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-    char buf[8192], *lines[LOG_TAIL_LINES], *p, *save = NULL;
-    size_t n = 0, k = 0, i;
-    struct stat st;
-    ssize_t r;
-    char *out;
-
-    if (fd < 0 || fstat(fd, &st) < 0)
-        return NULL;
-    if (st.st_size - offset > (off_t)sizeof(buf) - 1)
-        offset = st.st_size - (off_t)sizeof(buf) + 1;
-    while (n < sizeof(buf) - 1 &&
-           (r = pread(fd, buf + n, sizeof(buf) - 1 - n, offset + (off_t)n)) > 0)
-        n += (size_t)r;
-    buf[n] = '\0';
-    for (p = strtok_r(buf, "\r\n", &save); p; p = strtok_r(NULL, "\r\n", &save)) {
-        if (!*p)
-            continue;
-        if (k == LOG_TAIL_LINES) {
-            memmove(lines, lines + 1, sizeof(lines[0]) * (LOG_TAIL_LINES - 1));
-            k--;
-        }
-        lines[k++] = p;
-    }
-    if (k == 0)
-        return NULL;
-    out = calloc(1, LOG_TAIL_MAX + 1);
-    if (!out)
-        return NULL;
-    for (i = 0; i < k; i++) {
-        if (i > 0)
-            (void)strncat(out, "; ", LOG_TAIL_MAX - strlen(out));
-        (void)strncat(out, lines[i], LOG_TAIL_MAX - strlen(out));
-    }
-    return out;
+    return smolvm_file_tail(path, offset, LOG_TAIL_MAX, LOG_TAIL_LINES, "; ");
 }
 
 static int qmp_open(const char *dir, smolvm_qmp **q, int64_t deadline, smolvm_error **err)
 {
-    _cleanup_free_ char *path = dir_file(dir, QMP_SOCK);
+    _cleanup_free_ char *path = smolvm_vmm_path(dir, QMP_SOCK);
 
     if (!path)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
@@ -383,7 +321,7 @@ static int qmp_simple(const char *dir, const char *command, int64_t deadline, sm
 /* The pid in dir's pidfile and its start time; 0 when there is a live process. */
 static int read_pidfile(const char *dir, pid_t *pid, uint64_t *start)
 {
-    _cleanup_free_ char *path = dir_file(dir, SMOLVM_VMM_PIDFILE);
+    _cleanup_free_ char *path = smolvm_vmm_path(dir, SMOLVM_VMM_PIDFILE);
     _cleanup_free_ char *text = NULL;
     char *end;
     long v;
@@ -483,15 +421,9 @@ static int wait_ctl_accepted(smolvm_qmp *q, int64_t deadline, smolvm_error **err
 
 static void remove_runtime_files(const char *dir)
 {
-    const char *names[] = {QMP_SOCK, SMOLVM_VMM_CTL_SOCK, SMOLVM_VMM_PIDFILE};
-    size_t i;
+    static const char *const names[] = {QMP_SOCK, SMOLVM_VMM_CTL_SOCK, SMOLVM_VMM_PIDFILE};
 
-    for (i = 0; i < SMOLVM_ARRAY_SIZE(names); i++) {
-        _cleanup_free_ char *p = dir_file(dir, names[i]);
-
-        if (p)
-            (void)unlink(p);
-    }
+    smolvm_vmm_remove_files(dir, names, SMOLVM_ARRAY_SIZE(names));
 }
 
 /* After a failed start: kill the VMM, remove what it left, and say what QEMU said. */
@@ -539,10 +471,10 @@ static int qemu_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pi
 
     if ((r = check_config(cfg, err)) < 0)
         return r;
-    qmp_path = dir_file(cfg->dir, QMP_SOCK);
-    ctl_path = dir_file(cfg->dir, SMOLVM_VMM_CTL_SOCK);
-    pid_path = dir_file(cfg->dir, SMOLVM_VMM_PIDFILE);
-    log_path = dir_file(cfg->dir, SMOLVM_VMM_STDERR_LOG);
+    qmp_path = smolvm_vmm_path(cfg->dir, QMP_SOCK);
+    ctl_path = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_CTL_SOCK);
+    pid_path = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_PIDFILE);
+    log_path = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_STDERR_LOG);
     if (!qmp_path || !ctl_path || !pid_path || !log_path)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     {
@@ -717,7 +649,6 @@ static int qemu_describe(const char *dir, int64_t deadline, char **out, smolvm_e
 {
     _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
     json_t *status = NULL, *version = NULL, *obj;
-    char *text;
     int r;
 
     r = qmp_open(dir, &q, deadline, err);
@@ -731,14 +662,7 @@ static int qemu_describe(const char *dir, int64_t deadline, char **out, smolvm_e
         return r;
     }
     obj = json_pack("{s:s, s:o, s:o}", "backend", "qemu", "status", status, "version", version);
-    if (!obj)
-        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    text = json_dumps(obj, JSON_COMPACT);
-    json_decref(obj);
-    if (!text)
-        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    *out = text;
-    return 0;
+    return smolvm_vmm_describe_text(out, obj, err);
 }
 
 const smolvm_vmm_ops smolvm_vmm_qemu = {

@@ -111,6 +111,9 @@ typedef struct smolvm_vmm_ops {
 extern const smolvm_vmm_ops smolvm_vmm_qemu;
 extern const smolvm_vmm_ops smolvm_vmm_firecracker;
 
+/* The ops of a resolved backend (qemu or firecracker). */
+const smolvm_vmm_ops *smolvm_vmm_ops_for(smolvm_backend backend);
+
 /* Read the guest channel until "smolvm-ready <ms>" (returns guest uptime ms at ready
  * in *uptime_ms), EOF (the VMM died: SMOLVM_EVMM) or the deadline (SMOLVM_ETIMEDOUT).
  * Milestones are logged at debug level. */

@@ -1,0 +1,418 @@
+/* SPDX-License-Identifier: MIT */
+/* A VM's typed configuration: options checked and resolved, its stored JSON form. */
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <string.h>
+
+#include "error.h"
+#include "store.h"
+#include "vm-config.h"
+
+static const char *const disk_format_names[_SMOLVM_DISK_FORMAT_MAX] = {
+    [SMOLVM_DISK_FORMAT_QCOW2] = "qcow2",
+    [SMOLVM_DISK_FORMAT_RAW] = "raw",
+};
+
+const char *smolvm_disk_format_to_string(smolvm_disk_format f)
+{
+    return f >= 0 && f < _SMOLVM_DISK_FORMAT_MAX ? disk_format_names[f] : NULL;
+}
+
+static smolvm_disk_format disk_format_from_string(const char *s)
+{
+    int i;
+
+    for (i = 0; s && i < _SMOLVM_DISK_FORMAT_MAX; i++)
+        if (strcmp(s, disk_format_names[i]) == 0)
+            return (smolvm_disk_format)i;
+    return _SMOLVM_DISK_FORMAT_INVALID;
+}
+
+static void strv_free(char **v)
+{
+    char **p;
+
+    for (p = v; p && *p; p++)
+        free(*p);
+    free(v);
+}
+
+smolvm_vm_config *smolvm_vm_config_free(smolvm_vm_config *c)
+{
+    if (!c)
+        return NULL;
+    free(c->image);
+    free(c->kernel);
+    free(c->disk_path);
+    free(c->overlay_disk);
+    free(c->guest_ip);
+    free(c->cidr);
+    strv_free(c->env);
+    free(c->forwards);
+    free(c);
+    return NULL;
+}
+
+void smolvm_vm_config_freep(smolvm_vm_config **c)
+{
+    smolvm_vm_config_free(*c);
+}
+
+/* ---------------------------------------------------------------- options */
+
+static int env_name_valid(const char *s, size_t n)
+{
+    size_t i;
+
+    if (n == 0 || !((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+        return 0;
+    for (i = 1; i < n; i++)
+        if (!((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+            return 0;
+    return 1;
+}
+
+/* Every option checked here too: C callers get the same errors as Lua ones. */
+int smolvm_vm_options_check(smolvm_vm_options *out, const smolvm_vm_options *in, smolvm_error **err)
+{
+    smolvm_vm_options o = *in;
+    size_t i, n;
+
+    if (o.version < 1 || o.version > SMOLVM_VM_OPTIONS_VERSION)
+        return smolvm_err(err, SMOLVM_EINVAL, "vm options: unknown version %u", o.version);
+    if (o.vcpus == 0)
+        o.vcpus = SMOLVM_VCPUS_DEFAULT;
+    if (o.memory_mib == 0)
+        o.memory_mib = SMOLVM_MEMORY_DEFAULT;
+    if (!o.image)
+        o.image = "default";
+    if (o.id && !smolvm_id_valid(o.id))
+        return smolvm_err(err, SMOLVM_EINVAL, "id: expected [a-z0-9][a-z0-9_-]{0,62}, got '%.80s'",
+                          o.id);
+    if (o.vcpus < SMOLVM_VCPUS_MIN || o.vcpus > SMOLVM_VCPUS_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "vcpus: expected %d..%d, got %u", SMOLVM_VCPUS_MIN,
+                          SMOLVM_VCPUS_MAX, o.vcpus);
+    if (o.memory_mib < SMOLVM_MEMORY_MIN || o.memory_mib > SMOLVM_MEMORY_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "memory: expected %d..%d (MiB), got %u",
+                          SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX, o.memory_mib);
+    if (!smolvm_disk_mode_to_string(o.disk))
+        return smolvm_err(err, SMOLVM_EINVAL, "disk: expected isolated or shared");
+    if (!smolvm_backend_to_string(o.backend))
+        return smolvm_err(err, SMOLVM_EINVAL, "backend: expected auto, qemu or firecracker");
+    if (!smolvm_accel_to_string(o.accel))
+        return smolvm_err(err, SMOLVM_EINVAL, "accel: expected auto, kvm or tcg");
+    if (!smolvm_net_mode_to_string(o.network))
+        return smolvm_err(err, SMOLVM_EINVAL, "network: expected auto, none, user or nat");
+    for (n = 0; o.env && o.env[n]; n++) {
+        const char *eq = strchr(o.env[n], '=');
+
+        if (n >= SMOLVM_ENV_MAX)
+            return smolvm_err(err, SMOLVM_EINVAL, "env: more than %d entries", SMOLVM_ENV_MAX);
+        if (!eq || !env_name_valid(o.env[n], (size_t)(eq - o.env[n])))
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "env: expected NAME=value with NAME [A-Za-z_][A-Za-z0-9_]*, "
+                              "got '%.80s'",
+                              o.env[n]);
+        if (strlen(o.env[n]) > SMOLVM_ENV_ENTRY_MAX || strchr(o.env[n], '\n'))
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "env: '%.*s' is longer than %d bytes or has a newline",
+                              (int)(eq - o.env[n]), o.env[n], SMOLVM_ENV_ENTRY_MAX);
+    }
+    if (o.n_forwards > SMOLVM_FORWARDS_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "forwards: more than %d", SMOLVM_FORWARDS_MAX);
+    for (i = 0; i < o.n_forwards; i++) {
+        const smolvm_forward *f = &o.forwards[i];
+        struct in_addr a;
+        size_t j;
+
+        if (f->host_port < 1 || f->host_port > 65535 || f->guest_port < 1 || f->guest_port > 65535)
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "forwards[%zu]: ports must be 1..65535, got host %d guest %d", i + 1,
+                              f->host_port, f->guest_port);
+        if (f->host_address && inet_pton(AF_INET, f->host_address, &a) != 1)
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "forwards[%zu]: host address '%.64s' is not an IPv4 address", i + 1,
+                              f->host_address);
+        for (j = 0; j < i; j++)
+            if (o.forwards[j].host_port == f->host_port)
+                return smolvm_err(err, SMOLVM_EINVAL,
+                                  "forwards[%zu]: host port %d is already forwarded by "
+                                  "forwards[%zu]",
+                                  i + 1, f->host_port, j + 1);
+    }
+    *out = o;
+    return 0;
+}
+
+void smolvm_vm_resolve_needs(const smolvm_vm_options *o, bool *nat, bool *firecracker)
+{
+    *nat = o->network == SMOLVM_NET_NAT || o->network == SMOLVM_NET_AUTO;
+    *firecracker = o->backend == SMOLVM_BACKEND_FIRECRACKER ||
+                   (o->backend == SMOLVM_BACKEND_AUTO && o->accel != SMOLVM_ACCEL_TCG &&
+                    o->network != SMOLVM_NET_USER);
+}
+
+/* The message of a host fact as this call's error. */
+static int fact_err(smolvm_error **err, const smolvm_error *fact)
+{
+    return smolvm_err(err, smolvm_error_code(fact), "%s", smolvm_error_message(fact));
+}
+
+int smolvm_vm_resolve(smolvm_backend *backend, smolvm_net_mode *network, const smolvm_vm_options *o,
+                      const smolvm_vm_host_facts *f, smolvm_error **err)
+{
+    bool nat_ok = (o->network == SMOLVM_NET_NAT || o->network == SMOLVM_NET_AUTO) && !f->nat;
+    bool fc_ok;
+
+    if (o->backend == SMOLVM_BACKEND_FIRECRACKER) {
+        if (o->accel == SMOLVM_ACCEL_TCG)
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "backend 'firecracker' needs accel 'kvm' (it cannot emulate)");
+        if (f->firecracker)
+            return fact_err(err, f->firecracker);
+        if (o->network == SMOLVM_NET_USER)
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "network 'user': backend 'firecracker' has no user networking "
+                              "(use network = \"nat\" or \"none\")");
+        fc_ok = true;
+    } else if (o->backend == SMOLVM_BACKEND_AUTO) {
+        fc_ok = o->accel != SMOLVM_ACCEL_TCG && o->network != SMOLVM_NET_USER &&
+                (o->network != SMOLVM_NET_AUTO || nat_ok) && !f->firecracker;
+    } else {
+        fc_ok = false;
+    }
+    *backend = fc_ok ? SMOLVM_BACKEND_FIRECRACKER : SMOLVM_BACKEND_QEMU;
+    *network = o->network;
+    if (*network == SMOLVM_NET_AUTO)
+        *network = nat_ok ? SMOLVM_NET_NAT : fc_ok ? SMOLVM_NET_NONE : SMOLVM_NET_USER;
+    if (*network == SMOLVM_NET_NAT && f->nat)
+        return fact_err(err, f->nat);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- building */
+
+static int dup_into(char **dst, const char *src)
+{
+    if (!src)
+        return 0;
+    *dst = strdup(src);
+    return *dst ? 0 : -1;
+}
+
+int smolvm_vm_config_new(smolvm_vm_config **out, const smolvm_vm_options *o, smolvm_backend backend,
+                         smolvm_net_mode network, const smolvm_vm_placement *w, smolvm_error **err)
+{
+    _cleanup_(smolvm_vm_config_freep) smolvm_vm_config *c = calloc(1, sizeof(*c));
+    size_t i, n_env = 0;
+    int bad = 0;
+
+    if (!c)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    while (o->env && o->env[n_env])
+        n_env++;
+    c->vcpus = o->vcpus;
+    c->memory_mib = o->memory_mib;
+    c->disk = o->disk;
+    c->backend = backend;
+    c->accel = o->accel;
+    c->network = network;
+    c->env = calloc(n_env + 1, sizeof(*c->env));
+    c->forwards = calloc(o->n_forwards ? o->n_forwards : 1, sizeof(*c->forwards));
+    if (!c->env || !c->forwards)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    for (i = 0; i < n_env; i++)
+        bad |= dup_into(&c->env[i], o->env[i]);
+    c->n_env = n_env;
+    for (i = 0; i < o->n_forwards; i++) {
+        const smolvm_forward *f = &o->forwards[i];
+
+        snprintf(c->forwards[i].host_address, sizeof(c->forwards[i].host_address), "%s",
+                 f->host_address ? f->host_address : "127.0.0.1");
+        c->forwards[i].host_port = f->host_port;
+        c->forwards[i].guest_port = f->guest_port;
+    }
+    c->n_forwards = o->n_forwards;
+    bad |= dup_into(&c->image, w->image) | dup_into(&c->kernel, w->kernel);
+    if (backend == SMOLVM_BACKEND_FIRECRACKER) {
+        /* No qcow2: the raw base read-only under a per-VM overlay upper disk. */
+        bad |= dup_into(&c->disk_path, w->rootfs);
+        c->disk_format = SMOLVM_DISK_FORMAT_RAW;
+        if (o->disk == SMOLVM_DISK_ISOLATED)
+            bad |= !(c->overlay_disk = smolvm_strdupf("%s/upper.ext4", w->dir));
+    } else if (o->disk == SMOLVM_DISK_SHARED) {
+        bad |= dup_into(&c->disk_path, w->rootfs);
+        c->disk_format = SMOLVM_DISK_FORMAT_RAW;
+    } else {
+        bad |= !(c->disk_path = smolvm_strdupf("%s/disk.qcow2", w->dir));
+        c->disk_format = SMOLVM_DISK_FORMAT_QCOW2;
+    }
+    if (network == SMOLVM_NET_USER)
+        bad |= dup_into(&c->guest_ip, w->user_ip);
+    if (network == SMOLVM_NET_NAT)
+        bad |= dup_into(&c->cidr, w->cidr);
+    if (bad)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    *out = TAKE_PTR(c);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- JSON */
+
+static int set_str(json_t *o, const char *key, const char *v)
+{
+    return v ? json_object_set_new(o, key, json_string(v)) : 0;
+}
+
+int smolvm_vm_config_to_json(char **out, const smolvm_vm_config *c, smolvm_error **err)
+{
+    json_t *o = json_object(), *env = json_array(), *fwds = json_array();
+    int bad = !o || !env || !fwds;
+    size_t i;
+    char *text;
+
+    for (i = 0; !bad && i < c->n_env; i++)
+        bad |= json_array_append_new(env, json_string(c->env[i]));
+    for (i = 0; !bad && i < c->n_forwards; i++)
+        bad |= json_array_append_new(fwds, json_pack("{s:s, s:i, s:i}", "host_address",
+                                                     c->forwards[i].host_address, "host_port",
+                                                     c->forwards[i].host_port, "guest_port",
+                                                     c->forwards[i].guest_port));
+    if (!bad) {
+        bad |= json_object_set_new(o, "vcpus", json_integer(c->vcpus));
+        bad |= json_object_set_new(o, "memory", json_integer(c->memory_mib));
+        bad |= set_str(o, "disk", smolvm_disk_mode_to_string(c->disk));
+        bad |= set_str(o, "image", c->image);
+        bad |= set_str(o, "backend", smolvm_backend_to_string(c->backend));
+        bad |= set_str(o, "accel", smolvm_accel_to_string(c->accel));
+        bad |= set_str(o, "network", smolvm_net_mode_to_string(c->network));
+        bad |= json_object_set(o, "env", env);
+        bad |= json_object_set(o, "forwards", fwds);
+        bad |= set_str(o, "kernel", c->kernel);
+        bad |= set_str(o, "disk_path", c->disk_path);
+        bad |= set_str(o, "disk_format", smolvm_disk_format_to_string(c->disk_format));
+        bad |= set_str(o, "overlay_disk", c->overlay_disk);
+        bad |= set_str(o, "guest_ip", c->guest_ip);
+        bad |= set_str(o, "cidr", c->cidr);
+    }
+    text = bad ? NULL : json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    json_decref(env);
+    json_decref(fwds);
+    if (!text)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    *out = text;
+    return 0;
+}
+
+/* A string member; optional ones may be absent (*dst stays NULL). */
+static int get_str(json_t *o, const char *key, bool required, char **dst)
+{
+    json_t *v = json_object_get(o, key);
+
+    if (!v)
+        return required ? -1 : 0;
+    if (!json_is_string(v))
+        return -1;
+    *dst = strdup(json_string_value(v));
+    return *dst ? 0 : -1;
+}
+
+static int get_uint(json_t *o, const char *key, unsigned lo, unsigned hi, unsigned *dst)
+{
+    json_t *v = json_object_get(o, key);
+
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return -1;
+    *dst = (unsigned)json_integer_value(v);
+    return 0;
+}
+
+static int get_env(json_t *o, smolvm_vm_config *c)
+{
+    json_t *arr = json_object_get(o, "env"), *v;
+    size_t i;
+
+    if (!json_is_array(arr) || json_array_size(arr) > SMOLVM_ENV_MAX)
+        return -1;
+    c->env = calloc(json_array_size(arr) + 1, sizeof(*c->env));
+    if (!c->env)
+        return -1;
+    json_array_foreach (arr, i, v) {
+        if (!json_is_string(v) || !(c->env[i] = strdup(json_string_value(v))))
+            return -1;
+        c->n_env++;
+    }
+    return 0;
+}
+
+static int get_forwards(json_t *o, smolvm_vm_config *c)
+{
+    json_t *arr = json_object_get(o, "forwards"), *v;
+    size_t i;
+
+    if (!json_is_array(arr) || json_array_size(arr) > SMOLVM_FORWARDS_MAX)
+        return -1;
+    c->forwards = calloc(json_array_size(arr) ? json_array_size(arr) : 1, sizeof(*c->forwards));
+    if (!c->forwards)
+        return -1;
+    json_array_foreach (arr, i, v) {
+        const char *addr = json_string_value(json_object_get(v, "host_address"));
+        json_t *hp = json_object_get(v, "host_port"), *gp = json_object_get(v, "guest_port");
+
+        if (!addr || strlen(addr) > 15 || !json_is_integer(hp) || !json_is_integer(gp))
+            return -1;
+        snprintf(c->forwards[i].host_address, sizeof(c->forwards[i].host_address), "%s", addr);
+        c->forwards[i].host_port = (int)json_integer_value(hp);
+        c->forwards[i].guest_port = (int)json_integer_value(gp);
+        c->n_forwards++;
+    }
+    return 0;
+}
+
+int smolvm_vm_config_from_json(smolvm_vm_config **out, const char *text, smolvm_error **err)
+{
+    _cleanup_(smolvm_vm_config_freep) smolvm_vm_config *c = calloc(1, sizeof(*c));
+    _cleanup_free_ char *disk = NULL, *backend = NULL, *accel = NULL, *network = NULL,
+                        *format = NULL;
+    json_error_t jerr;
+    json_t *o;
+    int bad;
+
+    if (!c)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    o = json_loads(text ? text : "", 0, &jerr);
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return smolvm_err(err, SMOLVM_EDB, "stored config is not a JSON object: %s", jerr.text);
+    }
+    bad = get_uint(o, "vcpus", SMOLVM_VCPUS_MIN, SMOLVM_VCPUS_MAX, &c->vcpus) ||
+          get_uint(o, "memory", SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX, &c->memory_mib) ||
+          get_str(o, "disk", true, &disk) || get_str(o, "image", true, &c->image) ||
+          get_str(o, "backend", true, &backend) || get_str(o, "accel", true, &accel) ||
+          get_str(o, "network", true, &network) || get_env(o, c) || get_forwards(o, c) ||
+          get_str(o, "kernel", true, &c->kernel) || get_str(o, "disk_path", true, &c->disk_path) ||
+          get_str(o, "disk_format", true, &format) ||
+          get_str(o, "overlay_disk", false, &c->overlay_disk) ||
+          get_str(o, "guest_ip", false, &c->guest_ip) || get_str(o, "cidr", false, &c->cidr);
+    json_decref(o);
+    if (bad)
+        return smolvm_err(err, SMOLVM_EDB, "stored config: a member is missing or malformed");
+    c->disk = smolvm_disk_mode_from_string(disk);
+    c->backend = smolvm_backend_from_string(backend);
+    c->accel = smolvm_accel_from_string(accel);
+    c->network = smolvm_net_mode_from_string(network);
+    c->disk_format = disk_format_from_string(format);
+    if (c->disk < 0 || c->backend < 0 || c->backend == SMOLVM_BACKEND_AUTO || c->accel < 0 ||
+        c->network < 0 || c->network == SMOLVM_NET_AUTO || c->disk_format < 0)
+        return smolvm_err(err, SMOLVM_EDB,
+                          "stored config: unknown disk, backend, accel, network "
+                          "or disk format");
+    if (c->network == SMOLVM_NET_NAT && !c->cidr)
+        return smolvm_err(err, SMOLVM_EDB, "stored config: network 'nat' without a cidr");
+    *out = TAKE_PTR(c);
+    return 0;
+}

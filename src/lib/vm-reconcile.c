@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: MIT */
+/* The VM lock and reconcile: the store made to agree with the processes that exist. */
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+
+#include "error.h"
+#include "proc.h"
+#include "vm-config.h"
+#include "vm-net.h"
+#include "vm-reconcile.h"
+#include "vmm/vmm.h"
+
+#define CONSOLE_TAIL_BYTES 1024
+#define CONSOLE_TAIL_LINES 6
+#define KILL_TIMEOUT_MS 2000
+
+int smolvm_vm_lock(int *fd, const char *dir, const char *id, const char *what, int wait_ms,
+                   smolvm_error **err)
+{
+    _cleanup_free_ char *path = smolvm_strdupf("%s/%s", dir, SMOLVM_VM_LOCK);
+    _cleanup_close_ int lfd = -1;
+    int64_t deadline = smolvm_now_ms() + wait_ms;
+    int pause_ms = 1;
+
+    if (!path)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    lfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lfd < 0)
+        return smolvm_err_errno(err, errno, "%s '%s': open lock '%s'", what, id, path);
+    /* flock(2) cannot wait with a deadline, so a short holder (a reconcile) is waited
+     * out with a bounded backoff; a long one (a start) is reported, not waited for. */
+    while (flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK && smolvm_remaining_ms(deadline) > 0) {
+            struct timespec ts = {0, (long)pause_ms * 1000000L};
+
+            (void)nanosleep(&ts, NULL);
+            pause_ms = pause_ms < 50 ? pause_ms * 2 : 50;
+            continue;
+        }
+        if (errno == EWOULDBLOCK)
+            return smolvm_err(err, SMOLVM_ESTATE,
+                              "%s '%s': another process is starting, stopping or deleting "
+                              "this vm (try again when it is done)",
+                              what, id);
+        return smolvm_err_errno(err, errno, "%s '%s': lock", what, id);
+    }
+    *fd = TAKE_FD(lfd);
+    return 0;
+}
+
+bool smolvm_vm_vmm_alive(const smolvm_vm_row *row, pid_t *pid, uint64_t *start)
+{
+    if (row->pid > 0 && smolvm_proc_alive((pid_t)row->pid, row->pid_start)) {
+        *pid = (pid_t)row->pid;
+        *start = row->pid_start;
+        return true;
+    }
+    return row->dir && smolvm_proc_find_vmm(row->dir, SMOLVM_VMM_PIDFILE, pid, start);
+}
+
+void smolvm_vm_kill_vmm(const smolvm_vm_row *row)
+{
+    pid_t pid;
+    uint64_t start;
+
+    if (smolvm_vm_vmm_alive(row, &pid, &start))
+        (void)smolvm_proc_kill(pid, start, smolvm_now_ms() + KILL_TIMEOUT_MS, NULL);
+}
+
+char *smolvm_vm_console_tail(const char *dir)
+{
+    _cleanup_free_ char *path = smolvm_strdupf("%s/%s", dir, SMOLVM_VMM_CONSOLE_LOG);
+    char *tail =
+        path ? smolvm_file_tail(path, 0, CONSOLE_TAIL_BYTES, CONSOLE_TAIL_LINES, "|") : NULL;
+
+    return tail ? tail : strdup("");
+}
+
+smolvm_reconcile_action smolvm_reconcile_decide(const char *status, bool vmm_alive, bool has_pid)
+{
+    if (!status)
+        status = "";
+    if (strcmp(status, "running") == 0)
+        return vmm_alive ? SMOLVM_RECONCILE_NONE : SMOLVM_RECONCILE_DIED;
+    if (strcmp(status, "starting") == 0)
+        return SMOLVM_RECONCILE_FINISH_START;
+    if (strcmp(status, "stopping") == 0)
+        return SMOLVM_RECONCILE_FINISH_STOP;
+    /* created / stopped / error: any VMM still around is an orphan. */
+    return vmm_alive || has_pid ? SMOLVM_RECONCILE_KILL_ORPHAN : SMOLVM_RECONCILE_NONE;
+}
+
+static smolvm_reconcile_action decide_row(const smolvm_vm_row *row)
+{
+    uint64_t start;
+    pid_t pid;
+
+    return smolvm_reconcile_decide(row->status, smolvm_vm_vmm_alive(row, &pid, &start),
+                                   row->pid != 0);
+}
+
+static bool row_is_nat(const smolvm_vm_row *row)
+{
+    smolvm_vm_config *c = NULL;
+    bool nat =
+        smolvm_vm_config_from_json(&c, row->config_json, NULL) == 0 && c->network == SMOLVM_NET_NAT;
+
+    smolvm_vm_config_free(c);
+    return nat;
+}
+
+static void vm_row_freep(smolvm_vm_row **row)
+{
+    smolvm_vm_row_free(*row);
+}
+
+int smolvm_vm_reconcile_row(int *changed, smolvm_ctx *ctx, const smolvm_vm_row *seen,
+                            smolvm_error **err)
+{
+    _cleanup_close_ int lock = -1;
+    _cleanup_free_ char *tail = NULL, *reason = NULL;
+    _cleanup_(vm_row_freep) smolvm_vm_row *row = NULL;
+    smolvm_reconcile_action action;
+    int r = 0;
+
+    if (changed)
+        *changed = 0;
+    if (!seen->dir || access(seen->dir, F_OK) < 0)
+        return 0;
+    /* A healthy VM is only read: readers never take the lock that start, stop and
+     * delete need. */
+    if (decide_row(seen) == SMOLVM_RECONCILE_NONE)
+        return 0;
+    /* Whoever holds the lock is acting on this VM right now; its view wins. */
+    if (smolvm_vm_lock(&lock, seen->dir, seen->id, "reconcile", 0, NULL) < 0)
+        return 0;
+    /* What was read before the lock may be stale (a stop that just finished): decide
+     * on the row as it is now. */
+    if (smolvm_store_vm_get(ctx->store, seen->id, &row, NULL) < 0)
+        return 0;
+    action = decide_row(row);
+    switch (action) {
+    case SMOLVM_RECONCILE_NONE: return 0;
+    case SMOLVM_RECONCILE_DIED:
+        tail = smolvm_vm_console_tail(row->dir);
+        if (tail && strstr(tail, "smolvm: poweroff")) {
+            r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped", "the guest powered off",
+                                           err);
+        } else {
+            reason = smolvm_strdupf("the vmm exited unexpectedly; console: %s",
+                                    tail && *tail ? tail : "(empty)");
+            r = smolvm_store_vm_set_status(ctx->store, row->id, "error",
+                                           reason ? reason : "the vmm exited unexpectedly", err);
+        }
+        break;
+    case SMOLVM_RECONCILE_FINISH_START:
+        /* The process that was starting it died: finish the job. */
+        smolvm_vm_kill_vmm(row);
+        r = smolvm_store_vm_set_status(ctx->store, row->id, "error",
+                                       "start interrupted (the controlling process exited)", err);
+        break;
+    case SMOLVM_RECONCILE_FINISH_STOP:
+        smolvm_vm_kill_vmm(row);
+        r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped", NULL, err);
+        break;
+    case SMOLVM_RECONCILE_KILL_ORPHAN: smolvm_vm_kill_vmm(row); break;
+    }
+    if (r == 0)
+        r = smolvm_store_vm_set_pid(ctx->store, row->id, 0, 0, err);
+    if (r == 0 && row_is_nat(row))
+        smolvm_vm_net_down(ctx, row->id);
+    if (r == 0) {
+        (void)smolvm_store_event(ctx->store, row->id, "reconcile", row->status, NULL);
+        if (changed)
+            *changed = 1;
+    }
+    return r;
+}
+
+int smolvm_reconcile(int *changed, smolvm_ctx *ctx, smolvm_error **err)
+{
+    smolvm_vm_row **rows = NULL;
+    const char **live = NULL;
+    size_t n = 0, i, k = 0;
+    int r, c, total = 0;
+    bool any_nat = false;
+
+    r = smolvm_store_vm_list(ctx->store, &rows, &n, err);
+    if (r < 0)
+        return r;
+    for (i = 0; i < n; i++)
+        if (smolvm_vm_reconcile_row(&c, ctx, rows[i], NULL) == 0)
+            total += c;
+    smolvm_vm_rows_free(rows, n);
+    /* TAPs and rules of VMs that are gone or not running (killed controllers,
+     * deleted state) are collected against the reconciled list. */
+    rows = NULL;
+    n = 0;
+    if (smolvm_store_vm_list(ctx->store, &rows, &n, NULL) == 0 &&
+        (live = calloc(n + 1, sizeof(*live)))) {
+        for (i = 0; i < n; i++) {
+            const char *s = rows[i]->status ? rows[i]->status : "";
+
+            any_nat |= row_is_nat(rows[i]);
+            if (strcmp(s, "running") == 0 || strcmp(s, "starting") == 0 ||
+                strcmp(s, "stopping") == 0)
+                live[k++] = rows[i]->id;
+        }
+        if (any_nat)
+            smolvm_vm_net_gc(ctx, live);
+    }
+    free(live);
+    smolvm_vm_rows_free(rows, n);
+    if (changed)
+        *changed = total;
+    return 0;
+}

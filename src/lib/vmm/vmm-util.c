@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: MIT */
+/* Helpers shared by the VMM backends (vmm-internal.h). */
+#include "util.h"
+
+#include <string.h>
+
+#include "error.h"
+#include "vmm/vmm-internal.h"
+
+char *smolvm_vmm_path(const char *dir, const char *name)
+{
+    return smolvm_strdupf("%s/%s", dir, name);
+}
+
+bool smolvm_vmm_valid_mac(const char *mac)
+{
+    unsigned b[6];
+    char tail;
+
+    return mac && strlen(mac) == 17 &&
+           sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+                  &tail) == 6;
+}
+
+bool smolvm_vmm_valid_ifname(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+
+    return n > 0 && n <= 15 &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == n;
+}
+
+void smolvm_vmm_remove_files(const char *dir, const char *const *names, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        _cleanup_free_ char *p = smolvm_vmm_path(dir, names[i]);
+
+        if (p)
+            (void)unlink(p);
+    }
+}
+
+int smolvm_vmm_describe_text(char **out, json_t *obj, smolvm_error **err)
+{
+    char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+
+    json_decref(obj);
+    if (!text)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    *out = text;
+    return 0;
+}
