@@ -12,7 +12,10 @@
 --   steps[3].expect.exit: expected integer 0..255, got string "0"
 --   memroy: unknown field (did you mean "memory"?)
 --
--- Pure Lua, no dependency on the binding: works under Lua 5.1/LuaJIT and 5.4.
+-- Pure Lua for 5.1/LuaJIT and 5.4. The enum choices and the C library's limits come
+-- from the binding (smolvm.core.constants), never copied here by hand.
+
+local C = require("smolvm.core").constants
 
 local M = {}
 
@@ -21,8 +24,8 @@ M.ID_DESC = "[a-z0-9][a-z0-9_-]{0,62}"
 M.ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 
 M.LIMITS = {
-  forwards = 64,        -- SMOLVM_FORWARDS_MAX
-  env = 256,            -- SMOLVM_ENV_MAX
+  forwards = C.limits.forwards,
+  env = C.limits.env,
   files = 1024,
   steps = 1000,
   sandboxes = 64,
@@ -72,18 +75,20 @@ local FORWARD = {
 M.vm_fields = {
   field("id", { kind = "string", id = true }, nil,
         "VM id. Unset: smolvm.VM{} generates \"vm-xxxxxxxx\"; a recipe uses the sandbox name."),
-  field("vcpus", { kind = "integer", min = 1, max = 32 }, 2, "Virtual CPUs."),
-  field("memory", { kind = "integer", min = 128, max = 16384 }, 512, "Guest memory in MiB."),
-  field("disk", { kind = "enum", values = { "isolated", "shared" } }, "isolated",
+  field("vcpus", { kind = "integer", min = C.limits.vcpus_min, max = C.limits.vcpus_max },
+        C.limits.vcpus_default, "Virtual CPUs."),
+  field("memory", { kind = "integer", min = C.limits.memory_min, max = C.limits.memory_max },
+        C.limits.memory_default, "Guest memory in MiB."),
+  field("disk", { kind = "enum", values = C.disk }, C.disk[1],
         "\"isolated\": writes go to a per-VM overlay; \"shared\": boot the base image itself."),
   field("image", { kind = "string", max_len = 255, pattern = "^[%w][%w._-]*$",
                    pattern_desc = "an image name ([A-Za-z0-9._-])" }, "default",
         "Guest image name under the image directory."),
-  field("backend", { kind = "enum", values = { "auto", "qemu", "firecracker" } }, "auto",
+  field("backend", { kind = "enum", values = C.backend }, C.backend[1],
         "VMM: \"auto\" picks firecracker when usable, else qemu."),
-  field("accel", { kind = "enum", values = { "auto", "kvm", "tcg" } }, "auto",
+  field("accel", { kind = "enum", values = C.accel }, C.accel[1],
         "Acceleration: \"auto\" uses KVM when the host really supports it, else TCG."),
-  field("network", { kind = "enum", values = { "auto", "nat", "user", "none" } }, "auto",
+  field("network", { kind = "enum", values = C.network }, C.network[1],
         "\"nat\" (own address, egress via masquerade; TAP + nftables, needs root), \"user\" (rootless; no egress unless SMOLVM_USER_EGRESS=1), \"none\" (no NIC, so no commands); \"auto\": nat where it can work (root and an uplink), else user."),
   field("forwards", { kind = "list", items = FORWARD, max = M.LIMITS.forwards, forwards = true },
         nil, "Port forwards { host=, guest=, address= }; at most 64, host ports unique."),

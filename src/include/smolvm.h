@@ -184,9 +184,9 @@ typedef enum smolvm_accel {
 
 typedef enum smolvm_net_mode {
     SMOLVM_NET_AUTO = 0, /* "auto": nat where privileged, else user */
-    SMOLVM_NET_NONE = 1,
-    SMOLVM_NET_USER = 2,
-    SMOLVM_NET_NAT = 3,
+    SMOLVM_NET_NAT = 1,  /* own address, egress by masquerade (TAP + nftables, root) */
+    SMOLVM_NET_USER = 2, /* rootless QEMU user networking */
+    SMOLVM_NET_NONE = 3, /* no NIC */
     _SMOLVM_NET_MAX,
     _SMOLVM_NET_INVALID = -EINVAL,
 } smolvm_net_mode;

@@ -23,9 +23,9 @@ static const char *const accel_names[_SMOLVM_ACCEL_MAX] = {
 };
 static const char *const net_names[_SMOLVM_NET_MAX] = {
     [SMOLVM_NET_AUTO] = "auto",
-    [SMOLVM_NET_NONE] = "none",
-    [SMOLVM_NET_USER] = "user",
     [SMOLVM_NET_NAT] = "nat",
+    [SMOLVM_NET_USER] = "user",
+    [SMOLVM_NET_NONE] = "none",
 };
 
 static const char *to_string(const char *const *names, int max, int v)

@@ -6,8 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "util.h"
-
 /* When even the message cannot be allocated, errors still carry their code. */
 static char oom_message[] = "out of memory";
 

@@ -105,7 +105,7 @@ int smolvm_vm_options_check(smolvm_vm_options *out, const smolvm_vm_options *in,
     if (!smolvm_accel_to_string(o.accel))
         return smolvm_err(err, SMOLVM_EINVAL, "accel: expected auto, kvm or tcg");
     if (!smolvm_net_mode_to_string(o.network))
-        return smolvm_err(err, SMOLVM_EINVAL, "network: expected auto, none, user or nat");
+        return smolvm_err(err, SMOLVM_EINVAL, "network: expected auto, nat, user or none");
     for (n = 0; o.env && o.env[n]; n++) {
         const char *eq = strchr(o.env[n], '=');
 

@@ -58,6 +58,7 @@ int smolvm_lua_push_json_text(lua_State *L, smolvm_lua_box *box);
  * table on top). */
 void smolvm_lua_open_store(lua_State *L);
 void smolvm_lua_open_vm(lua_State *L);
+void smolvm_lua_open_constants(lua_State *L);
 
 /* Check that a method is called on an object: the object or a closed one raises. */
 void smolvm_lua_closed_error(lua_State *L, const char *what);

@@ -297,5 +297,6 @@ SMOLVM_EXTERN int luaopen_smolvm_core(lua_State *L)
     lua_setfield(L, -2, "VERSION");
     smolvm_lua_open_store(L);
     smolvm_lua_open_vm(L);
+    smolvm_lua_open_constants(L);
     return 1;
 }

@@ -121,24 +121,40 @@ static int l_vm_close(lua_State *L)
 
 /* ---------------------------------------------------------------- options */
 
-static int opt_enum(lua_State *L, int t, const char *field, const char *const names[],
-                    const int values[], int def)
+/* The C library's name table is the only one: each enum's from_string. */
+typedef int (*enum_parse)(const char *s);
+static int parse_disk(const char *s)
 {
-    int i;
+    return smolvm_disk_mode_from_string(s);
+}
+static int parse_backend(const char *s)
+{
+    return smolvm_backend_from_string(s);
+}
+static int parse_accel(const char *s)
+{
+    return smolvm_accel_from_string(s);
+}
+static int parse_net(const char *s)
+{
+    return smolvm_net_mode_from_string(s);
+}
+
+static int opt_enum(lua_State *L, int t, const char *field, enum_parse parse, int def)
+{
     const char *s;
+    int v;
 
     if (smolvm_getfield(L, t, field) == LUA_TNIL) {
         lua_pop(L, 1);
         return def;
     }
     s = lua_tostring(L, -1);
-    for (i = 0; s && names[i]; i++) {
-        if (strcmp(s, names[i]) == 0) {
-            lua_pop(L, 1);
-            return values[i];
-        }
-    }
-    return luaL_error(L, "vm option '%s': invalid value '%s'", field, s ? s : "?");
+    v = s ? parse(s) : -1;
+    if (v < 0)
+        return luaL_error(L, "vm option '%s': invalid value '%s'", field, s ? s : "?");
+    lua_pop(L, 1);
+    return v;
 }
 
 static lua_Integer opt_int(lua_State *L, int t, const char *field, lua_Integer def, lua_Integer min,
@@ -227,15 +243,6 @@ static const char *const *opt_env(lua_State *L, int t)
 /* core.vm_create(opts) -> vm | nil, msg, code. opts is the facade's normalized table. */
 static int l_vm_create(lua_State *L)
 {
-    static const char *const disks[] = {"isolated", "shared", NULL};
-    static const int disk_v[] = {SMOLVM_DISK_ISOLATED, SMOLVM_DISK_SHARED};
-    static const char *const backends[] = {"auto", "qemu", "firecracker", NULL};
-    static const int backend_v[] = {SMOLVM_BACKEND_AUTO, SMOLVM_BACKEND_QEMU,
-                                    SMOLVM_BACKEND_FIRECRACKER};
-    static const char *const accels[] = {"auto", "kvm", "tcg", NULL};
-    static const int accel_v[] = {SMOLVM_ACCEL_AUTO, SMOLVM_ACCEL_KVM, SMOLVM_ACCEL_TCG};
-    static const char *const nets[] = {"auto", "none", "user", "nat", NULL};
-    static const int net_v[] = {SMOLVM_NET_AUTO, SMOLVM_NET_NONE, SMOLVM_NET_USER, SMOLVM_NET_NAT};
     smolvm_vm_options o = SMOLVM_VM_OPTIONS_INIT;
     smolvm_forward *fw = NULL;
     smolvm_lua_box *box;
@@ -246,12 +253,13 @@ static int l_vm_create(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     o.id = opt_str(L, 1, "id");
-    o.vcpus = (unsigned)opt_int(L, 1, "vcpus", 2, SMOLVM_VCPUS_MIN, SMOLVM_VCPUS_MAX);
-    o.memory_mib = (unsigned)opt_int(L, 1, "memory", 512, SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX);
-    o.disk = opt_enum(L, 1, "disk", disks, disk_v, SMOLVM_DISK_ISOLATED);
-    o.backend = opt_enum(L, 1, "backend", backends, backend_v, SMOLVM_BACKEND_AUTO);
-    o.accel = opt_enum(L, 1, "accel", accels, accel_v, SMOLVM_ACCEL_AUTO);
-    o.network = opt_enum(L, 1, "network", nets, net_v, SMOLVM_NET_AUTO);
+    /* Absent: 0, the library's default. */
+    o.vcpus = (unsigned)opt_int(L, 1, "vcpus", 0, SMOLVM_VCPUS_MIN, SMOLVM_VCPUS_MAX);
+    o.memory_mib = (unsigned)opt_int(L, 1, "memory", 0, SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX);
+    o.disk = opt_enum(L, 1, "disk", parse_disk, SMOLVM_DISK_ISOLATED);
+    o.backend = opt_enum(L, 1, "backend", parse_backend, SMOLVM_BACKEND_AUTO);
+    o.accel = opt_enum(L, 1, "accel", parse_accel, SMOLVM_ACCEL_AUTO);
+    o.network = opt_enum(L, 1, "network", parse_net, SMOLVM_NET_AUTO);
     if ((image = opt_str(L, 1, "image")))
         o.image = image;
     o.env = opt_env(L, 1); /* stack 2, 3 */

@@ -274,7 +274,7 @@ int smolvm_net_forward_add(const char *vm_id, const char *guest_ip, const char *
 int smolvm_net_forward_remove(const char *vm_id, const char *guest_ip, const char *host_addr,
                               int host_port, int guest_port, smolvm_error **err)
 {
-    smolvm_nft_fwd f;
+    smolvm_nft_fwd f = {0};
     int r;
 
     (void)guest_ip;
