@@ -65,28 +65,15 @@ static int parse_stat(const char *buf, char *state, uint64_t *start)
 
 static int read_stat(pid_t pid, char *state, uint64_t *start, smolvm_error **err)
 {
-    char path[64], buf[STAT_MAX];
-    _cleanup_close_ int fd = -1;
-    size_t n = 0;
-    ssize_t r;
+    _cleanup_free_ char *buf = NULL;
+    char path[64];
+    int r;
 
     if (pid <= 0)
         return smolvm_err(err, SMOLVM_EINVAL, "invalid pid %ld", (long)pid);
     (void)snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return smolvm_err_errno(err, errno, "open '%s'", path);
-    while (n < sizeof(buf) - 1) {
-        r = read(fd, buf + n, sizeof(buf) - 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return smolvm_err_errno(err, errno, "read '%s'", path);
-        if (r == 0)
-            break;
-        n += (size_t)r;
-    }
-    buf[n] = '\0';
+    if ((r = smolvm_read_file(path, STAT_MAX, &buf, NULL, err)) < 0)
+        return r;
     if (parse_stat(buf, state, start) < 0)
         return smolvm_err(err, SMOLVM_EIO, "cannot parse '%s'", path);
     return 0;
