@@ -22,8 +22,9 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # belongs to the longest-matching entry.
 LIB_LAYERS = [
     "error", "util", "enums", "sock", "proc", "tool", "store", "context", "host", "image",
-    "guest-config", "ssh", "net/", "vmm/", "vm-config", "vm-ports", "vm-net", "vm-reconcile",
-    "vm", "vm-ssh", "vm-create", "vm-lifecycle", "vm-guest", "doctor",
+    "guest-config", "ssh", "agent", "net/", "vmm/", "sv-spec", "vm-config", "vm-ports", "vm-net",
+    "vm-reconcile", "vm-supervisor", "vm", "vm-ssh", "vm-agent", "vm-create", "vm-lifecycle",
+    "vm-guest", "doctor",
 ]
 
 # Which directories a directory's files may include from (besides their own and system

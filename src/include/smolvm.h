@@ -112,11 +112,16 @@ typedef struct smolvm_ctx_options {
                              * non-loopback nameserver */
     int user_egress;        /* 1: network "user" guests may open outbound connections;
                              * 0: $SMOLVM_USER_EGRESS=1 opens them, else closed; -1: closed */
+    /* Host resources a guest may use (0: the default). */
+    uint64_t console_max;  /* console log kept per VM; SMOLVM_CONSOLE_MAX_DEFAULT (4 MiB) */
+    uint64_t download_max; /* bytes download/read_file take from a guest; 1 GiB (read_file:
+                            * at most SMOLVM_READ_FILE_MAX) */
 } smolvm_ctx_options;
 #define SMOLVM_CTX_OPTIONS_VERSION 2
 #define SMOLVM_CTX_OPTIONS_INIT                                                                    \
     {                                                                                              \
-        SMOLVM_CTX_OPTIONS_VERSION, NULL, NULL, NULL, NULL, SMOLVM_LOG_INFO, NULL, NULL, NULL, 0   \
+        SMOLVM_CTX_OPTIONS_VERSION, NULL, NULL, NULL, NULL, SMOLVM_LOG_INFO, NULL, NULL, NULL, 0,  \
+            0, 0                                                                                   \
     }
 
 /* Fill opts with the defaults of `version` (for bindings, which cannot use the macro).
@@ -191,6 +196,14 @@ typedef enum smolvm_net_mode {
     _SMOLVM_NET_INVALID = -EINVAL,
 } smolvm_net_mode;
 
+typedef enum smolvm_transport {
+    SMOLVM_TRANSPORT_AUTO = 0,  /* "auto": the agent when the image has it, else ssh */
+    SMOLVM_TRANSPORT_AGENT = 1, /* our guest agent (docs/agent-protocol.md) */
+    SMOLVM_TRANSPORT_SSH = 2,   /* sshd in the guest (libssh2) */
+    _SMOLVM_TRANSPORT_MAX,
+    _SMOLVM_TRANSPORT_INVALID = -EINVAL,
+} smolvm_transport;
+
 /* Names ("isolated", "qemu", "kvm", "nat", ...): static strings, NULL when out of
  * range. from_string of an unknown name gives the enum's _INVALID value. */
 SMOLVM_EXTERN const char *smolvm_disk_mode_to_string(smolvm_disk_mode v);
@@ -201,6 +214,8 @@ SMOLVM_EXTERN const char *smolvm_accel_to_string(smolvm_accel v);
 SMOLVM_EXTERN smolvm_accel smolvm_accel_from_string(const char *s);
 SMOLVM_EXTERN const char *smolvm_net_mode_to_string(smolvm_net_mode v);
 SMOLVM_EXTERN smolvm_net_mode smolvm_net_mode_from_string(const char *s);
+SMOLVM_EXTERN const char *smolvm_transport_to_string(smolvm_transport v);
+SMOLVM_EXTERN smolvm_transport smolvm_transport_from_string(const char *s);
 
 #define SMOLVM_VCPUS_MIN 1
 #define SMOLVM_VCPUS_MAX 32
@@ -211,7 +226,10 @@ SMOLVM_EXTERN smolvm_net_mode smolvm_net_mode_from_string(const char *s);
 #define SMOLVM_ENV_MAX 256        /* entries in env */
 #define SMOLVM_ENV_ENTRY_MAX 4096 /* bytes of one "NAME=value" */
 #define SMOLVM_FORWARDS_MAX 64
-#define SMOLVM_ID_MAX 63 /* [a-z0-9][a-z0-9_-]{0,62} */
+#define SMOLVM_ID_MAX 63                         /* [a-z0-9][a-z0-9_-]{0,62} */
+#define SMOLVM_TTL_MAX (30LL * 24 * 3600 * 1000) /* ms: 30 days */
+#define SMOLVM_LABELS_MAX 64
+#define SMOLVM_LABEL_MAX 256 /* bytes of one "key=value" */
 
 typedef struct smolvm_forward {
     const char *host_address; /* NULL: "127.0.0.1" */
@@ -232,12 +250,19 @@ typedef struct smolvm_vm_options {
     const char *const *env;  /* "KEY=value" strings, NULL-terminated; applied to every command */
     const smolvm_forward *forwards;
     size_t n_forwards;
+    /* ---- version 2 */
+    smolvm_transport transport; /* default auto */
+    int64_t ttl_ms;             /* 0: none; else the VM is deleted this long after create */
+    const char *const *labels;  /* "key=value" strings, NULL-terminated; for callers to find
+                                 * their VMs by (shown in info) */
+    int ephemeral;              /* 1: deleted when the creating process exits, even by
+                                 * SIGKILL (smolvm_vm_keep undoes it) */
 } smolvm_vm_options;
-#define SMOLVM_VM_OPTIONS_VERSION 1
+#define SMOLVM_VM_OPTIONS_VERSION 2
 #define SMOLVM_VM_OPTIONS_INIT                                                                     \
     {                                                                                              \
         SMOLVM_VM_OPTIONS_VERSION, NULL, 0, 0, SMOLVM_DISK_ISOLATED, NULL, SMOLVM_BACKEND_AUTO,    \
-            SMOLVM_ACCEL_AUTO, SMOLVM_NET_AUTO, NULL, NULL, 0                                      \
+            SMOLVM_ACCEL_AUTO, SMOLVM_NET_AUTO, NULL, NULL, 0, SMOLVM_TRANSPORT_AUTO, 0, NULL, 0   \
     }
 
 /* Fill opts with the defaults of `version`; SMOLVM_EINVAL for an unknown version. */
@@ -268,6 +293,8 @@ SMOLVM_EXTERN int smolvm_vm_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **e
 /* Stop if running, then remove disk, leases, forwards, rules and the record. The handle
  * stays valid (status "deleted") and must still be freed. */
 SMOLVM_EXTERN int smolvm_vm_delete(smolvm_vm *vm, smolvm_error **err);
+/* An ephemeral VM no longer dies with the process that made it (its ttl still holds). */
+SMOLVM_EXTERN int smolvm_vm_keep(smolvm_vm *vm, smolvm_error **err);
 
 /* Borrowed until the handle is freed. */
 SMOLVM_EXTERN const char *smolvm_vm_id(const smolvm_vm *vm);
@@ -295,11 +322,17 @@ typedef struct smolvm_run_options {
     const char *stdin_data; /* NULL: empty stdin */
     size_t stdin_len;
     size_t output_limit; /* bytes kept per stream; 0: SMOLVM_OUTPUT_LIMIT_DEFAULT */
+    /* ---- version 2 */
+    /* Called with each chunk of output as it arrives (stream 1 stdout, 2 stderr), before
+     * the command ends; data is borrowed for the call. Agent transport only (over SSH
+     * the output arrives whole, and is passed once at the end). */
+    void (*on_output)(int stream, const char *data, size_t len, void *payload);
+    void *payload;
 } smolvm_run_options;
-#define SMOLVM_RUN_OPTIONS_VERSION 1
+#define SMOLVM_RUN_OPTIONS_VERSION 2
 #define SMOLVM_RUN_OPTIONS_INIT                                                                    \
     {                                                                                              \
-        SMOLVM_RUN_OPTIONS_VERSION, 0, NULL, NULL, NULL, 0, 0                                      \
+        SMOLVM_RUN_OPTIONS_VERSION, 0, NULL, NULL, NULL, 0, 0, NULL, NULL                          \
     }
 
 /* Fill opts with the defaults of `version`; SMOLVM_EINVAL for an unknown version. */
@@ -323,6 +356,74 @@ typedef struct smolvm_run_result {
 SMOLVM_EXTERN int smolvm_vm_run(smolvm_run_result **out, smolvm_vm *vm, const char *cmd,
                                 const smolvm_run_options *opts, smolvm_error **err);
 SMOLVM_EXTERN smolvm_run_result *smolvm_run_result_free(smolvm_run_result *r);
+
+/* ---------------------------------------------------------------- processes
+ * Long-running processes with streamed input and output (agent transport). A process
+ * keeps running when its handle is freed if it was spawned with `keep`, and any process
+ * can follow it again with smolvm_vm_attach. */
+
+typedef struct smolvm_proc smolvm_proc;
+
+typedef struct smolvm_spawn_options {
+    unsigned version;
+    const char *const *argv; /* NULL: run the cmd argument with /bin/sh -c */
+    const char *const *env;  /* "KEY=value", added to the VM's env */
+    const char *cwd;         /* NULL: root's home */
+    int stdin_pipe;          /* 1: smolvm_proc_write feeds stdin; 0: /dev/null */
+    unsigned pty_rows;       /* both non-zero: run on a terminal of this size */
+    unsigned pty_cols;
+    int timeout_ms; /* 0: none; past it the process group is killed */
+    int keep;       /* 1: the process survives the handle (attach later) */
+} smolvm_spawn_options;
+#define SMOLVM_SPAWN_OPTIONS_VERSION 1
+#define SMOLVM_SPAWN_OPTIONS_INIT                                                                  \
+    {                                                                                              \
+        SMOLVM_SPAWN_OPTIONS_VERSION, NULL, NULL, NULL, 0, 0, 0, 0, 0                              \
+    }
+SMOLVM_EXTERN int smolvm_spawn_options_init(smolvm_spawn_options *opts, unsigned version);
+
+/* Start a process and return once it runs (its pid is known). cmd is ignored when
+ * opts->argv is set. */
+SMOLVM_EXTERN int smolvm_vm_spawn(smolvm_proc **out, smolvm_vm *vm, const char *cmd,
+                                  const smolvm_spawn_options *opts, smolvm_error **err);
+/* Follow a process started earlier (by any client): its kept output first (at most
+ * 64 KiB; what was dropped before is lost), then live output. */
+SMOLVM_EXTERN int smolvm_vm_attach(smolvm_proc **out, smolvm_vm *vm, int pid, smolvm_error **err);
+/* The guest's processes as a JSON array of {pid, cmd, running, exit_code, signal,
+ * started_ms}. Caller frees. */
+SMOLVM_EXTERN int smolvm_vm_processes_json(char **out, smolvm_vm *vm, smolvm_error **err);
+
+/* The pid in the guest (also its process group). */
+SMOLVM_EXTERN int smolvm_proc_pid(const smolvm_proc *p);
+/* The next chunk of output: 0 with *stream (1 stdout, 2 stderr), *data and *len (borrowed
+ * until the next call on p); 1 when both streams have ended; SMOLVM_ETIMEDOUT when
+ * nothing came within timeout_ms (< 0: the library's limit, an hour). */
+SMOLVM_EXTERN int smolvm_proc_read(smolvm_proc *p, int *stream, const char **data, size_t *len,
+                                   int timeout_ms, smolvm_error **err);
+/* Write to stdin (spawned with stdin_pipe or a pty); waits while the guest's window is
+ * full, at most timeout_ms. */
+SMOLVM_EXTERN int smolvm_proc_write(smolvm_proc *p, const void *data, size_t len, int timeout_ms,
+                                    smolvm_error **err);
+SMOLVM_EXTERN int smolvm_proc_close_stdin(smolvm_proc *p, smolvm_error **err);
+/* Send a signal ("TERM", "KILL", "INT", ...) to the process group. */
+SMOLVM_EXTERN int smolvm_proc_kill(smolvm_proc *p, const char *signal, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_proc_resize(smolvm_proc *p, unsigned rows, unsigned cols,
+                                     smolvm_error **err);
+
+typedef struct smolvm_exit {
+    int exit_code;   /* -1 when killed by a signal */
+    char signal[16]; /* "KILL", ... or "" */
+    int timed_out;
+    int64_t duration_ms;
+} smolvm_exit;
+
+/* Wait for the end (output not read yet is discarded; the guest keeps the last
+ * 64 KiB for attach). */
+SMOLVM_EXTERN int smolvm_proc_wait(smolvm_exit *out, smolvm_proc *p, int timeout_ms,
+                                   smolvm_error **err);
+/* Free the handle: a process spawned without keep is killed; with keep, or attached,
+ * it runs on. */
+SMOLVM_EXTERN smolvm_proc *smolvm_proc_free(smolvm_proc *p);
 
 /* ---------------------------------------------------------------- files */
 

@@ -82,6 +82,10 @@ static int resolve_policy(smolvm_ctx *ctx, const smolvm_ctx_options *o, smolvm_e
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     if (!ctx->nat_cidr && !(ctx->nat_cidr = strdup(SMOLVM_NAT_CIDR_DEFAULT)))
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    ctx->console_max = v2.console_max ? v2.console_max : 4u * 1024 * 1024;
+    ctx->download_max = v2.download_max ? v2.download_max : SMOLVM_DOWNLOAD_MAX_DEFAULT;
+    if (policy_str(&ctx->supervisor, NULL, "SMOLVM_SUPERVISOR") < 0)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     egress = secure_getenv("SMOLVM_USER_EGRESS");
     ctx->user_egress =
         v2.user_egress > 0 || (v2.user_egress == 0 && egress && strcmp(egress, "1") == 0);
@@ -150,6 +154,7 @@ smolvm_ctx *smolvm_ctx_free(smolvm_ctx *ctx)
     free(ctx->nat_cidr);
     free(ctx->nat_uplink);
     free(ctx->nat_dns);
+    free(ctx->supervisor);
     free(ctx);
     return NULL;
 }

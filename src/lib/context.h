@@ -21,6 +21,11 @@ struct smolvm_ctx {
     char *nat_uplink; /* NULL: the default route's interface */
     char *nat_dns;    /* NULL: the host's first non-loopback nameserver */
     bool user_egress;
+    uint64_t console_max;
+    uint64_t download_max;
+    char *supervisor; /* $SMOLVM_SUPERVISOR, or NULL: found by vm-supervisor.c */
 };
+
+#define SMOLVM_DOWNLOAD_MAX_DEFAULT (1ULL << 30)
 
 #endif

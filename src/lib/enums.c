@@ -28,6 +28,12 @@ static const char *const net_names[_SMOLVM_NET_MAX] = {
     [SMOLVM_NET_NONE] = "none",
 };
 
+static const char *const transport_names[_SMOLVM_TRANSPORT_MAX] = {
+    [SMOLVM_TRANSPORT_AUTO] = "auto",
+    [SMOLVM_TRANSPORT_AGENT] = "agent",
+    [SMOLVM_TRANSPORT_SSH] = "ssh",
+};
+
 static const char *to_string(const char *const *names, int max, int v)
 {
     return v >= 0 && v < max ? names[v] : NULL;
@@ -57,3 +63,4 @@ DEFINE_ENUM_NAMES(smolvm_disk_mode, smolvm_disk_mode, disk_names, _SMOLVM_DISK_M
 DEFINE_ENUM_NAMES(smolvm_backend, smolvm_backend, backend_names, _SMOLVM_BACKEND_MAX)
 DEFINE_ENUM_NAMES(smolvm_accel, smolvm_accel, accel_names, _SMOLVM_ACCEL_MAX)
 DEFINE_ENUM_NAMES(smolvm_net_mode, smolvm_net_mode, net_names, _SMOLVM_NET_MAX)
+DEFINE_ENUM_NAMES(smolvm_transport, smolvm_transport, transport_names, _SMOLVM_TRANSPORT_MAX)

@@ -2,6 +2,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -12,6 +13,7 @@
 #include "tool.h"
 
 #define QEMU_IMG_TIMEOUT_MS 30000
+#define MANIFEST_MAX (1024 * 1024)
 
 smolvm_image *smolvm_image_free(smolvm_image *img)
 {
@@ -23,6 +25,20 @@ smolvm_image *smolvm_image_free(smolvm_image *img)
         free(img);
     }
     return NULL;
+}
+
+/* What the image's manifest says about it (scripts/build-image.sh writes it). An image
+ * without one, or from before the agent existed, has no agent. */
+static void read_manifest(smolvm_image *img)
+{
+    _cleanup_free_ char *path = smolvm_strdupf("%s/manifest.json", img->dir), *text = NULL;
+    json_t *m;
+
+    if (!path || smolvm_read_file(path, MANIFEST_MAX, &text, NULL, NULL) < 0)
+        return;
+    m = json_loads(text, 0, NULL);
+    img->has_agent = json_is_string(json_object_get(m, "agent"));
+    json_decref(m);
 }
 
 int smolvm_image_find(smolvm_ctx *ctx, const char *name, smolvm_image **out, smolvm_error **err)
@@ -51,6 +67,7 @@ int smolvm_image_find(smolvm_ctx *ctx, const char *name, smolvm_image **out, smo
         smolvm_image_free(img);
         return SMOLVM_EHOST;
     }
+    read_manifest(img);
     *out = img;
     return 0;
 }

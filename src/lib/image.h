@@ -3,15 +3,17 @@
 #ifndef SMOLVM_IMAGE_H
 #define SMOLVM_IMAGE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "smolvm.h"
 
 typedef struct smolvm_image {
     char *name;
-    char *dir;    /* <image dir>/<name> */
-    char *kernel; /* dir/vmlinux */
-    char *rootfs; /* dir/rootfs.ext4 (raw) */
+    char *dir;      /* <image dir>/<name> */
+    char *kernel;   /* dir/vmlinux */
+    char *rootfs;   /* dir/rootfs.ext4 (raw) */
+    bool has_agent; /* the manifest names our guest agent */
 } smolvm_image;
 
 /* Find an image by name (same charset as VM ids). Missing: SMOLVM_EHOST with a hint

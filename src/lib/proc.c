@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -79,7 +80,7 @@ static int read_stat(pid_t pid, char *state, uint64_t *start, smolvm_error **err
     return 0;
 }
 
-int smolvm_proc_start_time(pid_t pid, uint64_t *out, smolvm_error **err)
+int smolvm_pid_start_time(pid_t pid, uint64_t *out, smolvm_error **err)
 {
     uint64_t start;
     char state;
@@ -92,7 +93,7 @@ int smolvm_proc_start_time(pid_t pid, uint64_t *out, smolvm_error **err)
     return 0;
 }
 
-int smolvm_proc_alive(pid_t pid, uint64_t start_time)
+int smolvm_pid_alive(pid_t pid, uint64_t start_time)
 {
     uint64_t start;
     char state;
@@ -148,7 +149,7 @@ static int wait_without_pidfd(pid_t pid, uint64_t start_time, int64_t deadline, 
     for (;;) {
         struct timespec ts = {0, 10 * 1000 * 1000};
 
-        if (!smolvm_proc_alive(pid, start_time))
+        if (!smolvm_pid_alive(pid, start_time))
             return 0;
         if (smolvm_remaining_ms(deadline) == 0)
             return smolvm_err(err, SMOLVM_ETIMEDOUT, "process %ld still running at the deadline",
@@ -157,7 +158,7 @@ static int wait_without_pidfd(pid_t pid, uint64_t start_time, int64_t deadline, 
     }
 }
 
-int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err)
+int smolvm_pid_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err)
 {
     _cleanup_close_ int fd = open_verified(pid, start_time);
 
@@ -170,7 +171,7 @@ int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline, smol
     return wait_pidfd(fd, pid, deadline, err);
 }
 
-int smolvm_proc_kill(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err)
+int smolvm_pid_kill(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err)
 {
     _cleanup_close_ int fd = open_verified(pid, start_time);
 
@@ -178,7 +179,7 @@ int smolvm_proc_kill(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_er
         return 0;
     if (fd == -ENOSYS) {
         /* No pidfd: a small window remains between the check and the kill. */
-        if (!smolvm_proc_alive(pid, start_time))
+        if (!smolvm_pid_alive(pid, start_time))
             return 0;
         if (kill(pid, SIGKILL) < 0 && errno != ESRCH)
             return smolvm_err_errno(err, errno, "kill process %ld", (long)pid);
@@ -209,38 +210,37 @@ static void send_msg(int fd, int kind, int value)
         ;
 }
 
-/* Mark every fd >= 3 close-on-exec except keep_fd. close_range(CLOEXEC) is 5.11+;
- * older kernels get a bounded fcntl loop (only async-signal-safe calls here). */
-static void cloexec_all_but(int keep_fd)
+static bool is_kept(int fd, const int *keep, size_t n_keep)
 {
-    unsigned lo = 3;
+    size_t i;
+
+    for (i = 0; i < n_keep; i++)
+        if (keep[i] == fd)
+            return true;
+    return false;
+}
+
+/* Mark every fd >= 3 close-on-exec except the kept ones. close_range(CLOEXEC) is
+ * 5.11+; older kernels get a bounded fcntl loop (only async-signal-safe calls here). */
+static void cloexec_all_but(const int *keep, size_t n_keep)
+{
     long max;
     int fd;
 
-    if (keep_fd < 3) {
-        if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
-            return;
-    } else {
-        int ok = 1;
-
-        if (keep_fd > 3 &&
-            syscall(SYS_close_range, lo, (unsigned)keep_fd - 1, CLOSE_RANGE_CLOEXEC) < 0)
-            ok = 0;
-        if (ok && syscall(SYS_close_range, (unsigned)keep_fd + 1, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
-            return;
-    }
+    if (n_keep == 0 && syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+        return;
     max = sysconf(_SC_OPEN_MAX);
     if (max < 0 || max > 65536)
         max = 65536;
     for (fd = 3; fd < max; fd++)
-        if (fd != keep_fd)
+        if (!is_kept(fd, keep, n_keep))
             (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
-static _Noreturn void grandchild(char *const argv[], int msg_fd, int null_fd, int log_fd,
-                                 int keep_fd)
+static _Noreturn void exec_child(const smolvm_spawn_req *req, int msg_fd, int null_fd, int log_fd)
 {
     sigset_t none;
+    size_t i;
     int sig;
 
     /* A caller that blocks or ignores signals (nginx ignores SIGPIPE) must not pass
@@ -255,40 +255,46 @@ static _Noreturn void grandchild(char *const argv[], int msg_fd, int null_fd, in
         send_msg(msg_fd, MSG_SETUP_ERRNO, errno);
         _exit(127);
     }
-    if (keep_fd >= 0) {
-        int flags = fcntl(keep_fd, F_GETFD);
+    if (req->stdout_fd >= 0 && dup2(req->stdout_fd, STDOUT_FILENO) < 0) {
+        send_msg(msg_fd, MSG_SETUP_ERRNO, errno);
+        _exit(127);
+    }
+    for (i = 0; i < req->n_keep; i++) {
+        int flags = fcntl(req->keep_fds[i], F_GETFD);
 
-        if (flags < 0 || fcntl(keep_fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) {
+        if (flags < 0 || fcntl(req->keep_fds[i], F_SETFD, flags & ~FD_CLOEXEC) < 0) {
             send_msg(msg_fd, MSG_SETUP_ERRNO, errno);
             _exit(127);
         }
     }
-    cloexec_all_but(keep_fd);
-    execvp(argv[0], argv);
+    cloexec_all_but(req->keep_fds, req->n_keep);
+    execvp(req->argv[0], req->argv);
     send_msg(msg_fd, MSG_EXEC_ERRNO, errno);
     _exit(127);
 }
 
-int smolvm_spawn_detached(char *const argv[], const char *log_path, int keep_fd, pid_t *out_pid,
-                          smolvm_error **err)
+int smolvm_spawn(const smolvm_spawn_req *req, pid_t *out_pid, smolvm_error **err)
 {
     _cleanup_close_ int null_fd = -1, log_fd = -1, rd = -1, wr = -1;
     int pipefd[2], status;
-    pid_t child, pid = -1;
+    pid_t child, pid = -1, parent = getpid();
     struct spawn_msg m;
     int exec_errno = 0, setup_errno = 0;
+    size_t i;
 
-    if (!argv || !argv[0] || !log_path)
+    if (!req->argv || !req->argv[0] || !req->log_path)
         return smolvm_err(err, SMOLVM_EINVAL, "spawn: missing argv or log path");
-    if (keep_fd >= 0 && keep_fd <= STDERR_FILENO)
-        return smolvm_err(err, SMOLVM_EINVAL, "spawn: cannot pass fd %d through", keep_fd);
+    for (i = 0; i < req->n_keep; i++)
+        if (req->keep_fds[i] <= STDERR_FILENO)
+            return smolvm_err(err, SMOLVM_EINVAL, "spawn: cannot pass fd %d through",
+                              req->keep_fds[i]);
 
     null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null_fd < 0)
         return smolvm_err_errno(err, errno, "open '/dev/null'");
-    log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0600);
+    log_fd = open(req->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0600);
     if (log_fd < 0)
-        return smolvm_err_errno(err, errno, "open log '%s'", log_path);
+        return smolvm_err_errno(err, errno, "open log '%s'", req->log_path);
     if (pipe2(pipefd, O_CLOEXEC) < 0)
         return smolvm_err_errno(err, errno, "pipe");
     rd = pipefd[0];
@@ -307,33 +313,44 @@ int smolvm_spawn_detached(char *const argv[], const char *log_path, int keep_fd,
             send_msg(wr, MSG_SETUP_ERRNO, errno);
             _exit(1);
         }
+        if (!req->detached) {
+            /* A child that dies with its parent, even by SIGKILL. The parent may have
+             * died between fork and prctl: then there is nobody to serve. */
+            if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent) {
+                send_msg(wr, MSG_SETUP_ERRNO, errno ? errno : ESRCH);
+                _exit(1);
+            }
+            send_msg(wr, MSG_PID, (int)getpid());
+            exec_child(req, wr, null_fd, log_fd);
+        }
         gc = fork();
         if (gc < 0) {
             send_msg(wr, MSG_SETUP_ERRNO, errno);
             _exit(1);
         }
         if (gc == 0)
-            grandchild(argv, wr, null_fd, log_fd, keep_fd);
+            exec_child(req, wr, null_fd, log_fd);
         send_msg(wr, MSG_PID, (int)gc);
         _exit(0);
     }
 
     (void)close(TAKE_FD(wr));
-    while (waitpid(child, &status, 0) < 0 && errno == EINTR)
-        ;
-    /* EOF once the intermediate child has exited and the grandchild has exec'd (its
-     * copy of the pipe is close-on-exec) or died. */
+    if (req->detached)
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+            ;
+    /* EOF once the (grand)child has exec'd (its copy of the pipe is close-on-exec) or
+     * died. */
     for (;;) {
         ssize_t r = read(rd, &m, sizeof(m));
 
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
-            return smolvm_err_errno(err, errno, "spawn '%s': read status", argv[0]);
+            return smolvm_err_errno(err, errno, "spawn '%s': read status", req->argv[0]);
         if (r == 0)
             break;
         if (r != sizeof(m))
-            return smolvm_err(err, SMOLVM_EIO, "spawn '%s': short status message", argv[0]);
+            return smolvm_err(err, SMOLVM_EIO, "spawn '%s': short status message", req->argv[0]);
         if (m.kind == MSG_PID)
             pid = (pid_t)m.value;
         else if (m.kind == MSG_EXEC_ERRNO)
@@ -341,15 +358,33 @@ int smolvm_spawn_detached(char *const argv[], const char *log_path, int keep_fd,
         else if (m.kind == MSG_SETUP_ERRNO)
             setup_errno = m.value;
     }
+    if (!req->detached && (exec_errno || setup_errno))
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+            ;
     if (exec_errno)
-        return smolvm_err_errno(err, exec_errno, "execute '%s'", argv[0]);
+        return smolvm_err_errno(err, exec_errno, "execute '%s'", req->argv[0]);
     if (setup_errno || pid <= 0)
-        return smolvm_err_errno(err, setup_errno ? setup_errno : EIO, "spawn '%s'", argv[0]);
+        return smolvm_err_errno(err, setup_errno ? setup_errno : EIO, "spawn '%s'", req->argv[0]);
     *out_pid = pid;
     return 0;
 }
 
-int smolvm_proc_find_vmm(const char *dir, const char *pidfile, pid_t *pid, uint64_t *start)
+int smolvm_spawn_detached(char *const argv[], const char *log_path, int keep_fd, pid_t *out_pid,
+                          smolvm_error **err)
+{
+    smolvm_spawn_req req = {
+        .argv = argv,
+        .log_path = log_path,
+        .keep_fds = &keep_fd,
+        .n_keep = keep_fd >= 0 ? 1 : 0,
+        .stdout_fd = -1,
+        .detached = true,
+    };
+
+    return smolvm_spawn(&req, out_pid, err);
+}
+
+int smolvm_pid_find_vmm(const char *dir, const char *pidfile, pid_t *pid, uint64_t *start)
 {
     _cleanup_free_ char *path = smolvm_strdupf("%s/%s", dir, pidfile);
     _cleanup_free_ char *text = NULL, *cmdline_path = NULL, *cmdline = NULL;
@@ -367,8 +402,8 @@ int smolvm_proc_find_vmm(const char *dir, const char *pidfile, pid_t *pid, uint6
     for (i = 0; i < len; i++)
         if (cmdline[i] == '\0')
             cmdline[i] = ' ';
-    if (!strstr(cmdline, dir) || smolvm_proc_start_time((pid_t)p, start, NULL) < 0)
+    if (!strstr(cmdline, dir) || smolvm_pid_start_time((pid_t)p, start, NULL) < 0)
         return 0;
     *pid = (pid_t)p;
-    return smolvm_proc_alive(*pid, *start);
+    return smolvm_pid_alive(*pid, *start);
 }

@@ -3,6 +3,8 @@
 #ifndef SMOLVM_PROC_H
 #define SMOLVM_PROC_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -13,24 +15,40 @@
 int smolvm_pidfd_open(pid_t pid);
 
 /* Start time of pid in clock ticks since boot (/proc/PID/stat field 22). */
-int smolvm_proc_start_time(pid_t pid, uint64_t *out, smolvm_error **err);
+int smolvm_pid_start_time(pid_t pid, uint64_t *out, smolvm_error **err);
 
 /* Is the process pid with this start time alive (not a zombie)? A reused pid (other
  * start time) is not. */
-int smolvm_proc_alive(pid_t pid, uint64_t start_time);
+int smolvm_pid_alive(pid_t pid, uint64_t start_time);
 
 /* Wait until the process exits (pidfd + poll) or the deadline (monotonic ms) passes:
  * 0 exited, SMOLVM_ETIMEDOUT otherwise. Works for non-children. */
-int smolvm_proc_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err);
+int smolvm_pid_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err);
 
 /* SIGKILL the process if it is still the one (pid + start time), then wait for it to
  * be gone (bounded by deadline). */
-int smolvm_proc_kill(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err);
+int smolvm_pid_kill(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err);
 
-/* Spawn argv detached: double fork + setsid, stdin /dev/null, stdout and stderr to
- * log_path (appended, created 0600), all other fds closed except keep_fd (-1 for none)
- * which is passed through at the same number. Returns the grandchild pid once it has
- * exec'd (an exec failure is reported as an error with errno). */
+/* How smolvm_spawn starts a program. stdin is /dev/null; stdout and stderr go to
+ * log_path (appended, created 0600), stdout to stdout_fd instead when it is >= 0; every
+ * other fd is closed except keep_fds, passed through at the same numbers. */
+typedef struct smolvm_spawn_req {
+    char *const *argv;
+    const char *log_path;
+    const int *keep_fds;
+    size_t n_keep;
+    int stdout_fd; /* -1: the log */
+    /* true: double fork + setsid, so it outlives the caller and is not its child.
+     * false: the caller's child in its own session, SIGKILLed when the caller dies
+     * (PR_SET_PDEATHSIG); the caller reaps it. */
+    bool detached;
+} smolvm_spawn_req;
+
+/* Returns the program's pid once it has exec'd (an exec failure is reported as an error
+ * with its errno). */
+int smolvm_spawn(const smolvm_spawn_req *req, pid_t *out_pid, smolvm_error **err);
+
+/* smolvm_spawn, detached, with at most one fd (keep_fd >= 3, or -1) passed through. */
 int smolvm_spawn_detached(char *const argv[], const char *log_path, int keep_fd, pid_t *out_pid,
                           smolvm_error **err);
 
@@ -38,6 +56,6 @@ int smolvm_spawn_detached(char *const argv[], const char *log_path, int keep_fd,
  * controller killed between spawning it and recording its pid leaves a findable
  * process): 1 if <dir>/<pidfile> names a live process whose command line contains
  * dir (a reused pid is never taken for it), with its pid and start time; else 0. */
-int smolvm_proc_find_vmm(const char *dir, const char *pidfile, pid_t *pid, uint64_t *start);
+int smolvm_pid_find_vmm(const char *dir, const char *pidfile, pid_t *pid, uint64_t *start);
 
 #endif

@@ -80,7 +80,10 @@ static int vm_json(smolvm_store *s, const smolvm_vm_row *row, json_t **out, smol
          jset(o, "config", config ? config : json_object()) && jset(o, "dir", jstr(row->dir)) &&
          jset(o, "reason", jstr(row->reason)) && jset(o, "pid", json_integer(row->pid)) &&
          jset(o, "created_at", json_integer(row->created_at)) &&
-         jset(o, "updated_at", json_integer(row->updated_at));
+         jset(o, "updated_at", json_integer(row->updated_at)) &&
+         jset(o, "supervisor_pid", json_integer(row->sv_pid)) &&
+         jset(o, "owner_pid", json_integer(row->owner_pid)) &&
+         jset(o, "expires_at", row->expires_at ? json_integer(row->expires_at) : json_null());
     if (!ok)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
 

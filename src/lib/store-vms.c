@@ -88,7 +88,8 @@ static int insert_vm(smolvm_store *s, const smolvm_vm_row *row, const char *conf
 
     r = prep(s, &st,
              "INSERT INTO vms (id, status, backend, config, dir, reason, pid, pid_start, "
-             "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             "created_at, updated_at, owner_pid, owner_start, expires_at) "
+             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
              err);
     if (r < 0)
         return r;
@@ -102,6 +103,9 @@ static int insert_vm(smolvm_store *s, const smolvm_vm_row *row, const char *conf
     (void)sqlite3_bind_int64(st, 8, (int64_t)row->pid_start);
     (void)sqlite3_bind_int64(st, 9, now);
     (void)sqlite3_bind_int64(st, 10, now);
+    (void)sqlite3_bind_int64(st, 11, row->owner_pid);
+    (void)sqlite3_bind_int64(st, 12, (int64_t)row->owner_start);
+    (void)sqlite3_bind_int64(st, 13, row->expires_at);
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE)
         return 0;
@@ -184,7 +188,8 @@ int smolvm_store_vm_insert(smolvm_store *s, smolvm_vm_row *row, smolvm_error **e
 }
 
 #define VM_COLUMNS                                                                                 \
-    "id, status, backend, config, dir, reason, pid, pid_start, created_at, updated_at"
+    "id, status, backend, config, dir, reason, pid, pid_start, created_at, updated_at, sv_pid, "   \
+    "sv_start, owner_pid, owner_start, expires_at"
 
 static int row_from_stmt(sqlite3_stmt *st, smolvm_vm_row **out, smolvm_error **err)
 {
@@ -203,6 +208,11 @@ static int row_from_stmt(sqlite3_stmt *st, smolvm_vm_row **out, smolvm_error **e
     row->pid_start = (uint64_t)sqlite3_column_int64(st, 7);
     row->created_at = sqlite3_column_int64(st, 8);
     row->updated_at = sqlite3_column_int64(st, 9);
+    row->sv_pid = sqlite3_column_int64(st, 10);
+    row->sv_start = (uint64_t)sqlite3_column_int64(st, 11);
+    row->owner_pid = sqlite3_column_int64(st, 12);
+    row->owner_start = (uint64_t)sqlite3_column_int64(st, 13);
+    row->expires_at = sqlite3_column_int64(st, 14);
     if (oom) {
         smolvm_vm_row_free(row);
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
@@ -322,6 +332,53 @@ int smolvm_store_vm_set_pid(smolvm_store *s, const char *id, int64_t pid, uint64
     (void)sqlite3_bind_int64(st, 3, smolvm_wall_ms());
     (void)bind_text(st, 4, id);
     return step_vm_change(s, st, id, "update vm pid", err);
+}
+
+/* UPDATE vms SET <a> = ?, <b> = ?, updated_at = now WHERE id = ? */
+static int set_pair(smolvm_store *s, const char *id, const char *sql, int64_t a, int64_t b,
+                    const char *what, smolvm_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int r;
+
+    if ((r = check_id(id, err)) < 0 || (r = prep(s, &st, sql, err)) < 0)
+        return r;
+    (void)sqlite3_bind_int64(st, 1, a);
+    (void)sqlite3_bind_int64(st, 2, b);
+    (void)sqlite3_bind_int64(st, 3, smolvm_wall_ms());
+    (void)bind_text(st, 4, id);
+    return step_vm_change(s, st, id, what, err);
+}
+
+int smolvm_store_vm_set_supervisor(smolvm_store *s, const char *id, int64_t pid, uint64_t pid_start,
+                                   smolvm_error **err)
+{
+    if (pid < 0 || pid > INT32_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "invalid pid '%lld'", (long long)pid);
+    return set_pair(s, id, "UPDATE vms SET sv_pid = ?, sv_start = ?, updated_at = ? WHERE id = ?",
+                    pid, pid ? (int64_t)pid_start : 0, "update vm supervisor", err);
+}
+
+int smolvm_store_vm_set_lifetime(smolvm_store *s, const char *id, int64_t owner_pid,
+                                 uint64_t owner_start, int64_t expires_at, smolvm_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int r;
+
+    if (owner_pid < 0 || owner_pid > INT32_MAX || expires_at < 0)
+        return smolvm_err(err, SMOLVM_EINVAL, "invalid owner or deadline");
+    if ((r = check_id(id, err)) < 0 ||
+        (r = prep(s, &st,
+                  "UPDATE vms SET owner_pid = ?, owner_start = ?, expires_at = ?, updated_at = ?"
+                  " WHERE id = ?",
+                  err)) < 0)
+        return r;
+    (void)sqlite3_bind_int64(st, 1, owner_pid);
+    (void)sqlite3_bind_int64(st, 2, owner_pid ? (int64_t)owner_start : 0);
+    (void)sqlite3_bind_int64(st, 3, expires_at);
+    (void)sqlite3_bind_int64(st, 4, smolvm_wall_ms());
+    (void)bind_text(st, 5, id);
+    return step_vm_change(s, st, id, "update vm lifetime", err);
 }
 
 int smolvm_store_vm_delete(smolvm_store *s, const char *id, smolvm_error **err)

@@ -73,6 +73,12 @@ static const char *const migrations[] = {
     "  kind TEXT NOT NULL,"
     "  detail TEXT);"
     "CREATE INDEX events_vm ON events(vm_id);",
+    /* 1 -> 2 (0.2): the VM's supervisor, its owner process and its deadline. */
+    "ALTER TABLE vms ADD COLUMN sv_pid INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE vms ADD COLUMN sv_start INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE vms ADD COLUMN owner_pid INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE vms ADD COLUMN owner_start INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE vms ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;",
 };
 #define STORE_SCHEMA_VERSION ((int)SMOLVM_ARRAY_SIZE(migrations))
 

@@ -25,6 +25,11 @@ typedef struct smolvm_vm_row {
     uint64_t pid_start; /* VMM start time (/proc/PID/stat field 22), 0 when none */
     int64_t created_at; /* wall clock ms */
     int64_t updated_at;
+    int64_t sv_pid; /* the VM's supervisor, 0 when none */
+    uint64_t sv_start;
+    int64_t owner_pid; /* the process whose death deletes the VM, 0 when none */
+    uint64_t owner_start;
+    int64_t expires_at; /* wall clock ms after which the VM is deleted, 0 when never */
 } smolvm_vm_row;
 
 smolvm_vm_row *smolvm_vm_row_free(smolvm_vm_row *row);
@@ -45,6 +50,13 @@ int smolvm_store_vm_set_status(smolvm_store *s, const char *id, const char *stat
 /* Record the VMM process (pid 0 clears it). */
 int smolvm_store_vm_set_pid(smolvm_store *s, const char *id, int64_t pid, uint64_t pid_start,
                             smolvm_error **err);
+/* Record the supervisor process (pid 0 clears it). */
+int smolvm_store_vm_set_supervisor(smolvm_store *s, const char *id, int64_t pid, uint64_t pid_start,
+                                   smolvm_error **err);
+/* Who owns the VM (owner_pid 0: nobody) and until when (expires_at 0: no ttl). */
+int smolvm_store_vm_set_lifetime(smolvm_store *s, const char *id, int64_t owner_pid,
+                                 uint64_t owner_start, int64_t expires_at, smolvm_error **err);
+
 /* Delete the VM and, in the same transaction, its leases and ports. */
 int smolvm_store_vm_delete(smolvm_store *s, const char *id, smolvm_error **err);
 

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <jansson.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "error.h"
@@ -50,6 +51,7 @@ smolvm_vm_config *smolvm_vm_config_free(smolvm_vm_config *c)
     free(c->guest_ip);
     free(c->cidr);
     strv_free(c->env);
+    strv_free(c->labels);
     free(c->forwards);
     free(c);
     return NULL;
@@ -76,13 +78,28 @@ static int env_name_valid(const char *s, size_t n)
 }
 
 /* Every option checked here too: C callers get the same errors as Lua ones. */
+static int label_valid(const char *s)
+{
+    const char *eq = strchr(s, '=');
+    size_t i;
+
+    if (!eq || eq == s || strlen(s) > SMOLVM_LABEL_MAX)
+        return 0;
+    for (i = 0; s[i]; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
 int smolvm_vm_options_check(smolvm_vm_options *out, const smolvm_vm_options *in, smolvm_error **err)
 {
-    smolvm_vm_options o = *in;
+    smolvm_vm_options o = SMOLVM_VM_OPTIONS_INIT;
     size_t i, n;
 
-    if (o.version < 1 || o.version > SMOLVM_VM_OPTIONS_VERSION)
-        return smolvm_err(err, SMOLVM_EINVAL, "vm options: unknown version %u", o.version);
+    if (in->version < 1 || in->version > SMOLVM_VM_OPTIONS_VERSION)
+        return smolvm_err(err, SMOLVM_EINVAL, "vm options: unknown version %u", in->version);
+    /* A version 1 struct ends before the version 2 fields: read only what it has. */
+    memcpy(&o, in, in->version == 1 ? offsetof(smolvm_vm_options, transport) : sizeof(o));
     if (o.vcpus == 0)
         o.vcpus = SMOLVM_VCPUS_DEFAULT;
     if (o.memory_mib == 0)
@@ -106,6 +123,20 @@ int smolvm_vm_options_check(smolvm_vm_options *out, const smolvm_vm_options *in,
         return smolvm_err(err, SMOLVM_EINVAL, "accel: expected auto, kvm or tcg");
     if (!smolvm_net_mode_to_string(o.network))
         return smolvm_err(err, SMOLVM_EINVAL, "network: expected auto, nat, user or none");
+    if (!smolvm_transport_to_string(o.transport))
+        return smolvm_err(err, SMOLVM_EINVAL, "transport: expected auto, agent or ssh");
+    if (o.ttl_ms < 0 || o.ttl_ms > SMOLVM_TTL_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "ttl: expected 0..%lld ms, got %lld",
+                          (long long)SMOLVM_TTL_MAX, (long long)o.ttl_ms);
+    for (n = 0; o.labels && o.labels[n]; n++) {
+        if (n >= SMOLVM_LABELS_MAX)
+            return smolvm_err(err, SMOLVM_EINVAL, "labels: more than %d", SMOLVM_LABELS_MAX);
+        if (!label_valid(o.labels[n]))
+            return smolvm_err(err, SMOLVM_EINVAL,
+                              "labels: expected key=value of at most %d bytes without control "
+                              "characters, got '%.80s'",
+                              SMOLVM_LABEL_MAX, o.labels[n]);
+    }
     for (n = 0; o.env && o.env[n]; n++) {
         const char *eq = strchr(o.env[n], '=');
 
@@ -253,7 +284,19 @@ int smolvm_vm_config_new(smolvm_vm_config **out, const smolvm_vm_options *o, smo
     if (network == SMOLVM_NET_USER)
         bad |= dup_into(&c->guest_ip, w->user_ip);
     if (network == SMOLVM_NET_NAT)
-        bad |= dup_into(&c->cidr, w->cidr);
+        bad |= dup_into(&c->cidr, w->cidr); /* The agent works with every network (it has its own
+                                               channel); ssh needs one. */
+    c->transport = o->transport != SMOLVM_TRANSPORT_AUTO ? o->transport
+                   : w->image_has_agent                  ? SMOLVM_TRANSPORT_AGENT
+                                                         : SMOLVM_TRANSPORT_SSH;
+    c->ttl_ms = o->ttl_ms;
+    for (n_env = 0; o->labels && o->labels[n_env]; n_env++)
+        ;
+    c->labels = calloc(n_env + 1, sizeof(*c->labels));
+    bad |= !c->labels;
+    for (i = 0; c->labels && i < n_env; i++)
+        bad |= dup_into(&c->labels[i], o->labels[i]);
+    c->n_labels = c->labels ? n_env : 0;
     if (bad)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     *out = TAKE_PTR(c);
@@ -269,11 +312,18 @@ static int set_str(json_t *o, const char *key, const char *v)
 
 int smolvm_vm_config_to_json(char **out, const smolvm_vm_config *c, smolvm_error **err)
 {
-    json_t *o = json_object(), *env = json_array(), *fwds = json_array();
-    int bad = !o || !env || !fwds;
+    json_t *o = json_object(), *env = json_array(), *fwds = json_array(), *labels = json_object();
+    int bad = !o || !env || !fwds || !labels;
     size_t i;
     char *text;
 
+    for (i = 0; !bad && i < c->n_labels; i++) {
+        const char *eq = strchr(c->labels[i], '=');
+        char key[SMOLVM_LABEL_MAX + 1];
+
+        (void)snprintf(key, sizeof(key), "%.*s", (int)(eq - c->labels[i]), c->labels[i]);
+        bad |= json_object_set_new(labels, key, json_string(eq + 1));
+    }
     for (i = 0; !bad && i < c->n_env; i++)
         bad |= json_array_append_new(env, json_string(c->env[i]));
     for (i = 0; !bad && i < c->n_forwards; i++)
@@ -297,11 +347,15 @@ int smolvm_vm_config_to_json(char **out, const smolvm_vm_config *c, smolvm_error
         bad |= set_str(o, "overlay_disk", c->overlay_disk);
         bad |= set_str(o, "guest_ip", c->guest_ip);
         bad |= set_str(o, "cidr", c->cidr);
+        bad |= set_str(o, "transport", smolvm_transport_to_string(c->transport));
+        bad |= json_object_set_new(o, "ttl_ms", json_integer(c->ttl_ms));
+        bad |= json_object_set(o, "labels", labels);
     }
     text = bad ? NULL : json_dumps(o, JSON_COMPACT);
     json_decref(o);
     json_decref(env);
     json_decref(fwds);
+    json_decref(labels);
     if (!text)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     *out = text;
@@ -373,11 +427,32 @@ static int get_forwards(json_t *o, smolvm_vm_config *c)
     return 0;
 }
 
+/* "labels": {key: value} (absent in 0.1 records). */
+static int get_labels(json_t *o, smolvm_vm_config *c)
+{
+    json_t *obj = json_object_get(o, "labels"), *v;
+    const char *key;
+    size_t n = 0;
+
+    if (obj && (!json_is_object(obj) || json_object_size(obj) > SMOLVM_LABELS_MAX))
+        return -1;
+    c->labels = calloc((obj ? json_object_size(obj) : 0) + 1, sizeof(*c->labels));
+    if (!c->labels)
+        return -1;
+    json_object_foreach (obj, key, v) {
+        if (!json_is_string(v) ||
+            !(c->labels[n] = smolvm_strdupf("%s=%s", key, json_string_value(v))))
+            return -1;
+        c->n_labels = ++n;
+    }
+    return 0;
+}
+
 int smolvm_vm_config_from_json(smolvm_vm_config **out, const char *text, smolvm_error **err)
 {
     _cleanup_(smolvm_vm_config_freep) smolvm_vm_config *c = calloc(1, sizeof(*c));
     _cleanup_free_ char *disk = NULL, *backend = NULL, *accel = NULL, *network = NULL,
-                        *format = NULL;
+                        *format = NULL, *transport = NULL;
     json_error_t jerr;
     json_t *o;
     int bad;
@@ -397,7 +472,9 @@ int smolvm_vm_config_from_json(smolvm_vm_config **out, const char *text, smolvm_
           get_str(o, "kernel", true, &c->kernel) || get_str(o, "disk_path", true, &c->disk_path) ||
           get_str(o, "disk_format", true, &format) ||
           get_str(o, "overlay_disk", false, &c->overlay_disk) ||
-          get_str(o, "guest_ip", false, &c->guest_ip) || get_str(o, "cidr", false, &c->cidr);
+          get_str(o, "guest_ip", false, &c->guest_ip) || get_str(o, "cidr", false, &c->cidr) ||
+          get_str(o, "transport", false, &transport) || get_labels(o, c);
+    c->ttl_ms = json_integer_value(json_object_get(o, "ttl_ms"));
     json_decref(o);
     if (bad)
         return smolvm_err(err, SMOLVM_EDB, "stored config: a member is missing or malformed");
@@ -406,6 +483,10 @@ int smolvm_vm_config_from_json(smolvm_vm_config **out, const char *text, smolvm_
     c->accel = smolvm_accel_from_string(accel);
     c->network = smolvm_net_mode_from_string(network);
     c->disk_format = disk_format_from_string(format);
+    /* 0.1 records have no transport: they were made for ssh. */
+    c->transport = transport ? smolvm_transport_from_string(transport) : SMOLVM_TRANSPORT_SSH;
+    if (c->transport < 0 || c->transport == SMOLVM_TRANSPORT_AUTO || c->ttl_ms < 0)
+        return smolvm_err(err, SMOLVM_EDB, "stored config: bad transport or ttl");
     if (c->disk < 0 || c->backend < 0 || c->backend == SMOLVM_BACKEND_AUTO || c->accel < 0 ||
         c->network < 0 || c->network == SMOLVM_NET_AUTO || c->disk_format < 0)
         return smolvm_err(err, SMOLVM_EDB,

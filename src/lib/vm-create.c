@@ -8,6 +8,7 @@
 #include "error.h"
 #include "guest-config.h"
 #include "image.h"
+#include "proc.h"
 #include "ssh.h"
 #include "vm-config.h"
 #include "vm-internal.h"
@@ -146,12 +147,19 @@ static int insert(smolvm_vm_row *row, smolvm_ctx *ctx, const smolvm_vm_options *
             .rootfs = img->rootfs,
             .cidr = ctx->nat_cidr,
             .user_ip = SMOLVM_USER_GUEST_IP,
+            .image_has_agent = img->has_agent,
         };
         if ((r = smolvm_vm_config_new(&cfg, o, backend, network, &where, err)) < 0 ||
             (r = smolvm_vm_config_to_json(&row->config_json, cfg, err)) < 0)
             return r;
         row->status = (char *)"created";
         row->backend = (char *)smolvm_backend_to_string(backend);
+        /* An ephemeral VM is owned by this process from its first moment: if it dies
+         * before anything runs, the next reconcile deletes what it left. */
+        row->owner_pid = o->ephemeral ? getpid() : 0;
+        if (o->ephemeral && smolvm_pid_start_time(getpid(), &row->owner_start, err) < 0)
+            return r = SMOLVM_EIO;
+        row->expires_at = o->ttl_ms > 0 ? smolvm_wall_ms() + o->ttl_ms : 0;
         r = smolvm_store_vm_insert(ctx->store, row, err);
         row->status = row->backend = NULL;
         if (r == SMOLVM_EEXIST && !o->id && attempt < CREATE_ID_ATTEMPTS) {

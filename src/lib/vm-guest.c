@@ -3,12 +3,15 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "error.h"
 #include "ssh.h"
+#include "vm-config.h"
 #include "vm-internal.h"
 #include "vm-net.h"
+#include "vm-agent.h"
 #include "vm-ssh.h"
 #include "vmm/vmm.h"
 
@@ -35,9 +38,15 @@ int smolvm_run_options_init(smolvm_run_options *opts, unsigned version)
     return 0;
 }
 
+static bool agent(const smolvm_vm *vm)
+{
+    return vm->cfg->transport == SMOLVM_TRANSPORT_AGENT;
+}
+
 int smolvm_vm_run(smolvm_run_result **out, smolvm_vm *vm, const char *cmd,
                   const smolvm_run_options *opts, smolvm_error **err)
 {
+    smolvm_run_options o = SMOLVM_RUN_OPTIONS_INIT;
     int r;
 
     if (!cmd)
@@ -46,11 +55,25 @@ int smolvm_vm_run(smolvm_run_result **out, smolvm_vm *vm, const char *cmd,
         return smolvm_err(err, SMOLVM_EINVAL, "run options: unknown version %u", opts->version);
     if (vm->deleted)
         return smolvm_err(err, SMOLVM_ESTATE, "run in '%s': the vm was deleted", vm->id);
+    /* A version 1 struct ends before on_output. */
+    if (opts)
+        memcpy(&o, opts, opts->version == 1 ? offsetof(smolvm_run_options, on_output) : sizeof(o));
+    if (agent(vm)) {
+        r = smolvm_vm_agent_run(out, vm, cmd, &o, err);
+        return r < 0 ? smolvm_err_wrap(err, "run in '%s'", vm->id) : 0;
+    }
     /* An open session is used as is: a dead VM shows up as a session error. The
      * status check (database + /proc) is only paid when connecting. */
     if (!vm->ssh && (r = smolvm_vm_ssh_ensure(vm, smolvm_now_ms() + CONNECT_TIMEOUT_MS, err)) < 0)
         return smolvm_err_wrap(err, "run in '%s'", vm->id);
-    r = after(vm, smolvm_ssh_exec(vm->ssh, cmd, (const char *const *)vm->cfg->env, opts, out, err));
+    r = after(vm, smolvm_ssh_exec(vm->ssh, cmd, (const char *const *)vm->cfg->env, &o, out, err));
+    if (r == 0 && o.on_output) {
+        /* Over SSH the output arrives whole: passed on once, in order. */
+        if ((*out)->out_len)
+            o.on_output(1, (*out)->out, (*out)->out_len, o.payload);
+        if ((*out)->err_len)
+            o.on_output(2, (*out)->err, (*out)->err_len, o.payload);
+    }
     return r < 0 ? smolvm_err_wrap(err, "run in '%s'", vm->id) : 0;
 }
 
@@ -62,7 +85,7 @@ static int ready(smolvm_vm *vm, const char *what, const char *path, smolvm_error
         return smolvm_err(err, SMOLVM_EINVAL, "%s: path is empty", what);
     if (vm->deleted)
         return smolvm_err(err, SMOLVM_ESTATE, "%s in '%s': the vm was deleted", what, vm->id);
-    if (vm->ssh)
+    if (agent(vm) || vm->ssh)
         return 0;
     r = smolvm_vm_ssh_ensure(vm, smolvm_now_ms() + CONNECT_TIMEOUT_MS, err);
     return r < 0 ? smolvm_err_wrap(err, "%s in '%s'", what, vm->id) : 0;
@@ -76,7 +99,8 @@ int smolvm_vm_upload(smolvm_vm *vm, const char *local, const char *remote, smolv
         return smolvm_err(err, SMOLVM_EINVAL, "upload: local path is empty");
     if ((r = ready(vm, "upload", remote, err)) < 0)
         return r;
-    r = after(vm, smolvm_ssh_upload(vm->ssh, local, remote, err));
+    r = agent(vm) ? smolvm_vm_agent_upload(vm, local, remote, err)
+                  : after(vm, smolvm_ssh_upload(vm->ssh, local, remote, err));
     return r < 0 ? smolvm_err_wrap(err, "upload to '%s'", vm->id) : 0;
 }
 
@@ -88,7 +112,8 @@ int smolvm_vm_download(smolvm_vm *vm, const char *remote, const char *local, smo
         return smolvm_err(err, SMOLVM_EINVAL, "download: local path is empty");
     if ((r = ready(vm, "download", remote, err)) < 0)
         return r;
-    r = after(vm, smolvm_ssh_download(vm->ssh, remote, local, err));
+    r = agent(vm) ? smolvm_vm_agent_download(vm, remote, local, vm->ctx->download_max, err)
+                  : after(vm, smolvm_ssh_download(vm->ssh, remote, local, err));
     return r < 0 ? smolvm_err_wrap(err, "download from '%s'", vm->id) : 0;
 }
 
@@ -101,18 +126,22 @@ int smolvm_vm_write_file(smolvm_vm *vm, const char *remote, const void *data, si
         return smolvm_err(err, SMOLVM_EINVAL, "write_file: data is NULL");
     if ((r = ready(vm, "write_file", remote, err)) < 0)
         return r;
-    r = after(vm, smolvm_ssh_write(vm->ssh, remote, data ? data : "", len, 0644, err));
+    r = agent(vm) ? smolvm_vm_agent_write(vm, remote, data ? data : "", len, 0644, err)
+                  : after(vm, smolvm_ssh_write(vm->ssh, remote, data ? data : "", len, 0644, err));
     return r < 0 ? smolvm_err_wrap(err, "write_file in '%s'", vm->id) : 0;
 }
 
 int smolvm_vm_read_file(char **data, size_t *len, smolvm_vm *vm, const char *remote,
                         smolvm_error **err)
 {
+    size_t max =
+        vm->ctx->download_max < SMOLVM_READ_FILE_MAX ? vm->ctx->download_max : SMOLVM_READ_FILE_MAX;
     int r;
 
     if ((r = ready(vm, "read_file", remote, err)) < 0)
         return r;
-    r = after(vm, smolvm_ssh_read(vm->ssh, remote, SMOLVM_READ_FILE_MAX, data, len, err));
+    r = agent(vm) ? smolvm_vm_agent_read(data, len, vm, remote, max, err)
+                  : after(vm, smolvm_ssh_read(vm->ssh, remote, max, data, len, err));
     return r < 0 ? smolvm_err_wrap(err, "read_file in '%s'", vm->id) : 0;
 }
 

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "agent.h"
 #include "context.h"
 #include "smolvm.h"
 #include "ssh.h"
@@ -27,12 +28,13 @@ struct smolvm_vm {
     char *id;
     smolvm_vm_row *row;    /* as last read from the store */
     smolvm_vm_config *cfg; /* row->config_json, parsed */
-    smolvm_ssh *ssh;       /* persistent session, NULL until first use */
+    smolvm_ssh *ssh;       /* SSH transport: persistent session, NULL until first use */
+    smolvm_agent *agent;   /* agent transport: connection to the supervisor, likewise */
     bool deleted;
     struct { /* between smolvm_vm_start_begin and _finish */
         bool pending;
-        int lock; /* the VM's lock, held throughout */
-        int ctl;  /* guest channel; -1 when the VM was already running */
+        bool was_running; /* finish only reconnects */
+        int lock;         /* the VM's lock, held throughout */
         int64_t t0, deadline;
     } start;
 };

@@ -2,47 +2,53 @@
 /* Start, stop and delete: the VM's life against the store. */
 #include "util.h"
 
+#include <jansson.h>
 #include <string.h>
 
 #include "error.h"
 #include "guest-config.h"
 #include "host.h"
 #include "proc.h"
+#include "agent.h"
 #include "vm-internal.h"
 #include "vm-net.h"
 #include "vm-ports.h"
 #include "vm-reconcile.h"
+#include "vm-agent.h"
 #include "vm-ssh.h"
+#include "vm-supervisor.h"
 #include "vmm/vmm.h"
 
 #define DELETE_STOP_TIMEOUT_MS 5000
 #define KILL_TIMEOUT_MS 2000
 #define START_TIMEOUT_DEFAULT_MS 60000
 #define STOP_TIMEOUT_DEFAULT_MS 5000
+#define SUPERVISOR_EXIT_MS 2000 /* a supervisor exits at once after its vmm */
+#define SUPERVISOR_CALL_MS 5000
 
-/* Everything up to a running VMM: network, command line, spawn. *ctl receives the
- * guest channel to wait on. */
-static int do_start_begin(smolvm_vm *vm, int64_t deadline, int *ctl_out, smolvm_error **err)
+/* Everything up to a running VMM: network, command line, the supervisor (which spawns
+ * the VMM). */
+static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
 {
-    const smolvm_vmm_ops *ops = smolvm_vmm_ops_for(vm->cfg->backend);
     const smolvm_vm_config *c = vm->cfg;
     _cleanup_free_ char *cmdline = NULL, *cfgdisk = NULL;
     _cleanup_free_ smolvm_vmm_hostfwd *fwds = NULL;
     _cleanup_free_ smolvm_port_row *fwd_rows = NULL;
-    _cleanup_close_ int ctl = -1;
     const char *accel_note = NULL;
-    smolvm_vmm_config cfg = {0};
+    smolvm_sv_spec spec = {0};
+    smolvm_vmm_config *cfg = &spec.vmm;
+    smolvm_sv_pids pids = {0};
     smolvm_vm_net natnet;
     int accel, r;
-    int64_t pid = 0, t0 = smolvm_now_ms();
-    uint64_t pid_start = 0;
+    int64_t t0 = smolvm_now_ms();
     unsigned long tsc_khz;
     size_t nfwds = 0;
 
     r = smolvm_host_resolve_accel(c->accel, &accel, &accel_note, err);
     if (r < 0)
         return r;
-    if (ops->available && (r = ops->available(accel, err)) < 0)
+    if (smolvm_vmm_ops_for(c->backend)->available &&
+        (r = smolvm_vmm_ops_for(c->backend)->available(accel, err)) < 0)
         return r;
     smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': accel %s (%s)", vm->id,
                smolvm_accel_to_string(accel), accel_note);
@@ -57,8 +63,8 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, int *ctl_out, smolvm_
         r = smolvm_kernel_cmdline(&cmdline, vm->id, c->network, natnet.ip, natnet.gateway,
                                   natnet.netmask, natnet.have_dns ? natnet.dns : NULL, tsc_khz,
                                   err);
-        cfg.tap_name = natnet.tap;
-        cfg.mac = natnet.mac;
+        cfg->tap_name = natnet.tap;
+        cfg->mac = natnet.mac;
     } else {
         r = smolvm_kernel_cmdline(&cmdline, vm->id, c->network, SMOLVM_USER_GUEST_IP,
                                   SMOLVM_USER_GATEWAY, "255.255.255.0", SMOLVM_USER_DNS, tsc_khz,
@@ -73,53 +79,106 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, int *ctl_out, smolvm_
     cfgdisk = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_VM_CONFIG_DISK);
     if (!cfgdisk)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    cfg.vm_id = vm->id;
-    cfg.dir = vm->row->dir;
-    cfg.kernel = c->kernel;
-    cfg.disk = c->disk_path;
-    cfg.disk_format = smolvm_disk_format_to_string(c->disk_format);
-    cfg.overlay_disk = c->overlay_disk;
-    cfg.config_disk = cfgdisk;
-    cfg.cmdline = cmdline;
-    cfg.vcpus = c->vcpus;
-    cfg.memory_mib = c->memory_mib;
-    cfg.accel = accel;
-    cfg.network = c->network;
-    cfg.hostfwds = fwds;
-    cfg.n_hostfwds = nfwds;
+    cfg->vm_id = vm->id;
+    cfg->dir = vm->row->dir;
+    cfg->kernel = c->kernel;
+    cfg->disk = c->disk_path;
+    cfg->disk_format = smolvm_disk_format_to_string(c->disk_format);
+    cfg->overlay_disk = c->overlay_disk;
+    cfg->config_disk = cfgdisk;
+    cfg->cmdline = cmdline;
+    cfg->vcpus = c->vcpus;
+    cfg->memory_mib = c->memory_mib;
+    cfg->accel = accel;
+    cfg->network = c->network;
+    cfg->hostfwds = fwds;
+    cfg->n_hostfwds = nfwds;
     /* User networking is closed to the outside unless the context opens it: untrusted
      * code gets no egress by accident. */
-    cfg.user_egress = vm->ctx->user_egress;
+    cfg->user_egress = vm->ctx->user_egress;
+    cfg->console_fd = cfg->ctl_fd = cfg->agent_fd = -1;
 
-    r = ops->spawn(&cfg, &ctl, &pid, &pid_start, deadline, err);
+    spec.vm_id = vm->id;
+    spec.dir = vm->row->dir;
+    spec.state_dir = vm->ctx->state_dir;
+    spec.backend = c->backend;
+    spec.transport = c->transport == SMOLVM_TRANSPORT_SSH ? SMOLVM_SV_SSH : SMOLVM_SV_AGENT;
+    spec.owner_pid = (pid_t)vm->row->owner_pid;
+    spec.owner_start = vm->row->owner_start;
+    spec.expires_at = vm->row->expires_at;
+    spec.console_max = vm->ctx->console_max;
+    /* A stale exit record from the last run must not describe this one. */
+    {
+        _cleanup_free_ char *old = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_SV_EXIT_FILE);
+
+        if (old)
+            (void)unlink(old);
+    }
+    r = smolvm_sv_launch(&pids, vm->ctx, &spec, deadline, err);
+    if (pids.sv_pid > 0)
+        (void)smolvm_store_vm_set_supervisor(vm->ctx->store, vm->id, pids.sv_pid, pids.sv_start,
+                                             NULL);
     if (r < 0)
         return r;
-    if ((r = smolvm_store_vm_set_pid(vm->ctx->store, vm->id, pid, pid_start, err)) < 0)
+    if ((r = smolvm_store_vm_set_pid(vm->ctx->store, vm->id, pids.vmm_pid, pids.vmm_start, err)) <
+        0)
         return r;
-    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': vmm pid %lld up after %lld ms", vm->id,
-               (long long)pid, (long long)(smolvm_now_ms() - t0));
-    *ctl_out = TAKE_FD(ctl);
+    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': supervisor %ld, vmm %ld up after %lld ms",
+               vm->id, (long)pids.sv_pid, (long)pids.vmm_pid, (long long)(smolvm_now_ms() - t0));
     return 0;
 }
 
-/* From a spawned VMM to a VM that runs commands: the guest's ready message, the
- * record, the SSH session. */
-static int do_start_finish(smolvm_vm *vm, int ctl, int64_t deadline, smolvm_error **err)
+/* The supervisor's idea of where the boot got to, for a timeout's message. */
+static void last_milestone(smolvm_vm *vm, char *out, size_t size)
 {
-    const smolvm_vmm_ops *ops = smolvm_vmm_ops_for(vm->cfg->backend);
-    int64_t uptime = 0;
+    _cleanup_free_ char *path = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_SV_SOCK);
+    smolvm_agent *a = NULL;
+    json_t *reply = NULL;
+
+    (void)snprintf(out, size, "none");
+    if (path && smolvm_agent_connect(&a, path, false, smolvm_now_ms() + 1000, NULL) == 0 &&
+        smolvm_agent_call(&reply, a, json_pack("{s:s}", "op", "status"), smolvm_now_ms() + 1000,
+                          NULL) == 0) {
+        const char *m = json_string_value(json_object_get(reply, "milestone"));
+
+        if (m && *m)
+            (void)snprintf(out, size, "%s", m);
+    }
+    json_decref(reply);
+    smolvm_agent_free(a);
+}
+
+/* From a running VMM to a VM that runs commands: the supervisor's hello (sent when the
+ * guest is ready), the record, the transport's session. */
+static int do_start_finish(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
+{
+    _cleanup_free_ char *path = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_SV_SOCK);
     int r;
 
-    r = ops->wait_ready ? ops->wait_ready(vm->ctx, vm->row->dir, ctl, deadline, &uptime, err)
-                        : smolvm_vmm_wait_ready(vm->ctx, ctl, deadline, &uptime, err);
+    if (!path)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    smolvm_vm_agent_drop(vm);
+    r = smolvm_agent_connect(&vm->agent, path, true, deadline, err);
+    if (r == SMOLVM_ETIMEDOUT) {
+        char m[96];
+
+        last_milestone(vm, m, sizeof(m));
+        if (err)
+            *err = smolvm_error_free(*err);
+        return smolvm_err(err, SMOLVM_ETIMEDOUT,
+                          "the guest was not ready in time (last milestone: %s)", m);
+    }
     if (r < 0)
         return r;
-    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': guest ready after %lld ms (uptime %lld ms)",
-               vm->id, (long long)(smolvm_now_ms() - vm->start.t0), (long long)uptime);
+    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': guest ready after %lld ms", vm->id,
+               (long long)(smolvm_now_ms() - vm->start.t0));
     if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "running", NULL, err)) < 0)
         return r;
     if ((r = smolvm_vm_refresh(vm, err)) < 0)
         return r;
+    if (vm->cfg->transport == SMOLVM_TRANSPORT_AGENT)
+        return 0; /* the connection that saw the hello serves the first command */
+    smolvm_vm_agent_drop(vm);
     if (vm->cfg->network == SMOLVM_NET_NONE)
         return 0;
     return smolvm_vm_ssh_connect(vm, deadline, err);
@@ -130,10 +189,10 @@ static int do_start_finish(smolvm_vm *vm, int ctl, int64_t deadline, smolvm_erro
 static int start_failed(smolvm_vm *vm, int r, smolvm_error **err)
 {
     _cleanup_free_ char *tail = NULL, *reason = NULL;
-
     (void)smolvm_vm_refresh(vm, NULL);
     smolvm_vm_kill_vmm(vm->row);
     smolvm_vm_ssh_drop(vm);
+    smolvm_vm_agent_drop(vm);
     if (vm->cfg->network == SMOLVM_NET_NAT)
         smolvm_vm_net_down(vm->ctx, vm->id);
     tail = smolvm_vm_console_tail(vm->row->dir);
@@ -142,6 +201,7 @@ static int start_failed(smolvm_vm *vm, int r, smolvm_error **err)
     smolvm_err_wrap(err, "start '%s'", vm->id);
     reason = strdup(err && *err ? smolvm_error_message(*err) : "start failed");
     (void)smolvm_store_vm_set_pid(vm->ctx->store, vm->id, 0, 0, NULL);
+    (void)smolvm_store_vm_set_supervisor(vm->ctx->store, vm->id, 0, 0, NULL);
     (void)smolvm_store_vm_set_status(vm->ctx->store, vm->id, "error", reason, NULL);
     (void)smolvm_vm_refresh(vm, NULL);
     return r;
@@ -150,7 +210,7 @@ static int start_failed(smolvm_vm *vm, int r, smolvm_error **err)
 int smolvm_vm_start_begin(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
 {
     _cleanup_close_ int lock = -1;
-    int ctl = -1, r;
+    int r;
 
     if (vm->deleted)
         return smolvm_err(err, SMOLVM_ESTATE, "start '%s': the vm was deleted", vm->id);
@@ -158,9 +218,10 @@ int smolvm_vm_start_begin(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
         return smolvm_err(err, SMOLVM_ESTATE, "start '%s': already starting", vm->id);
     vm->start.t0 = smolvm_now_ms();
     vm->start.deadline = vm->start.t0 + (timeout_ms > 0 ? timeout_ms : START_TIMEOUT_DEFAULT_MS);
-    vm->start.lock = vm->start.ctl = -1;
+    vm->start.lock = -1;
+    vm->start.was_running = false;
     if (strcmp(smolvm_vm_status(vm), "running") == 0) {
-        vm->start.pending = true; /* finish only (re)connects the session */
+        vm->start.pending = vm->start.was_running = true; /* finish only (re)connects */
         return 0;
     }
     if ((r = smolvm_vm_lock(&lock, vm->row->dir, vm->id, "start", SMOLVM_LOCK_WAIT_MS, err)) < 0)
@@ -168,11 +229,11 @@ int smolvm_vm_start_begin(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
     if ((r = smolvm_vm_refresh(vm, err)) < 0)
         return r;
     smolvm_vm_ssh_drop(vm);
-    r = do_start_begin(vm, vm->start.deadline, &ctl, err);
+    smolvm_vm_agent_drop(vm);
+    r = do_start_begin(vm, vm->start.deadline, err);
     if (r < 0)
         return start_failed(vm, r, err);
     vm->start.lock = TAKE_FD(lock);
-    vm->start.ctl = ctl;
     vm->start.pending = true;
     return 0;
 }
@@ -183,23 +244,24 @@ int smolvm_vm_start_finish(smolvm_vm *vm, smolvm_error **err)
 
     if (!vm->start.pending)
         return smolvm_err(err, SMOLVM_ESTATE, "start '%s': no start in progress", vm->id);
-    if (vm->start.ctl < 0) {
-        /* It was already running. */
+    if (vm->start.was_running) {
         vm->start.pending = false;
-        if (vm->cfg->network == SMOLVM_NET_NONE)
-            return 0;
-        r = smolvm_vm_ssh_connect(vm, vm->start.deadline, err);
+        r = vm->cfg->transport == SMOLVM_TRANSPORT_AGENT
+                ? smolvm_vm_agent_ensure(vm, vm->start.deadline, err)
+            : vm->cfg->network == SMOLVM_NET_NONE
+                ? 0
+                : smolvm_vm_ssh_connect(vm, vm->start.deadline, err);
         return r < 0 ? smolvm_err_wrap(err, "start '%s'", vm->id) : 0;
     }
-    r = do_start_finish(vm, vm->start.ctl, vm->start.deadline, err);
+    r = do_start_finish(vm, vm->start.deadline, err);
     if (r < 0)
         r = start_failed(vm, r, err);
     else
-        (void)smolvm_store_event(vm->ctx->store, vm->id, "start", NULL, NULL);
-    /* The lock goes last: until here no other process may act on the VM. */
-    (void)close(vm->start.ctl);
+        (void)smolvm_store_event(
+            vm->ctx->store, vm->id, "start", NULL,
+            NULL); /* The lock goes last: until here no other process may act on the VM. */
     (void)close(vm->start.lock);
-    vm->start.ctl = vm->start.lock = -1;
+    vm->start.lock = -1;
     vm->start.pending = false;
     return r;
 }
@@ -211,8 +273,9 @@ int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
     return r < 0 ? r : smolvm_vm_start_finish(vm, err);
 }
 
-/* Clean guest power-off, then VMM quit, then kill: each gets a share of the time.
- * *net_done is set once the VM's NAT network was taken down on the way. */
+/* Clean guest power-off (asked of the supervisor), then VMM quit, then kill: each
+ * gets a share of the time. *net_done is set once the VM's NAT network was taken down
+ * on the way. The supervisor exits once its VMM is gone; one that lingers is killed. */
 static int do_stop(smolvm_vm *vm, int timeout_ms, bool *net_done, smolvm_error **err)
 {
     const smolvm_vmm_ops *ops = smolvm_vmm_ops_for(vm->cfg->backend);
@@ -222,26 +285,29 @@ static int do_stop(smolvm_vm *vm, int timeout_ms, bool *net_done, smolvm_error *
     pid_t pid;
     int r;
 
-    if (!smolvm_vm_vmm_alive(vm->row, &pid, &pstart))
-        return 0;
-    r = ops->poweroff ? ops->poweroff(vm->row->dir, poweroff_deadline, NULL)
-                      : smolvm_vmm_request_poweroff(vm->row->dir, poweroff_deadline, NULL);
-    if (r == 0 && vm->cfg->network == SMOLVM_NET_NAT) {
-        /* The guest is syncing and powering off, which needs no network: take the
-         * network down meanwhile rather than after. Its link goes first, so even a
-         * guest that only pretended to power off is cut off before its rules go. */
-        smolvm_vm_net_down(vm->ctx, vm->id);
-        *net_done = true;
+    if (smolvm_vm_vmm_alive(vm->row, &pid, &pstart)) {
+        r = smolvm_sv_poweroff(vm->row->dir, poweroff_deadline, NULL);
+        if (r == 0 && vm->cfg->network == SMOLVM_NET_NAT) {
+            /* The guest is syncing and powering off, which needs no network: take the
+             * network down meanwhile rather than after. Its link goes first, so even a
+             * guest that only pretended to power off is cut off before its rules go. */
+            smolvm_vm_net_down(vm->ctx, vm->id);
+            *net_done = true;
+        }
+        if (r != 0 || smolvm_pid_wait_exit(pid, pstart, poweroff_deadline, NULL) != 0) {
+            smolvm_log(vm->ctx, SMOLVM_LOG_INFO,
+                       "stop '%s': the guest did not power off in time; asking the vmm to quit",
+                       vm->id);
+            if (ops->quit(vm->row->dir, deadline, NULL) != 0 ||
+                smolvm_pid_wait_exit(pid, pstart, deadline, NULL) != 0) {
+                smolvm_log(vm->ctx, SMOLVM_LOG_WARN, "stop '%s': killing the vmm", vm->id);
+                if ((r = smolvm_pid_kill(pid, pstart, smolvm_now_ms() + KILL_TIMEOUT_MS, err)) < 0)
+                    return r;
+            }
+        }
     }
-    if (r == 0 && smolvm_proc_wait_exit(pid, pstart, poweroff_deadline, NULL) == 0)
-        return 0;
-    smolvm_log(vm->ctx, SMOLVM_LOG_INFO,
-               "stop '%s': the guest did not power off in time; asking the vmm to quit", vm->id);
-    if (ops->quit(vm->row->dir, deadline, NULL) == 0 &&
-        smolvm_proc_wait_exit(pid, pstart, deadline, NULL) == 0)
-        return 0;
-    smolvm_log(vm->ctx, SMOLVM_LOG_WARN, "stop '%s': killing the vmm", vm->id);
-    return smolvm_proc_kill(pid, pstart, smolvm_now_ms() + KILL_TIMEOUT_MS, err);
+    smolvm_vm_reap_supervisor(vm->row, smolvm_now_ms() + SUPERVISOR_EXIT_MS);
+    return 0;
 }
 
 static int stop_locked(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
@@ -252,8 +318,8 @@ static int stop_locked(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
     bool net_done =
         strcmp(was, "stopped") == 0 || strcmp(was, "created") == 0 || strcmp(was, "error") == 0;
     int r;
-
     smolvm_vm_ssh_drop(vm);
+    smolvm_vm_agent_drop(vm);
     if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "stopping", NULL, err)) < 0)
         return r;
     r = do_stop(vm, timeout_ms, &net_done, err);
@@ -262,6 +328,7 @@ static int stop_locked(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
     if (!net_done && vm->cfg->network == SMOLVM_NET_NAT)
         smolvm_vm_net_down(vm->ctx, vm->id);
     if ((r = smolvm_store_vm_set_pid(vm->ctx->store, vm->id, 0, 0, err)) < 0 ||
+        (r = smolvm_store_vm_set_supervisor(vm->ctx->store, vm->id, 0, 0, err)) < 0 ||
         (r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "stopped", NULL, err)) < 0)
         return r;
     (void)smolvm_store_event(vm->ctx->store, vm->id, "stop", NULL, NULL);
@@ -277,6 +344,7 @@ int smolvm_vm_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
         return smolvm_err(err, SMOLVM_ESTATE, "stop '%s': the vm was deleted", vm->id);
     if (strcmp(smolvm_vm_status(vm), "running") != 0) {
         smolvm_vm_ssh_drop(vm);
+        smolvm_vm_agent_drop(vm);
         return 0;
     }
     if ((r = smolvm_vm_lock(&lock, vm->row->dir, vm->id, "stop", SMOLVM_LOCK_WAIT_MS, err)) < 0)
@@ -315,4 +383,25 @@ int smolvm_vm_delete(smolvm_vm *vm, smolvm_error **err)
     (void)smolvm_store_event(vm->ctx->store, vm->id, "delete", NULL, NULL);
     vm->deleted = true;
     return 0;
+}
+
+int smolvm_vm_keep(smolvm_vm *vm, smolvm_error **err)
+{
+    int r;
+
+    if (vm->deleted)
+        return smolvm_err(err, SMOLVM_ESTATE, "keep '%s': the vm was deleted", vm->id);
+    if ((r = smolvm_vm_refresh(vm, err)) < 0)
+        return smolvm_err_wrap(err, "keep '%s'", vm->id);
+    if (vm->row->owner_pid == 0)
+        return 0;
+    /* The record first: a supervisor that dies meanwhile leaves a kept VM, not a VM that
+     * the next reconcile deletes. */
+    if ((r = smolvm_store_vm_set_lifetime(vm->ctx->store, vm->id, 0, 0, vm->row->expires_at, err)) <
+        0)
+        return smolvm_err_wrap(err, "keep '%s'", vm->id);
+    if (vm->row->sv_pid > 0 && smolvm_pid_alive((pid_t)vm->row->sv_pid, vm->row->sv_start) &&
+        (r = smolvm_sv_keep(vm->row->dir, -1, smolvm_now_ms() + SUPERVISOR_CALL_MS, err)) < 0)
+        return smolvm_err_wrap(err, "keep '%s'", vm->id);
+    return smolvm_vm_refresh(vm, err);
 }

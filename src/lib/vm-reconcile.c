@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "proc.h"
+#include "sv-spec.h"
 #include "vm-config.h"
 #include "vm-net.h"
 #include "vm-reconcile.h"
@@ -55,12 +56,23 @@ int smolvm_vm_lock(int *fd, const char *dir, const char *id, const char *what, i
 
 bool smolvm_vm_vmm_alive(const smolvm_vm_row *row, pid_t *pid, uint64_t *start)
 {
-    if (row->pid > 0 && smolvm_proc_alive((pid_t)row->pid, row->pid_start)) {
+    if (row->pid > 0 && smolvm_pid_alive((pid_t)row->pid, row->pid_start)) {
         *pid = (pid_t)row->pid;
         *start = row->pid_start;
         return true;
     }
-    return row->dir && smolvm_proc_find_vmm(row->dir, SMOLVM_VMM_PIDFILE, pid, start);
+    return row->dir && smolvm_pid_find_vmm(row->dir, SMOLVM_VMM_PIDFILE, pid, start);
+}
+
+void smolvm_vm_reap_supervisor(const smolvm_vm_row *row, int64_t deadline)
+{
+    pid_t pid = (pid_t)row->sv_pid;
+
+    /* The supervisor itself deletes sandboxes through the library: not itself. */
+    if (pid <= 0 || pid == getpid() || !smolvm_pid_alive(pid, row->sv_start))
+        return;
+    if (smolvm_pid_wait_exit(pid, row->sv_start, deadline, NULL) < 0)
+        (void)smolvm_pid_kill(pid, row->sv_start, smolvm_now_ms() + KILL_TIMEOUT_MS, NULL);
 }
 
 void smolvm_vm_kill_vmm(const smolvm_vm_row *row)
@@ -69,7 +81,26 @@ void smolvm_vm_kill_vmm(const smolvm_vm_row *row)
     uint64_t start;
 
     if (smolvm_vm_vmm_alive(row, &pid, &start))
-        (void)smolvm_proc_kill(pid, start, smolvm_now_ms() + KILL_TIMEOUT_MS, NULL);
+        (void)smolvm_pid_kill(pid, start, smolvm_now_ms() + KILL_TIMEOUT_MS, NULL);
+    /* Its supervisor exits once the VMM is gone; waited for briefly, then killed. */
+    smolvm_vm_reap_supervisor(row, smolvm_now_ms() + KILL_TIMEOUT_MS);
+}
+
+/* Did the guest power itself off (said so on its control channel, as its supervisor
+ * recorded)? Console text is not believed: any guest process can print anything. */
+static bool guest_powered_off(const char *dir)
+{
+    smolvm_sv_exit ex;
+
+    return smolvm_sv_exit_read(&ex, dir, NULL) == 0 && ex.guest_poweroff;
+}
+
+/* An owner process that is gone, or a ttl that has passed. */
+static bool lifetime_over(const smolvm_vm_row *row)
+{
+    if (row->owner_pid > 0 && !smolvm_pid_alive((pid_t)row->owner_pid, row->owner_start))
+        return true;
+    return row->expires_at > 0 && smolvm_wall_ms() >= row->expires_at;
 }
 
 char *smolvm_vm_console_tail(const char *dir)
@@ -99,9 +130,15 @@ static smolvm_reconcile_action decide_row(const smolvm_vm_row *row)
 {
     uint64_t start;
     pid_t pid;
+    smolvm_reconcile_action a = smolvm_reconcile_decide(
+        row->status, smolvm_vm_vmm_alive(row, &pid, &start), row->pid != 0 || row->sv_pid != 0);
 
-    return smolvm_reconcile_decide(row->status, smolvm_vm_vmm_alive(row, &pid, &start),
-                                   row->pid != 0);
+    /* A sandbox whose owner died or whose ttl passed, with nothing running (a running
+     * one's supervisor ends it itself). */
+    if (a == SMOLVM_RECONCILE_NONE && row->status && strcmp(row->status, "running") != 0 &&
+        lifetime_over(row))
+        return SMOLVM_RECONCILE_END;
+    return a;
 }
 
 static bool row_is_nat(const smolvm_vm_row *row)
@@ -117,6 +154,22 @@ static bool row_is_nat(const smolvm_vm_row *row)
 static void vm_row_freep(smolvm_vm_row **row)
 {
     smolvm_vm_row_free(*row);
+}
+
+/* Nothing runs any more: the directory, then the record (leases and ports go with it). */
+static int end_vm(smolvm_ctx *ctx, const smolvm_vm_row *row, smolvm_error **err)
+{
+    int r;
+
+    smolvm_vm_kill_vmm(row);
+    if (row_is_nat(row))
+        smolvm_vm_net_down(ctx, row->id);
+    if ((r = smolvm_rm_rf(row->dir, err)) < 0 ||
+        (r = smolvm_store_vm_delete(ctx->store, row->id, err)) < 0)
+        return r;
+    (void)smolvm_store_event(ctx->store, row->id, "delete",
+                             row->owner_pid ? "its owner process exited" : "its ttl passed", NULL);
+    return 0;
 }
 
 int smolvm_vm_reconcile_row(int *changed, smolvm_ctx *ctx, const smolvm_vm_row *seen,
@@ -147,8 +200,9 @@ int smolvm_vm_reconcile_row(int *changed, smolvm_ctx *ctx, const smolvm_vm_row *
     switch (action) {
     case SMOLVM_RECONCILE_NONE: return 0;
     case SMOLVM_RECONCILE_DIED:
+        smolvm_vm_reap_supervisor(row, smolvm_now_ms() + KILL_TIMEOUT_MS);
         tail = smolvm_vm_console_tail(row->dir);
-        if (tail && strstr(tail, "smolvm: poweroff")) {
+        if (guest_powered_off(row->dir)) {
             r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped", "the guest powered off",
                                            err);
         } else {
@@ -169,15 +223,24 @@ int smolvm_vm_reconcile_row(int *changed, smolvm_ctx *ctx, const smolvm_vm_row *
         r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped", NULL, err);
         break;
     case SMOLVM_RECONCILE_KILL_ORPHAN: smolvm_vm_kill_vmm(row); break;
+    case SMOLVM_RECONCILE_END:
+        if ((r = end_vm(ctx, row, err)) == 0 && changed)
+            *changed = 1;
+        return r;
     }
     if (r == 0)
         r = smolvm_store_vm_set_pid(ctx->store, row->id, 0, 0, err);
+    if (r == 0)
+        r = smolvm_store_vm_set_supervisor(ctx->store, row->id, 0, 0, err);
     if (r == 0 && row_is_nat(row))
         smolvm_vm_net_down(ctx, row->id);
     if (r == 0) {
         (void)smolvm_store_event(ctx->store, row->id, "reconcile", row->status, NULL);
         if (changed)
             *changed = 1;
+        /* Stopped now, and nobody wants it any more. */
+        if (lifetime_over(row))
+            r = end_vm(ctx, row, err);
     }
     return r;
 }

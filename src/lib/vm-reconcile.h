@@ -26,8 +26,11 @@ int smolvm_vm_lock(int *fd, const char *dir, const char *id, const char *what, i
 
 /* Is the row's VMM alive? The recorded pid + start time, then the VMM's own pidfile. */
 bool smolvm_vm_vmm_alive(const smolvm_vm_row *row, pid_t *pid, uint64_t *start);
-/* Kill the row's VMM if it is alive (bounded wait). */
+/* Kill the row's VMM if it is alive (bounded wait), and its supervisor. */
 void smolvm_vm_kill_vmm(const smolvm_vm_row *row);
+/* Wait (until deadline) for the row's supervisor to exit, then kill it. Never the
+ * calling process. */
+void smolvm_vm_reap_supervisor(const smolvm_vm_row *row, int64_t deadline);
 /* The last lines of the VM's console log, "|"-joined, "" when there are none. Caller
  * frees. */
 char *smolvm_vm_console_tail(const char *dir);
@@ -36,8 +39,10 @@ typedef enum smolvm_reconcile_action {
     SMOLVM_RECONCILE_NONE,         /* the row matches reality */
     SMOLVM_RECONCILE_DIED,         /* "running" with no VMM: stopped or error */
     SMOLVM_RECONCILE_FINISH_START, /* "starting", its controller gone: kill, error */
-    SMOLVM_RECONCILE_FINISH_STOP,  /* "stopping", its controller gone: kill, stopped */
-    SMOLVM_RECONCILE_KILL_ORPHAN,  /* not running, yet a VMM (or a recorded pid) exists */
+    SMOLVM_RECONCILE_FINISH_STOP,
+    /* "stopping", its controller gone: kill, stopped */
+    SMOLVM_RECONCILE_KILL_ORPHAN, /* not running, yet a VMM (or a recorded pid) exists */
+    SMOLVM_RECONCILE_END,         /* not running, its owner gone or its ttl passed: delete */
 } smolvm_reconcile_action;
 
 /* What a row needs: status as stored, whether its VMM is alive, whether a pid is

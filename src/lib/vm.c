@@ -19,7 +19,7 @@ int smolvm_vm_alloc(smolvm_vm **out, smolvm_ctx *ctx, const char *id, smolvm_err
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     }
     vm->ctx = ctx;
-    vm->start.lock = vm->start.ctl = -1;
+    vm->start.lock = -1;
     *out = vm;
     return 0;
 }
@@ -79,11 +79,10 @@ smolvm_vm *smolvm_vm_free(smolvm_vm *vm)
     /* A start begun and never finished: releasing the lock with the VM still
      * "starting" lets the next reconcile finish the job (kill the VMM, mark it error),
      * exactly as for a dead controller. */
-    if (vm->start.ctl >= 0)
-        (void)close(vm->start.ctl);
     if (vm->start.lock >= 0)
         (void)close(vm->start.lock);
     smolvm_ssh_free(vm->ssh);
+    smolvm_agent_free(vm->agent);
     smolvm_vm_row_free(vm->row);
     smolvm_vm_config_free(vm->cfg);
     free(vm->id);

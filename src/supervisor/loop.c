@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* The supervisor's event loop (loop.h): epoll + a sorted list of one-shot timers. */
-#define _GNU_SOURCE
 #include "loop.h"
 
 #include <errno.h>

@@ -235,7 +235,7 @@ static void stop_vm(const char *dir, running *r)
 
     if (fc->poweroff(dir, smolvm_now_ms() + 3000, &err) < 0)
         fail_msg("poweroff: %s", smolvm_error_message(err));
-    assert_int_equal(smolvm_proc_wait_exit((pid_t)r->pid, r->start, smolvm_now_ms() + 5000, NULL),
+    assert_int_equal(smolvm_pid_wait_exit((pid_t)r->pid, r->start, smolvm_now_ms() + 5000, NULL),
                      0);
     if (r->ctl >= 0)
         (void)close(r->ctl);
@@ -612,7 +612,7 @@ static void test_boot_errors(void **state)
     err = smolvm_error_free(err);
     if (r.ctl >= 0)
         (void)close(r.ctl);
-    (void)smolvm_proc_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 2000, NULL);
+    (void)smolvm_pid_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 2000, NULL);
 
     /* The guest ignores Ctrl-Alt-Del: poweroff is delivered, the VMM stays; quit ends
      * it (the caller's fallback after its poweroff deadline). */
@@ -620,10 +620,10 @@ static void test_boot_errors(void **state)
     (void)setenv("FAKE_FC_IGNORE_CAD", "1", 1);
     start_vm(&c, &r);
     assert_int_equal(fc->poweroff(dir, smolvm_now_ms() + 3000, &err), 0);
-    assert_int_equal(smolvm_proc_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 300, NULL),
+    assert_int_equal(smolvm_pid_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 300, NULL),
                      SMOLVM_ETIMEDOUT);
     assert_int_equal(fc->quit(dir, smolvm_now_ms() + 3000, &err), 0);
-    assert_false(smolvm_proc_alive((pid_t)r.pid, r.start));
+    assert_false(smolvm_pid_alive((pid_t)r.pid, r.start));
     if (r.ctl >= 0)
         (void)close(r.ctl);
 
@@ -689,7 +689,7 @@ static void test_contract_checks(void **state)
 
     (void)state;
     assert_int_equal(smolvm_spawn_detached(argv, log, -1, &pid, &err), 0);
-    assert_int_equal(smolvm_proc_start_time(pid, &start, NULL), 0);
+    assert_int_equal(smolvm_pid_start_time(pid, &start, NULL), 0);
     while (access(sock, F_OK) < 0 && smolvm_now_ms() < dl) {
         struct timespec ts = {0, 5000000};
 
@@ -746,7 +746,7 @@ static void test_contract_checks(void **state)
         free(v);
     }
     assert_int_equal(smolvm_fc_action(api, "SendCtrlAltDel", dl, &err), 0);
-    assert_int_equal(smolvm_proc_wait_exit(pid, start, smolvm_now_ms() + 5000, NULL), 0);
+    assert_int_equal(smolvm_pid_wait_exit(pid, start, smolvm_now_ms() + 5000, NULL), 0);
     /* No VMM: the client says so instead of hanging. */
     assert_int_equal(smolvm_fc_version(api, &(char *){NULL}, smolvm_now_ms() + 1000, &err),
                      SMOLVM_ESTATE);
@@ -830,7 +830,7 @@ static void test_jailer_lifecycle(void **state)
     (void)setenv(SMOLVM_FC_JAILER_CGROUP_ENV, "smolvm", 1);
     start_vm(&c, &r);
     assert_string_equal(instance_state(dir), "Running"); /* through <dir>/fc.sock */
-    assert_true(smolvm_proc_find_vmm(dir, SMOLVM_VMM_PIDFILE, &pid, &start));
+    assert_true(smolvm_pid_find_vmm(dir, SMOLVM_VMM_PIDFILE, &pid, &start));
     assert_int_equal(pid, (pid_t)r.pid);
     assert_true(file_contains(dir, SMOLVM_VMM_CONSOLE_LOG, "smolvm: ready "));
 
@@ -881,7 +881,7 @@ static void test_jailer_lifecycle(void **state)
     /* Started again: a fresh jail; quit removes it. */
     start_vm(&c, &r);
     assert_int_equal(fc->poweroff(dir, smolvm_now_ms() + 3000, &err), 0);
-    (void)smolvm_proc_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 5000, NULL);
+    (void)smolvm_pid_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 5000, NULL);
     if (r.ctl >= 0)
         (void)close(r.ctl);
     start_vm(&c, &r);
@@ -998,7 +998,7 @@ static void test_jailer_errors(void **state)
         assert_err_contains(err, "is not readable by the jail's uid 65534");
         err = smolvm_error_free(err);
         assert_int_equal(access(jail, F_OK), -1);
-        assert_false(smolvm_proc_find_vmm(dir, SMOLVM_VMM_PIDFILE, &(pid_t){0}, &(uint64_t){0}));
+        assert_false(smolvm_pid_find_vmm(dir, SMOLVM_VMM_PIDFILE, &(pid_t){0}, &(uint64_t){0}));
         c.kernel = kernel;
         free(k);
 

@@ -58,29 +58,29 @@ static void test_spawn_alive_kill(void **state)
     int64_t t0;
 
     (void)state;
-    assert_int_equal(smolvm_proc_start_time(pid, &start, &err), 0);
+    assert_int_equal(smolvm_pid_start_time(pid, &start, &err), 0);
     assert_true(start > 0);
-    assert_true(smolvm_proc_alive(pid, start));
+    assert_true(smolvm_pid_alive(pid, start));
     /* The same pid with another start time is a reused pid: not our process. */
-    assert_false(smolvm_proc_alive(pid, start + 1));
+    assert_false(smolvm_pid_alive(pid, start + 1));
     /* Detached: its own session, not our child. */
     assert_int_not_equal(getsid(pid), getsid(0));
     assert_int_equal(waitpid(pid, NULL, WNOHANG), -1);
     assert_int_equal(errno, ECHILD);
 
     t0 = smolvm_now_ms();
-    assert_int_equal(smolvm_proc_wait_exit(pid, start, smolvm_now_ms() + 200, &err),
+    assert_int_equal(smolvm_pid_wait_exit(pid, start, smolvm_now_ms() + 200, &err),
                      SMOLVM_ETIMEDOUT);
     assert_true(smolvm_now_ms() - t0 >= 190);
     err = smolvm_error_free(err);
 
     /* A wrong start time must neither be killed nor waited for. */
-    assert_int_equal(smolvm_proc_kill(pid, start + 1, smolvm_now_ms() + 1000, &err), 0);
-    assert_true(smolvm_proc_alive(pid, start));
+    assert_int_equal(smolvm_pid_kill(pid, start + 1, smolvm_now_ms() + 1000, &err), 0);
+    assert_true(smolvm_pid_alive(pid, start));
 
-    assert_int_equal(smolvm_proc_kill(pid, start, smolvm_now_ms() + 5000, &err), 0);
-    assert_false(smolvm_proc_alive(pid, start));
-    assert_int_equal(smolvm_proc_wait_exit(pid, start, smolvm_now_ms() + 1000, &err), 0);
+    assert_int_equal(smolvm_pid_kill(pid, start, smolvm_now_ms() + 5000, &err), 0);
+    assert_false(smolvm_pid_alive(pid, start));
+    assert_int_equal(smolvm_pid_wait_exit(pid, start, smolvm_now_ms() + 1000, &err), 0);
 }
 
 static void test_wait_exit_success_and_log(void **state)
@@ -93,9 +93,9 @@ static void test_wait_exit_success_and_log(void **state)
     struct stat st;
 
     (void)state;
-    assert_int_equal(smolvm_proc_start_time(pid, &start, &err), 0);
-    assert_int_equal(smolvm_proc_wait_exit(pid, start, smolvm_now_ms() + 5000, &err), 0);
-    assert_false(smolvm_proc_alive(pid, start));
+    assert_int_equal(smolvm_pid_start_time(pid, &start, &err), 0);
+    assert_int_equal(smolvm_pid_wait_exit(pid, start, smolvm_now_ms() + 5000, &err), 0);
+    assert_false(smolvm_pid_alive(pid, start));
     assert_int_equal(smolvm_read_file(log_path, 4096, &text, NULL, &err), 0);
     assert_non_null(strstr(text, "to-stdout\n"));
     assert_non_null(strstr(text, "to-stderr\n"));
@@ -158,12 +158,12 @@ static void test_start_time_weird_comm(void **state)
     (void)snprintf(link, sizeof(link), "%s/a) b (c) 1 2", tmpdir);
     assert_int_equal(symlink("/bin/sleep", link), 0);
     pid = spawn_ok(argv, -1);
-    assert_int_equal(smolvm_proc_start_time(pid, &start, &err), 0);
-    assert_int_equal(smolvm_proc_start_time(getpid(), &mine, &err), 0);
+    assert_int_equal(smolvm_pid_start_time(pid, &start, &err), 0);
+    assert_int_equal(smolvm_pid_start_time(getpid(), &mine, &err), 0);
     assert_true(start >= mine);
-    assert_true(smolvm_proc_alive(pid, start));
-    assert_int_equal(smolvm_proc_kill(pid, start, smolvm_now_ms() + 5000, &err), 0);
-    assert_false(smolvm_proc_alive(pid, start));
+    assert_true(smolvm_pid_alive(pid, start));
+    assert_int_equal(smolvm_pid_kill(pid, start, smolvm_now_ms() + 5000, &err), 0);
+    assert_false(smolvm_pid_alive(pid, start));
 }
 
 static void test_missing_pid(void **state)
@@ -172,14 +172,14 @@ static void test_missing_pid(void **state)
     uint64_t start;
 
     (void)state;
-    assert_int_equal(smolvm_proc_start_time(-1, &start, &err), SMOLVM_EINVAL);
+    assert_int_equal(smolvm_pid_start_time(-1, &start, &err), SMOLVM_EINVAL);
     err = smolvm_error_free(err);
     /* pid_max is at most 2^22: this one cannot exist. */
-    assert_int_equal(smolvm_proc_start_time(1 << 23, &start, &err), SMOLVM_ENOENT);
+    assert_int_equal(smolvm_pid_start_time(1 << 23, &start, &err), SMOLVM_ENOENT);
     err = smolvm_error_free(err);
-    assert_false(smolvm_proc_alive(1 << 23, 1));
-    assert_int_equal(smolvm_proc_wait_exit(1 << 23, 1, smolvm_now_ms() + 10, &err), 0);
-    assert_int_equal(smolvm_proc_kill(1 << 23, 1, smolvm_now_ms() + 10, &err), 0);
+    assert_false(smolvm_pid_alive(1 << 23, 1));
+    assert_int_equal(smolvm_pid_wait_exit(1 << 23, 1, smolvm_now_ms() + 10, &err), 0);
+    assert_int_equal(smolvm_pid_kill(1 << 23, 1, smolvm_now_ms() + 10, &err), 0);
 }
 
 int main(void)

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -189,6 +190,77 @@ static int read_banner(int port, char *buf, size_t len, int64_t deadline)
     return 0;
 }
 
+/* The guest's channels as a supervisor holds them: our ends, and the VMM's ends that
+ * go into the config (closed once the VMM has them). */
+typedef struct chans {
+    int console_rd, ctl, agent;
+    int vmm_console, vmm_ctl, vmm_agent;
+} chans;
+
+static void chans_open(chans *ch, smolvm_vmm_config *c)
+{
+    int p[2], s1[2], s2[2];
+
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s1), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s2), 0);
+    *ch = (chans){p[0], s1[0], s2[0], p[1], s1[1], s2[1]};
+    c->console_fd = p[1];
+    c->ctl_fd = s1[1];
+    c->agent_fd = s2[1];
+}
+
+static void chans_vmm_has_them(chans *ch)
+{
+    (void)close(ch->vmm_console);
+    (void)close(ch->vmm_ctl);
+    (void)close(ch->vmm_agent);
+    ch->vmm_console = ch->vmm_ctl = ch->vmm_agent = -1;
+}
+
+static void chans_close(chans *ch)
+{
+    int *fds[] = {&ch->console_rd,  &ch->ctl,     &ch->agent,
+                  &ch->vmm_console, &ch->vmm_ctl, &ch->vmm_agent};
+
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+        if (*fds[i] >= 0) {
+            (void)close(*fds[i]);
+            *fds[i] = -1;
+        }
+}
+
+/* The next line on hvc0 starting with prefix, within the deadline (0), else -1. */
+static int ctl_line(int fd, const char *prefix, char *out, size_t size, int64_t deadline)
+{
+    char buf[4096];
+    size_t len = 0;
+
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char *nl;
+        ssize_t n;
+
+        while ((nl = memchr(buf, '\n', len))) {
+            *nl = '\0';
+            if (strncmp(buf, prefix, strlen(prefix)) == 0) {
+                (void)snprintf(out, size, "%s", buf);
+                return 0;
+            }
+            len -= (size_t)(nl + 1 - buf);
+            memmove(buf, nl + 1, len);
+        }
+        if (len == sizeof(buf))
+            len = 0;
+        if (poll(&p, 1, smolvm_remaining_ms(deadline)) != 1)
+            return -1;
+        n = read(fd, buf + len, sizeof(buf) - len);
+        if (n <= 0)
+            return -1;
+        len += (size_t)n;
+    }
+}
+
 static void base_config(smolvm_vmm_config *c, const char *dir, const char *kernel, const char *disk,
                         const char *cmdline)
 {
@@ -203,6 +275,9 @@ static void base_config(smolvm_vmm_config *c, const char *dir, const char *kerne
         .memory_mib = 256,
         .accel = SMOLVM_ACCEL_TCG,
         .network = SMOLVM_NET_NONE,
+        .console_fd = -1,
+        .ctl_fd = -1,
+        .agent_fd = -1,
     };
 }
 
@@ -225,7 +300,7 @@ static void test_missing_kernel(void **state)
     _cleanup_free_ char *qmp = path_in(dir, "qmp.sock");
     smolvm_vmm_config c;
     smolvm_error *err = NULL;
-    int ctl = -1;
+    chans ch;
     int64_t pid = 0;
     uint64_t start = 0;
     int r;
@@ -235,14 +310,14 @@ static void test_missing_kernel(void **state)
         skip();
     assert_int_equal(sh("truncate -s 1M '%s'", disk), 0);
     base_config(&c, dir, "/nonexistent/smolvm/vmlinux", disk, "console=ttyS0");
-    r = smolvm_vmm_qemu.spawn(&c, &ctl, &pid, &start, smolvm_now_ms() + 20000, &err);
+    chans_open(&ch, &c);
+    r = smolvm_vmm_qemu.spawn(&c, &pid, &start, smolvm_now_ms() + 20000, &err);
     assert_int_equal(r, SMOLVM_EVMM);
     /* QEMU's own complaint, quoting the path. */
     assert_non_null(strstr(smolvm_error_message(err), "/nonexistent/smolvm/vmlinux"));
     assert_non_null(strstr(smolvm_error_message(err), "qemu"));
     print_message("# error: %s\n", smolvm_error_message(err));
     err = smolvm_error_free(err);
-    assert_int_equal(ctl, -1);
     assert_int_equal(pid, 0);
     assert_false(qemu_running_in(dir));
     assert_int_not_equal(access(pidfile, F_OK), 0);
@@ -251,11 +326,15 @@ static void test_missing_kernel(void **state)
     /* A missing disk is reported the same way. */
     base_config(&c, dir, "/bin/sh", "/nonexistent/smolvm/disk.qcow2", "console=ttyS0");
     c.disk_format = "qcow2";
-    assert_int_equal(smolvm_vmm_qemu.spawn(&c, &ctl, &pid, &start, smolvm_now_ms() + 20000, &err),
+    c.console_fd = ch.vmm_console;
+    c.ctl_fd = ch.vmm_ctl;
+    c.agent_fd = ch.vmm_agent;
+    assert_int_equal(smolvm_vmm_qemu.spawn(&c, &pid, &start, smolvm_now_ms() + 20000, &err),
                      SMOLVM_EVMM);
     assert_non_null(strstr(smolvm_error_message(err), "/nonexistent/smolvm/disk.qcow2"));
     err = smolvm_error_free(err);
     assert_false(qemu_running_in(dir));
+    chans_close(&ch);
 }
 
 static void test_bad_config(void **state)
@@ -263,21 +342,31 @@ static void test_bad_config(void **state)
     smolvm_vmm_config c;
     smolvm_vmm_hostfwd fwd = {"127.0.0.1,hostfwd=tcp::1-:2", 8080, 80};
     smolvm_error *err = NULL;
-    int ctl = -1;
     int64_t pid = 0;
     uint64_t start = 0;
+    chans ch;
 
     (void)state;
     base_config(&c, tmpdir, "/k", "/d", "x");
+    chans_open(&ch, &c);
     c.memory_mib = 1;
-    assert_int_equal(smolvm_vmm_qemu.spawn(&c, &ctl, &pid, &start, smolvm_now_ms() + 1000, &err),
+    assert_int_equal(smolvm_vmm_qemu.spawn(&c, &pid, &start, smolvm_now_ms() + 1000, &err),
                      SMOLVM_EINVAL);
     err = smolvm_error_free(err);
+    /* Without its channels a VMM is not started. */
     base_config(&c, tmpdir, "/k", "/d", "x");
+    assert_int_equal(smolvm_vmm_qemu.spawn(&c, &pid, &start, smolvm_now_ms() + 1000, &err),
+                     SMOLVM_EINVAL);
+    assert_non_null(strstr(smolvm_error_message(err), "channels are required"));
+    err = smolvm_error_free(err);
+    base_config(&c, tmpdir, "/k", "/d", "x");
+    c.console_fd = ch.vmm_console;
+    c.ctl_fd = ch.vmm_ctl;
+    c.agent_fd = ch.vmm_agent;
     c.network = SMOLVM_NET_USER;
     c.hostfwds = &fwd;
     c.n_hostfwds = 1;
-    assert_int_equal(smolvm_vmm_qemu.spawn(&c, &ctl, &pid, &start, smolvm_now_ms() + 1000, &err),
+    assert_int_equal(smolvm_vmm_qemu.spawn(&c, &pid, &start, smolvm_now_ms() + 1000, &err),
                      SMOLVM_EINVAL);
     assert_non_null(strstr(smolvm_error_message(err), "'127.0.0.1,hostfwd=tcp::1-:2'"));
     err = smolvm_error_free(err);
@@ -287,6 +376,7 @@ static void test_bad_config(void **state)
     /* Nothing runs in tmpdir. */
     assert_int_equal(smolvm_vmm_qemu.pause(tmpdir, smolvm_now_ms() + 1000, &err), SMOLVM_ESTATE);
     err = smolvm_error_free(err);
+    chans_close(&ch);
 }
 
 static const char *status_of(const char *dir)
@@ -346,24 +436,29 @@ static void test_runs_pause_forward_quit(void **state)
     c.mac = "52:54:00:12:34:56";
 
     for (i = 0; i < 5; i++) {
-        int ctl = -1, ctl2 = -1;
         int64_t pid = 0, pid2 = 0, t0;
         uint64_t start = 0, start2 = 0;
+        chans ch;
 
+        chans_open(&ch, &c);
         t0 = smolvm_now_ms();
-        if (smolvm_vmm_qemu.spawn(&c, &ctl, &pid, &start, t0 + 20000, &err) < 0)
+        if (smolvm_vmm_qemu.spawn(&c, &pid, &start, t0 + 20000, &err) < 0)
             fail_msg("spawn: %s", smolvm_error_message(err));
         times[i] = smolvm_now_ms() - t0;
-        assert_true(ctl >= 0);
-        assert_true(smolvm_proc_alive((pid_t)pid, start));
+        chans_vmm_has_them(&ch);
+        assert_true(smolvm_pid_alive((pid_t)pid, start));
         assert_int_equal(access(pidfile, F_OK), 0);
         assert_string_equal(status_of(dir), "running");
 
         if (i == 0) {
             /* A second VMM in the same dir is refused before anything is touched. */
+            chans ch2;
+
+            chans_open(&ch2, &c);
             assert_int_equal(
-                smolvm_vmm_qemu.spawn(&c, &ctl2, &pid2, &start2, smolvm_now_ms() + 5000, &err),
+                smolvm_vmm_qemu.spawn(&c, &pid2, &start2, smolvm_now_ms() + 5000, &err),
                 SMOLVM_EEXIST);
+            chans_close(&ch2);
             err = smolvm_error_free(err);
             assert_string_equal(status_of(dir), "running");
 
@@ -387,10 +482,11 @@ static void test_runs_pause_forward_quit(void **state)
             err = smolvm_error_free(err);
         }
 
-        (void)close(ctl);
         if (smolvm_vmm_qemu.quit(dir, smolvm_now_ms() + 5000, &err) < 0)
             fail_msg("quit: %s", smolvm_error_message(err));
-        assert_false(smolvm_proc_alive((pid_t)pid, start));
+        assert_false(smolvm_pid_alive((pid_t)pid, start));
+        assert_int_equal(waitpid((pid_t)pid, NULL, 0), (pid_t)pid); /* our child */
+        chans_close(&ch);
         assert_int_not_equal(access(pidfile, F_OK), 0);
         assert_int_equal(smolvm_vmm_qemu.quit(dir, smolvm_now_ms() + 1000, &err), SMOLVM_ESTATE);
         err = smolvm_error_free(err);
@@ -411,11 +507,11 @@ static void test_boot_ready_poweroff(void **state)
     smolvm_vmm_hostfwd fwds[1] = {{"127.0.0.1", 0, 22}};
     smolvm_vmm_config c;
     smolvm_error *err = NULL;
-    int ctl = -1;
-    int64_t pid = 0, uptime = 0, t0, t_spawn, t_ready;
+    int64_t pid = 0, t0, t_spawn, t_ready;
     uint64_t start = 0;
     unsigned long khz = tsc_khz();
-    char banner[128];
+    char banner[128], line[256];
+    chans ch;
 
     (void)state;
     if (!have_qemu || !have_rootfs) {
@@ -449,25 +545,29 @@ static void test_boot_ready_poweroff(void **state)
     c.hostfwds = fwds;
     c.n_hostfwds = 1;
 
+    chans_open(&ch, &c);
     t0 = smolvm_now_ms();
-    if (smolvm_vmm_qemu.spawn(&c, &ctl, &pid, &start, t0 + 20000, &err) < 0)
+    if (smolvm_vmm_qemu.spawn(&c, &pid, &start, t0 + 20000, &err) < 0)
         fail_msg("spawn: %s", smolvm_error_message(err));
     t_spawn = smolvm_now_ms() - t0;
-    if (smolvm_vmm_wait_ready(NULL, ctl, t0 + 90000, &uptime, &err) < 0)
-        fail_msg("wait_ready: %s", smolvm_error_message(err));
+    chans_vmm_has_them(&ch);
+    if (ctl_line(ch.ctl, "smolvm-ready ", line, sizeof(line), t0 + 90000) < 0)
+        fail_msg("no 'smolvm-ready' on hvc0");
     t_ready = smolvm_now_ms() - t0;
-    print_message("# spawn %lld ms, ready %lld ms (guest uptime %lld ms)\n", (long long)t_spawn,
-                  (long long)t_ready, (long long)uptime);
+    print_message("# spawn %lld ms, ready %lld ms (%s)\n", (long long)t_spawn, (long long)t_ready,
+                  line);
     assert_int_equal(
         read_banner(fwds[0].host_port, banner, sizeof(banner), smolvm_now_ms() + 10000), 0);
     assert_memory_equal(banner, "SSH-2.0-", 8);
 
-    /* The channel serves one client: the spawner lets go so poweroff can get through. */
-    (void)close(ctl);
-    if (smolvm_vmm_request_poweroff(dir, smolvm_now_ms() + 20000, &err) < 0)
-        fail_msg("poweroff: %s", smolvm_error_message(err));
-    assert_int_equal(smolvm_proc_wait_exit((pid_t)pid, start, smolvm_now_ms() + 20000, &err), 0);
+    /* Power off through hvc0, as a supervisor asks a guest without an agent. */
+    assert_int_equal(write(ch.ctl, "poweroff\n", 9), 9);
+    assert_int_equal(
+        ctl_line(ch.ctl, "smolvm-poweroff", line, sizeof(line), smolvm_now_ms() + 20000), 0);
+    assert_int_equal(smolvm_pid_wait_exit((pid_t)pid, start, smolvm_now_ms() + 20000, &err), 0);
+    assert_int_equal(waitpid((pid_t)pid, NULL, 0), (pid_t)pid);
     assert_false(qemu_running_in(dir));
+    chans_close(&ch);
 }
 
 int main(void)

@@ -207,8 +207,8 @@ static void test_json_round_trip(void **state)
     smolvm_vm_options o = SMOLVM_VM_OPTIONS_INIT, checked;
     const char *env[] = {"A=1", "B=two words", NULL};
     smolvm_forward fw[1] = {{"0.0.0.0", 8080, 80}};
-    smolvm_vm_placement w = {"/s/vms/x",       "default",     "/i/vmlinux",
-                             "/i/rootfs.ext4", "10.9.0.0/16", "10.0.2.15"};
+    smolvm_vm_placement w = {"/s/vms/x",    "default",   "/i/vmlinux", "/i/rootfs.ext4",
+                             "10.9.0.0/16", "10.0.2.15", false};
     smolvm_vm_config *c = NULL, *back = NULL;
     char *text = NULL, *text2 = NULL;
 

@@ -17,12 +17,14 @@
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 
 #include "context.h"
 #include "error.h"
 #include "tool.h"
 #include "host.h"
 #include "proc.h"
+#include "agent-proto.h"
 #include "vmm/fc-api.h"
 #include "vmm/fc-binary.h"
 #include "vmm/fc-jailer.h"
@@ -31,6 +33,9 @@
 
 #define FC_API_SOCK "fc.sock"
 #define FC_METRICS "fc-metrics.json"
+#define FC_GUEST_CID 3 /* the first CID a guest may have (0-2 are reserved) */
+#define FC_VSOCK_NAME "vsock.sock"
+#define FC_AGENT_PORT_TEXT "1024" /* SMOLVM_AGENT_VSOCK_PORT, for names built at compile time */
 #define CLEANUP_KILL_MS 3000
 #define LINE_MAX_BYTES 512
 #define SOCKET_CONNECT_TRIES 50 /* bind() to listen() gap only: microseconds */
@@ -167,7 +172,7 @@ static int create_overlay(const char *path, unsigned mib, int64_t deadline, smol
  * names the dir). */
 static int find_vmm(const char *dir, pid_t *pid, uint64_t *start)
 {
-    return smolvm_proc_find_vmm(dir, SMOLVM_VMM_PIDFILE, pid, start);
+    return smolvm_pid_find_vmm(dir, SMOLVM_VMM_PIDFILE, pid, start);
 }
 
 static void remove_runtime_files(const char *dir)
@@ -202,11 +207,11 @@ static int touch(const char *path, smolvm_error **err)
     return 0;
 }
 
-/* The last lines of console.log (where firecracker's own complaints land before its
- * logger is configured), "|"-joined. */
+/* The last lines of vmm.log (firecracker's stderr, where its own complaints land
+ * before its logger is configured), "|"-joined. */
 static char *console_tail(const char *dir)
 {
-    _cleanup_free_ char *path = smolvm_vmm_path(dir, SMOLVM_VMM_CONSOLE_LOG);
+    _cleanup_free_ char *path = smolvm_vmm_path(dir, SMOLVM_VMM_STDERR_LOG);
 
     return path ? smolvm_file_tail(path, 0, 1023, 64, "|") : NULL;
 }
@@ -253,7 +258,7 @@ static int wait_socket(const char *dir, const char *sock, int ino, const launche
 
         if (stat(sock, &st) == 0 && S_ISSOCK(st.st_mode))
             return 0;
-        if (l->pidfd < 0 && !smolvm_proc_alive(l->pid, l->start))
+        if (l->pidfd < 0 && !smolvm_pid_alive(l->pid, l->start))
             return smolvm_err(err, SMOLVM_EVMM,
                               "firecracker exited before its api socket "
                               "was up");
@@ -284,7 +289,7 @@ static int wait_socket(const char *dir, const char *sock, int ino, const launche
 static int launch(const smolvm_vmm_config *cfg, int restoring, launched *l, int64_t deadline,
                   smolvm_error **err)
 {
-    _cleanup_free_ char *bin = NULL, *sock = NULL, *console = NULL, *pidfile = NULL,
+    _cleanup_free_ char *bin = NULL, *sock = NULL, *vmm_log = NULL, *pidfile = NULL,
                         *pidtext = NULL, *version = NULL, *watch = NULL, *jail_sock = NULL;
     _cleanup_close_ int ino = -1;
     char id[65];
@@ -304,9 +309,9 @@ static int launch(const smolvm_vmm_config *cfg, int restoring, launched *l, int6
                           "jailer: restoring a snapshot in a jail is not supported yet "
                           "(unset " SMOLVM_FC_JAILER_ENV ")");
     sock = smolvm_vmm_path(cfg->dir, FC_API_SOCK);
-    console = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_CONSOLE_LOG);
+    vmm_log = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_STDERR_LOG);
     pidfile = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_PIDFILE);
-    if (!sock || !console || !pidfile)
+    if (!sock || !vmm_log || !pidfile)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     /* Never pull the socket from under a VMM that still runs in this dir. */
     if (find_vmm(cfg->dir, &held, &held_start))
@@ -314,12 +319,12 @@ static int launch(const smolvm_vmm_config *cfg, int restoring, launched *l, int6
                           (long)held, cfg->dir);
     remove_runtime_files(cfg->dir);
     smolvm_fc_jail_remove(cfg->dir);
-    /* The serial console of this boot, from its first byte. */
-    if ((r = touch(console, err)) < 0)
+    /* This boot's complaints, from the first byte. */
+    if ((r = touch(vmm_log, err)) < 0)
         return r;
     if (l->jail.jailer) {
         /* Jailed firecracker binds <root><dir>/fc.sock, which it knows as <dir>/fc.sock:
-         * its command line names the dir, as smolvm_proc_find_vmm needs, and the
+         * its command line names the dir, as smolvm_pid_find_vmm needs, and the
          * socket is found through the link <dir>/fc.sock like an unjailed one. */
         l->jail_made = 1;
         if ((r = smolvm_fc_jail_prepare(&l->jail, cfg->dir, err)) < 0)
@@ -344,31 +349,33 @@ static int launch(const smolvm_vmm_config *cfg, int restoring, launched *l, int6
         return smolvm_err_errno(err, errno, "inotify_add_watch '%s'", watch);
 
     instance_id(cfg->vm_id, id);
-    if (l->jail.jailer) {
-        /* The jailer's own complaints and then the serial console go to console.log. */
-        char **argv = smolvm_fc_jail_argv(&l->jail, sock);
+    {
+        /* stdout is the guest's serial console, into the supervisor's pipe; stderr (the
+         * jailer's complaints, then firecracker's until its logger is configured) goes
+         * to vmm.log. A child of the caller, dying with it. */
+        char *plain[] = {bin, "--api-sock", sock, "--id", id, NULL};
+        char **argv = l->jail.jailer ? smolvm_fc_jail_argv(&l->jail, sock) : plain;
+        smolvm_spawn_req req = {
+            .argv = argv,
+            .log_path = vmm_log,
+            .stdout_fd = cfg->console_fd,
+            .detached = false,
+        };
 
         if (!argv)
             return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-        r = smolvm_spawn_detached(argv, console, -1, &l->pid, err);
-        smolvm_fc_jail_argv_free(argv);
+        r = smolvm_spawn(&req, &l->pid, err);
+        if (l->jail.jailer)
+            smolvm_fc_jail_argv_free(argv);
         if (r < 0)
-            return smolvm_err_wrap(err, "spawn '%s'", l->jail.jailer);
-    } else {
-        /* stdout is the guest's serial console; stderr is firecracker's log until the
-         * logger is configured. Both go to console.log. */
-        char *argv[] = {bin, "--api-sock", sock, "--id", id, NULL};
-
-        r = smolvm_spawn_detached(argv, console, -1, &l->pid, err);
-        if (r < 0)
-            return smolvm_err_wrap(err, "spawn '%s'", bin);
+            return smolvm_err_wrap(err, "spawn '%s'", l->jail.jailer ? l->jail.jailer : bin);
     }
     pidtext = smolvm_strdupf("%ld\n", (long)l->pid);
     if (!pidtext)
         r = smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     if (r == 0)
         r = smolvm_write_file_atomic(pidfile, pidtext, strlen(pidtext), 0600, err);
-    if (r == 0 && smolvm_proc_start_time(l->pid, &l->start, NULL) < 0) {
+    if (r == 0 && smolvm_pid_start_time(l->pid, &l->start, NULL) < 0) {
         _cleanup_free_ char *tail = console_tail(cfg->dir);
 
         remove_runtime_files(cfg->dir);
@@ -378,7 +385,7 @@ static int launch(const smolvm_vmm_config *cfg, int restoring, launched *l, int6
         return r;
     /* Opened after the start time is known: checked once more, so it is our process. */
     l->pidfd = smolvm_pidfd_open(l->pid);
-    if (l->pidfd >= 0 && !smolvm_proc_alive(l->pid, l->start))
+    if (l->pidfd >= 0 && !smolvm_pid_alive(l->pid, l->start))
         return smolvm_err(err, SMOLVM_EVMM, "firecracker exited right after the spawn");
 
     if ((r = wait_socket(cfg->dir, sock, ino, l, deadline, err)) < 0)
@@ -430,7 +437,8 @@ static int fail_launched(const smolvm_vmm_config *cfg, launched *l, int r, smolv
         return r;
     }
     if (l->start)
-        (void)smolvm_proc_kill(l->pid, l->start, smolvm_now_ms() + CLEANUP_KILL_MS, NULL);
+        (void)smolvm_pid_kill(l->pid, l->start, smolvm_now_ms() + CLEANUP_KILL_MS, NULL);
+    (void)waitpid(l->pid, NULL, 0); /* our child: reaped here */
     launched_done(l);
     remove_runtime_files(cfg->dir);
     smolvm_fc_jail_remove(cfg->dir);
@@ -498,6 +506,28 @@ static int configure(const smolvm_vmm_config *c, const launched *l, int64_t dead
     if (c->network == SMOLVM_NET_NAT &&
         (r = smolvm_fc_put_network_interface(api, "eth0", c->tap_name, c->mac, deadline, err)) < 0)
         return r;
+    /* The agent's channel: guest-initiated connections to host port P come out at
+     * <uds>_P, where the supervisor listens. */
+    if (c->vsock_uds) {
+        _cleanup_free_ char *uds = NULL, *listener = NULL, *linked = NULL;
+
+        if (l->jail.jailer) {
+            /* Chrooted, firecracker connects to /vsock.sock_<port>: the supervisor's
+             * listening socket, hard-linked into the jail (a link to a socket's inode
+             * reaches the same listener) and given to the jail uid. */
+            listener = smolvm_strdupf("%s_%d", c->vsock_uds, SMOLVM_AGENT_VSOCK_PORT);
+            uds = strdup("/" FC_VSOCK_NAME);
+            if (!listener || !uds)
+                return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+            if ((r = smolvm_fc_jail_add(&l->jail, listener, FC_VSOCK_NAME "_" FC_AGENT_PORT_TEXT,
+                                        SMOLVM_FC_JAIL_RW_OWN, &linked, err)) < 0)
+                return r;
+        } else if (!(uds = strdup(c->vsock_uds))) {
+            return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+        }
+        if ((r = smolvm_fc_put_vsock(api, FC_GUEST_CID, uds, deadline, err)) < 0)
+            return r;
+    }
     /* Seeds the guest's entropy pool, so sshd's first getrandom() does not block. */
     return smolvm_fc_put_entropy(api, deadline, err);
 }
@@ -526,8 +556,8 @@ static int fc_available(int accel, smolvm_error **err)
     return 0;
 }
 
-static int fc_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pid,
-                    uint64_t *out_start, int64_t deadline, smolvm_error **err)
+static int fc_spawn(const smolvm_vmm_config *cfg, int64_t *out_pid, uint64_t *out_start,
+                    int64_t deadline, smolvm_error **err)
 {
     launched l;
     int r;
@@ -542,7 +572,6 @@ static int fc_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pid,
         r = smolvm_fc_action(l.api, "InstanceStart", deadline, err);
     if (r < 0)
         return fail_launched(cfg, &l, r, err);
-    *ctl_fd = TAKE_FD(l.pidfd);
     *out_pid = l.pid;
     *out_start = l.start;
     launched_done(&l);
@@ -550,8 +579,7 @@ static int fc_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pid,
 }
 
 static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path, const char *mem_path,
-                      int *ctl_fd, int64_t *out_pid, uint64_t *out_start, int64_t deadline,
-                      smolvm_error **err)
+                      int64_t *out_pid, uint64_t *out_start, int64_t deadline, smolvm_error **err)
 {
     _cleanup_free_ char *log = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_STDERR_LOG);
     launched l;
@@ -566,164 +594,10 @@ static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path, cons
         r = smolvm_fc_snapshot_load(l.api, state_path, mem_path, 1, deadline, err);
     if (r < 0)
         return fail_launched(cfg, &l, r, err);
-    *ctl_fd = TAKE_FD(l.pidfd);
     *out_pid = l.pid;
     *out_start = l.start;
     launched_done(&l);
     return 0;
-}
-
-typedef struct console_reader {
-    int fd;
-    char buf[LINE_MAX_BYTES];
-    size_t len;
-    int skipping;
-} console_reader;
-
-/* Next complete line of the console, without "\r\n". 1 when none is complete yet. */
-static int console_line(console_reader *cr, char *line)
-{
-    for (;;) {
-        char *nl = memchr(cr->buf, '\n', cr->len);
-        ssize_t n;
-
-        if (nl) {
-            size_t k = (size_t)(nl - cr->buf);
-            int skipped = cr->skipping;
-
-            memcpy(line, cr->buf, k);
-            line[k] = '\0';
-            while (k > 0 && line[k - 1] == '\r')
-                line[--k] = '\0';
-            cr->len -= (size_t)(nl + 1 - cr->buf);
-            memmove(cr->buf, nl + 1, cr->len);
-            cr->skipping = 0;
-            if (skipped)
-                continue;
-            return 0;
-        }
-        if (cr->len == sizeof(cr->buf)) {
-            cr->len = 0;
-            cr->skipping = 1;
-        }
-        n = read(cr->fd, cr->buf + cr->len, sizeof(cr->buf) - cr->len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return 1;
-        cr->len += (size_t)n;
-    }
-}
-
-/* What a console line means: 1 ready, -1 error (message in *err), 0 anything else. */
-static int console_event(struct smolvm_ctx *ctx, const char *line, int64_t *uptime, char *last,
-                         size_t last_len, smolvm_error **err)
-{
-    char stage[32];
-    int64_t ms;
-
-    if (sscanf(line, "smolvm: ready %" SCNd64, &ms) == 1) {
-        smolvm_log(ctx, SMOLVM_LOG_DEBUG, "guest ready at %" PRId64 " ms", ms);
-        if (uptime)
-            *uptime = ms;
-        return 1;
-    }
-    if (strncmp(line, "smolvm: error: ", 15) == 0) {
-        (void)smolvm_err(err, SMOLVM_EVMM, "the guest reported an error: %.200s", line + 15);
-        return -1;
-    }
-    if (strstr(line, "Kernel panic - not syncing")) {
-        (void)smolvm_err(err, SMOLVM_EVMM, "the guest kernel panicked: %.200s", line);
-        return -1;
-    }
-    if (sscanf(line, "smolvm: %31s %" SCNd64, stage, &ms) == 2) {
-        smolvm_log(ctx, SMOLVM_LOG_DEBUG, "guest boot: %s at %" PRId64 " ms", stage, ms);
-        (void)snprintf(last, last_len, "'%s' at %" PRId64 " ms", stage, ms);
-    }
-    return 0;
-}
-
-static int fc_wait_ready(struct smolvm_ctx *ctx, const char *dir, int ctl_fd, int64_t deadline,
-                         int64_t *uptime_ms, smolvm_error **err)
-{
-    _cleanup_free_ char *path = smolvm_vmm_path(dir, SMOLVM_VMM_CONSOLE_LOG);
-    _cleanup_close_ int ino = -1, fd = -1;
-    console_reader *cr = NULL;
-    char line[LINE_MAX_BYTES + 1], last[80] = "none", evbuf[4096];
-    pid_t pid = 0;
-    uint64_t start = 0;
-    int have_pid, dead = 0, r = 0;
-
-    if (!path)
-        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    have_pid = find_vmm(dir, &pid, &start);
-    /* Without a pidfd (kernel < 5.3, valgrind) the process is looked at instead; one
-     * that is already gone leaves only its console to read. */
-    dead = ctl_fd < 0 && !have_pid;
-    /* Watch first, then read from the start: no line can slip between the two. */
-    ino = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
-    if (ino < 0)
-        return smolvm_err_errno(err, errno, "inotify_init1");
-    if (inotify_add_watch(ino, path, IN_MODIFY) < 0)
-        return smolvm_err_errno(err, errno, "watch '%s'", path);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return smolvm_err_errno(err, errno, "open '%s'", path);
-    cr = calloc(1, sizeof(*cr));
-    if (!cr)
-        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    cr->fd = fd;
-
-    for (;;) {
-        struct pollfd p[2] = {{.fd = ino, .events = POLLIN}, {.fd = ctl_fd, .events = POLLIN}};
-        int w, timeout;
-
-        while (console_line(cr, line) == 0) {
-            int e = console_event(ctx, line, uptime_ms, last, sizeof(last), err);
-
-            if (e != 0) {
-                r = e > 0 ? 0 : SMOLVM_EVMM;
-                goto out;
-            }
-        }
-        if (dead) {
-            r = smolvm_err(err, SMOLVM_EVMM,
-                           "the vm stopped before it was ready (last milestone: %s; see "
-                           "'" SMOLVM_VMM_CONSOLE_LOG "')",
-                           last);
-            goto out;
-        }
-        timeout = smolvm_remaining_ms(deadline);
-        if (timeout == 0) {
-            r = smolvm_err(err, SMOLVM_ETIMEDOUT,
-                           "the guest was not ready in time (last milestone: %s)", last);
-            goto out;
-        }
-        if (ctl_fd < 0 && timeout > DEAD_CHECK_MS)
-            timeout = DEAD_CHECK_MS; /* no pidfd: look at the process now and then */
-        w = poll(p, ctl_fd >= 0 ? 2 : 1, timeout);
-        if (w < 0 && errno == EINTR) {
-            if (smolvm_interrupted()) {
-                r = smolvm_err(err, SMOLVM_EINTR, "interrupted while waiting for the guest");
-                goto out;
-            }
-            continue;
-        }
-        if (w < 0) {
-            r = smolvm_err_errno(err, errno, "poll");
-            goto out;
-        }
-        if (p[0].revents & POLLIN)
-            while (read(ino, evbuf, sizeof(evbuf)) > 0)
-                ;
-        /* Exited: read what it wrote last, then report. */
-        if ((ctl_fd >= 0 && (p[1].revents & (POLLIN | POLLHUP))) ||
-            (ctl_fd < 0 && have_pid && !smolvm_proc_alive(pid, start)))
-            dead = 1;
-    }
-out:
-    free(cr);
-    return r;
 }
 
 static int fc_simple(const char *dir, int paused, int64_t deadline, smolvm_error **err)
@@ -768,7 +642,7 @@ static int fc_quit(const char *dir, int64_t deadline, smolvm_error **err)
         return smolvm_err(err, SMOLVM_ESTATE, "no firecracker running in '%s'", dir);
     if (kill(pid, SIGTERM) < 0 && errno != ESRCH)
         return smolvm_err_errno(err, errno, "kill %ld", (long)pid);
-    if (smolvm_proc_wait_exit(pid, start, deadline, err) < 0)
+    if (smolvm_pid_wait_exit(pid, start, deadline, err) < 0)
         return SMOLVM_ETIMEDOUT;
     remove_runtime_files(dir);
     smolvm_fc_jail_remove(dir);
@@ -823,7 +697,6 @@ const smolvm_vmm_ops smolvm_vmm_firecracker = {
     .hostfwd_add = NULL, /* no user networking: forwards are nftables DNAT (network nat) */
     .hostfwd_remove = NULL,
     .describe = fc_describe,
-    .wait_ready = fc_wait_ready,
     .poweroff = fc_poweroff,
     .snapshot = fc_snapshot,
     .restore = fc_restore,

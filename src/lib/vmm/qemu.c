@@ -14,10 +14,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 
 #include "error.h"
 #include "proc.h"
 #include "sock.h"
+#include "agent-proto.h"
 #include "vmm/qmp.h"
 #include "vmm/vmm-internal.h"
 #include "vmm/vmm.h"
@@ -25,6 +27,7 @@
 #define QEMU_BINARY "qemu-system-x86_64"
 #define QMP_SOCK "qmp.sock"
 #define NETDEV_ID "n0"
+#define QEMU_CONSOLE_FDSET "1"
 #define LOG_TAIL_LINES 4
 #define LOG_TAIL_MAX 1024
 /* Killing a VMM that failed to start gets its own short deadline: the caller's may
@@ -140,6 +143,8 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
         return smolvm_err(err, SMOLVM_EINVAL, "vmm: accel must be resolved to kvm or tcg");
     if (strlen(c->cmdline) > 4096)
         return smolvm_err(err, SMOLVM_EINVAL, "vmm: kernel command line longer than 4096");
+    if (c->console_fd < 3 || c->ctl_fd < 3 || (c->agent_fd >= 0 && c->agent_fd < 3))
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: the console and control channels are required");
     switch (c->network) {
     case SMOLVM_NET_NONE: break;
     case SMOLVM_NET_USER:
@@ -170,10 +175,9 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, argv_buf *a, smolv
 {
     _cleanup_free_ char *disk = qemu_escape(c->disk);
     _cleanup_free_ char *config = c->config_disk ? qemu_escape(c->config_disk) : NULL;
-    _cleanup_free_ char *dir = qemu_escape(c->dir);
     size_t i;
 
-    if (!disk || !dir || (c->config_disk && !config))
+    if (!disk || (c->config_disk && !config))
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
 
     argv_push(a, QEMU_BINARY);
@@ -265,18 +269,29 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, argv_buf *a, smolv
     /* Seeds the guest's entropy pool, so sshd's first getrandom() does not block. */
     argv_push(a, "-device");
     argv_push(a, "virtio-rng-device");
-    /* Serial console to a file, rewritten at each boot. */
+    /* Serial console into the supervisor's pipe, which keeps console.log bounded. A
+     * file chardev takes the pipe through an fd set (append=on: a pipe cannot be
+     * truncated). */
+    argv_push(a, "-add-fd");
+    argv_pushf(a, "fd=%d,set=" QEMU_CONSOLE_FDSET, c->console_fd);
     argv_push(a, "-chardev");
-    argv_pushf(a, "file,id=console,path=%s/" SMOLVM_VMM_CONSOLE_LOG, dir);
+    argv_push(a, "file,id=console,path=/dev/fdset/" QEMU_CONSOLE_FDSET ",append=on");
     argv_push(a, "-serial");
     argv_push(a, "chardev:console");
-    /* The guest channel (docs/guest-protocol.md). */
+    /* The guest's channels (docs/guest-protocol.md, docs/agent-protocol.md): hvc0 and
+     * the agent port on one virtio-serial bus, each an already connected socket. */
     argv_push(a, "-device");
     argv_push(a, "virtio-serial-device");
     argv_push(a, "-chardev");
-    argv_pushf(a, "socket,id=ctl,path=%s/" SMOLVM_VMM_CTL_SOCK ",server=on,wait=off", dir);
+    argv_pushf(a, "socket,id=ctl,fd=%d", c->ctl_fd);
     argv_push(a, "-device");
     argv_push(a, "virtconsole,chardev=ctl");
+    if (c->agent_fd >= 0) {
+        argv_push(a, "-chardev");
+        argv_pushf(a, "socket,id=agent,fd=%d", c->agent_fd);
+        argv_push(a, "-device");
+        argv_push(a, "virtserialport,chardev=agent,name=" SMOLVM_AGENT_PORT_NAME);
+    }
     /* QMP on a socket we bound before the spawn: connecting cannot race its creation. */
     argv_push(a, "-chardev");
     argv_pushf(a, "socket,id=qmp,fd=%d,server=on,wait=off", qmp_fd);
@@ -333,7 +348,7 @@ static int read_pidfile(const char *dir, pid_t *pid, uint64_t *start)
     if (errno || end == text || v <= 0 || v > INT32_MAX)
         return -1;
     *pid = (pid_t)v;
-    return smolvm_proc_start_time(*pid, start, NULL);
+    return smolvm_pid_start_time(*pid, start, NULL);
 }
 
 /* Is a VMM holding the pidfile's lock (QEMU locks it for its lifetime)? */
@@ -383,45 +398,9 @@ static int qemu_available(int accel, smolvm_error **err)
     return 0;
 }
 
-/* Wait until QEMU has accepted our connection to the guest channel. A virtconsole
- * drops what the guest writes while its chardev has no client, so the guest CPUs
- * must not run before this. QEMU announces no event for it; its chardev's
- * filename loses the "disconnected:" prefix once accepted. Each query is a QMP round
- * trip through QEMU's main loop, where the accept happens: in practice the first or
- * second answer already shows it. */
-static int wait_ctl_accepted(smolvm_qmp *q, int64_t deadline, smolvm_error **err)
-{
-    int tries;
-
-    for (tries = 0; tries < 1000; tries++) {
-        json_t *ret = NULL, *dev;
-        size_t i;
-        int r, connected = -1;
-
-        r = smolvm_qmp_execute(q, "query-chardev", NULL, &ret, deadline, err);
-        if (r < 0)
-            return r;
-        json_array_foreach (ret, i, dev) {
-            const char *label = json_string_value(json_object_get(dev, "label"));
-            const char *file = json_string_value(json_object_get(dev, "filename"));
-
-            if (label && file && strcmp(label, "ctl") == 0)
-                connected = strncmp(file, "disconnected:", 13) != 0;
-        }
-        json_decref(ret);
-        if (connected < 0)
-            return smolvm_err(err, SMOLVM_EVMM, "qmp: no 'ctl' chardev");
-        if (connected)
-            return 0;
-        if (smolvm_remaining_ms(deadline) == 0)
-            break;
-    }
-    return smolvm_err(err, SMOLVM_ETIMEDOUT, "the vmm did not accept the guest channel");
-}
-
 static void remove_runtime_files(const char *dir)
 {
-    static const char *const names[] = {QMP_SOCK, SMOLVM_VMM_CTL_SOCK, SMOLVM_VMM_PIDFILE};
+    static const char *const names[] = {QMP_SOCK, SMOLVM_VMM_PIDFILE};
 
     smolvm_vmm_remove_files(dir, names, SMOLVM_ARRAY_SIZE(names));
 }
@@ -436,10 +415,11 @@ static int fail_started(const char *dir, const char *log_path, off_t log_offset,
     /* A closed QMP connection usually means QEMU is on its way out: give it a moment
      * to finish, so the error can be QEMU's own words. */
     if (r == SMOLVM_EVMM)
-        (void)smolvm_proc_wait_exit(pid, start, smolvm_now_ms() + 1000, NULL);
-    exited = !smolvm_proc_alive(pid, start);
+        (void)smolvm_pid_wait_exit(pid, start, smolvm_now_ms() + 1000, NULL);
+    exited = !smolvm_pid_alive(pid, start);
 
-    (void)smolvm_proc_kill(pid, start, smolvm_now_ms() + CLEANUP_KILL_MS, NULL);
+    (void)smolvm_pid_kill(pid, start, smolvm_now_ms() + CLEANUP_KILL_MS, NULL);
+    (void)waitpid(pid, NULL, 0); /* our child: reaped here, before anyone else looks */
     remove_runtime_files(dir);
     tail = log_tail(log_path, log_offset);
     if (exited && tail) {
@@ -456,33 +436,27 @@ static int fail_started(const char *dir, const char *log_path, off_t log_offset,
     return r;
 }
 
-static int qemu_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pid,
-                      uint64_t *out_start, int64_t deadline, smolvm_error **err)
+static int qemu_spawn(const smolvm_vmm_config *cfg, int64_t *out_pid, uint64_t *out_start,
+                      int64_t deadline, smolvm_error **err)
 {
-    _cleanup_free_ char *qmp_path = NULL, *ctl_path = NULL, *pid_path = NULL, *log_path = NULL;
+    _cleanup_free_ char *qmp_path = NULL, *pid_path = NULL, *log_path = NULL;
     _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
-    _cleanup_close_ int listen_fd = -1, ctl = -1;
+    _cleanup_close_ int listen_fd = -1;
     argv_buf argv = {0};
     uint64_t start = 0;
     struct stat st;
     off_t log_offset = 0;
     pid_t pid, held;
-    int r;
+    int keep[4], r;
+    smolvm_spawn_req req = {0};
 
     if ((r = check_config(cfg, err)) < 0)
         return r;
     qmp_path = smolvm_vmm_path(cfg->dir, QMP_SOCK);
-    ctl_path = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_CTL_SOCK);
     pid_path = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_PIDFILE);
     log_path = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_STDERR_LOG);
-    if (!qmp_path || !ctl_path || !pid_path || !log_path)
+    if (!qmp_path || !pid_path || !log_path)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    {
-        struct sockaddr_un sa;
-
-        if ((r = smolvm_unix_addr(&sa, ctl_path, err)) < 0)
-            return r;
-    }
     /* Never pull the sockets from under a VMM that still runs in this dir. */
     held = pidfile_locked(pid_path);
     if (held)
@@ -495,8 +469,20 @@ static int qemu_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pi
     if ((r = smolvm_unix_listen(qmp_path, &listen_fd, err)) < 0)
         return r;
     r = build_argv(cfg, listen_fd, &argv, err);
+    keep[0] = listen_fd;
+    keep[1] = cfg->console_fd;
+    keep[2] = cfg->ctl_fd;
+    keep[3] = cfg->agent_fd;
+    req = (smolvm_spawn_req){
+        .argv = argv.v,
+        .log_path = log_path,
+        .keep_fds = keep,
+        .n_keep = cfg->agent_fd >= 0 ? 4 : 3,
+        .stdout_fd = -1,
+        .detached = false,
+    };
     if (r == 0)
-        r = smolvm_spawn_detached(argv.v, log_path, listen_fd, &pid, err);
+        r = smolvm_spawn(&req, &pid, err);
     argv_buf_free(&argv);
     if (r < 0) {
         (void)unlink(qmp_path);
@@ -505,26 +491,24 @@ static int qemu_spawn(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *out_pi
     /* Only QEMU holds the listening socket now, so if it dies our connection sees EOF
      * instead of waiting for a greeting that cannot come. */
     (void)close(TAKE_FD(listen_fd));
-    if (smolvm_proc_start_time(pid, &start, NULL) < 0) {
-        /* Already gone (and reaped): nothing to kill, only its words to collect. */
+    if (smolvm_pid_start_time(pid, &start, NULL) < 0 || !smolvm_pid_alive(pid, start)) {
+        /* Already gone: nothing to kill, only its words to collect. */
         _cleanup_free_ char *tail = log_tail(log_path, log_offset);
 
+        (void)waitpid(pid, NULL, 0);
         remove_runtime_files(cfg->dir);
         return smolvm_err(err, SMOLVM_EVMM, "qemu exited: %s", tail ? tail : "no output");
     }
 
+    /* The channels are connected sockets, so nothing the guest writes can be lost: the
+     * CPUs can run as soon as QMP answers. */
     r = smolvm_qmp_connect(&q, qmp_path, deadline, err);
-    if (r == 0)
-        r = smolvm_unix_connect(ctl_path, deadline, &ctl, err);
-    if (r == 0)
-        r = wait_ctl_accepted(q, deadline, err);
     if (r == 0)
         r = smolvm_qmp_execute(q, "cont", NULL, NULL, deadline, err);
     if (r < 0) {
         q = smolvm_qmp_free(q);
         return fail_started(cfg->dir, log_path, log_offset, pid, start, r, err);
     }
-    *ctl_fd = TAKE_FD(ctl);
     *out_pid = pid;
     *out_start = start;
     return 0;
@@ -560,7 +544,7 @@ static int qemu_quit(const char *dir, int64_t deadline, smolvm_error **err)
 
         if (err)
             *err = NULL;
-        r = have_pid ? smolvm_proc_wait_exit(pid, start, deadline, err) : 0;
+        r = have_pid ? smolvm_pid_wait_exit(pid, start, deadline, err) : 0;
         if (r < 0) {
             smolvm_error_free(err ? *err : NULL);
             if (err)
@@ -571,7 +555,7 @@ static int qemu_quit(const char *dir, int64_t deadline, smolvm_error **err)
         return 0;
     }
     if (have_pid)
-        return smolvm_proc_wait_exit(pid, start, deadline, err);
+        return smolvm_pid_wait_exit(pid, start, deadline, err);
     return smolvm_qmp_wait_closed(q, deadline, err);
 }
 

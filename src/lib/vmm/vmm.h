@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The VMM backend interface. A backend starts a VMM process for one VM, detached so
- * it outlives the caller, and controls it through files in the VM's directory only
- * (sockets, pidfile), so any process can find it again from the directory.
+ * The VMM backend interface. A backend starts a VMM process for one VM as a child of
+ * the caller (the VM's supervisor, src/supervisor), which owns it: the VMM dies with
+ * it (PR_SET_PDEATHSIG) and the supervisor reaps it. The guest's channels are file
+ * descriptors the supervisor opened and hands over in the config; everything else a
+ * backend keeps is in the VM's directory (its control socket, pidfile), so any process
+ * can find the VMM again from the directory.
  */
 #ifndef SMOLVM_VMM_H
 #define SMOLVM_VMM_H
@@ -43,6 +46,14 @@ typedef struct smolvm_vmm_config {
      * docs/guest-protocol.md); the backend creates it (sparse, mkfs.ext4) if missing. */
     const char *overlay_disk;
     unsigned overlay_mib; /* size of a created overlay_disk; 0: SMOLVM_VMM_OVERLAY_MIB */
+    /* ---- The guest's channels, open before the spawn (the supervisor's ends are the
+     * other sides). The VMM gets them as they are; the backend never closes them. */
+    int console_fd; /* serial output: the write end of a pipe */
+    int ctl_fd;     /* QEMU: hvc0, one end of a connected stream socket; else -1 */
+    int agent_fd;   /* QEMU: the agent's virtio-serial port, likewise; -1: none */
+    /* Firecracker: the hybrid vsock's unix socket; the guest's connections to host port
+     * P arrive at "<vsock_uds>_P" (the supervisor listens there). NULL: no vsock. */
+    const char *vsock_uds;
 } smolvm_vmm_config;
 
 #define SMOLVM_VMM_OVERLAY_MIB 8192
@@ -51,7 +62,6 @@ typedef struct smolvm_vmm_config {
 #define SMOLVM_VMM_PIDFILE "vmm.pid"
 #define SMOLVM_VMM_CONSOLE_LOG "console.log" /* guest serial console */
 #define SMOLVM_VMM_STDERR_LOG "vmm.log"      /* the VMM's own stderr */
-#define SMOLVM_VMM_CTL_SOCK "ctl.sock"       /* guest virtio console (protocol doc) */
 
 typedef struct smolvm_vmm_ops {
     const char *name; /* "qemu" */
@@ -59,14 +69,12 @@ typedef struct smolvm_vmm_ops {
     /* Is this backend usable on this host with this accel? Fills a reason if not. */
     int (*available)(int accel, smolvm_error **err);
 
-    /* Spawn the VMM, detached (its own session, not our child, survives our death),
-     * with the guest ready channel connected so no message can be lost. Returns once
-     * the guest CPUs run. *ctl_fd receives the connected guest channel (the caller
-     * reads "smolvm-ready" from it, see wait_ready). pid and its start time are
-     * returned for tracking; the pidfile is written before anything else can fail so
-     * a killed caller leaves a findable process. */
-    int (*spawn)(const smolvm_vmm_config *cfg, int *ctl_fd, int64_t *pid, uint64_t *pid_start,
-                 int64_t deadline, smolvm_error **err);
+    /* Spawn the VMM as the caller's child with the channels of cfg connected, and
+     * return once the guest CPUs run. pid and its start time are returned for tracking;
+     * the pidfile is written before anything else can fail, so a caller killed midway
+     * leaves a findable process. On failure nothing of the VMM is left. */
+    int (*spawn)(const smolvm_vmm_config *cfg, int64_t *pid, uint64_t *pid_start, int64_t deadline,
+                 smolvm_error **err);
 
     /* Pause / resume the guest CPUs. */
     int (*pause)(const char *dir, int64_t deadline, smolvm_error **err);
@@ -84,17 +92,10 @@ typedef struct smolvm_vmm_ops {
     /* JSON text describing the running VMM (QMP query-status etc). Caller frees. */
     int (*describe)(const char *dir, int64_t deadline, char **out, smolvm_error **err);
 
-    /* ---- Appended, optional: NULL means the generic path. */
+    /* ---- Optional: NULL when the backend has no such thing. */
 
-    /* Wait for "ready" from the guest (instead of smolvm_vmm_wait_ready on ctl_fd).
-     * ctl_fd is what spawn returned (firecracker: a pidfd of the VMM, or -1). Same
-     * results as smolvm_vmm_wait_ready: 0 with *uptime_ms, SMOLVM_EVMM if the VMM died
-     * or the guest reported an error, SMOLVM_ETIMEDOUT. */
-    int (*wait_ready)(struct smolvm_ctx *ctx, const char *dir, int ctl_fd, int64_t deadline,
-                      int64_t *uptime_ms, smolvm_error **err);
-
-    /* Ask the guest to power off (instead of smolvm_vmm_request_poweroff); returns once
-     * the request was delivered. The caller then waits for the VMM to exit. */
+    /* Ask the guest to power off through the VMM (Firecracker: Ctrl-Alt-Del), for a
+     * guest with no agent or control channel to ask; returns once delivered. */
     int (*poweroff)(const char *dir, int64_t deadline, smolvm_error **err);
 
     /* Write a full snapshot of a paused VM: device state and guest memory. */
@@ -104,8 +105,7 @@ typedef struct smolvm_vmm_ops {
     /* Like spawn, but the guest continues from a snapshot instead of booting (so there
      * is no ready message to wait for). cfg must describe the same disks and network. */
     int (*restore)(const smolvm_vmm_config *cfg, const char *state_path, const char *mem_path,
-                   int *ctl_fd, int64_t *pid, uint64_t *pid_start, int64_t deadline,
-                   smolvm_error **err);
+                   int64_t *pid, uint64_t *pid_start, int64_t deadline, smolvm_error **err);
 } smolvm_vmm_ops;
 
 extern const smolvm_vmm_ops smolvm_vmm_qemu;
@@ -113,15 +113,5 @@ extern const smolvm_vmm_ops smolvm_vmm_firecracker;
 
 /* The ops of a resolved backend (qemu or firecracker). */
 const smolvm_vmm_ops *smolvm_vmm_ops_for(smolvm_backend backend);
-
-/* Read the guest channel until "smolvm-ready <ms>" (returns guest uptime ms at ready
- * in *uptime_ms), EOF (the VMM died: SMOLVM_EVMM) or the deadline (SMOLVM_ETIMEDOUT).
- * Milestones are logged at debug level. */
-struct smolvm_ctx;
-int smolvm_vmm_wait_ready(struct smolvm_ctx *ctx, int ctl_fd, int64_t deadline, int64_t *uptime_ms,
-                          smolvm_error **err);
-
-/* Connect to the guest channel of a running VM and send "poweroff". */
-int smolvm_vmm_request_poweroff(const char *dir, int64_t deadline, smolvm_error **err);
 
 #endif

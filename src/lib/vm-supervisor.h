@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: MIT */
+/* The library's side of a VM's supervisor (src/supervisor): launching it, and asking it
+ * to power the guest off or to let the sandbox outlive its owner. */
+#ifndef SMOLVM_VM_SUPERVISOR_H
+#define SMOLVM_VM_SUPERVISOR_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "context.h"
+#include "sv-spec.h"
+
+typedef struct smolvm_sv_pids {
+    pid_t sv_pid;
+    uint64_t sv_start;
+    pid_t vmm_pid;
+    uint64_t vmm_start;
+} smolvm_sv_pids;
+
+/* Where the supervisor binary is: the context's (from $SMOLVM_SUPERVISOR), else the
+ * build tree's when this library is the build tree's, else the installed one. */
+const char *smolvm_sv_binary(const smolvm_ctx *ctx);
+
+/* Write spec, start the supervisor detached, and return once it says the VMM runs
+ * (or why it could not start it). */
+int smolvm_sv_launch(smolvm_sv_pids *out, smolvm_ctx *ctx, const smolvm_sv_spec *spec,
+                     int64_t deadline, smolvm_error **err);
+
+/* Ask the supervisor of the VM in dir to power the guest off (returns once asked). */
+int smolvm_sv_poweroff(const char *dir, int64_t deadline, smolvm_error **err);
+/* No owner any more; ttl_ms >= 0 sets a deadline from now, < 0 none. */
+int smolvm_sv_keep(const char *dir, int64_t ttl_ms, int64_t deadline, smolvm_error **err);
+
+#endif
