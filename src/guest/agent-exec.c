@@ -994,6 +994,7 @@ void attach_request(struct conn *c, uint32_t id, json_t *req)
 void ps_request(struct conn *c, uint32_t id, json_t *req)
 {
     struct agent *a = c->agent;
+    (void)req; /* no members */
     json_t *items = json_array();
     for (size_t i = 0; i < a->n_procs; i++) {
         struct proc *p = a->procs[i];
