@@ -286,15 +286,14 @@ int agent_identity_apply(const struct agent_identity *id, void *payload, const c
 {
     (void)payload;
     if (id->entropy_len) {
-        struct {
-            struct rand_pool_info info;
-            uint8_t buf[ENTROPY_MAX];
-        } pool;
+        /* struct rand_pool_info: two ints, then the bytes */
+        int pool[2 + ENTROPY_MAX / sizeof(int)];
+        struct rand_pool_info *info = (struct rand_pool_info *)pool;
         int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
-        pool.info.entropy_count = (int)(id->entropy_len * 8); /* credited: the kernel reseeds */
-        pool.info.buf_size = (int)id->entropy_len;
-        memcpy(pool.buf, id->entropy, id->entropy_len);
-        int rc = fd < 0 ? -1 : ioctl(fd, RNDADDENTROPY, &pool.info);
+        info->entropy_count = (int)(id->entropy_len * 8); /* credited: the kernel reseeds */
+        info->buf_size = (int)id->entropy_len;
+        memcpy(&pool[2], id->entropy, id->entropy_len);
+        int rc = fd < 0 ? -1 : ioctl(fd, RNDADDENTROPY, info);
         int e = errno;
         memset(&pool, 0, sizeof(pool));
         if (fd >= 0)
