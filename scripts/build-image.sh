@@ -6,7 +6,7 @@
 #   sudo scripts/build-image.sh [--force] [NAME]      (NAME defaults to "default")
 #
 # Skips the build when the image there was made from the same inputs (this directory's
-# scripts, the kernel config fragment, src/guest) and its files are intact. The new
+# scripts, the kernel config fragment, src/guest, src/common) and its files are intact. The new
 # image is assembled in a temporary directory next to the target and renamed into
 # place, so a failed build never leaves a half image where a good one is looked for.
 # Work files live in ${XDG_CACHE_HOME:-$HOME/.cache}/smolvm/build (the kernel is
@@ -38,7 +38,8 @@ done
 # Everything that decides what the image contains. The package list lives in
 # build-rootfs.sh, so it is covered too.
 inputs_hash=$(cd "$top" && for f in scripts/build-image.sh scripts/build-kernel.sh \
-        scripts/build-rootfs.sh scripts/guest-kernel.config $(ls src/guest/* | LC_ALL=C sort); do
+        scripts/build-rootfs.sh scripts/guest-kernel.config \
+        $(ls src/guest/* src/common/* | LC_ALL=C sort); do
         printf '%s\n' "$f"; sha256sum <"$f"; done | sha256sum | cut -d' ' -f1)
 
 # Prints the sha256 the manifest records for file $2 (one "name": {...} per line).

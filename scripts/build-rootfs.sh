@@ -1,7 +1,7 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 # Build the smolvm guest root filesystem: Debian bookworm (mmdebstrap minbase) with
-# openssh-server, python3, pip, curl, iproute2 and our init, as an ext4 image.
+# openssh-server, python3, pip, curl, iproute2, our init and our agent, as an ext4 image.
 #
 #   scripts/build-rootfs.sh DEST_DIR   -> DEST_DIR/rootfs.ext4, DEST_DIR/packages.tsv
 #
@@ -57,7 +57,7 @@ security=${security:-${mirror%/debian}/debian-security}
 
 # Reproducible-ish: file times clamped to the newest input, not to "now".
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
-    SOURCE_DATE_EPOCH=$(stat -c %Y "$0" "$top"/src/guest/* | sort -n | tail -n1)
+    SOURCE_DATE_EPOCH=$(stat -c %Y "$0" "$top"/src/guest/* "$top"/src/common/* | sort -n | tail -n1)
 fi
 export SOURCE_DATE_EPOCH
 
@@ -66,9 +66,16 @@ trap 'rm -rf "$work"' EXIT INT TERM
 rm -rf "$work"
 mkdir -p "$work" "$dest"
 
-stage "compiling smolvm-init"
-cc -std=c11 -Wall -Wextra -Werror -static -O2 -s -o "$work/smolvm-init" "$top"/src/guest/*.c ||
+stage "compiling smolvm-init and smolvm-agent"
+init_sources=$(ls "$top"/src/guest/*.c | grep -v '/agent[^/]*\.c$')
+# shellcheck disable=SC2086
+cc -std=c11 -Wall -Wextra -Werror -static -O2 -s -o "$work/smolvm-init" $init_sources ||
     die "compiling src/guest failed (static glibc comes with build-essential/libc6-dev)"
+jansson_a=$(cc -print-file-name=libjansson.a)
+[ -f "$jansson_a" ] || die "libjansson.a not found (package 'libjansson-dev'; run scripts/install-deps.sh as root)"
+cc -std=gnu11 -Wall -Wextra -Werror -static -O2 -s -I"$top/src/common" -o "$work/smolvm-agent" \
+    "$top"/src/guest/agent*.c "$top"/src/common/agent-proto.c "$jansson_a" ||
+    die "compiling the agent (src/guest/agent*.c) failed"
 
 stage "mmdebstrap $suite from $mirror (log: $build_dir/rootfs.log)"
 # No recommends (python3-pip would pull in a compiler), no docs/man/locales.
@@ -84,6 +91,8 @@ if ! mmdebstrap --variant=minbase --mode=root --format=directory \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
     --customize-hook="cp '$work/smolvm-init' \"\$1\"/sbin/smolvm-init" \
     --customize-hook='chmod 0755 "$1"/sbin/smolvm-init' \
+    --customize-hook="cp '$work/smolvm-agent' \"\$1\"/usr/sbin/smolvm-agent" \
+    --customize-hook='chmod 0755 "$1"/usr/sbin/smolvm-agent' \
     --customize-hook='for f in hostname hosts resolv.conf; do rm -f "$1/etc/$f"; ln -s "/run/smolvm/$f" "$1/etc/$f"; done' \
     --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
     --customize-hook='sed -i "s|^root:\\(.*\\):/bin/bash$|root:\\1:/bin/sh|" "$1"/etc/passwd' \

@@ -2,9 +2,11 @@
 /*
  * smolvm-init: PID 1 of the smolvm guest (installed as /sbin/smolvm-init).
  *
- * Boot: mount the API filesystems, read the config disk, set the hostname, write the
- * SSH keys, bind port 22, report "ready" on /dev/hvc0. Then one poll loop: accept a
- * connection -> fork `sshd -i`; SIGCHLD -> reap (we are every orphan's parent);
+ * Boot: mount the API filesystems, read the config disk, set the hostname, start the
+ * agent (/usr/sbin/smolvm-agent, with the config disk's env), write the SSH keys, bind
+ * port 22, report "ready" on /dev/hvc0. Then one poll loop: accept a connection -> fork
+ * `sshd -i`; SIGCHLD -> reap (we are every orphan's parent; a dead agent is restarted
+ * after a backoff);
  * "poweroff" on hvc0, SIGTERM, SIGINT (Ctrl-Alt-Del) -> kill everything, sync,
  * remount / read-only, reboot (with reboot=t and -no-reboot the VMM exits).
  * The contract with the host is docs/guest-protocol.md.
@@ -16,6 +18,7 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <poll.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,8 +38,21 @@
 #define KILL_GRACE_MS 2000 /* SIGTERM -> SIGKILL */
 #define KILL_WAIT_MS 1000  /* SIGKILL -> give up waiting and power off anyway */
 
+#define AGENT_PATH "/usr/sbin/smolvm-agent"
+#define AGENT_NO_CHANNEL 3        /* its exit status when the VM has no agent channel */
+#define AGENT_BACKOFF_MIN_MS 100  /* restart delay after a crash, doubling... */
+#define AGENT_BACKOFF_MAX_MS 10000 /* ...up to this */
+#define AGENT_STABLE_MS 30000     /* an agent that ran this long restarts at once */
+
 static int hvc_fd = -1;    /* control channel to the host (absent on Firecracker) */
 static int serial_fd = -1; /* ttyS0: the VM's console.log */
+
+extern char **environ;
+
+static pid_t agent_pid = -1;
+static long agent_started_at, agent_restart_at = -1;
+static int agent_backoff_ms = AGENT_BACKOFF_MIN_MS;
+static const sigset_t *agent_sigmask;
 
 static long uptime_ms(void)
 {
@@ -256,10 +272,70 @@ static void overlay_root(void)
     guest_log("root: overlay, writes on %s", dev);
 }
 
+/* posix_spawn (no fork: copying our page tables is what costs under TCG), in a session
+ * of its own, with the default signal mask, our environment and the serial console as
+ * stdout/stderr. */
+static void agent_start(void)
+{
+    char *argv[] = {"smolvm-agent", NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    pid_t pid;
+
+    agent_restart_at = -1;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&attr);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    if (serial_fd >= 0) {
+        posix_spawn_file_actions_adddup2(&fa, serial_fd, 1);
+        posix_spawn_file_actions_adddup2(&fa, serial_fd, 2);
+    } else {
+        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+        posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    }
+    posix_spawnattr_setsigmask(&attr, agent_sigmask);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
+    int e = posix_spawn(&pid, AGENT_PATH, &fa, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    if (e != 0) {
+        /* An image without the agent serves SSH only; nothing to retry. */
+        guest_log("agent: spawn %s: %s", AGENT_PATH, strerror(e));
+        return;
+    }
+    agent_pid = pid;
+    agent_started_at = now_ms();
+}
+
+/* The agent ended: start it again after a bounded, growing delay. */
+static void agent_exited(int status)
+{
+    long ran = now_ms() - agent_started_at;
+    agent_pid = -1;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == AGENT_NO_CHANNEL) {
+        guest_log("agent: no channel to the host; not restarted");
+        return;
+    }
+    if (ran >= AGENT_STABLE_MS)
+        agent_backoff_ms = AGENT_BACKOFF_MIN_MS;
+    if (WIFSIGNALED(status))
+        guest_log("agent: killed by signal %d after %ld ms; restart in %d ms", WTERMSIG(status),
+                  ran, agent_backoff_ms);
+    else
+        guest_log("agent: exited with status %d after %ld ms; restart in %d ms",
+                  WEXITSTATUS(status), ran, agent_backoff_ms);
+    agent_restart_at = now_ms() + agent_backoff_ms;
+    agent_backoff_ms = agent_backoff_ms * 2 > AGENT_BACKOFF_MAX_MS ? AGENT_BACKOFF_MAX_MS
+                                                                  : agent_backoff_ms * 2;
+}
+
 static void reap(void)
 {
-    while (waitpid(-1, NULL, WNOHANG) > 0)
-        ;
+    pid_t pid;
+    int status;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+        if (pid == agent_pid)
+            agent_exited(status);
 }
 
 /* Wait (on the signalfd, no sleeping) until every process is gone or the deadline. */
@@ -359,6 +435,7 @@ int main(void)
     overlay_root();
     report("boot", "init");
     setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+    setenv("HOME", "/root", 1); /* the kernel gives PID 1 HOME=/; commands expect root's */
     umask(022);
     mount_all();
     (void)mkdir(GUEST_RUN_DIR, 0755);
@@ -376,6 +453,12 @@ int main(void)
         for (size_t i = 0; i < cfg.n_env; i++)
             (void)putenv((char *)cfg.env[i]);
         report("boot", "config");
+        /* The agent gets this environment (the config disk's env) as its commands' base,
+         * and reports its own readiness (HELLO) on its channel. */
+        agent_sigmask = &orig;
+        agent_start();
+        if (agent_pid > 0)
+            report("boot", "agent");
         if (sshd_setup(&cfg, err, sizeof(err)) < 0 ||
             (listen_fd = sshd_listen(err, sizeof(err))) < 0) {
             report_error(err);
@@ -391,7 +474,15 @@ int main(void)
             {.fd = listen_fd, .events = POLLIN},
             {.fd = hvc_fd, .events = POLLIN},
         };
-        if (poll(p, 3, -1) < 0) {
+        int timeout = -1;
+        if (agent_restart_at >= 0) {
+            long left = agent_restart_at - now_ms();
+            timeout = left > 0 ? (int)left : 0;
+        }
+        int np = poll(p, 3, timeout);
+        if (agent_restart_at >= 0 && now_ms() >= agent_restart_at)
+            agent_start();
+        if (np < 0) {
             if (errno != EINTR)
                 guest_log("poll: %s", strerror(errno));
             continue;

@@ -18,6 +18,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -171,6 +173,51 @@ static int quick_check(sqlite3 *db, const char *path, smolvm_error **err)
             line[i] = ' ';
     return smolvm_err(err, SMOLVM_EDB, "state database '%s' is damaged: %s (%s)", path, line,
                       STORE_HINT);
+}
+
+/*
+ * Files this process has already checked and opened. POSIX record locks belong to the
+ * process: closing any descriptor of a file drops every lock the process holds on it,
+ * SQLite's included. precheck() opens the file with open() itself, so it must run only
+ * while this process has no SQLite connection to that file (the first open); after
+ * that, a file that SQLite holds open is known to be ours. Keyed by device and inode.
+ */
+#define CHECKED_MAX 16
+static struct {
+    dev_t dev;
+    ino_t ino;
+} checked[CHECKED_MAX];
+static size_t n_checked;
+static pthread_mutex_t checked_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool already_checked(const char *path)
+{
+    struct stat st;
+    bool found = false;
+    size_t i;
+
+    if (stat(path, &st) < 0)
+        return false;
+    pthread_mutex_lock(&checked_lock);
+    for (i = 0; i < n_checked && !found; i++)
+        found = checked[i].dev == st.st_dev && checked[i].ino == st.st_ino;
+    pthread_mutex_unlock(&checked_lock);
+    return found;
+}
+
+static void mark_checked(const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) < 0)
+        return;
+    pthread_mutex_lock(&checked_lock);
+    if (n_checked < CHECKED_MAX) {
+        checked[n_checked].dev = st.st_dev;
+        checked[n_checked].ino = st.st_ino;
+        n_checked++;
+    }
+    pthread_mutex_unlock(&checked_lock);
 }
 
 /*
@@ -388,11 +435,13 @@ int smolvm_store_open(smolvm_store **out, const char *path, smolvm_error **err)
         free(s);
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     }
-    r = precheck(path, err);
+    r = already_checked(path) ? 0 : precheck(path, err);
     if (r == 0)
         r = open_rw(s, err);
     if (r == 0)
         r = migrate(s, err);
+    if (r == 0)
+        mark_checked(path);
     if (r < 0) {
         smolvm_store_free(s);
         return r;

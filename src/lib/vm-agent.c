@@ -7,7 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "agent.h"
+#include "agent-client.h"
 #include "error.h"
 #include "sv-spec.h"
 #include "vm-agent.h"

@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "agent.h"
+#include "agent-client.h"
 #include "context.h"
 #include "smolvm.h"
 #include "ssh.h"

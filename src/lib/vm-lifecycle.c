@@ -9,7 +9,7 @@
 #include "guest-config.h"
 #include "host.h"
 #include "proc.h"
-#include "agent.h"
+#include "agent-client.h"
 #include "vm-internal.h"
 #include "vm-net.h"
 #include "vm-ports.h"

@@ -8,7 +8,7 @@
 #include <poll.h>
 #include <string.h>
 
-#include "agent.h"
+#include "agent-client.h"
 #include "error.h"
 #include "proc.h"
 #include "vm-supervisor.h"

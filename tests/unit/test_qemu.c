@@ -244,7 +244,10 @@ static int ctl_line(int fd, const char *prefix, char *out, size_t size, int64_t 
         while ((nl = memchr(buf, '\n', len))) {
             *nl = '\0';
             if (strncmp(buf, prefix, strlen(prefix)) == 0) {
-                (void)snprintf(out, size, "%s", buf);
+                size_t k = strlen(buf) < size - 1 ? strlen(buf) : size - 1;
+
+                memcpy(out, buf, k);
+                out[k] = '\0';
                 return 0;
             }
             len -= (size_t)(nl + 1 - buf);

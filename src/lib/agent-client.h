@@ -7,8 +7,8 @@
  *
  * Not thread-safe: one thread uses a connection and its streams at a time.
  */
-#ifndef SMOLVM_AGENT_H
-#define SMOLVM_AGENT_H
+#ifndef SMOLVM_AGENT_CLIENT_H
+#define SMOLVM_AGENT_CLIENT_H
 
 #include <jansson.h>
 #include <stdbool.h>

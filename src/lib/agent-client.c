@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The agent protocol's client side (agent.h). */
+/* The agent protocol's client side (agent-client.h). */
 #include "util.h"
 
 #include <errno.h>
@@ -10,7 +10,7 @@
 #include <sys/uio.h>
 
 #include "agent-proto.h"
-#include "agent.h"
+#include "agent-client.h"
 #include "error.h"
 #include "sock.h"
 
