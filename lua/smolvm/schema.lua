@@ -94,6 +94,14 @@ M.vm_fields = {
         nil, "Port forwards { host=, guest=, address= }; at most 64, host ports unique."),
   field("env", ENV_MAP, nil,
         "Environment for every command: NAME = string or number; at most 256 entries."),
+  field("transport", { kind = "enum", values = C.transport }, C.transport[1],
+        "How commands and files reach the guest: \"agent\" (our guest agent over a virtio-serial or vsock channel; works with network \"none\"), \"ssh\" (sshd over the network); \"auto\": the agent when the image has it."),
+  field("ttl", { kind = "number", gt = 0, max = C.limits.ttl_ms / 1000 }, nil,
+        "Seconds after creation at which the sandbox is deleted, running or not."),
+  field("labels", { kind = "map", max = C.limits.labels,
+                    key = { pattern = "^[%w][%w._/-]*$", desc = "a key of [A-Za-z0-9._/-]" },
+                    value = { kind = "string", max_len = C.limits.label, printable = true } }, nil,
+        "Labels { key = \"value\" } to find sandboxes by (shown by vm:info() and smolvm ls)."),
 }
 
 local EXPECT = {
@@ -460,6 +468,10 @@ function check(node, v, path, errs)
     if type(v) ~= "string" then expected(errs, path, M.expect_desc(node), v) return nil end
     if node.max_len and #v > node.max_len then
       add(errs, path, "too long: at most " .. node.max_len .. " bytes, got " .. #v)
+      return nil
+    end
+    if node.printable and v:find("%c") then
+      add(errs, path, "control characters are not allowed")
       return nil
     end
     if (node.nonempty and v == "")

@@ -16,6 +16,7 @@
 
 local core = require "smolvm.core"
 local schema = require "smolvm.schema"
+local proc = require "smolvm.proc"
 
 local unpack = table.unpack or unpack
 
@@ -166,9 +167,9 @@ local function check_env(where, env, level)
   return out
 end
 
-local RUN_OPTIONS = { "timeout", "env", "cwd", "stdin" }
+local RUN_OPTIONS = { "timeout", "env", "cwd", "stdin", "on_output" }
 
---- vm:run(cmd, { timeout=, env=, cwd=, stdin= })
+--- vm:run(cmd, { timeout=, env=, cwd=, stdin=, on_output=function(stream, chunk) end })
 ---   -> { stdout, stderr, output, exit_code, ok, signal?, truncated, duration_ms }
 ---    | nil, msg, code   (a command that exits non-zero is not a failure)
 function methods.run(self, cmd, opts)
@@ -192,7 +193,83 @@ function methods.run(self, cmd, opts)
     end
     c.stdin = opts.stdin
   end
+  if opts.on_output ~= nil then
+    if type(opts.on_output) ~= "function" then
+      argerror(2, "run: on_output: expected function(stream, chunk), got %s",
+               describe(opts.on_output))
+    end
+    c.on_output = opts.on_output
+  end
   return u:run(cmd, c)
+end
+
+local SPAWN_OPTIONS = { "env", "cwd", "stdin", "pty", "timeout", "keep" }
+
+--- vm:spawn(cmd, { env=, cwd=, stdin=true, pty={ rows=24, cols=80 }, timeout=, keep=true })
+---   -> proc | nil, msg, code      returns once the process runs (proc.pid is known)
+--- keep (default true): the process outlives this proc object (vm:attach(pid) finds it
+--- again, from any process); keep = false kills it when the object is closed.
+function methods.spawn(self, cmd, opts)
+  local u = ud(self)
+  if type(cmd) ~= "string" or cmd == "" then
+    argerror(2, "spawn: cmd: expected non-empty string, got %s", describe(cmd))
+  end
+  opts = check_opts("spawn", opts, SPAWN_OPTIONS, 2)
+  local c = { env = check_env("spawn", opts.env, 2) }
+  if opts.timeout ~= nil then c.timeout_ms = check_timeout("spawn", opts.timeout, nil, 2) end
+  if opts.cwd ~= nil then
+    if type(opts.cwd) ~= "string" or opts.cwd == "" then
+      argerror(2, "spawn: cwd: expected non-empty string, got %s", describe(opts.cwd))
+    end
+    c.cwd = opts.cwd
+  end
+  if opts.stdin ~= nil then
+    if type(opts.stdin) ~= "boolean" then
+      argerror(2, "spawn: stdin: expected boolean, got %s", describe(opts.stdin))
+    end
+    c.stdin = opts.stdin
+  end
+  if opts.pty ~= nil then
+    local p = opts.pty
+    if type(p) ~= "table" then
+      argerror(2, "spawn: pty: expected table { rows=, cols= }, got %s", describe(p))
+    end
+    for k in pairs(p) do
+      if k ~= "rows" and k ~= "cols" then argerror(2, "spawn: pty.%s: unknown option", tostring(k)) end
+    end
+    local rows, cols = p.rows or 24, p.cols or 80
+    if not schema.is_integer(rows) or rows < 1 or rows > 1000 then
+      argerror(2, "spawn: pty.rows: expected integer 1..1000, got %s", describe(rows))
+    end
+    if not schema.is_integer(cols) or cols < 1 or cols > 1000 then
+      argerror(2, "spawn: pty.cols: expected integer 1..1000, got %s", describe(cols))
+    end
+    c.pty_rows, c.pty_cols = math.floor(rows), math.floor(cols)
+  end
+  if opts.keep ~= nil and type(opts.keep) ~= "boolean" then
+    argerror(2, "spawn: keep: expected boolean, got %s", describe(opts.keep))
+  end
+  c.keep = opts.keep ~= false
+  local p, msg, code = u:spawn(cmd, c)
+  if not p then return nil, msg, code end
+  return proc.wrap(p)
+end
+
+--- vm:attach(pid) -> proc | nil, msg, code: follow a process started earlier (by any
+--- process): its kept output (the last 64 KiB) first, then live output.
+function methods.attach(self, pid)
+  local u = ud(self)
+  if not schema.is_integer(pid) or pid < 1 then
+    argerror(2, "attach: pid: expected positive integer, got %s", describe(pid))
+  end
+  local p, msg, code = u:attach(math.floor(pid))
+  if not p then return nil, msg, code end
+  return proc.wrap(p)
+end
+
+--- vm:processes() -> { { pid=, cmd=, running=, exit_code=, signal=, started_ms= }, ... }
+function methods.processes(self)
+  return ud(self):processes()
 end
 
 local function check_str(where, name, v, level)
@@ -261,9 +338,11 @@ function methods.info(self)
   return ud(self):info()
 end
 
---- vm:keep() -> vm: closing this object will no longer delete the VM.
+--- vm:keep() -> vm | nil, msg, code: closing this object will no longer delete the VM,
+--- and the VM no longer dies with this process (its ttl still holds).
 function methods.keep(self)
-  ud(self):keep()
+  local ok, msg, code = ud(self):keep()
+  if not ok then return nil, msg, code end
   return self
 end
 
@@ -283,7 +362,14 @@ function M.new(opts, level)
   if not norm then
     error(table.concat(errs, "\n"), level + 1)
   end
-  local u, msg, code = core.vm_create(norm)
+  -- The binding's units: ttl in milliseconds; a VM made here dies with this process
+  -- unless kept.
+  local c = {}
+  for k, v in pairs(norm) do c[k] = v end
+  if norm.ttl then c.ttl_ms = to_ms(norm.ttl) end
+  c.ttl = nil
+  c.ephemeral = true
+  local u, msg, code = core.vm_create(c)
   if not u then return nil, msg, code end
   return wrap(u)
 end

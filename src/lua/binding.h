@@ -13,6 +13,7 @@
 #include "smolvm.h"
 
 #define SMOLVM_LUA_VM_MT "smolvm.vm"
+#define SMOLVM_LUA_PROC_MT "smolvm.proc"
 #define SMOLVM_LUA_STORE_MT "smolvm.store"
 
 /* The default smolvm_ctx of a Lua state, reference counted: the registry sentinel
@@ -37,6 +38,7 @@ typedef struct smolvm_lua_box {
     char *text;
     json_t *json;
     smolvm_run_result *result;
+    smolvm_proc *proc;
 } smolvm_lua_box;
 
 smolvm_lua_box *smolvm_lua_box_new(lua_State *L);
@@ -54,11 +56,30 @@ int smolvm_lua_fail(lua_State *L, smolvm_lua_box *box, int code);
  * failure pushes nil, message, "EIO" and returns 3; otherwise returns 1. Clears box. */
 int smolvm_lua_push_json_text(lua_State *L, smolvm_lua_box *box);
 
+/* A "smolvm.vm" userdata (vm.c), and the "smolvm.proc" handles made from it (proc.c):
+ * they borrow its smolvm_vm, so closing the VM closes them first. */
+typedef struct smolvm_lua_proc smolvm_lua_proc;
+typedef struct smolvm_lua_vm {
+    smolvm_vm *vm;
+    smolvm_lua_ctx *c; /* one reference, so the context outlives the handle */
+    int owned;
+    smolvm_lua_proc *procs;
+} smolvm_lua_vm;
+
+/* The VM userdata at idx, raising for another type or a closed VM. */
+smolvm_lua_vm *smolvm_lua_check_vm(lua_State *L, int idx);
+/* Push a proc handle made from the VM userdata at vm_idx, taking box->proc (the
+ * userdata is made first, so a failing allocation leaves the proc to the box). */
+void smolvm_lua_push_proc(lua_State *L, int vm_idx, smolvm_lua_box *box);
+/* Close every proc handle of u (before u's VM is freed). */
+void smolvm_lua_procs_close(smolvm_lua_vm *u);
+
 /* Registration of each object type (called from luaopen_smolvm_core with the module
  * table on top). */
 void smolvm_lua_open_store(lua_State *L);
 void smolvm_lua_open_vm(lua_State *L);
 void smolvm_lua_open_constants(lua_State *L);
+void smolvm_lua_open_proc(lua_State *L);
 
 /* Check that a method is called on an object: the object or a closed one raises. */
 void smolvm_lua_closed_error(lua_State *L, const char *what);

@@ -7,6 +7,7 @@
  *   core.constants.backend  = { "auto", "qemu", "firecracker" }
  *   core.constants.accel    = { "auto", "kvm", "tcg" }
  *   core.constants.network  = { "auto", "nat", "user", "none" }
+ *   core.constants.transport = { "auto", "agent", "ssh" }
  *   core.constants.limits   = { vcpus_min=, vcpus_max=, vcpus_default=, memory_min=, ... }
  */
 #include "binding.h"
@@ -28,6 +29,11 @@ static const char *accel_name(int v)
 static const char *net_name(int v)
 {
     return smolvm_net_mode_to_string((smolvm_net_mode)v);
+}
+
+static const char *transport_name(int v)
+{
+    return smolvm_transport_to_string((smolvm_transport)v);
 }
 
 static void push_names(lua_State *L, const char *field, enum_name name)
@@ -56,6 +62,7 @@ void smolvm_lua_open_constants(lua_State *L)
     push_names(L, "backend", backend_name);
     push_names(L, "accel", accel_name);
     push_names(L, "network", net_name);
+    push_names(L, "transport", transport_name);
     lua_newtable(L);
     set_int(L, "vcpus_min", SMOLVM_VCPUS_MIN);
     set_int(L, "vcpus_max", SMOLVM_VCPUS_MAX);
@@ -69,6 +76,9 @@ void smolvm_lua_open_constants(lua_State *L)
     set_int(L, "id", SMOLVM_ID_MAX);
     set_int(L, "read_file", SMOLVM_READ_FILE_MAX);
     set_int(L, "output", SMOLVM_OUTPUT_LIMIT_DEFAULT);
+    set_int(L, "ttl_ms", SMOLVM_TTL_MAX);
+    set_int(L, "labels", SMOLVM_LABELS_MAX);
+    set_int(L, "label", SMOLVM_LABEL_MAX);
     lua_setfield(L, -2, "limits");
     lua_setfield(L, -2, "constants");
 }

@@ -38,6 +38,7 @@ void smolvm_lua_box_clear(smolvm_lua_box *b)
         json_decref(b->json);
     b->json = NULL;
     b->result = smolvm_run_result_free(b->result);
+    b->proc = smolvm_proc_free(b->proc);
 }
 
 static int box_gc(lua_State *L)
@@ -298,5 +299,6 @@ SMOLVM_EXTERN int luaopen_smolvm_core(lua_State *L)
     smolvm_lua_open_store(L);
     smolvm_lua_open_vm(L);
     smolvm_lua_open_constants(L);
+    smolvm_lua_open_proc(L);
     return 1;
 }

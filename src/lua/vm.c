@@ -12,6 +12,9 @@
  *   vm:upload(local, remote) vm:download(remote, local)
  *   vm:write_file(remote, data) vm:read_file(remote) -> data
  *   vm:forward(host_port, guest_port [, host_address]) vm:unforward(host_port)
+ *   vm:spawn(cmd, { argv=, env=, cwd=, stdin=, pty_rows=, pty_cols=, timeout_ms=, keep= })
+ *     -> proc                       (proc.c)
+ *   vm:attach(pid) -> proc         vm:processes() -> { {pid=, cmd=, ...}, ... }
  *   vm:keep() vm:owned() vm:closed() vm:close()
  *
  * Ownership: a VM made by vm_create is "owned" by its handle. Closing an owned handle
@@ -27,19 +30,20 @@
 
 #define CLOSE_STOP_TIMEOUT_MS 5000
 
-typedef struct lvm {
-    smolvm_vm *vm;
-    smolvm_lua_ctx *c; /* one reference, so the context outlives the handle */
-    int owned;
-} lvm;
+typedef smolvm_lua_vm lvm;
 
-static lvm *check_lvm(lua_State *L)
+smolvm_lua_vm *smolvm_lua_check_vm(lua_State *L, int idx)
 {
-    lvm *u = luaL_checkudata(L, 1, SMOLVM_LUA_VM_MT);
+    lvm *u = luaL_checkudata(L, idx, SMOLVM_LUA_VM_MT);
 
     if (!u->vm)
         smolvm_lua_closed_error(L, "vm");
     return u;
+}
+
+static lvm *check_lvm(lua_State *L)
+{
+    return smolvm_lua_check_vm(L, 1);
 }
 
 static smolvm_vm *check_vm(lua_State *L)
@@ -91,6 +95,7 @@ static int close_lvm(lvm *u, smolvm_error **err)
         if (strcmp(status, "deleted") != 0)
             r = smolvm_vm_delete(u->vm, err);
     }
+    smolvm_lua_procs_close(u);
     u->vm = smolvm_vm_free(u->vm);
     smolvm_lua_ctx_unref(u->c);
     u->c = NULL;
@@ -138,6 +143,10 @@ static int parse_accel(const char *s)
 static int parse_net(const char *s)
 {
     return smolvm_net_mode_from_string(s);
+}
+static int parse_transport(const char *s)
+{
+    return smolvm_transport_from_string(s);
 }
 
 static int opt_enum(lua_State *L, int t, const char *field, enum_parse parse, int def)
@@ -190,30 +199,31 @@ static const char *opt_str(lua_State *L, int t, const char *field)
 }
 
 /*
- * The `env` field of table t ({ NAME = value } or { "NAME=value", ... }) as a
+ * A field of table t holding { NAME = value } or { "NAME=value", ... } (env, labels) as a
  * NULL-terminated "NAME=value" array. The array and its strings are anchored on the
  * stack (two values pushed) until the caller pops them. NULL when absent.
  */
-static const char *const *opt_env(lua_State *L, int t)
+static const char *const *opt_pairs(lua_State *L, int t, const char *field)
 {
     const char **env;
     int n = 0, i = 0;
 
     t = lua_absindex(L, t);
-    if (smolvm_getfield(L, t, "env") == LUA_TNIL) {
+    if (smolvm_getfield(L, t, field) == LUA_TNIL) {
         lua_pop(L, 1);
         lua_pushnil(L);
         lua_pushnil(L);
         return NULL;
     }
-    luaL_argcheck(L, lua_istable(L, -1), 1, "option 'env': expected table");
+    if (!lua_istable(L, -1))
+        luaL_error(L, "option '%s': expected table", field);
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         n++;
         lua_pop(L, 1);
     }
     if (n > SMOLVM_ENV_MAX)
-        luaL_error(L, "option 'env': at most %d entries", SMOLVM_ENV_MAX);
+        luaL_error(L, "option '%s': at most %d entries", field, SMOLVM_ENV_MAX);
     lua_createtable(L, n, 0); /* anchor for the strings */
     env = lua_newuserdata(L, sizeof(*env) * (size_t)(n + 1));
     /* stack: env table, anchor, array */
@@ -221,7 +231,8 @@ static const char *const *opt_env(lua_State *L, int t)
     while (lua_next(L, -4)) {
         if (lua_type(L, -2) == LUA_TSTRING) {
             if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-                luaL_error(L, "option 'env.%s': expected string or number", lua_tostring(L, -2));
+                luaL_error(L, "option '%s.%s': expected string or number", field,
+                           lua_tostring(L, -2));
             lua_pushvalue(L, -2);
             lua_pushliteral(L, "=");
             lua_pushvalue(L, -3);
@@ -229,15 +240,20 @@ static const char *const *opt_env(lua_State *L, int t)
         } else if (lua_type(L, -1) == LUA_TSTRING && strchr(lua_tostring(L, -1), '=')) {
             lua_pushvalue(L, -1);
         } else {
-            luaL_error(L, "option 'env': expected NAME = value entries");
+            luaL_error(L, "option '%s': expected NAME = value entries", field);
         }
         env[i] = lua_tostring(L, -1);
         lua_rawseti(L, -5, ++i); /* anchor[i] = "K=v" */
         lua_pop(L, 1);
     }
     env[i] = NULL;
-    lua_remove(L, -3); /* the env table itself; keep anchor + array */
+    lua_remove(L, -3); /* the table itself; keep anchor + array */
     return env;
+}
+
+static const char *const *opt_env(lua_State *L, int t)
+{
+    return opt_pairs(L, t, "env");
 }
 
 /* core.vm_create(opts) -> vm | nil, msg, code. opts is the facade's normalized table. */
@@ -260,6 +276,11 @@ static int l_vm_create(lua_State *L)
     o.backend = opt_enum(L, 1, "backend", parse_backend, SMOLVM_BACKEND_AUTO);
     o.accel = opt_enum(L, 1, "accel", parse_accel, SMOLVM_ACCEL_AUTO);
     o.network = opt_enum(L, 1, "network", parse_net, SMOLVM_NET_AUTO);
+    o.transport = opt_enum(L, 1, "transport", parse_transport, SMOLVM_TRANSPORT_AUTO);
+    o.ttl_ms = opt_int(L, 1, "ttl_ms", 0, 0, SMOLVM_TTL_MAX);
+    /* A VM made by VM{} dies with this process unless kept (the facade says which). */
+    o.ephemeral = smolvm_getfield(L, 1, "ephemeral") != LUA_TNIL && lua_toboolean(L, -1);
+    lua_pop(L, 1);
     if ((image = opt_str(L, 1, "image")))
         o.image = image;
     o.env = opt_env(L, 1); /* stack 2, 3 */
@@ -286,6 +307,8 @@ static int l_vm_create(lua_State *L)
         o.forwards = fw;
         o.n_forwards = n;
     }
+    lua_settop(L, 5);
+    o.labels = opt_pairs(L, 1, "labels"); /* stack 6, 7 */
 
     u = new_lvm(L);
     box = smolvm_lua_box_new(L);
@@ -397,10 +420,17 @@ static int l_vm_delete(lua_State *L)
     return push_ok(L);
 }
 
-/* vm:keep(): this handle no longer deletes the VM when closed. */
+/* vm:keep() -> vm | nil, msg, code: this handle no longer deletes the VM when closed,
+ * and the VM no longer dies with this process. */
 static int l_vm_keep(lua_State *L)
 {
-    check_lvm(L)->owned = 0;
+    lvm *u = check_lvm(L);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_keep(u->vm, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    u->owned = 0;
+    smolvm_lua_box_clear(box);
     lua_settop(L, 1);
     return 1;
 }
@@ -424,6 +454,32 @@ static void set_lstring(lua_State *L, const char *k, const char *s, size_t n)
     lua_setfield(L, -2, k);
 }
 
+/* on_output: the Lua function at `fn` is called with (stream, chunk) from inside
+ * smolvm_vm_run. A Lua error must not unwind through the library's frames: it is
+ * caught, the rest of the output is no longer passed on, and the error is raised again
+ * once the run has returned. */
+typedef struct output_cb {
+    lua_State *L;
+    int fn;
+    int failed;
+    int err_ref;
+} output_cb;
+
+static void on_output(int stream, const char *data, size_t len, void *payload)
+{
+    output_cb *cb = payload;
+
+    if (cb->failed)
+        return;
+    lua_pushvalue(cb->L, cb->fn);
+    lua_pushstring(cb->L, stream == 1 ? "stdout" : "stderr");
+    lua_pushlstring(cb->L, data, len);
+    if (lua_pcall(cb->L, 2, 0, 0) != 0) {
+        cb->failed = 1;
+        cb->err_ref = luaL_ref(cb->L, LUA_REGISTRYINDEX);
+    }
+}
+
 /* vm:run(cmd [, opts]) -> { stdout, stderr, output, exit_code, ok, signal?, truncated,
  * duration_ms } | nil, msg, code */
 static int l_vm_run(lua_State *L)
@@ -431,8 +487,10 @@ static int l_vm_run(lua_State *L)
     smolvm_vm *vm = check_vm(L);
     const char *cmd = luaL_checkstring(L, 2);
     smolvm_run_options o = SMOLVM_RUN_OPTIONS_INIT;
+    output_cb cb = {L, 0, 0, LUA_NOREF};
     smolvm_run_result *r;
     smolvm_lua_box *box;
+    int rc;
 
     lua_settop(L, 3);
     if (!lua_isnil(L, 3)) {
@@ -447,9 +505,23 @@ static int l_vm_run(lua_State *L)
         }
         lua_pop(L, 1); /* still referenced by opts */
         o.env = opt_env(L, 3);
+        if (smolvm_getfield(L, 3, "on_output") == LUA_TFUNCTION) {
+            cb.fn = lua_gettop(L);
+            o.on_output = on_output;
+            o.payload = &cb;
+        } else {
+            lua_pop(L, 1);
+        }
     }
     box = smolvm_lua_box_new(L);
-    if (smolvm_vm_run(&box->result, vm, cmd, &o, &box->err) < 0)
+    rc = smolvm_vm_run(&box->result, vm, cmd, &o, &box->err);
+    if (cb.failed) {
+        smolvm_lua_box_clear(box);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, cb.err_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, cb.err_ref);
+        return lua_error(L);
+    }
+    if (rc < 0)
         return smolvm_lua_fail(L, box, SMOLVM_ESSH);
     r = box->result;
     lua_createtable(L, 0, 9);
@@ -555,6 +627,63 @@ static int l_vm_unforward(lua_State *L)
     return push_ok(L);
 }
 
+/* vm:spawn(cmd, opts) -> proc | nil, msg, code */
+static int l_vm_spawn(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    const char *cmd = luaL_optstring(L, 2, NULL);
+    smolvm_spawn_options o = SMOLVM_SPAWN_OPTIONS_INIT;
+    smolvm_lua_box *box;
+
+    lua_settop(L, 3);
+    if (!lua_isnil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        o.cwd = opt_str(L, 3, "cwd");
+        o.timeout_ms = (int)opt_int(L, 3, "timeout_ms", 0, 0, INT_MAX);
+        o.pty_rows = (unsigned)opt_int(L, 3, "pty_rows", 0, 0, 1000);
+        o.pty_cols = (unsigned)opt_int(L, 3, "pty_cols", 0, 0, 1000);
+        if (smolvm_getfield(L, 3, "stdin") != LUA_TNIL)
+            o.stdin_pipe = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (smolvm_getfield(L, 3, "keep") != LUA_TNIL)
+            o.keep = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        o.env = opt_env(L, 3); /* stack 4, 5 */
+    }
+    luaL_argcheck(L, cmd, 2, "expected a command");
+    box = smolvm_lua_box_new(L);
+    if (smolvm_vm_spawn(&box->proc, vm, cmd, &o, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    smolvm_lua_push_proc(L, 1, box);
+    return 1;
+}
+
+/* vm:attach(pid) -> proc | nil, msg, code */
+static int l_vm_attach(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    lua_Integer pid = luaL_checkinteger(L, 2);
+    smolvm_lua_box *box;
+
+    luaL_argcheck(L, pid > 0 && pid <= INT_MAX, 2, "pid must be positive");
+    box = smolvm_lua_box_new(L);
+    if (smolvm_vm_attach(&box->proc, vm, (int)pid, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    smolvm_lua_push_proc(L, 1, box);
+    return 1;
+}
+
+/* vm:processes() -> { { pid=, cmd=, running=, exit_code=, signal=, started_ms= }, ... } */
+static int l_vm_processes(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_processes_json(&box->text, vm, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return smolvm_lua_push_json_text(L, box);
+}
+
 static int l_vm_tostring(lua_State *L)
 {
     lvm *u = luaL_checkudata(L, 1, SMOLVM_LUA_VM_MT);
@@ -582,6 +711,9 @@ static const luaL_Reg vm_methods[] = {
     {"read_file", l_vm_read_file},
     {"forward", l_vm_forward},
     {"unforward", l_vm_unforward},
+    {"spawn", l_vm_spawn},
+    {"attach", l_vm_attach},
+    {"processes", l_vm_processes},
     {"keep", l_vm_keep},
     {"owned", l_vm_owned},
     {"closed", l_vm_closed},
