@@ -87,6 +87,9 @@ n_packages=$(wc -l <"$tmp/packages.tsv")
     echo "  \"built\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\","
     echo "  \"inputs_hash\": \"$inputs_hash\","
     echo "  \"kernel_version\": \"$kernel_release\","
+    # The guest agent (src/guest/agent-*.c) is in every image built here; the value is
+    # the agent protocol version it speaks (docs/agent-protocol.md).
+    echo "  \"agent\": \"1\","
     echo "  \"kernel_cmdline_hint\": \"console=ttyS0 reboot=t panic=-1 acpi=off root=/dev/vda rw rootfstype=ext4 init=/sbin/smolvm-init quiet\","
     echo "  \"files\": {"
     for f in vmlinux rootfs.ext4; do

@@ -113,7 +113,7 @@ typedef struct smolvm_ctx_options {
     int user_egress;        /* 1: network "user" guests may open outbound connections;
                              * 0: $SMOLVM_USER_EGRESS=1 opens them, else closed; -1: closed */
     /* Host resources a guest may use (0: the default). */
-    uint64_t console_max;  /* console log kept per VM; SMOLVM_CONSOLE_MAX_DEFAULT (4 MiB) */
+    uint64_t console_max;  /* console log kept per VM; $SMOLVM_CONSOLE_MAX, else 4 MiB */
     uint64_t download_max; /* bytes download/read_file take from a guest; 1 GiB (read_file:
                             * at most SMOLVM_READ_FILE_MAX) */
 } smolvm_ctx_options;

@@ -82,7 +82,11 @@ static int resolve_policy(smolvm_ctx *ctx, const smolvm_ctx_options *o, smolvm_e
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     if (!ctx->nat_cidr && !(ctx->nat_cidr = strdup(SMOLVM_NAT_CIDR_DEFAULT)))
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    ctx->console_max = v2.console_max ? v2.console_max : 4u * 1024 * 1024;
+    ctx->console_max = v2.console_max;
+    if (!ctx->console_max && (egress = secure_getenv("SMOLVM_CONSOLE_MAX")))
+        ctx->console_max = strtoull(egress, NULL, 10);
+    if (!ctx->console_max)
+        ctx->console_max = 4u * 1024 * 1024;
     ctx->download_max = v2.download_max ? v2.download_max : SMOLVM_DOWNLOAD_MAX_DEFAULT;
     if (policy_str(&ctx->supervisor, NULL, "SMOLVM_SUPERVISOR") < 0)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");

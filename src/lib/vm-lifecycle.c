@@ -401,7 +401,7 @@ int smolvm_vm_keep(smolvm_vm *vm, smolvm_error **err)
         0)
         return smolvm_err_wrap(err, "keep '%s'", vm->id);
     if (vm->row->sv_pid > 0 && smolvm_pid_alive((pid_t)vm->row->sv_pid, vm->row->sv_start) &&
-        (r = smolvm_sv_keep(vm->row->dir, -1, smolvm_now_ms() + SUPERVISOR_CALL_MS, err)) < 0)
+        (r = smolvm_sv_keep(vm->row->dir, smolvm_now_ms() + SUPERVISOR_CALL_MS, err)) < 0)
         return smolvm_err_wrap(err, "keep '%s'", vm->id);
     return smolvm_vm_refresh(vm, err);
 }

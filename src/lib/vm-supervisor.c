@@ -147,11 +147,7 @@ int smolvm_sv_poweroff(const char *dir, int64_t deadline, smolvm_error **err)
     return call(dir, json_pack("{s:s}", "op", "poweroff"), deadline, err);
 }
 
-int smolvm_sv_keep(const char *dir, int64_t ttl_ms, int64_t deadline, smolvm_error **err)
+int smolvm_sv_keep(const char *dir, int64_t deadline, smolvm_error **err)
 {
-    json_t *req = json_pack("{s:s}", "op", "keep");
-
-    if (req && ttl_ms >= 0)
-        json_object_set_new(req, "ttl_ms", json_integer(ttl_ms));
-    return call(dir, req, deadline, err);
+    return call(dir, json_pack("{s:s}", "op", "keep"), deadline, err);
 }

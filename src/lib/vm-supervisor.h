@@ -28,7 +28,7 @@ int smolvm_sv_launch(smolvm_sv_pids *out, smolvm_ctx *ctx, const smolvm_sv_spec 
 
 /* Ask the supervisor of the VM in dir to power the guest off (returns once asked). */
 int smolvm_sv_poweroff(const char *dir, int64_t deadline, smolvm_error **err);
-/* No owner any more; ttl_ms >= 0 sets a deadline from now, < 0 none. */
-int smolvm_sv_keep(const char *dir, int64_t ttl_ms, int64_t deadline, smolvm_error **err);
+/* No owner any more; the ttl stays as it is. */
+int smolvm_sv_keep(const char *dir, int64_t deadline, smolvm_error **err);
 
 #endif

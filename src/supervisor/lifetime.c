@@ -59,20 +59,20 @@ int sv_lifetime_start(sv *s)
     return 0;
 }
 
-void sv_lifetime_keep(sv *s, int64_t ttl_ms)
+void sv_lifetime_keep(sv *s, bool set_ttl, int64_t ttl_ms)
 {
     if (s->owner_pidfd >= 0) {
         sv_loop_del(s->loop, s->owner_pidfd);
         (void)close(s->owner_pidfd);
         s->owner_pidfd = -1;
     }
-    if (s->ttl_timer) {
+    if (set_ttl && s->ttl_timer) {
         sv_loop_cancel(s->loop, s->ttl_timer);
         s->ttl_timer = 0;
     }
-    if (ttl_ms >= 0)
+    if (set_ttl && ttl_ms >= 0)
         arm_ttl(s, smolvm_wall_ms() + ttl_ms);
-    sv_log(s, "kept: no owner, %s", ttl_ms >= 0 ? "with a ttl" : "no ttl");
+    sv_log(s, "kept: no owner; %s", s->ttl_timer ? "its ttl holds" : "no ttl");
 }
 
 /* The library does the rest of an end (reconcile, delete) as any other process would:

@@ -83,7 +83,8 @@ size_t sv_relay_clients(const sv *s);
 
 /* lifetime.c: owner, ttl, the end. */
 int sv_lifetime_start(sv *s);
-void sv_lifetime_keep(sv *s, int64_t ttl_ms);   /* ttl_ms < 0: no ttl */
+/* No owner any more; set_ttl: replace the ttl (ttl_ms < 0: none) — else it stays. */
+void sv_lifetime_keep(sv *s, bool set_ttl, int64_t ttl_ms);
 void sv_delete_sandbox(sv *s, const char *why); /* kill, remove everything, exit */
 /* The VMM is gone: record how, let the library's reconcile see it, exit. */
 void sv_vmm_gone(sv *s, int status);

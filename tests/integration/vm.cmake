@@ -44,3 +44,21 @@ add_test(NAME integration/cli
 set_tests_properties(integration/cli PROPERTIES LABELS "integration;vm" SKIP_RETURN_CODE 77
   RUN_SERIAL ON TIMEOUT 600
   ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
+
+# The guest agent and the supervisor with real guests (docs/supervisor.md).
+add_test(NAME integration/agent
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integration/run-spec.sh ${SMOLVM_IT_LUA}
+          ${CMAKE_CURRENT_SOURCE_DIR}/integration/agent_spec.lua
+  WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/integration)
+set_tests_properties(integration/agent PROPERTIES LABELS "integration;vm" SKIP_RETURN_CODE 77
+  RUN_SERIAL ON TIMEOUT 900
+  ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
+
+# Owners SIGKILLed at random moments leave nothing behind (nat too: needs root).
+add_test(NAME integration/lifetime
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integration/nat-netns.sh ${SMOLVM_IT_LUA}
+          ${CMAKE_CURRENT_SOURCE_DIR}/integration/lifetime_spec.lua
+  WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/integration)
+set_tests_properties(integration/lifetime PROPERTIES LABELS "integration;vm;root"
+  SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 1200
+  ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
