@@ -9,6 +9,7 @@
 -- a `hint:` line.
 
 local json = require "smolvm.json"
+local sys = require "smolvm.sys"
 
 local M = {}
 
@@ -38,16 +39,7 @@ local function load_smolvm()
   return smolvm
 end
 
-local function shell_quote(s)
-  if s:match("^[%w@%%+=:,./_-]+$") then return s end
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
-
-local function is_tty(fd)
-  local ok, how, code = os.execute("[ -t " .. fd .. " ]")
-  if type(ok) == "number" then return ok == 0 end
-  return ok == true and how == "exit" and code == 0
-end
+local shell_quote, is_tty = sys.shell_quote, sys.isatty
 
 -- Look a value up by one of several dotted paths (the info object's layout is owned
 -- by the library; we accept the names it has used).
@@ -237,11 +229,7 @@ local function parse_timeout(t, cmd)
 end
 
 -- A command's words as one shell command line, quoted word by word.
-local function command_line(words)
-  local q = {}
-  for i, a in ipairs(words) do q[i] = shell_quote(a) end
-  return table.concat(q, " ")
-end
+local command_line = sys.command_line
 
 -- Pass a run result through as our own output and exit status.
 local function emit_result(r)

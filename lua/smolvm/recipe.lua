@@ -20,6 +20,7 @@
 
 local schema = require "smolvm.schema"
 local json = require "smolvm.json"
+local sys = require "smolvm.sys"
 
 local M = {}
 
@@ -100,28 +101,9 @@ end
 
 ------------------------------------------------------------------------ helpers
 
-local function now()
-  -- Wall-clock seconds with 10 ms resolution; os.clock is CPU time and os.time
-  -- counts whole seconds.
-  local f = io.open("/proc/uptime", "r")
-  if f then
-    local t = tonumber((f:read("*l") or ""):match("^(%S+)"))
-    f:close()
-    if t then return t end
-  end
-  return os.time()
-end
+local now = sys.now
 M.now = now
-
-local function is_tty(fd)
-  local ok, how, code = os.execute("[ -t " .. fd .. " ]")
-  if type(ok) == "number" then return ok == 0 end -- Lua 5.1
-  return ok == true and how == "exit" and code == 0
-end
-
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
+local shell_quote = sys.shell_quote
 M.shell_quote = shell_quote
 
 local function dirname(p)
@@ -233,7 +215,7 @@ local Out = {}
 Out.__index = Out
 
 local function new_out(opts)
-  local o = setmetatable({ json = opts.json, tty = is_tty(2), err = io.stderr }, Out)
+  local o = setmetatable({ json = opts.json, tty = sys.isatty(2), err = io.stderr }, Out)
   o.color = o.tty and os.getenv("NO_COLOR") == nil and os.getenv("TERM") ~= "dumb"
   return o
 end
