@@ -124,9 +124,12 @@ local function fmt_forwards(ports)
   return table.concat(parts, ",")
 end
 
-function M.fmt_age(t)
-  if type(t) ~= "number" then return "" end
-  local d = os.time() - t
+--- fmt_age(created_at_ms [, now_s]) -> "42s ago", "5m ago", "3h ago", "2d ago".
+-- created_at is wall-clock milliseconds (the library's timestamps); now_s is the
+-- wall clock in seconds (default os.time()).
+function M.fmt_age(ms, now_s)
+  if type(ms) ~= "number" then return "" end
+  local d = math.floor((now_s or os.time()) - ms / 1000)
   if d < 0 then d = 0 end
   if d < 60 then return d .. "s ago" end
   if d < 3600 then return math.floor(d / 60) .. "m ago" end
