@@ -129,7 +129,7 @@ end
 -- wall clock in seconds (default os.time()).
 function M.fmt_age(ms, now_s)
   if type(ms) ~= "number" then return "" end
-  local d = math.floor((now_s or os.time()) - ms / 1000)
+  local d = math.floor(now_s or os.time()) - math.floor(ms / 1000)
   if d < 0 then d = 0 end
   if d < 60 then return d .. "s ago" end
   if d < 3600 then return math.floor(d / 60) .. "m ago" end
