@@ -9,6 +9,7 @@
 -- a `hint:` line.
 
 local json = require "smolvm.json"
+local sys = require "smolvm.sys"
 
 local M = {}
 
@@ -38,30 +39,17 @@ local function load_smolvm()
   return smolvm
 end
 
-local function shell_quote(s)
-  if s:match("^[%w@%%+=:,./_-]+$") then return s end
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
+local shell_quote, is_tty = sys.shell_quote, sys.isatty
 
-local function is_tty(fd)
-  local ok, how, code = os.execute("[ -t " .. fd .. " ]")
-  if type(ok) == "number" then return ok == 0 end
-  return ok == true and how == "exit" and code == 0
-end
-
--- Look a value up by one of several dotted paths (the info object's layout is owned
--- by the library; we accept the names it has used).
-local function pick(t, paths)
-  for _, p in ipairs(paths) do
-    local v = t
-    for part in p:gmatch("[^.]+") do
-      if type(v) ~= "table" then v = nil break end
-      v = v[part]
-    end
-    if v ~= nil and v ~= json.null then return v end
-  end
-  return nil
-end
+--- The fields of vm:info() this command reads (docs/c-api.md, "JSON documents").
+-- tests/lua/cli_info_spec.lua checks each against a real info(). `networks` lists
+-- where a field is present when it is not for every VM.
+M.INFO_FIELDS = {
+  "id", "status", "backend", "config.memory", "created_at", "dir", "console_log",
+  "host_key", "ports",
+  { "ip", networks = { "user", "nat" } },
+  { "ssh_port", networks = { "user" } },
+}
 
 local function open_vm(smolvm, id)
   local vm, err, code = smolvm.VM.from_id(id)
@@ -124,29 +112,31 @@ local function parse(args, spec, stop_at_operand)
   return opts, rest
 end
 
-local function fmt_forwards(info)
-  local fw = pick(info, { "ports", "forwards", "config.forwards" })
-  if type(fw) ~= "table" then return "" end
+-- info.ports as ADDRESS:HOST->GUEST,... (the user's forwards, not smolvm's ssh one).
+local function fmt_forwards(ports)
   local parts = {}
-  for _, f in ipairs(fw) do
-    if type(f) == "table" and f.kind ~= "ssh" then
-      local addr = f.address or f.host_address or "127.0.0.1"
-      parts[#parts + 1] = addr .. ":" .. tostring(f.host or f.host_port) .. "->"
-        .. tostring(f.guest or f.guest_port)
+  for _, p in ipairs(type(ports) == "table" and ports or {}) do
+    if type(p) == "table" and p.kind ~= "ssh" then
+      parts[#parts + 1] = tostring(p.host_address) .. ":" .. tostring(p.host_port) .. "->"
+        .. tostring(p.guest_port)
     end
   end
   return table.concat(parts, ",")
 end
 
-local function fmt_age(t)
-  if type(t) ~= "number" then return type(t) == "string" and t or "" end
-  local d = os.time() - t
+--- fmt_age(created_at_ms [, now_s]) -> "42s ago", "5m ago", "3h ago", "2d ago".
+-- created_at is wall-clock milliseconds (the library's timestamps); now_s is the
+-- wall clock in seconds (default os.time()).
+function M.fmt_age(ms, now_s)
+  if type(ms) ~= "number" then return "" end
+  local d = math.floor(now_s or os.time()) - math.floor(ms / 1000)
   if d < 0 then d = 0 end
   if d < 60 then return d .. "s ago" end
   if d < 3600 then return math.floor(d / 60) .. "m ago" end
   if d < 86400 then return math.floor(d / 3600) .. "h ago" end
   return math.floor(d / 86400) .. "d ago"
 end
+local fmt_age = M.fmt_age
 
 ------------------------------------------------------------------------ commands
 
@@ -183,11 +173,11 @@ function(args)
   for _, info in ipairs(list) do
     rows[#rows + 1] = {
       tostring(info.id), tostring(info.status or ""),
-      tostring(pick(info, { "ip", "network.ip" }) or "-"),
-      fmt_forwards(info),
-      tostring(pick(info, { "backend", "config.backend" }) or ""),
-      tostring(pick(info, { "memory", "config.memory", "config.memory_mib" }) or ""),
-      fmt_age(pick(info, { "created_at", "created" })),
+      tostring(info.ip or "-"),
+      fmt_forwards(info.ports),
+      tostring(info.backend or ""),
+      tostring(type(info.config) == "table" and info.config.memory or ""),
+      fmt_age(info.created_at),
     }
   end
   local w = {}
@@ -237,11 +227,7 @@ local function parse_timeout(t, cmd)
 end
 
 -- A command's words as one shell command line, quoted word by word.
-local function command_line(words)
-  local q = {}
-  for i, a in ipairs(words) do q[i] = shell_quote(a) end
-  return table.concat(q, " ")
-end
+local command_line = sys.command_line
 
 -- Pass a run result through as our own output and exit status.
 local function emit_result(r)
@@ -345,49 +331,33 @@ function(args)
   return emit_result(r)
 end)
 
--- The ssh command line for a VM, from its info: the per-installation key, the
--- VM's pinned host key (written to a private known_hosts file, never trust on first
--- use) and the address/port sshd is reachable at.
-function M.ssh_command(info, tmpdir, interactive)
-  local host, port
-  -- With the user network sshd is reached through a host forward (ports[kind=ssh],
-  -- also info.ssh_port); with nat, at the VM's address.
+-- The ssh command line for a VM, from its info: the installation's client key
+-- (`key`, `id_ed25519` in the state directory), the VM's pinned host key (`host_key`,
+-- written to a private known_hosts file, never trust on first use) and where its sshd
+-- answers: with the user network a host forward on 127.0.0.1 (`ssh_port`, also the
+-- `ports` entry of kind "ssh"), else the VM's `ip`, port 22.
+function M.ssh_command(info, key, tmpdir, interactive)
+  local host, port = "127.0.0.1", info.ssh_port
   for _, p in ipairs(type(info.ports) == "table" and info.ports or {}) do
     if type(p) == "table" and p.kind == "ssh" then
-      host, port = p.host_address, p.host_port
+      host, port = p.host_address or host, p.host_port
     end
   end
-  if info.ssh_port and info.ssh_port ~= json.null then
-    port = info.ssh_port
-    host = (host and host ~= json.null) and host or "127.0.0.1"
-  end
-  if not port then host, port = pick(info, { "ssh.host", "ip" }), 22 end
-  -- The installation's client key lives in the state directory, a parent of the
-  -- VM's directory.
-  local key = pick(info, { "ssh.key", "paths.key", "key_path" })
-  local dir = pick(info, { "dir" })
-  while not key and type(dir) == "string" and dir:find("/", 1, true) do
-    dir = dir:match("^(.*)/[^/]*$")
-    if dir and io.open(dir .. "/id_ed25519", "rb") then key = dir .. "/id_ed25519" end
-  end
-  local hostkey = pick(info, { "host_key", "ssh.host_key", "paths.host_key_pub" })
+  if not port then host, port = info.ip, 22 end
   if not host then return nil, "no address to reach its sshd (is it running?)" end
-  if not key then return nil, "its info has no ssh key path" end
+  if not key then return nil, "no ssh key for this installation" end
   local args = { "ssh", "-t", "-i", shell_quote(key), "-o", "IdentitiesOnly=yes",
                  "-o", "LogLevel=ERROR", "-p", tostring(port) }
-  if hostkey and tmpdir then
-    local line = hostkey
-    if not hostkey:match("^ssh%-") then -- a path to the .pub file
-      local f = io.open(hostkey, "r")
-      line = f and f:read("*l") or nil
-      if f then f:close() end
-    end
+  if info.host_key and tmpdir then
+    local f = io.open(info.host_key, "r")
+    local line = f and f:read("*l") or nil
+    if f then f:close() end
     if line then
       local kh = tmpdir .. "/known_hosts"
-      local f = assert(io.open(kh, "w"))
+      local k = assert(io.open(kh, "w"))
       local name = (tonumber(port) == 22) and host or ("[" .. host .. "]:" .. port)
-      f:write(name, " ", line:match("^(%S+%s+%S+)") or line, "\n")
-      f:close()
+      k:write(name, " ", line:match("^(%S+%s+%S+)") or line, "\n")
+      k:close()
       args[#args + 1] = "-o UserKnownHostsFile=" .. shell_quote(kh)
       args[#args + 1] = "-o StrictHostKeyChecking=yes"
     end
@@ -396,6 +366,13 @@ function M.ssh_command(info, tmpdir, interactive)
   -- root's login shell is /bin/sh (fast for commands); people want bash
   if interactive then args[#args + 1] = "exec /bin/bash -l" end
   return table.concat(args, " ")
+end
+
+-- The installation's ssh client key: id_ed25519 in the state directory.
+local function client_key()
+  local ok, core = pcall(require, "smolvm.core")
+  local paths = ok and type(core.paths) == "function" and core.paths() or nil
+  return paths and paths.state_dir and (paths.state_dir .. "/id_ed25519") or nil
 end
 
 command("shell", "shell ID", "Open an interactive shell in a running sandbox (ssh)",
@@ -413,7 +390,7 @@ function(args)
   local tmp = os.tmpname()
   os.remove(tmp)
   os.execute("mkdir -m 700 " .. shell_quote(tmp))
-  local cmd, err = M.ssh_command(info, tmp, true)
+  local cmd, err = M.ssh_command(info, client_key(), tmp, true)
   if not cmd then
     os.execute("rm -rf " .. shell_quote(tmp))
     return fail("shell '" .. args[1] .. "': " .. err, "use 'smolvm exec " .. args[1] .. " -- CMD' instead")
@@ -472,11 +449,7 @@ function(args)
   local vm, s = open_vm(smolvm, rest[1])
   if not vm then return s end
   local info = info_of(vm)
-  local path = pick(info, { "console_log", "paths.console" })
-  if not path then
-    local dir = pick(info, { "dir" })
-    path = dir and (dir .. "/console.log")
-  end
+  local path = info.console_log
   if not path then return fail("logs '" .. rest[1] .. "': its info has no console log path") end
   if o.follow or o.tail then
     if o.tail and not tonumber(o.tail) then return usage_error("-n expects a number", "logs") end

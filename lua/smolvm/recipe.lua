@@ -20,6 +20,7 @@
 
 local schema = require "smolvm.schema"
 local json = require "smolvm.json"
+local sys = require "smolvm.sys"
 
 local M = {}
 
@@ -100,28 +101,9 @@ end
 
 ------------------------------------------------------------------------ helpers
 
-local function now()
-  -- Wall-clock seconds with 10 ms resolution; os.clock is CPU time and os.time
-  -- counts whole seconds.
-  local f = io.open("/proc/uptime", "r")
-  if f then
-    local t = tonumber((f:read("*l") or ""):match("^(%S+)"))
-    f:close()
-    if t then return t end
-  end
-  return os.time()
-end
+local now = sys.now
 M.now = now
-
-local function is_tty(fd)
-  local ok, how, code = os.execute("[ -t " .. fd .. " ]")
-  if type(ok) == "number" then return ok == 0 end -- Lua 5.1
-  return ok == true and how == "exit" and code == 0
-end
-
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
+local shell_quote = sys.shell_quote
 M.shell_quote = shell_quote
 
 local function dirname(p)
@@ -233,7 +215,7 @@ local Out = {}
 Out.__index = Out
 
 local function new_out(opts)
-  local o = setmetatable({ json = opts.json, tty = is_tty(2), err = io.stderr }, Out)
+  local o = setmetatable({ json = opts.json, tty = sys.isatty(2), err = io.stderr }, Out)
   o.color = o.tty and os.getenv("NO_COLOR") == nil and os.getenv("TERM") ~= "dumb"
   return o
 end
@@ -421,7 +403,11 @@ local function teardown(ctx, out, interrupted)
   end
 end
 
-local function run_all(ctx, out)
+-- The phases of a run, in order. Each returns an exit status to stop the run there,
+-- or nil to go on; whatever they created is torn down by M.run afterwards.
+
+-- 1. The binding: without it the host cannot run sandboxes.
+local function load_binding(ctx, out)
   local ok_load, smolvm = pcall(require, "smolvm")
   if not ok_load then
     fail_host(out, ctx, "cannot load the smolvm Lua binding: "
@@ -430,12 +416,15 @@ local function run_all(ctx, out)
     return M.EXIT_HOST
   end
   ctx.smolvm = smolvm
+  return nil
+end
 
-  -- Ids already taken (by a sandbox kept from an earlier run, say) stop everything
-  -- before anything is created.
+-- 2. Ids already taken (by a sandbox kept from an earlier run, say) stop everything
+-- before anything is created.
+local function check_ids(ctx, out)
   local clash = false
   for _, run in ipairs(ctx.runs) do
-    local existing = smolvm.VM.from_id(run.sb.id)
+    local existing = ctx.smolvm.VM.from_id(run.sb.id)
     if existing then
       clash = true
       fail_sandbox(out, run, "a VM with id " .. schema.quote(run.sb.id)
@@ -444,14 +433,18 @@ local function run_all(ctx, out)
     end
   end
   if clash then return M.EXIT_FAILED end
+  return nil
+end
 
-  -- Create every VM, then boot them (side by side where the module can).
+-- 3. Create every VM (records, disks, keys; nothing runs yet). A sandbox that cannot
+-- be created fails alone; a host that cannot run sandboxes stops the run.
+local function create_all(ctx, out)
   for _, run in ipairs(ctx.runs) do
     local vmopts = {}
     for k, v in pairs(run.sb.vm) do vmopts[k] = v end
     vmopts.id = run.sb.id -- the sandbox name, so kept sandboxes are found by name
     run.creating = true
-    local okc, vm, msg, code = pcall(smolvm.VM, vmopts)
+    local okc, vm, msg, code = pcall(ctx.smolvm.VM, vmopts)
     if okc and vm then
       run.vm = vm
     else
@@ -459,14 +452,32 @@ local function run_all(ctx, out)
       if is_interrupt(msg) then error(msg, 0) end
       run.creating = false
       if code == "EHOST" then
-        fail_host(out, ctx, tostring(msg), smolvm)
+        fail_host(out, ctx, tostring(msg), ctx.smolvm)
         return M.EXIT_HOST
       end
       fail_sandbox(out, run, "create: " .. tostring(msg) .. (code and (" (" .. code .. ")") or ""))
     end
   end
-  -- Boot them side by side: start_begin launches every VM, start_finish then waits
-  -- for each (they boot meanwhile). A module without the two halves boots in turn.
+  return nil
+end
+
+-- A booted sandbox's `files`, in path order; the first that fails fails the sandbox.
+local function write_files(out, run)
+  for _, path in ipairs(run.files) do
+    local okw, wmsg, wcode = op(run.vm.write_file, run.vm, path, run.sb.files[path])
+    if not okw then
+      fail_sandbox(out, run, "files[" .. schema.quote(path) .. "]: " .. tostring(wmsg)
+        .. (wcode and (" (" .. wcode .. ")") or ""))
+      return false
+    end
+  end
+  return true
+end
+
+-- 4. Boot them side by side: start_begin launches every VM, start_finish then waits
+-- for each (they boot meanwhile). A module without the two halves boots in turn.
+-- Each booted sandbox gets its files and becomes "running".
+local function boot_all(ctx, out)
   local boot_t0 = now()
   for _, run in ipairs(ctx.runs) do
     if run.vm and run.vm.start_begin then
@@ -489,55 +500,64 @@ local function run_all(ctx, out)
       if not okb then
         if code == "EHOST" then
           out:done(head .. " " .. out:paint("31", "FAILED"))
-          fail_host(out, ctx, tostring(msg), smolvm)
+          fail_host(out, ctx, tostring(msg), ctx.smolvm)
           return M.EXIT_HOST
         end
         fail_sandbox(out, run, "boot: " .. tostring(msg) .. (code and (" (" .. code .. ")") or ""))
       else
         out:done(head .. " " .. out:paint("32", "ok") .. " " .. fmt_secs(run.boot_elapsed))
-        for _, path in ipairs(run.files) do
-          local okw, wmsg, wcode = op(run.vm.write_file, run.vm, path, run.sb.files[path])
-          if not okw then
-            fail_sandbox(out, run, "files[" .. schema.quote(path) .. "]: " .. tostring(wmsg)
-              .. (wcode and (" (" .. wcode .. ")") or ""))
-            break
-          end
-        end
+        write_files(out, run)
         if run.status ~= "failed" then run.status = "running" end
       end
     end
   end
+  return nil
+end
 
-  -- Steps, round-robin: one step of each running sandbox per turn.
+-- One step of a running sandbox: run it, record and show the result, and move the
+-- sandbox on ("ok" after its last step, "failed" at a missed expectation).
+local function advance(ctx, out, run)
+  local step = run.sb.steps[run.next]
+  if not step then
+    run.status = "ok"
+    return
+  end
+  out:pending("[" .. run.sb.name .. "] step " .. run.next .. "/" .. #run.sb.steps
+    .. " " .. step_label(step))
+  local res = run_step(ctx, run, step)
+  run.results[#run.results + 1] = res
+  report_step(out, run, res)
+  if res.ok then
+    run.next = run.next + 1
+    if run.next > #run.sb.steps then run.status = "ok" end
+  else
+    run.status = "failed"
+    run.error = "step " .. res.index .. "/" .. #run.sb.steps .. ": " .. res.error
+  end
+end
+
+-- 5. Steps, round-robin: one step of each running sandbox per turn, until none is
+-- running. Any sandbox not "ok" then fails the recipe.
+local function run_steps(ctx, out)
   local active = true
   while active do
     active = false
     for _, run in ipairs(ctx.runs) do
       if run.status == "running" then
-        local step = run.sb.steps[run.next]
-        if not step then
-          run.status = "ok"
-        else
-          active = true
-          out:pending("[" .. run.sb.name .. "] step " .. run.next .. "/" .. #run.sb.steps
-            .. " " .. step_label(step))
-          local res = run_step(ctx, run, step)
-          run.results[#run.results + 1] = res
-          report_step(out, run, res)
-          if res.ok then
-            run.next = run.next + 1
-            if run.next > #run.sb.steps then run.status = "ok" end
-          else
-            run.status = "failed"
-            run.error = "step " .. res.index .. "/" .. #run.sb.steps .. ": " .. res.error
-          end
-        end
+        active = active or run.sb.steps[run.next] ~= nil
+        advance(ctx, out, run)
       end
     end
   end
   for _, run in ipairs(ctx.runs) do
     if run.status ~= "ok" then return M.EXIT_FAILED end
   end
+  return nil
+end
+
+-- 6. Host checks (host_check), after every sandbox met all its steps and before
+-- teardown, so forwards still answer. The first that fails fails the recipe.
+local function run_host_checks(ctx, out)
   local vms = {}
   for _, run in ipairs(ctx.runs) do vms[run.sb.name] = run.vm end
   for _, c in ipairs(ctx.opts.host_checks or {}) do
@@ -553,6 +573,18 @@ local function run_all(ctx, out)
       return M.EXIT_FAILED
     end
     out:done("[host] " .. c.label .. " " .. out:paint("32", "ok") .. " " .. fmt_secs(now() - t0))
+  end
+  return nil
+end
+
+local PHASES = { load_binding, check_ids, create_all, boot_all, run_steps, run_host_checks }
+
+-- Run the phases in order; the first that returns a status ends the run with it.
+-- Teardown, the summary and the JSON result are M.run's, whatever happened here.
+local function run_all(ctx, out)
+  for _, phase in ipairs(PHASES) do
+    local status = phase(ctx, out)
+    if status ~= nil then return status end
   end
   return M.EXIT_OK
 end

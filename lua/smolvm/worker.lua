@@ -42,32 +42,8 @@ M.DEFAULT_STOP_TIMEOUT = 5
 -- Handles kept per thread state; each holds an SSH session to its guest.
 M.MAX_CACHED = 16
 
-local now_ms
-do
-  -- Wall-clock milliseconds for the timings in results (os.time() is whole
-  -- seconds, os.clock() CPU time). LuaJIT: gettimeofday through the FFI; elsewhere
-  -- /proc/uptime (10 ms steps), else whole seconds.
-  local ok, ffi = pcall(require, "ffi")
-  if ok and ffi then
-    pcall(ffi.cdef, [[
-      struct smolvm_worker_timeval { long tv_sec; long tv_usec; };
-      int gettimeofday(struct smolvm_worker_timeval *tv, void *tz);
-    ]])
-    local tv = ffi.new("struct smolvm_worker_timeval")
-    now_ms = function()
-      ffi.C.gettimeofday(tv, nil)
-      return tonumber(tv.tv_sec) * 1000 + math.floor(tonumber(tv.tv_usec) / 1000)
-    end
-  else
-    now_ms = function()
-      local f = io.open("/proc/uptime")
-      local up = f and tonumber(f:read("*l"):match("^[%d.]+"))
-      if f then f:close() end
-      if up then return math.floor(up * 1000 + 0.5) end
-      return os.time() * 1000
-    end
-  end
-end
+-- Milliseconds for the timings in results (a monotonic clock: durations only).
+local now_ms = require("smolvm.sys").monotonic_ms
 M.now_ms = now_ms
 
 ------------------------------------------------------------------------ nginx

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * smolvm-lua: a Lua 5.4 interpreter with smolvm built in (docs/cli.md).
+ * smolvm-lua: a Lua 5.4 interpreter with smolvm built in (docs/smolvm-lua.md).
  *
  *   smolvm-lua [options] [script [args]]
  *     -e stat   execute string 'stat'          -v        print version

@@ -16,6 +16,8 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "binding.h"
 
@@ -271,6 +273,31 @@ static int l_error_name(lua_State *L)
     return 1;
 }
 
+/* ---------------------------------------------------------------- process helpers */
+
+/* isatty(fd) -> boolean: whether the descriptor is a terminal (no shell started, as
+ * the pure-Lua fallback in smolvm.sys has to). */
+static int l_isatty(lua_State *L)
+{
+    lua_Integer fd = luaL_checkinteger(L, 1);
+
+    luaL_argcheck(L, fd >= 0 && fd <= 1024, 1, "expected a file descriptor 0..1024");
+    lua_pushboolean(L, isatty((int)fd) == 1);
+    return 1;
+}
+
+/* monotonic_ms() -> integer milliseconds of CLOCK_MONOTONIC: for durations and
+ * deadlines (never jumps with the wall clock). */
+static int l_monotonic_ms(lua_State *L)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
+        return luaL_error(L, "clock_gettime(CLOCK_MONOTONIC) failed");
+    lua_pushinteger(L, (lua_Integer)ts.tv_sec * 1000 + (lua_Integer)(ts.tv_nsec / 1000000));
+    return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
     {"list", l_list},
     {"doctor", l_doctor},
@@ -278,6 +305,8 @@ static const luaL_Reg core_funcs[] = {
     {"reconcile", l_reconcile},
     {"paths", l_paths},
     {"error_name", l_error_name},
+    {"isatty", l_isatty},
+    {"monotonic_ms", l_monotonic_ms},
     {NULL, NULL},
 };
 

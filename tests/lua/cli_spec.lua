@@ -160,3 +160,15 @@ describe("smolvm-lua", function()
     assert.truthy(err:find("caught: .*interrupted"), err)
   end)
 end)
+
+describe("smolvm.cli", function()
+  it("formats ages from milliseconds", function()
+    local now = 1700000000
+    assert.equal("5s ago", require("smolvm.cli").fmt_age((now - 5) * 1000, now))
+    assert.equal("1m ago", require("smolvm.cli").fmt_age((now - 90) * 1000 + 400, now))
+    assert.equal("3h ago", require("smolvm.cli").fmt_age((now - 3 * 3600) * 1000, now))
+    assert.equal("2d ago", require("smolvm.cli").fmt_age((now - 2 * 86400 - 7) * 1000, now))
+    assert.equal("0s ago", require("smolvm.cli").fmt_age((now + 3) * 1000, now)) -- clock skew
+    assert.equal("", require("smolvm.cli").fmt_age(nil, now))
+  end)
+end)

@@ -1,0 +1,77 @@
+-- SPDX-License-Identifier: MIT
+--- smolvm.sys: what the facade needs from the operating system: shell quoting,
+-- terminal detection and a monotonic clock. One copy, used by the recipe runner, the
+-- `smolvm` command, the Slurm controller and the thread-pool worker.
+--
+-- Where the binding is loaded, terminal detection and the clock come from smolvm.core
+-- (isatty(2), CLOCK_MONOTONIC). Without it (a busted spec with a stand-in module, a
+-- host without the built module) the fallbacks are pure Lua: `[ -t FD ]` through the
+-- shell (answered once per descriptor) and /proc/uptime (10 ms steps).
+--
+-- Pure Lua for 5.1/LuaJIT and 5.4.
+
+local M = {}
+
+local core
+do
+  local ok, c = pcall(require, "smolvm.core")
+  if ok and type(c) == "table" then core = c end
+end
+
+--- shell_quote(s) -> s as one word for sh: unchanged when it holds only characters
+-- the shell never interprets, else in single quotes.
+function M.shell_quote(s)
+  s = tostring(s)
+  if s:match("^[%w@%%+=:,./_-]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+--- command_line(words) -> the words as one shell command line, each quoted.
+function M.command_line(words)
+  local q = {}
+  for i, a in ipairs(words) do q[i] = M.shell_quote(a) end
+  return table.concat(q, " ")
+end
+
+local tty_cache = {}
+
+local function shell_isatty(fd)
+  local ok, how, code = os.execute("[ -t " .. fd .. " ]")
+  if type(ok) == "number" then return ok == 0 end -- Lua 5.1
+  return ok == true and how == "exit" and code == 0
+end
+
+--- isatty(fd) -> whether descriptor fd (0 stdin, 1 stdout, 2 stderr) is a terminal.
+function M.isatty(fd)
+  if core and type(core.isatty) == "function" then return core.isatty(fd) end
+  local v = tty_cache[fd]
+  if v == nil then
+    v = shell_isatty(math.floor(tonumber(fd) or -1))
+    tty_cache[fd] = v
+  end
+  return v
+end
+
+local function uptime_ms()
+  local f = io.open("/proc/uptime", "r")
+  if f then
+    local t = tonumber((f:read("*l") or ""):match("^(%S+)"))
+    f:close()
+    if t then return math.floor(t * 1000 + 0.5) end
+  end
+  return os.time() * 1000
+end
+
+--- monotonic_ms() -> milliseconds of a clock that never jumps (for durations and
+-- deadlines; its origin is arbitrary).
+function M.monotonic_ms()
+  if core and type(core.monotonic_ms) == "function" then return core.monotonic_ms() end
+  return uptime_ms()
+end
+
+--- now() -> monotonic_ms() in seconds (a float), for timings shown to users.
+function M.now()
+  return M.monotonic_ms() / 1000
+end
+
+return M
