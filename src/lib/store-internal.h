@@ -10,6 +10,7 @@
 #include "util.h"
 
 #include <string.h>
+#include <sys/types.h>
 
 #include <sqlite3.h>
 
@@ -22,6 +23,10 @@
 struct smolvm_store {
     sqlite3 *db;
     char *path;
+    /* The file's identity, counted in store.c's table of files this process has open. */
+    dev_t dev;
+    ino_t ino;
+    bool counted;
 };
 
 /* ---------------------------------------------------------------- helpers */

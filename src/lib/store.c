@@ -176,21 +176,23 @@ static int quick_check(sqlite3 *db, const char *path, smolvm_error **err)
 }
 
 /*
- * Files this process has already checked and opened. POSIX record locks belong to the
- * process: closing any descriptor of a file drops every lock the process holds on it,
- * SQLite's included. precheck() opens the file with open() itself, so it must run only
- * while this process has no SQLite connection to that file (the first open); after
- * that, a file that SQLite holds open is known to be ours. Keyed by device and inode.
+ * Database files this process has SQLite connections to, with how many. POSIX record
+ * locks belong to the process: closing any descriptor of a file drops every lock the
+ * process holds on it, SQLite's included. precheck() opens the file with open()
+ * itself, so it runs only while this process has no connection to that file; a file a
+ * connection of ours holds open was checked when that connection was made, and SQLite
+ * reports any damage since in the queries themselves. Keyed by device and inode.
  */
-#define CHECKED_MAX 16
+#define OPEN_FILES_MAX 16
 static struct {
     dev_t dev;
     ino_t ino;
-} checked[CHECKED_MAX];
-static size_t n_checked;
-static pthread_mutex_t checked_lock = PTHREAD_MUTEX_INITIALIZER;
+    unsigned count;
+} open_files[OPEN_FILES_MAX];
+static pthread_mutex_t open_files_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static bool already_checked(const char *path)
+/* Is a connection of this process open on the file at path? */
+static bool held_open(const char *path)
 {
     struct stat st;
     bool found = false;
@@ -198,26 +200,33 @@ static bool already_checked(const char *path)
 
     if (stat(path, &st) < 0)
         return false;
-    pthread_mutex_lock(&checked_lock);
-    for (i = 0; i < n_checked && !found; i++)
-        found = checked[i].dev == st.st_dev && checked[i].ino == st.st_ino;
-    pthread_mutex_unlock(&checked_lock);
+    pthread_mutex_lock(&open_files_lock);
+    for (i = 0; i < OPEN_FILES_MAX && !found; i++)
+        found = open_files[i].count > 0 && open_files[i].dev == st.st_dev &&
+                open_files[i].ino == st.st_ino;
+    pthread_mutex_unlock(&open_files_lock);
     return found;
 }
 
-static void mark_checked(const char *path)
+/* Count a connection to (dev, ino) in (delta +1) or out (-1). */
+static void count_open(dev_t dev, ino_t ino, int delta)
 {
-    struct stat st;
+    size_t i, free_slot = OPEN_FILES_MAX;
 
-    if (stat(path, &st) < 0)
-        return;
-    pthread_mutex_lock(&checked_lock);
-    if (n_checked < CHECKED_MAX) {
-        checked[n_checked].dev = st.st_dev;
-        checked[n_checked].ino = st.st_ino;
-        n_checked++;
+    pthread_mutex_lock(&open_files_lock);
+    for (i = 0; i < OPEN_FILES_MAX; i++) {
+        if (open_files[i].count > 0 && open_files[i].dev == dev && open_files[i].ino == ino) {
+            open_files[i].count = (unsigned)((int)open_files[i].count + delta);
+            pthread_mutex_unlock(&open_files_lock);
+            return;
+        }
+        if (open_files[i].count == 0 && free_slot == OPEN_FILES_MAX)
+            free_slot = i;
     }
-    pthread_mutex_unlock(&checked_lock);
+    /* Beyond OPEN_FILES_MAX distinct files the next open simply checks again. */
+    if (delta > 0 && free_slot < OPEN_FILES_MAX)
+        open_files[free_slot] = (typeof(open_files[0])){dev, ino, 1};
+    pthread_mutex_unlock(&open_files_lock);
 }
 
 /*
@@ -435,13 +444,21 @@ int smolvm_store_open(smolvm_store **out, const char *path, smolvm_error **err)
         free(s);
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     }
-    r = already_checked(path) ? 0 : precheck(path, err);
+    r = held_open(path) ? 0 : precheck(path, err);
     if (r == 0)
         r = open_rw(s, err);
     if (r == 0)
         r = migrate(s, err);
-    if (r == 0)
-        mark_checked(path);
+    if (r == 0) {
+        struct stat st;
+
+        if (stat(path, &st) == 0) {
+            s->dev = st.st_dev;
+            s->ino = st.st_ino;
+            s->counted = true;
+            count_open(s->dev, s->ino, +1);
+        }
+    }
     if (r < 0) {
         smolvm_store_free(s);
         return r;
@@ -456,6 +473,8 @@ smolvm_store *smolvm_store_free(smolvm_store *s)
         return NULL;
     if (s->db)
         (void)sqlite3_close_v2(s->db);
+    if (s->counted)
+        count_open(s->dev, s->ino, -1);
     free(s->path);
     free(s);
     return NULL;

@@ -12,7 +12,8 @@ describe("schema.validate_vm", function()
   it("fills the defaults", function()
     local o = assert(schema.validate_vm({}))
     assert.same({ vcpus = 2, memory = 512, disk = "isolated", image = "default",
-                  backend = "auto", accel = "auto", network = "auto", forwards = {}, env = {} }, o)
+                  backend = "auto", accel = "auto", network = "auto", forwards = {}, env = {},
+                  transport = "auto" }, o)
     assert.is_nil(o.id)
     assert(schema.validate_vm(nil))
   end)
