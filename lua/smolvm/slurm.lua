@@ -27,11 +27,12 @@ local sys = require "smolvm.sys"
 
 local M = {}
 
---- MiB added to each job's memory request for the VMM itself: QEMU 7.2 under TCG
--- measured 111-116 MiB above the guest's RAM (VmHWM of qemu-system-x86_64 for
--- 256 and 512 MiB guests whose RAM was filled; docs/cluster.md). KVM needs less,
--- and no translation cache: set SMOLVM_SLURM_OVERHEAD_MIB on such clusters.
-M.VMM_OVERHEAD_MIB = tonumber(os.getenv("SMOLVM_SLURM_OVERHEAD_MIB") or "") or 128
+--- MiB added to each job's memory request for the VMM itself. Measured for QEMU 7.2
+-- under TCG (bench/vmm-overhead.lua: VmHWM of qemu-system-x86_64 minus the guest's
+-- RAM once the guest filled it): 111-129 MiB for 256 and 512 MiB guests, most of it
+-- TCG's translation cache; 160 leaves a margin (docs/cluster.md). KVM needs less:
+-- set SMOLVM_SLURM_OVERHEAD_MIB on such clusters.
+M.VMM_OVERHEAD_MIB = tonumber(os.getenv("SMOLVM_SLURM_OVERHEAD_MIB") or "") or 160
 M.DEFAULT_WAIT = 3600  -- seconds the controller waits for all jobs (--wait)
 M.POLL_INTERVAL = 2    -- seconds between two looks at the jobs' states
 M.HANDOFF_WAIT = 300   -- seconds a finished job waits for the controller to fetch
