@@ -192,6 +192,11 @@ function M.job_script(sbs, recipe_b64, exe, label)
   local rest = {
     '*) echo "smolvm job: no sandbox for array task \'${SLURM_ARRAY_TASK_ID:-}\'" >&2; exit 2 ;;',
     "esac",
+    -- scancel and the time limit signal every process of the job; when this shell
+    -- exits, Slurm kills what is left at once. So it stays until smolvm-lua has torn
+    -- its VM down (a trap runs after the foreground command), then skips the hand-off.
+    "terminated=",
+    "trap 'terminated=1' TERM INT",
     "lua=${SMOLVM_SLURM_LUA:-" .. q(exe) .. "}",
     "dir=" .. q(job_dir("")) .. "$SLURM_JOB_ID",
     'rm -f "$dir/result.json"',
@@ -204,6 +209,11 @@ function M.job_script(sbs, recipe_b64, exe, label)
     -- SIGTERM (scancel, the time limit) reaches smolvm-lua, which tears its VM down.
     '"$lua" --json --only "$name" "$dir/recipe.lua" >"$dir/result.json"',
     "status=$?",
+    'if [ -n "$terminated" ]; then',
+    '  echo "smolvm job: signalled; smolvm-lua exited $status after its teardown" >&2',
+    '  rm -rf "$dir"',
+    "  exit $status",
+    "fi",
     'if [ ! -s "$dir/result.json" ]; then',
     '  printf \'{"format":1,"status":%d,"ok":false,"sandboxes":[],"errors":["smolvm-lua'
       .. ' (%s) exited %d without a result"]}\\n\' "$status" "$lua" "$status" >"$dir/result.json"',
@@ -351,7 +361,7 @@ end
 function Ctl:kill_fetchers()
   for _, run in ipairs(self.runs) do
     if run.fetch then
-      sh("kill -KILL -- -" .. run.fetch.pid .. " 2>/dev/null", self.tmp)
+      sh("kill -KILL -" .. run.fetch.pid .. " 2>/dev/null", self.tmp) -- dash: no "--"
       run.fetch = nil
     end
   end

@@ -146,19 +146,34 @@ describe("smolvm-lua --slurm", function()
     assert.are.equal("", queued())
   end)
 
-  it("cancels its jobs on Ctrl-C", function()
+  it("cancels its jobs on Ctrl-C, and the nodes delete their VMs", function()
+    local long = write(TMP .. "/long.lua", [[
+for _, n in ipairs({ "l1", "l2", "l3", "l4" }) do
+  sandbox(n) { network = "user", memory = 256, vcpus = 1, steps = { "sleep 120" } }
+end
+]])
     local base = TMP .. "/int"
-    local p = assert(io.popen("sh -c " .. q(q(LUA) .. " --slurm " .. q(R4) .. " >" .. base
+    local p = assert(io.popen("sh -c " .. q(q(LUA) .. " --slurm " .. q(long) .. " >" .. base
       .. ".out 2>" .. base .. ".err & echo $!")))
     local pid = p:read("*l")
     p:close()
-    assert.truthy(h.wait_for(function() return queued():find("RUNNING", 1, true) end, 60), queued())
+    -- Ctrl-C once every sandbox is up and in its step, as the nodes' state says.
+    local function running()
+      local n = 0
+      for node in pairs(NODES) do
+        local out = h.sh("sqlite3 " .. q(TMP .. "/state-" .. node .. "/smolvm.db")
+          .. " \"SELECT count(*) FROM vms WHERE status = 'running'\" 2>/dev/null")
+        n = n + (tonumber(out:match("%d+")) or 0)
+      end
+      return n == 4
+    end
+    assert.truthy(h.wait_for(running, 180), queued())
     h.sh("kill -INT " .. pid)
     assert.truthy(h.wait_for(function() return h.sh("kill -0 " .. pid .. " 2>&1") ~= "" end, 60))
     local err = h.readfile(base .. ".err")
     assert.truthy(err:find("interrupted, cancelling the Slurm jobs", 1, true), err)
     assert.truthy(err:find("recipe interrupted", 1, true), err)
-    assert.truthy(h.wait_for(function() return queued() == "" end, 40), queued())
+    assert.truthy(h.wait_for(function() return queued() == "" end, 10), queued())
     assert.truthy(h.wait_for(no_vms_left, 40), select(2, no_vms_left()))
   end)
 

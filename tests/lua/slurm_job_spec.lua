@@ -103,6 +103,29 @@ describe("smolvm.slurm", function()
     assert.truthy(out:find("no sandbox for array task '9'", 1, true), out)
   end)
 
+  it("keeps the job alive while smolvm-lua tears down after scancel", function()
+    -- The stand-in smolvm-lua says when it runs, and on SIGTERM takes a second to
+    -- "tear down" before it exits 143, as the real one does.
+    h.write(dir .. "/fake-lua", "#!/bin/sh\ntrap 'sleep 1; echo torn-down >" .. dir
+      .. "/got; exit 143' TERM\necho >" .. dir .. "/ready\nsleep 30 & wait\n")
+    os.execute("chmod +x " .. h.quote(dir .. "/fake-lua") .. "; mkfifo " .. h.quote(dir .. "/ready"))
+    local sbs = sandboxes({ { "one", { steps = { "true" } } } })
+    local saved = slurm.NODE_DIR
+    slurm.NODE_DIR = dir
+    h.write(dir .. "/job.sh", slurm.job_script(sbs, "", dir .. "/fake-lua", "r.lua"))
+    slurm.NODE_DIR = saved
+    -- As slurmstepd does at scancel: SIGTERM to every process of the job at once.
+    local out, rc = sh("cd " .. h.quote(dir) .. " && t0=$(date +%s); SLURM_JOB_ID=44"
+      .. " SLURM_ARRAY_TASK_ID=0 setsid sh job.sh 2>job.err & pid=$!; timeout 20 cat ready"
+      .. " >/dev/null; kill -TERM -$pid; wait $pid; echo status=$? took=$(( $(date +%s) - t0 ))")
+    assert.equal(0, rc, out)
+    assert.truthy(out:find("status=143", 1, true), out)
+    assert.truthy(tonumber(out:match("took=(%d+)")) < 10, out) -- no 300 s hand-off wait
+    assert.equal("torn-down\n", h.read(dir .. "/got"))
+    assert.truthy(h.read(dir .. "/job.err"):find("signalled; smolvm-lua exited 143", 1, true))
+    assert.is_false(h.exists(dir .. "/smolvm-slurm-44"))
+  end)
+
   it("says what it would submit under --check", function()
     h.write(dir .. "/r.lua", 'sandbox "a" { memory = 256, steps = { "true" } }\n'
       .. 'sandbox "b" { memory = 512, vcpus = 1, steps = { "true" } }\n'
