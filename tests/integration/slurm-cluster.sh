@@ -135,8 +135,13 @@ NodeName=node2 NodeAddr=198.51.100.12 CPUs=2 RealMemory=1024 State=UNKNOWN
 PartitionName=kvm Nodes=node1,node2 Default=YES MaxTime=30 State=UP
 EOF
 # No cgroup plugin is used (proctrack/linuxproc, task/none), but slurmd loads one:
-# name the v1 hierarchy this machine has, as autodetection fails on a hybrid mount.
-echo "CgroupPlugin=cgroup/v1" >"$tmp/cgroup.conf"
+# autodetection fails on a hybrid mount (v1 controllers under a tmpfs), so name v1
+# there; a pure cgroup2 mount is detected.
+if [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; then
+    echo "CgroupPlugin=autodetect" >"$tmp/cgroup.conf"
+else
+    echo "CgroupPlugin=cgroup/v1" >"$tmp/cgroup.conf"
+fi
 export SLURM_CONF="$tmp/slurm.conf"
 
 ip netns exec "$ctl" slurmctld -D -i -f "$SLURM_CONF" >"$tmp/log/slurmctld.out" 2>&1 &
