@@ -93,7 +93,9 @@ function M.host_check(label, fn)
 end
 
 --- Start a recipe: remember the flags and install the global `sandbox`.
--- @param opts { check = bool, json = bool, keep = bool }
+-- @param opts { check = bool, json = bool, keep = bool, only = name, slurm = bool,
+--   partition =, account =, time =, wait = (strings, for --slurm), file = the
+--   recipe's path, exe = the smolvm-lua binary }
 function M.begin(opts)
   state = new_state(opts)
   _G.sandbox = M.sandbox
@@ -180,7 +182,8 @@ local function check_host_files(sandboxes, errs)
 end
 
 --- Validate what was declared (no VM is touched).
--- @return normalized sandboxes, or nil and the list of errors
+-- @return normalized sandboxes, or nil, the list of errors and the sandboxes that
+--   are valid on their own (for checks that add to the list)
 function M.validate(declared)
   local errs = {}
   for _, d in ipairs(declared) do
@@ -202,7 +205,7 @@ function M.validate(declared)
       end
     end
     check_host_files(partial, verrs)
-    return nil, verrs
+    return nil, verrs, partial
   end
   check_host_files(sandboxes, errs)
   if #errs > 0 then return nil, errs end
@@ -596,12 +599,14 @@ local function summary(ctx, out, status)
     local n = #run.sb.steps
     local done = 0
     for _, r in ipairs(run.results) do if r.ok then done = done + 1 end end
+    local note = run.note and ("  (" .. run.note .. ")") or ""
     if run.status == "ok" then
-      out:line(string.format("  %-16s %s  %d/%d steps", run.sb.name, out:paint("32", "ok    "), done, n))
+      out:line(string.format("  %-16s %s  %d/%d steps%s", run.sb.name, out:paint("32", "ok    "),
+        done, n, note))
     else
       failed = failed + 1
-      out:line(string.format("  %-16s %s  %s", run.sb.name, out:paint("31", "FAILED"),
-        run.error or (run.status == "pending" and "not run" or run.status)))
+      out:line(string.format("  %-16s %s  %s%s", run.sb.name, out:paint("31", "FAILED"),
+        run.error or (run.status == "pending" and "not run" or run.status), note))
     end
   end
   local total = fmt_secs(now() - ctx.t0)
@@ -630,12 +635,14 @@ local function json_result(ctx, status)
         error = r.error, pid = r.pid, log = r.log,
       }
     end
-    sbs[#sbs + 1] = {
+    local sb = {
       name = run.sb.name, id = run.sb.id, ok = run.status == "ok",
       status = run.status, error = run.error, steps = steps,
       steps_total = #run.sb.steps, kept = run.kept or false,
       deleted = run.deleted or false,
     }
+    for k, v in pairs(run.extra or {}) do sb[k] = v end -- --slurm: node, job_id, ...
+    sbs[#sbs + 1] = sb
   end
   return {
     format = 1, status = status, ok = status == 0,
@@ -733,6 +740,23 @@ local function report_invalid(errs, opts, file)
   io.stderr:flush()
 end
 
+-- For smolvm.slurm, which prints a cluster run's results as a local run does.
+M.new_out, M.report_step, M.summary, M.json_result = new_out, report_step, summary, json_result
+M.print_json, M.fmt_secs = print_json, fmt_secs
+
+-- --only NAME: that sandbox alone (its host checks need the others: not run).
+local function select_only(sandboxes, name)
+  local names = {}
+  for _, sb in ipairs(sandboxes) do
+    if sb.name == name then return { sb } end
+    names[#names + 1] = sb.name
+  end
+  local s = schema.suggest(name, names)
+  return nil, { "--only: no sandbox " .. schema.quote(name) .. " in the recipe"
+    .. (s and (" (did you mean " .. schema.quote(s) .. "?)") or "")
+    .. "; it has " .. table.concat(names, ", ") }
+end
+
 --- Validate and run what the file declared. Returns the exit status (0 when the
 -- file declared no sandbox, without output).
 function M.finish()
@@ -741,10 +765,39 @@ function M.finish()
   _G.sandbox = nil
   if #st.declared == 0 then return M.EXIT_OK end
   local file = st.declared[1].source
-  local sandboxes, errs = M.validate(st.declared)
+  local sandboxes, errs, partial = M.validate(st.declared)
   if not sandboxes then
+    if st.opts.slurm then -- what --slurm would refuse too, so every mistake shows at once
+      for _, e in ipairs(require("smolvm.slurm").validate(partial or {}, st.opts, st.checks)) do
+        errs[#errs + 1] = e
+      end
+    end
     report_invalid(errs, st.opts, file)
     return M.EXIT_INVALID
+  end
+  if st.opts.only then
+    sandboxes, errs = select_only(sandboxes, st.opts.only)
+    if not sandboxes then
+      report_invalid(errs, st.opts, file)
+      return M.EXIT_INVALID
+    end
+    st.checks = {}
+  end
+  if st.opts.slurm then
+    -- Everything that cannot travel to a cluster node is an invalid recipe here,
+    -- found before anything is submitted.
+    local slurm = require "smolvm.slurm"
+    errs = slurm.validate(sandboxes, st.opts, st.checks)
+    if #errs > 0 then
+      report_invalid(errs, st.opts, file)
+      return M.EXIT_INVALID
+    end
+    if st.opts.check then
+      check_summary(sandboxes, st.opts)
+      slurm.print_plan(sandboxes, st.opts)
+      return M.EXIT_OK
+    end
+    return slurm.run(sandboxes, st.opts)
   end
   if st.opts.check then
     check_summary(sandboxes, st.opts)

@@ -5,6 +5,9 @@
  *   smolvm-lua [options] [script [args]]
  *     -e stat   execute string 'stat'          -v        print version
  *     --check / --json / --keep                recipe options (smolvm.recipe)
+ *     --only NAME                              recipe: run that sandbox alone
+ *     --slurm [--partition P] [--account A] [--time T] [--wait S]
+ *                                              recipe: one Slurm job per sandbox
  *     -         run stdin                      --        stop handling options
  *
  * Like lua.c: `arg` holds the script name at 0, its arguments at 1..n and the
@@ -14,8 +17,10 @@
  * package.path, the source tree's when running from the build tree, else the
  * installed one.
  *
- * Recipes: before a script runs, smolvm.recipe's begin{check=, json=, keep=} installs
- * the `sandbox` declaration function; after it returns, finish() runs what was
+ * Recipes: before a script runs, smolvm.recipe's begin{check=, json=, keep=, only=,
+ * slurm=, partition=, account=, time=, wait=, file=, exe=} installs the `sandbox`
+ * declaration function (file: the script's path, exe: this binary's, both for the
+ * Slurm jobs that rerun the recipe on other nodes); after it returns, finish() runs what was
  * declared and gives the exit status. A script that does not load (syntax error) then
  * exits 2, the "invalid recipe" status.
  *
@@ -50,6 +55,11 @@ static void usage(FILE *f)
                "  --check   recipe: validate only, run nothing\n"
                "  --json    recipe: print a machine-readable result on stdout\n"
                "  --keep    recipe: keep every sandbox when done\n"
+               "  --only NAME  recipe: run only the sandbox NAME\n"
+               "  --slurm   recipe: run each sandbox as a Slurm job (docs/cluster.md)\n"
+               "  --partition P, --account A, --time T\n"
+               "            with --slurm: passed to sbatch\n"
+               "  --wait S  with --slurm: give up on the jobs after S seconds (3600)\n"
                "  -h        show this help\n"
                "  --        stop handling options\n"
                "  -         stop handling options and execute stdin\n");
@@ -199,19 +209,45 @@ static const char recipe_begin_lua[] =
     "recipe.begin(opts)\n"
     "return recipe\n";
 
-static int recipe_begin(lua_State *L, int check, int json, int keep)
+/* The recipe options of the command line (strings borrowed from argv). */
+typedef struct recipe_opts {
+    int check, json, keep, slurm;
+    const char *only, *partition, *account, *time, *wait;
+} recipe_opts;
+
+static void set_str(lua_State *L, const char *key, const char *v)
+{
+    if (v) {
+        lua_pushstring(L, v);
+        lua_setfield(L, -2, key);
+    }
+}
+
+static int recipe_begin(lua_State *L, const recipe_opts *o, const char *fname)
 {
     int r = luaL_loadbuffer(L, recipe_begin_lua, sizeof(recipe_begin_lua) - 1, "=recipe");
+    char *exe;
 
     if (r != LUA_OK)
         return r;
-    lua_createtable(L, 0, 3);
-    lua_pushboolean(L, check);
+    lua_createtable(L, 0, 11);
+    lua_pushboolean(L, o->check);
     lua_setfield(L, -2, "check");
-    lua_pushboolean(L, json);
+    lua_pushboolean(L, o->json);
     lua_setfield(L, -2, "json");
-    lua_pushboolean(L, keep);
+    lua_pushboolean(L, o->keep);
     lua_setfield(L, -2, "keep");
+    lua_pushboolean(L, o->slurm);
+    lua_setfield(L, -2, "slurm");
+    set_str(L, "only", o->only);
+    set_str(L, "partition", o->partition);
+    set_str(L, "account", o->account);
+    set_str(L, "time", o->time);
+    set_str(L, "wait", o->wait);
+    set_str(L, "file", fname && strcmp(fname, "-") != 0 ? fname : NULL);
+    exe = realpath("/proc/self/exe", NULL);
+    set_str(L, "exe", exe);
+    free(exe);
     return docall(L, 1, 1);
 }
 
@@ -265,12 +301,11 @@ static int recipe_load_error(lua_State *L, int recipe_idx)
     return status;
 }
 
-static int run_script(lua_State *L, const char *fname, char **args, int nargs, int check, int json,
-                      int keep)
+static int run_script(lua_State *L, const char *fname, char **args, int nargs, const recipe_opts *o)
 {
     int r, i, status = 0, recipe_idx;
 
-    r = recipe_begin(L, check, json, keep);
+    r = recipe_begin(L, o, fname);
     if (r != LUA_OK) {
         report(L);
         return EXIT_FAILURE;
@@ -301,10 +336,34 @@ static int run_script(lua_State *L, const char *fname, char **args, int nargs, i
     return status;
 }
 
+/* "--name VALUE" or "--name=VALUE" at argv[*i]: sets *out (NULL past the end of argv,
+ * with *i == argc) and returns 1; any other argument returns 0. */
+static int option_value(int argc, char **argv, int *i, const char *name, const char **out)
+{
+    size_t n = strlen(name);
+    const char *a = argv[*i];
+
+    if (strncmp(a, name, n) != 0)
+        return 0;
+    if (a[n] == '=') {
+        *out = a + n + 1;
+        return 1;
+    }
+    if (a[n] != '\0')
+        return 0;
+    if (++*i >= argc) {
+        *out = NULL;
+        return 1;
+    }
+    *out = argv[*i];
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
-    int i, script = 0, has_e = 0, version = 0, check = 0, json = 0, keep = 0;
+    int i, script = 0, has_e = 0, version = 0;
     int status = EXIT_SUCCESS;
+    recipe_opts ro = {0};
     const char *fname = NULL;
     lua_State *L;
 
@@ -333,11 +392,23 @@ int main(int argc, char **argv)
                 return EXIT_FAILURE;
             }
         } else if (strcmp(a, "--check") == 0) {
-            check = 1;
+            ro.check = 1;
         } else if (strcmp(a, "--json") == 0) {
-            json = 1;
+            ro.json = 1;
         } else if (strcmp(a, "--keep") == 0) {
-            keep = 1;
+            ro.keep = 1;
+        } else if (strcmp(a, "--slurm") == 0) {
+            ro.slurm = 1;
+        } else if (option_value(argc, argv, &i, "--only", &ro.only) ||
+                   option_value(argc, argv, &i, "--partition", &ro.partition) ||
+                   option_value(argc, argv, &i, "--account", &ro.account) ||
+                   option_value(argc, argv, &i, "--time", &ro.time) ||
+                   option_value(argc, argv, &i, "--wait", &ro.wait)) {
+            if (i >= argc) {
+                fprintf(stderr, "%s: '%s' needs a value\n", PROGNAME, a);
+                usage(stderr);
+                return EXIT_FAILURE;
+            }
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
             return EXIT_SUCCESS;
@@ -392,7 +463,7 @@ int main(int argc, char **argv)
     }
     if (fname)
         status = run_script(L, fname, script ? argv + script + 1 : NULL,
-                            script ? argc - script - 1 : 0, check, json, keep);
+                            script ? argc - script - 1 : 0, &ro);
 
 out:
     /* Closing the state runs __gc: VMs still owned by Lua objects are deleted. A signal

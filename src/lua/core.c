@@ -298,6 +298,28 @@ static int l_monotonic_ms(lua_State *L)
     return 1;
 }
 
+/* json_decode(text) -> value | nil, message, "EINVAL": JSON text (from a Slurm job,
+ * say) as Lua values, converted as described at the top of this file. Bounded by
+ * jansson's own depth limit and push_json's. */
+static int l_json_decode(lua_State *L)
+{
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+    json_error_t jerr;
+
+    box->json = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
+    if (!box->json) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "bad JSON: %s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
+        lua_pushstring(L, smolvm_error_name(SMOLVM_EINVAL));
+        return 3;
+    }
+    push_json(L, box->json, 0);
+    smolvm_lua_box_clear(box);
+    return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
     {"list", l_list},
     {"doctor", l_doctor},
@@ -307,6 +329,7 @@ static const luaL_Reg core_funcs[] = {
     {"error_name", l_error_name},
     {"isatty", l_isatty},
     {"monotonic_ms", l_monotonic_ms},
+    {"json_decode", l_json_decode},
     {NULL, NULL},
 };
 
