@@ -645,7 +645,7 @@ int smolvm_net_forward_remove(const char *vm_id, const char *guest_ip, const cha
                               int host_port, int guest_port, smolvm_error **err)
 {
     _cleanup_close_ int lock = -1;
-    smolvm_nft_fwd f;
+    smolvm_nft_fwd f = {0};
     int r;
 
     (void)guest_ip;

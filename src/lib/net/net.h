@@ -268,10 +268,11 @@ int smolvm_nflog_fd(const smolvm_nflog *log);
 /* Read up to max records without blocking into out; returns how many (0: none now) or
  * a negative SMOLVM_E* code. Records that do not parse (not IPv4, truncated) and other
  * VMs' records are skipped. If the socket overflowed (the kernel dropped records)
- * the count of lost records grows (smolvm_nflog_lost). */
+ * smolvm_nflog_lost grows. */
 int smolvm_nflog_read(smolvm_nflog *log, smolvm_net_denied *out, size_t max, smolvm_error **err);
 
-/* Records the kernel could not deliver because the reader fell behind (ENOBUFS seen). */
+/* How often the socket overflowed (ENOBUFS: the kernel dropped records because the
+ * reader fell behind; how many it dropped is not known). */
 uint64_t smolvm_nflog_lost(const smolvm_nflog *log);
 
 smolvm_nflog *smolvm_nflog_free(smolvm_nflog *log);
