@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "smolvm.h"
+
 /* Inside a namespace child: a failed check prints and ends the child with 1. */
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
@@ -120,26 +122,43 @@ static inline int wait_status(pid_t pid)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 100;
 }
 
-/* Run body in a fresh network namespace (a child); 0 when it exited 0. */
-static inline int run_in_new_netns(void (*body)(void), unsigned alarm_s)
+/* Run body in a fresh network namespace (a child); 0 when it exited 0. The lock file
+ * the network module made for that namespace (lock_path, from
+ * smolvm_net_lock_path, may be NULL) is removed whatever happened. */
+static inline int run_in_new_netns(void (*body)(void), unsigned alarm_s,
+                                   int (*lock_path)(char *, size_t, smolvm_error **))
 {
-    int status = 0;
-    pid_t pid = fork();
+    char lock[128] = "";
+    int status = 0, p[2];
+    pid_t pid;
+    ssize_t n;
 
-    if (pid < 0)
+    if (pipe(p) < 0 || (pid = fork()) < 0)
         return -1;
     if (pid == 0) {
         (void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(p[0]);
         if (unshare(CLONE_NEWNET) < 0) {
             perror("unshare(CLONE_NEWNET)");
             _exit(1);
         }
+        if (lock_path && lock_path(lock, sizeof(lock), NULL) == 0)
+            (void)write(p[1], lock, strlen(lock));
+        close(p[1]);
         alarm(alarm_s); /* a hung test ends here, with its namespaces */
         sh("ip link set lo up");
         body();
         _exit(0);
     }
-    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    close(p[1]);
+    n = read(p[0], lock, sizeof(lock) - 1);
+    close(p[0]);
+    lock[n > 0 ? n : 0] = '\0';
+    if (waitpid(pid, &status, 0) != pid)
+        status = -1;
+    if (lock[0])
+        (void)unlink(lock);
+    if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "isolated test failed (status 0x%x)\n", status);
         return -1;
     }

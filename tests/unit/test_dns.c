@@ -468,14 +468,6 @@ static void stop_resolver(void)
     CHECK(wait_status(res_pid) == 0, "resolver failed");
 }
 
-static void remove_lock_file(void)
-{
-    char path[128];
-
-    if (smolvm_net_lock_path(path, sizeof(path), NULL) == 0)
-        (void)unlink(path);
-}
-
 /* ---------------------------------------------------------------- tests */
 
 static void body_filter(void)
@@ -535,13 +527,12 @@ static void body_filter(void)
     CHECK(a.got && a.rcode == 0 && a.n_addr == 1, "after set_allow: %d", a.rcode);
     CHECK(report_has(res_report, "A d2 pypi.org 151.101.0.223 120", 0), "vm 2's answer");
     stop_resolver();
-    remove_lock_file();
 }
 
 static void test_filter(void **state)
 {
     (void)state;
-    assert_int_equal(run_in_new_netns(body_filter, 60), 0);
+    assert_int_equal(run_in_new_netns(body_filter, 60, smolvm_net_lock_path), 0);
 }
 
 static void body_malformed(void)
@@ -567,13 +558,12 @@ static void body_malformed(void)
     a = lookup_raw(&g1, NULL, 0, 0, two, sizeof(two));
     CHECK(a.got && a.rcode == LDNS_RCODE_FORMERR && a.id_ok, "two questions: %d", a.rcode);
     stop_resolver();
-    remove_lock_file();
 }
 
 static void test_malformed(void **state)
 {
     (void)state;
-    assert_int_equal(run_in_new_netns(body_malformed, 60), 0);
+    assert_int_equal(run_in_new_netns(body_malformed, 60, smolvm_net_lock_path), 0);
 }
 
 /* Bad upstream answers, with a resolver in this process that allows "*.pypi.org". */
@@ -646,7 +636,7 @@ static void body_upstream(void)
 static void test_upstream(void **state)
 {
     (void)state;
-    assert_int_equal(run_in_new_netns(body_upstream, 60), 0);
+    assert_int_equal(run_in_new_netns(body_upstream, 60, smolvm_net_lock_path), 0);
 }
 
 static void body_timing(void)
@@ -665,13 +655,12 @@ static void body_timing(void)
     CHECK(getenv("SMOLVM_TEST_NO_TIMING") || through - direct <= 1000,
           "the resolver added %lld us (limit 1 ms)", (long long)(through - direct));
     stop_resolver();
-    remove_lock_file();
 }
 
 static void test_timing(void **state)
 {
     (void)state;
-    assert_int_equal(run_in_new_netns(body_timing, 60), 0);
+    assert_int_equal(run_in_new_netns(body_timing, 60, smolvm_net_lock_path), 0);
 }
 
 static void body_errors(void)
@@ -726,7 +715,7 @@ static void body_errors(void)
 static void test_errors(void **state)
 {
     (void)state;
-    assert_int_equal(run_in_new_netns(body_errors, 60), 0);
+    assert_int_equal(run_in_new_netns(body_errors, 60, smolvm_net_lock_path), 0);
 }
 
 int main(void)

@@ -567,6 +567,8 @@ static int report_has(int fd, const char *needle, int ms)
 /* ---------------------------------------------------------------- the world */
 
 static ns out_ns;
+/* gc_race's stand-in for the store: "<registry>.<pid of the test's namespace child>" */
+static const char *registry = "/tmp/smolvm-test-net-registry";
 
 /* In the test's own namespace: lo up, uplink veth "up0" to the "out" namespace with a
  * default route through it; "out" answers TCP :8000 and UDP :53, :5353, :9300 on every
@@ -680,34 +682,41 @@ static int link_exists(const char *name)
     return system(cmd) == 0;
 }
 
-static void remove_lock_file(void)
-{
-    char path[128];
-
-    if (smolvm_net_lock_path(path, sizeof(path), NULL) == 0)
-        (void)unlink(path);
-}
-
 /* Run body in a fresh network namespace; the test passes when it exits 0. */
 static void run_isolated(void (*body)(void))
 {
-    int status = 0;
-    pid_t pid = fork();
+    char lock[128] = "", reg[160];
+    int status = 0, p[2];
+    pid_t pid;
+    ssize_t n;
 
+    assert_int_equal(pipe(p), 0);
+    pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
         (void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(p[0]);
         if (unshare(CLONE_NEWNET) < 0) {
             perror("unshare(CLONE_NEWNET)");
             _exit(1);
         }
+        /* the namespace's lock file, for the parent to remove whatever happens */
+        if (smolvm_net_lock_path(lock, sizeof(lock), NULL) == 0)
+            (void)write(p[1], lock, strlen(lock));
+        close(p[1]);
         alarm(90); /* a hung test ends here, with its namespaces */
-        atexit(remove_lock_file);
         body();
-        remove_lock_file(); /* the namespace's lock dies with it */
-        _exit(0);           /* helpers die with us (PDEATHSIG) */
+        _exit(0); /* helpers die with us (PDEATHSIG) */
     }
+    close(p[1]);
+    n = read(p[0], lock, sizeof(lock) - 1);
+    close(p[0]);
+    lock[n > 0 ? n : 0] = '\0';
     assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (lock[0])
+        (void)unlink(lock);
+    (void)snprintf(reg, sizeof(reg), "%s.%d", registry, (int)pid);
+    (void)unlink(reg);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         fail_msg("isolated test failed (status 0x%x)", status);
 }
@@ -1200,7 +1209,6 @@ static void test_flush(void **state)
 /* ---- gc against parallel setups in other processes */
 
 #define RACE_N 8
-static const char *registry = "/tmp/smolvm-test-net-registry";
 
 /* The "store": ids appended by starters, read by gc under the network lock. */
 static char race_ids[RACE_N + 1][16];

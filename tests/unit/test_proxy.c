@@ -266,17 +266,9 @@ static int client(int port)
     return fd;
 }
 
-static void remove_lock_file(void)
-{
-    char path[128];
-
-    if (smolvm_net_lock_path(path, sizeof(path), NULL) == 0)
-        (void)unlink(path);
-}
-
 static void run(void (*body)(void))
 {
-    assert_int_equal(run_in_new_netns(body, 60), 0);
+    assert_int_equal(run_in_new_netns(body, 60, smolvm_net_lock_path), 0);
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -343,7 +335,6 @@ static void body_copy(void)
     proxy_stop(&pp);
     free(out);
     free(in);
-    remove_lock_file();
 }
 
 static void test_copy(void **state)
@@ -383,7 +374,6 @@ static void body_backpressure(void)
     close(fd);
     proxy_stop(&pp); /* frees the proxy with the connection still open */
     free(chunk);
-    remove_lock_file();
 }
 
 static void test_backpressure(void **state)
@@ -412,7 +402,6 @@ static void body_cap(void)
         close(fds[i]);
     CHECK(accepts_within(rep_hold, 2000) == 1, "the last waiting client did not get through");
     proxy_stop(&pp);
-    remove_lock_file();
 }
 
 static void test_cap(void **state)
@@ -452,7 +441,6 @@ static void body_remove(void)
     CHECK(proxy_conns(&pp) == 1, "other connection lost: %d", proxy_conns(&pp));
     close(other);
     proxy_stop(&pp);
-    remove_lock_file();
 }
 
 static void test_remove(void **state)

@@ -1155,16 +1155,25 @@ static unsigned count_statics(const dump *d, const char *chain)
     return c;
 }
 
+/* How many static rules the chain has in this layout (computed once, under the socket
+ * lock that every caller holds). */
 static unsigned expected_statics(nft *n, const char *chain)
 {
-    batch dry = {0};
-    unsigned c = 0;
+    static batch dry;
+    static int done;
 
-    add_statics(n, &dry, chain);
+    if (!done) {
+        memset(&dry, 0, sizeof(dry));
+        add_statics(n, &dry, NULL);
+        done = !dry.oom;
+        free(dry.buf); /* only the counts are kept */
+        dry.buf = NULL;
+        dry.len = dry.cap = 0;
+    }
     for (size_t i = 0; i < dry.n_counts; i++)
-        c += dry.counts[i].n;
-    batch_free(&dry);
-    return c;
+        if (strcmp(dry.counts[i].chain, chain) == 0)
+            return dry.counts[i].n;
+    return 0;
 }
 
 /* Is the shared part intact? */
@@ -1182,10 +1191,11 @@ static int base_ok(nft *n, const dump *d)
 /* Create what is missing of the shared part and rewrite damaged shared chains. */
 static void base_repair(nft *n, batch *bt, const dump *d)
 {
-    table_msg(n, bt, NFT_MSG_NEWTABLE); /* NLM_F_CREATE: a no-op if it exists */
+    /* NLM_F_CREATE without EXCL: a no-op for what exists, so no listing of the table
+     * and its chains is needed first */
+    table_msg(n, bt, NFT_MSG_NEWTABLE);
     for (size_t i = 0; i < SMOLVM_ARRAY_SIZE(chains); i++)
-        if (!d->table || !has_name(d->chains, d->n_chains, chains[i].name))
-            add_chain(n, bt, &chains[i], NULL);
+        add_chain(n, bt, &chains[i], NULL);
     for (size_t i = 0; i < SMOLVM_ARRAY_SIZE(chains); i++) {
         const char *c = chains[i].name;
 
@@ -1551,19 +1561,15 @@ static void put_vm(nft *n, batch *bt, const dump *d, const smolvm_nft_vm *v, int
         if (comment_is_vm(d->rules[i].comment, v->vm_id) &&
             !is_vm_chain(d->rules[i].chain, v->vm_id))
             del_rule(n, bt, d->rules[i].chain, d->rules[i].handle);
+    /* created if missing (a no-op otherwise), then emptied, in the same batch */
     for (size_t i = 0; i < SMOLVM_ARRAY_SIZE(own); i++) {
-        if (d->table && has_name(d->chains, d->n_chains, own[i]))
-            del_rule(n, bt, own[i], 0);
-        else
-            add_chain(n, bt, NULL, own[i]);
+        add_chain(n, bt, NULL, own[i]);
+        del_rule(n, bt, own[i], 0);
     }
-    if (d->table && has_name(d->sets, d->n_sets, m.allow))
-        set_msg(n, bt, m.allow, SET_FLUSH);
-    else
-        set_msg(n, bt, m.allow, SET_NEW_INTERVAL);
-    if (!d->table || !has_name(d->sets, d->n_sets, m.dyn))
-        set_msg(n, bt, m.dyn, SET_NEW_TIMEOUT);
-    else if (!keep_dyn)
+    set_msg(n, bt, m.allow, SET_NEW_INTERVAL);
+    set_msg(n, bt, m.allow, SET_FLUSH);
+    set_msg(n, bt, m.dyn, SET_NEW_TIMEOUT);
+    if (!keep_dyn)
         set_msg(n, bt, m.dyn, SET_FLUSH);
     add_allow_elems(n, bt, v, &m);
     add_vm_rules(n, bt, v, &m);
@@ -1603,7 +1609,10 @@ static int check_conflicts(const dump *d, const char *vm_id, int same_vm,
  * build returns <0 (error), 0 (nothing to do) or 1 (send the batch). */
 typedef int (*build_fn)(nft *n, batch *bt, const dump *d, void *arg, smolvm_error **err);
 
-static int change(const char *what, build_fn build, void *arg, smolvm_error **err)
+/* What a change needs listed first: everything, or the rules alone. */
+enum { DUMP_ALL, DUMP_RULES };
+
+static int change_dump(const char *what, build_fn build, void *arg, int mode, smolvm_error **err)
 {
     nft n = {0};
     int r;
@@ -1614,7 +1623,8 @@ static int change(const char *what, build_fn build, void *arg, smolvm_error **er
         dump d = {0};
         batch bt = {0};
 
-        if ((r = nft_dump(&n, &d, 1)) < 0) {
+        if ((r = mode == DUMP_RULES ? nft_query(&n, NFT_MSG_GETRULE, &d) : nft_dump(&n, &d, 1)) <
+            0) {
             dump_free(&d);
             r = nft_err(err, -r, "list table 'inet " SMOLVM_NFT_TABLE "'");
             break;
@@ -1641,6 +1651,11 @@ static int change(const char *what, build_fn build, void *arg, smolvm_error **er
     return 0;
 }
 
+static int change(const char *what, build_fn build, void *arg, smolvm_error **err)
+{
+    return change_dump(what, build, arg, DUMP_ALL, err);
+}
+
 /* ---------------------------------------------------------------- operations */
 
 struct vm_arg {
@@ -1662,8 +1677,7 @@ static int build_vm_set(nft *n, batch *bt, const dump *d, void *arg, smolvm_erro
                             v->fwds[j].host_port))
                 return smolvm_err(err, SMOLVM_EEXIST, "host port '%u' is forwarded twice",
                                   (unsigned)v->fwds[i].host_port);
-    if (!base_ok(n, d))
-        base_repair(n, bt, d);
+    base_repair(n, bt, d); /* rewrites only shared chains whose static rules differ */
     put_vm(n, bt, d, v, a->keep_dyn);
     return 1;
 }
@@ -1672,14 +1686,14 @@ int smolvm_nft_vm_set(const smolvm_nft_vm *v, smolvm_error **err)
 {
     struct vm_arg a = {v, 0};
 
-    return change("install rules", build_vm_set, &a, err);
+    return change_dump("install rules", build_vm_set, &a, DUMP_RULES, err);
 }
 
 int smolvm_nft_vm_repair(const smolvm_nft_vm *v, smolvm_error **err)
 {
     struct vm_arg a = {v, 1};
 
-    return change("repair rules", build_vm_set, &a, err);
+    return change_dump("repair rules", build_vm_set, &a, DUMP_RULES, err);
 }
 
 /* Does the dump hold exactly the VM's rules per chain, its chains and sets? */
