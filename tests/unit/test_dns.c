@@ -639,6 +639,26 @@ static void test_upstream(void **state)
     assert_int_equal(run_in_new_netns(body_upstream, 60, smolvm_net_lock_path), 0);
 }
 
+/* Timings are enforced unless SMOLVM_TEST_NO_TIMING is set or the machine is busier
+ * than its cores (other work then decides the numbers, not the code). */
+static int timing_enforced(void)
+{
+    FILE *f = fopen("/proc/loadavg", "re");
+    double load = 0;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+    if (getenv("SMOLVM_TEST_NO_TIMING"))
+        return 0;
+    if (f && fscanf(f, "%lf", &load) == 1 && cores > 0 && load > (double)cores) {
+        fprintf(stderr, "  load %.1f on %ld cores: timings shown, not enforced\n", load, cores);
+        fclose(f);
+        return 0;
+    }
+    if (f)
+        fclose(f);
+    return 1;
+}
+
 static void body_timing(void)
 {
     int64_t direct, through;
@@ -652,8 +672,8 @@ static void body_timing(void)
             "  medians of 200: upstream alone %.3f ms, through the resolver %.3f ms, added "
             "%.3f ms\n",
             (double)direct / 1000.0, (double)through / 1000.0, (double)(through - direct) / 1000.0);
-    CHECK(getenv("SMOLVM_TEST_NO_TIMING") || through - direct <= 1000,
-          "the resolver added %lld us (limit 1 ms)", (long long)(through - direct));
+    CHECK(!timing_enforced() || through - direct <= 1000, "the resolver added %lld us (limit 1 ms)",
+          (long long)(through - direct));
     stop_resolver();
 }
 

@@ -1499,6 +1499,26 @@ static void test_errors(void **state)
     run_isolated(body_errors);
 }
 
+/* Timings are enforced unless SMOLVM_TEST_NO_TIMING is set or the machine is busier
+ * than its cores (other work then decides the numbers, not the code). */
+static int timing_enforced(void)
+{
+    FILE *f = fopen("/proc/loadavg", "re");
+    double load = 0;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+    if (getenv("SMOLVM_TEST_NO_TIMING"))
+        return 0;
+    if (f && fscanf(f, "%lf", &load) == 1 && cores > 0 && load > (double)cores) {
+        fprintf(stderr, "  load %.1f on %ld cores: timings shown, not enforced\n", load, cores);
+        fclose(f);
+        return 0;
+    }
+    if (f)
+        fclose(f);
+    return 1;
+}
+
 static void body_bench(void)
 {
     enum { N = 20 };
@@ -1578,7 +1598,7 @@ static void body_bench(void)
     /* Setup and policy changes are ours to keep fast (issue 12: <= 5 ms each).
      * Teardown is two kernel operations that each wait for an RCU grace period
      * (netdev unregister, nf_tables commit of deletions). */
-    CHECK(getenv("SMOLVM_TEST_NO_TIMING") ||
+    CHECK(!timing_enforced() ||
               (median(up, N) <= 5000 && median(change, N) <= 5000 && median(down, N) < 100000),
           "too slow: setup %lld us, egress_set %lld us (limit 5 ms), down %lld us (limit 100 ms)",
           (long long)median(up, N), (long long)median(change, N), (long long)median(down, N));
