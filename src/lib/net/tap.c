@@ -3,6 +3,8 @@
  * VM links: the TAP device itself (TUN ioctl: the kernel has no netlink way to make
  * one) and everything else over rtnetlink with libnl-route: up, alias, route_localnet,
  * the gateway address, the route to the guest, the default-route uplink, deletion.
+ * IPv6 settings go through /proc/sys/net/ipv6/conf/<link>/ (the kernel takes no
+ * IPv6 devconf over netlink; /proc/sys/net shows the caller's namespace).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -159,6 +161,36 @@ int smolvm_tap_create(const char *name, smolvm_error **err)
     return 0;
 }
 
+/* /proc/sys/net/ipv6/conf/<ifname>/<key>: write value (read back into *out when out
+ * is not NULL). Without IPv6 in the kernel there is nothing to turn off: 0, and *out
+ * gets the value the caller wants. */
+static int ipv6_conf(const char *ifname, const char *key, int value, int *out, smolvm_error **err)
+{
+    char path[128], buf[16] = {0};
+    _cleanup_close_ int fd = -1;
+    ssize_t n;
+
+    (void)snprintf(path, sizeof(path), "/proc/sys/net/ipv6/conf/%s/%s", ifname, key);
+    fd = open(path, (out ? O_RDONLY : O_WRONLY) | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT && access("/proc/sys/net/ipv6", F_OK) < 0) {
+        if (out)
+            *out = value;
+        return 0;
+    }
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "open '%s'", path);
+    if (out) {
+        if ((n = read(fd, buf, sizeof(buf) - 1)) <= 0)
+            return smolvm_err_errno(err, n < 0 ? errno : EIO, "read '%s'", path);
+        *out = atoi(buf);
+        return 0;
+    }
+    n = snprintf(buf, sizeof(buf), "%d\n", value);
+    if (write(fd, buf, (size_t)n) != n)
+        return smolvm_err_errno(err, errno, "write '%s'", path);
+    return 0;
+}
+
 int smolvm_link_configure(const char *ifname, const char *vm_id, uint32_t gateway_be,
                           uint32_t guest_be, smolvm_error **err)
 {
@@ -177,15 +209,23 @@ int smolvm_link_configure(const char *ifname, const char *vm_id, uint32_t gatewa
         return nl_err(err, r, "look up link '%s'", ifname);
     ifindex = rtnl_link_get_ifindex(link);
 
+    /* IPv6 off before the link is up: no link-local address, no router advertisement
+     * from a guest ever configures the host (accept_ra first: it still applies to a
+     * link whose IPv6 is only disabled) */
+    if ((r = ipv6_conf(ifname, "accept_ra", 0, NULL, err)) < 0 ||
+        (r = ipv6_conf(ifname, "disable_ipv6", 1, NULL, err)) < 0)
+        return SMOLVM_NET_WRAP(r, err, "configure link '%s'", ifname);
+
     /* One RTM_NEWLINK: up, alias (how gc and operators tell whose link it is), and
-     * route_localnet, without which host -> 127.0.0.1:port DNATed to the guest could
-     * not leave through this link (see docs/network.md). */
+     * route_localnet explicitly off: with it a guest's packet to 127.0.0.1 would be
+     * routed to host loopback services whenever the rules are gone (a link left by an
+     * older smolvm had it on). Loopback forwards are a proxy instead. */
     if (!(change = rtnl_link_alloc()))
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     (void)snprintf(alias, sizeof(alias), SMOLVM_NET_ALIAS_PREFIX "%s", vm_id);
     rtnl_link_set_flags(change, IFF_UP);
     rtnl_link_set_ifalias(change, alias);
-    if ((r = rtnl_link_inet_set_conf(change, IPV4_DEVCONF_ROUTE_LOCALNET, 1)) < 0)
+    if ((r = rtnl_link_inet_set_conf(change, IPV4_DEVCONF_ROUTE_LOCALNET, 0)) < 0)
         return nl_err(err, r, "configure link '%s'", ifname);
     if ((r = rtnl_link_change(sk, link, change, 0)) < 0)
         return nl_err(err, r, "configure link '%s'", ifname);
@@ -227,6 +267,78 @@ int smolvm_link_configure(const char *ifname, const char *vm_id, uint32_t gatewa
     rtnl_route_put(route);
     if (r < 0)
         return nl_err(err, r, "add route to the guest on '%s'", ifname);
+    return 0;
+}
+
+/* Does the route table have guest/32 via ifindex? */
+static int route_ok(struct nl_sock *sk, int ifindex, uint32_t guest_be, int *ok, smolvm_error **err)
+{
+    _cleanup_cache_ struct nl_cache *routes = NULL;
+    struct nl_object *o;
+    int r;
+
+    *ok = 0;
+    if ((r = rtnl_route_alloc_cache(sk, AF_INET, 0, &routes)) < 0)
+        return nl_err(err, r, "%s", "list routes");
+    for (o = nl_cache_get_first(routes); o; o = nl_cache_get_next(o)) {
+        struct rtnl_route *rt = (struct rtnl_route *)o;
+        struct nl_addr *d = rtnl_route_get_dst(rt);
+        struct rtnl_nexthop *nh;
+
+        if (rtnl_route_get_table(rt) == RT_TABLE_MAIN && d && nl_addr_get_prefixlen(d) == 32 &&
+            nl_addr_get_len(d) == 4 && memcmp(nl_addr_get_binary_addr(d), &guest_be, 4) == 0 &&
+            rtnl_route_get_nnexthops(rt) == 1 && (nh = rtnl_route_nexthop_n(rt, 0)) &&
+            rtnl_route_nh_get_ifindex(nh) == ifindex)
+            *ok = 1;
+    }
+    return 0;
+}
+
+static int addr_ok(struct nl_sock *sk, int ifindex, uint32_t gateway_be, int *ok,
+                   smolvm_error **err)
+{
+    _cleanup_cache_ struct nl_cache *addrs = NULL;
+    struct nl_object *o;
+    int r;
+
+    *ok = 0;
+    if ((r = rtnl_addr_alloc_cache(sk, &addrs)) < 0)
+        return nl_err(err, r, "%s", "list addresses");
+    for (o = nl_cache_get_first(addrs); o; o = nl_cache_get_next(o)) {
+        struct rtnl_addr *a = (struct rtnl_addr *)o;
+        struct nl_addr *l = rtnl_addr_get_local(a);
+
+        if (rtnl_addr_get_ifindex(a) == ifindex && rtnl_addr_get_family(a) == AF_INET && l &&
+            nl_addr_get_len(l) == 4 && memcmp(nl_addr_get_binary_addr(l), &gateway_be, 4) == 0)
+            *ok = 1;
+    }
+    return 0;
+}
+
+int smolvm_link_check(const char *ifname, uint32_t gateway_be, uint32_t guest_be, int *bad,
+                      smolvm_error **err)
+{
+    _cleanup_nlsock_ struct nl_sock *sk = NULL;
+    _cleanup_link_ struct rtnl_link *link = NULL;
+    uint32_t localnet = 1;
+    int r, v6 = 0, ra = 1, have_route = 0, have_addr = 0;
+
+    if ((r = rtnl_open(&sk, err)) < 0)
+        return r;
+    r = rtnl_link_get_kernel(sk, 0, ifname, &link);
+    if (r == -NLE_OBJ_NOTFOUND || r == -NLE_NODEV)
+        return smolvm_err(err, SMOLVM_ENOENT, "link '%s' is gone", ifname);
+    if (r < 0)
+        return nl_err(err, r, "look up link '%s'", ifname);
+    if ((r = rtnl_link_inet_get_conf(link, IPV4_DEVCONF_ROUTE_LOCALNET, &localnet)) < 0)
+        return nl_err(err, r, "read the configuration of link '%s'", ifname);
+    if ((r = ipv6_conf(ifname, "disable_ipv6", 1, &v6, err)) < 0 ||
+        (r = ipv6_conf(ifname, "accept_ra", 0, &ra, err)) < 0 ||
+        (r = addr_ok(sk, rtnl_link_get_ifindex(link), gateway_be, &have_addr, err)) < 0 ||
+        (r = route_ok(sk, rtnl_link_get_ifindex(link), guest_be, &have_route, err)) < 0)
+        return r;
+    *bad = localnet != 0 || v6 != 1 || ra != 0 || !have_addr || !have_route ||
+           !(rtnl_link_get_flags(link) & IFF_UP);
     return 0;
 }
 
@@ -284,12 +396,12 @@ int smolvm_link_default_uplink(char out[SMOLVM_NET_IFNAMSIZ], smolvm_error **err
     return 0;
 }
 
-int smolvm_link_gc(const char *const *live, smolvm_error **err)
+int smolvm_link_gc(const char *const *live, int *left, smolvm_error **err)
 {
     _cleanup_nlsock_ struct nl_sock *sk = NULL;
     _cleanup_cache_ struct nl_cache *links = NULL;
     struct nl_object *o;
-    int r, first = 0;
+    int r, first = 0, kept = 0;
 
     if ((r = rtnl_open(&sk, err)) < 0)
         return r;
@@ -310,11 +422,18 @@ int smolvm_link_gc(const char *const *live, smolvm_error **err)
         for (size_t i = 0; live && live[i]; i++)
             if (strcmp(live[i], id) == 0)
                 keep = 1;
-        if (keep)
+        if (keep) {
+            kept++;
             continue;
+        }
         r = rtnl_link_delete(sk, l);
-        if (r < 0 && r != -NLE_OBJ_NOTFOUND && r != -NLE_NODEV && !first)
-            first = nl_err(err, r, "delete link '%s'", name);
+        if (r < 0 && r != -NLE_OBJ_NOTFOUND && r != -NLE_NODEV) {
+            kept++;
+            if (!first)
+                first = nl_err(err, r, "delete link '%s'", name);
+        }
     }
+    if (left)
+        *left = kept;
     return first;
 }
