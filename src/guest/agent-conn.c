@@ -458,6 +458,19 @@ static void conn_broken(struct conn *c)
     }
 }
 
+/* The guest cannot close a port for the host: ignore input until the host side closes
+ * it (a fresh session starts when it reopens). SIGIO on, so that a close is seen even
+ * when no epoll event is left for it. */
+static void port_drain(struct conn *c)
+{
+    int fl = fcntl(c->w.fd, F_GETFL);
+    c->state = C_DRAIN;
+    if (fl >= 0 && !(fl & O_ASYNC)) {
+        (void)fcntl(c->w.fd, F_SETOWN, getpid());
+        (void)fcntl(c->w.fd, F_SETFL, fl | O_ASYNC);
+    }
+}
+
 static void protocol_error(struct conn *c, const char *why)
 {
     char msg[256];
@@ -466,9 +479,7 @@ static void protocol_error(struct conn *c, const char *why)
     conn_send_json(c, SMOLVM_AGENT_GOAWAY, 0, 0,
                    json_pack("{s:s, s:s}", "code", "EPROTO", "message", msg));
     if (c->kind == AGENT_CHANNEL_PORT) {
-        /* The guest cannot close a port for the host: ignore input until the host
-         * side reconnects, which starts a fresh session. */
-        c->state = C_DRAIN;
+        port_drain(c);
         return;
     }
     /* Best effort: GOAWAY was written at once or is dropped with the socket. */
@@ -637,7 +648,7 @@ static int conn_frame(struct conn *c, const smolvm_agent_header *h, const uint8_
         /* The peer's last frame: the session is over. */
         conn_reset(c);
         if (c->kind == AGENT_CHANNEL_PORT)
-            c->state = C_DRAIN;
+            port_drain(c);
         else
             conn_broken(c);
         return -1;
