@@ -9,11 +9,11 @@
 #include <string.h>
 
 static const char *const type_names[_SMOLVM_AGENT_TYPE_MAX] = {
-    [SMOLVM_AGENT_HELLO] = "HELLO",     [SMOLVM_AGENT_REQUEST] = "REQUEST",
-    [SMOLVM_AGENT_REPLY] = "REPLY",     [SMOLVM_AGENT_DATA] = "DATA",
-    [SMOLVM_AGENT_WINDOW] = "WINDOW",   [SMOLVM_AGENT_EOF] = "EOF",
-    [SMOLVM_AGENT_EXIT] = "EXIT",       [SMOLVM_AGENT_CONTROL] = "CONTROL",
-    [SMOLVM_AGENT_ERROR] = "ERROR",     [SMOLVM_AGENT_RESET] = "RESET",
+    [SMOLVM_AGENT_HELLO] = "HELLO",   [SMOLVM_AGENT_REQUEST] = "REQUEST",
+    [SMOLVM_AGENT_REPLY] = "REPLY",   [SMOLVM_AGENT_DATA] = "DATA",
+    [SMOLVM_AGENT_WINDOW] = "WINDOW", [SMOLVM_AGENT_EOF] = "EOF",
+    [SMOLVM_AGENT_EXIT] = "EXIT",     [SMOLVM_AGENT_CONTROL] = "CONTROL",
+    [SMOLVM_AGENT_ERROR] = "ERROR",   [SMOLVM_AGENT_RESET] = "RESET",
     [SMOLVM_AGENT_GOAWAY] = "GOAWAY",
 };
 
@@ -37,8 +37,7 @@ static uint32_t get32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-void smolvm_agent_header_encode(uint8_t out[SMOLVM_AGENT_HEADER_SIZE],
-                                const smolvm_agent_header *h)
+void smolvm_agent_header_encode(uint8_t out[SMOLVM_AGENT_HEADER_SIZE], const smolvm_agent_header *h)
 {
     put32(out, h->length);
     put32(out + 4, h->stream);
@@ -48,8 +47,8 @@ void smolvm_agent_header_encode(uint8_t out[SMOLVM_AGENT_HEADER_SIZE],
     out[11] = 0;
 }
 
-int smolvm_agent_header_decode(const uint8_t in[SMOLVM_AGENT_HEADER_SIZE],
-                               smolvm_agent_header *h, const char **why)
+int smolvm_agent_header_decode(const uint8_t in[SMOLVM_AGENT_HEADER_SIZE], smolvm_agent_header *h,
+                               const char **why)
 {
     smolvm_agent_header v = {
         .length = get32(in), .stream = get32(in + 4), .type = in[8], .flags = in[9], .fd = in[10]};

@@ -33,39 +33,39 @@ static int64_t clock_ms(clockid_t id)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int64_t agent_now_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
-int64_t agent_realtime_ms(void) { return clock_ms(CLOCK_REALTIME); }
-int64_t agent_uptime_ms(void) { return clock_ms(CLOCK_BOOTTIME); }
+int64_t agent_now_ms(void)
+{
+    return clock_ms(CLOCK_MONOTONIC);
+}
+int64_t agent_realtime_ms(void)
+{
+    return clock_ms(CLOCK_REALTIME);
+}
+int64_t agent_uptime_ms(void)
+{
+    return clock_ms(CLOCK_BOOTTIME);
+}
 
 const char *agent_errno_code(int e)
 {
     switch (e) {
     case ENOENT:
-    case ENOTDIR:
-        return "ENOENT";
+    case ENOTDIR: return "ENOENT";
     case EEXIST:
-    case ENOTEMPTY:
-        return "EEXIST";
-    case EACCES:
-        return "EACCES";
+    case ENOTEMPTY: return "EEXIST";
+    case EACCES: return "EACCES";
     case EPERM:
-    case EROFS:
-        return "EPERM";
-    case EFBIG:
-        return "EFBIG";
+    case EROFS: return "EPERM";
+    case EFBIG: return "EFBIG";
     case ENOSPC:
-    case EDQUOT:
-        return "ENOSPC";
+    case EDQUOT: return "ENOSPC";
     case EINVAL:
     case EISDIR:
     case ENAMETOOLONG:
-    case ELOOP:
-        return "EINVAL";
+    case ELOOP: return "EINVAL";
     case EBUSY:
-    case ETXTBSY:
-        return "EBUSY";
-    default:
-        return "EIO";
+    case ETXTBSY: return "EBUSY";
+    default: return "EIO";
     }
 }
 
@@ -153,11 +153,12 @@ void agent_utf8(char *out, size_t outlen, const char *s, size_t n)
         for (size_t k = 1; ok && k < len; k++)
             ok = (p[i + k] & 0xc0) == 0x80;
         if (ok && len > 1) { /* no overlong forms, no surrogates, nothing past U+10FFFF */
-            unsigned cp = len == 2 ? (c & 0x1f) << 6 | (p[i + 1] & 0x3f)
-                        : len == 3 ? (c & 0x0f) << 12 | (p[i + 1] & 0x3f) << 6 | (p[i + 2] & 0x3f)
-                                   : (c & 0x07) << 18 | (p[i + 1] & 0x3f) << 12 |
-                                         (p[i + 2] & 0x3f) << 6 | (p[i + 3] & 0x3f);
-            ok = (len == 2 && cp >= 0x80) || (len == 3 && cp >= 0x800 && (cp < 0xd800 || cp > 0xdfff)) ||
+            unsigned cp = len == 2   ? (c & 0x1f) << 6 | (p[i + 1] & 0x3f)
+                          : len == 3 ? (c & 0x0f) << 12 | (p[i + 1] & 0x3f) << 6 | (p[i + 2] & 0x3f)
+                                     : (c & 0x07) << 18 | (p[i + 1] & 0x3f) << 12 |
+                                           (p[i + 2] & 0x3f) << 6 | (p[i + 3] & 0x3f);
+            ok = (len == 2 && cp >= 0x80) ||
+                 (len == 3 && cp >= 0x800 && (cp < 0xd800 || cp > 0xdfff)) ||
                  (len == 4 && cp >= 0x10000 && cp <= 0x10ffff);
         }
         const char *src = ok ? (const char *)p + i : "\xef\xbf\xbd";
@@ -198,8 +199,8 @@ int req_bool(json_t *req, const char *key, int *out, char *err, size_t errlen)
     return 0;
 }
 
-int req_int(json_t *req, const char *key, long long min, long long max, long long *out,
-            char *err, size_t errlen)
+int req_int(json_t *req, const char *key, long long min, long long max, long long *out, char *err,
+            size_t errlen)
 {
     json_t *v = json_object_get(req, key);
     if (!v || json_is_null(v))
@@ -249,7 +250,10 @@ void conn_send(struct conn *c, uint8_t type, uint32_t stream, uint8_t flags, uin
         total += iov[i].iov_len;
     }
     smolvm_agent_header h = {.length = (uint32_t)(total - SMOLVM_AGENT_HEADER_SIZE),
-                             .stream = stream, .type = type, .flags = flags, .fd = fd};
+                             .stream = stream,
+                             .type = type,
+                             .flags = flags,
+                             .fd = fd};
     smolvm_agent_header_encode(hdr, &h);
     if (c->out.len == 0) {
         ssize_t w = writev(c->w.fd, v, n);
@@ -336,8 +340,7 @@ void conn_reply_chunked(struct conn *c, uint32_t stream, const char *key, json_t
     size_t reserve = (tail ? strlen(tail) : 2) + 2;
 
     (void)buf_append(&b, head, (size_t)hn);
-    json_array_foreach(items, i, it)
-    {
+    json_array_foreach (items, i, it) {
         char *s = json_dumps(it, JSON_COMPACT);
         if (!s)
             continue;
@@ -416,10 +419,9 @@ static void conn_hello(struct conn *c)
     c->last_id = 0;
     smolvm_agent_reader_init(c->reader);
     conn_send_json(c, SMOLVM_AGENT_HELLO, 0, 0,
-                   json_pack("{s:i, s:s, s:I, s:[ssss]}", "version", SMOLVM_AGENT_VERSION,
-                             "agent", AGENT_VERSION_STRING, "uptime_ms",
-                             (json_int_t)agent_uptime_ms(), "features", "exec", "pty", "files",
-                             "identity"));
+                   json_pack("{s:i, s:s, s:I, s:[ssss]}", "version", SMOLVM_AGENT_VERSION, "agent",
+                             AGENT_VERSION_STRING, "uptime_ms", (json_int_t)agent_uptime_ms(),
+                             "features", "exec", "pty", "files", "identity"));
 }
 
 /* Forget the session: streams end per on_reset, nothing more is sent for them. */
@@ -674,8 +676,7 @@ static int conn_frame(struct conn *c, const smolvm_agent_header *h, const uint8_
     case SMOLVM_AGENT_ERROR:
         protocol_error(c, "a server-to-client frame sent to the agent");
         return -1;
-    default:
-        break;
+    default: break;
     }
     /* DATA, WINDOW, EOF, CONTROL, RESET: for an open stream, else ignored. */
     if (h->type == SMOLVM_AGENT_CONTROL && !(j = parse_object(p, h->length))) {
@@ -726,9 +727,7 @@ static int conn_frame(struct conn *c, const smolvm_agent_header *h, const uint8_
             exec_control(s, j);
         json_decref(j);
         return 0;
-    case SMOLVM_AGENT_RESET:
-        stream_reset(s);
-        return 0;
+    case SMOLVM_AGENT_RESET: stream_reset(s); return 0;
     }
     return 0;
 }
@@ -875,7 +874,8 @@ struct agent *agent_new(const struct agent_options *o)
     sigaddset(&mask, SIGCHLD);
     sigaddset(&mask, SIGIO);
     (void)sigprocmask(SIG_BLOCK, &mask, NULL);
-    a->w_sig = (struct watch){.kind = W_SIGNAL, .fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)};
+    a->w_sig =
+        (struct watch){.kind = W_SIGNAL, .fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)};
     a->w_listen = (struct watch){.kind = W_LISTEN, .fd = o->listen_fd};
     for (size_t i = 0; env && env[i]; i++)
         a->n_env++;
@@ -1048,19 +1048,11 @@ int agent_step(struct agent *a, int timeout_ms)
     for (int i = 0; i < n; i++) {
         struct watch *w = ev[i].data.ptr;
         switch (w->kind) {
-        case W_SIGNAL:
-            signals(a);
-            break;
-        case W_LISTEN:
-            accept_all(a);
-            break;
-        case W_CONN:
-            conn_event(w->obj, ev[i].events);
-            break;
+        case W_SIGNAL: signals(a); break;
+        case W_LISTEN: accept_all(a); break;
+        case W_CONN: conn_event(w->obj, ev[i].events); break;
         case W_OUT:
-        case W_IN:
-            proc_event(w->obj, w->kind == W_IN ? -1 : w->idx, ev[i].events);
-            break;
+        case W_IN: proc_event(w->obj, w->kind == W_IN ? -1 : w->idx, ev[i].events); break;
         }
     }
     update(a);

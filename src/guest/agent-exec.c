@@ -205,8 +205,7 @@ void proc_free(struct proc *p)
 
 static int proc_forgettable(const struct proc *p)
 {
-    return !p->running && p->exit_ready && p->w_out[0].fd < 0 && p->w_out[1].fd < 0 &&
-           !p->readers;
+    return !p->running && p->exit_ready && p->w_out[0].fd < 0 && p->w_out[1].fd < 0 && !p->readers;
 }
 
 static void proc_forget(struct agent *a, size_t i)
@@ -596,7 +595,8 @@ static int parse_exec(struct agent *a, json_t *req, struct spawn_req *r, char *e
     r->cwd = a->o.default_cwd ? a->o.default_cwd : "/root";
     r->rows = 24;
     r->cols = 80;
-    if (req_string(req, "cmd", &r->cmd, err, n) < 0 || req_string(req, "cwd", &r->cwd, err, n) < 0 ||
+    if (req_string(req, "cmd", &r->cmd, err, n) < 0 ||
+        req_string(req, "cwd", &r->cwd, err, n) < 0 ||
         req_string(req, "on_reset", &on_reset, err, n) < 0 ||
         req_bool(req, "stdin", &r->want_stdin, err, n) < 0 ||
         req_int(req, "timeout_ms", 1, 1LL << 40, &r->timeout_ms, err, n) < 0 ||
@@ -614,8 +614,7 @@ static int parse_exec(struct agent *a, json_t *req, struct spawn_req *r, char *e
             snprintf(err, n, "'argv': expected an array of 1..%d strings", SMOLVM_AGENT_ARGV_MAX);
             return -1;
         }
-        json_array_foreach(argv, i, v)
-        {
+        json_array_foreach (argv, i, v) {
             if (!json_is_string(v)) {
                 snprintf(err, n, "'argv': element %zu is not a string", i + 1);
                 return -1;
@@ -629,11 +628,11 @@ static int parse_exec(struct agent *a, json_t *req, struct spawn_req *r, char *e
     }
     if (env && !json_is_null(env)) {
         if (!json_is_array(env) || json_array_size(env) > SMOLVM_AGENT_ENV_MAX) {
-            snprintf(err, n, "'env': expected an array of at most %d strings", SMOLVM_AGENT_ENV_MAX);
+            snprintf(err, n, "'env': expected an array of at most %d strings",
+                     SMOLVM_AGENT_ENV_MAX);
             return -1;
         }
-        json_array_foreach(env, i, v)
-        {
+        json_array_foreach (env, i, v) {
             if (!json_is_string(v) || !valid_env(json_string_value(v))) {
                 snprintf(err, n, "'env': element %zu is not a 'NAME=value' string", i + 1);
                 return -1;
@@ -808,12 +807,13 @@ static int spawn(struct agent *a, const struct spawn_req *r, struct proc *p, con
     sigaddset(&def, SIGPIPE); /* the agent ignores it; a command must not inherit that */
     posix_spawnattr_setsigmask(&attr, &none);
     posix_spawnattr_setsigdefault(&attr, &def);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
-                                        POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setflags(&attr,
+                             POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     e = posix_spawn(&pid, prog, &fa, &attr, r->cmd ? (char **)sh_argv : (char **)r->argv, envp);
     if (e != 0) {
         *code = agent_errno_code(e);
-        snprintf(err, errlen, "%s '%s': %s", e == ENOENT || e == ENOTDIR ? "cwd or program" : "spawn",
+        snprintf(err, errlen, "%s '%s': %s",
+                 e == ENOENT || e == ENOTDIR ? "cwd or program" : "spawn",
                  r->cmd ? r->cwd : r->argv[0], strerror(e));
         goto done;
     }
@@ -940,9 +940,9 @@ void exec_request(struct conn *c, uint32_t id, json_t *req)
         p->stdin_owner = s;
         s->recv_window = STDIN_WINDOW;
     }
-    conn_send_json(c, SMOLVM_AGENT_REPLY, id, 0,
-                   json_pack("{s:i, s:I}", "pid", (int)p->pid, "window",
-                             (json_int_t)s->recv_window));
+    conn_send_json(
+        c, SMOLVM_AGENT_REPLY, id, 0,
+        json_pack("{s:i, s:I}", "pid", (int)p->pid, "window", (json_int_t)s->recv_window));
 out:
     free(r);
 }
@@ -968,8 +968,9 @@ void attach_request(struct conn *c, uint32_t id, json_t *req)
     }
     if (want_stdin && (!p->has_stdin || p->stdin_owner || p->w_in.fd < 0 || p->stdin_eof)) {
         conn_error(c, id, "EBUSY", "attach: the stdin of pid %lld is %s", pid,
-                   !p->has_stdin ? "not streamed" : p->stdin_owner ? "held by another stream"
-                                                                    : "closed");
+                   !p->has_stdin    ? "not streamed"
+                   : p->stdin_owner ? "held by another stream"
+                                    : "closed");
         return;
     }
     struct stream *s = stream_new(c, id, S_ATTACH);
@@ -987,8 +988,8 @@ void attach_request(struct conn *c, uint32_t id, json_t *req)
     }
     conn_send_json(c, SMOLVM_AGENT_REPLY, id, 0,
                    json_pack("{s:i, s:s, s:b, s:I, s:I}", "pid", (int)p->pid, "cmd", p->cmd,
-                             "running", p->running, "dropped", (json_int_t)p->ring.tail,
-                             "window", (json_int_t)s->recv_window));
+                             "running", p->running, "dropped", (json_int_t)p->ring.tail, "window",
+                             (json_int_t)s->recv_window));
 }
 
 void ps_request(struct conn *c, uint32_t id, json_t *req)

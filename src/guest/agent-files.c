@@ -34,8 +34,8 @@ static int get_path(struct conn *c, json_t *req, const char *op, char *out, int 
         return -1;
     }
     if (path[0] != '/' || strlen(path) > SMOLVM_AGENT_PATH_MAX) {
-        conn_error(c, id, "EINVAL", "%s: 'path': expected an absolute path of at most %d bytes",
-                   op, SMOLVM_AGENT_PATH_MAX);
+        conn_error(c, id, "EINVAL", "%s: 'path': expected an absolute path of at most %d bytes", op,
+                   SMOLVM_AGENT_PATH_MAX);
         return -1;
     }
     if (root) {
@@ -92,8 +92,8 @@ int file_pump(struct stream *s)
 
     if (s->send_window == 0)
         return 0;
-    size_t want = s->send_window < sizeof(c->agent->scratch) ? s->send_window
-                                                             : sizeof(c->agent->scratch);
+    size_t want =
+        s->send_window < sizeof(c->agent->scratch) ? s->send_window : sizeof(c->agent->scratch);
     ssize_t n = read(s->fd, buf, want);
     if (n < 0 && errno == EINTR)
         return 0;
@@ -144,8 +144,8 @@ static void read_file(struct conn *c, uint32_t id, json_t *req, const char *path
     }
     if (st.st_size > max) {
         close(fd);
-        conn_error(c, id, "EFBIG", "read_file '%s': %lld bytes, over 'max' (%lld)",
-                   shown(c, path), (long long)st.st_size, max);
+        conn_error(c, id, "EFBIG", "read_file '%s': %lld bytes, over 'max' (%lld)", shown(c, path),
+                   (long long)st.st_size, max);
         return;
     }
     struct stream *s = stream_new(c, id, S_READ);
@@ -157,9 +157,9 @@ static void read_file(struct conn *c, uint32_t id, json_t *req, const char *path
     s->fd = fd;
     s->left = (uint64_t)max;
     s->send_window = window;
-    conn_send_json(c, SMOLVM_AGENT_REPLY, id, 0,
-                   json_pack("{s:I, s:i}", "size", (json_int_t)st.st_size, "mode",
-                             (int)(st.st_mode & 07777)));
+    conn_send_json(
+        c, SMOLVM_AGENT_REPLY, id, 0,
+        json_pack("{s:I, s:i}", "size", (json_int_t)st.st_size, "mode", (int)(st.st_mode & 07777)));
 }
 
 /* ------------------------------------------------------------------ write_file */
@@ -286,7 +286,8 @@ static void write_file(struct conn *c, uint32_t id, json_t *req, char *path)
     }
     s->fd = fd;
     s->recv_window = STDIN_WINDOW;
-    conn_send_json(c, SMOLVM_AGENT_REPLY, id, 0, json_pack("{s:I}", "window", (json_int_t)STDIN_WINDOW));
+    conn_send_json(c, SMOLVM_AGENT_REPLY, id, 0,
+                   json_pack("{s:I}", "window", (json_int_t)STDIN_WINDOW));
 }
 
 /* ------------------------------------------------------------------ the others */
@@ -295,13 +296,13 @@ static void stat_path(struct conn *c, uint32_t id, const char *path)
 {
     struct stat st;
     if (lstat(path, &st) < 0) {
-        conn_error(c, id, agent_errno_code(errno), "stat '%s': %s", shown(c, path), strerror(errno));
+        conn_error(c, id, agent_errno_code(errno), "stat '%s': %s", shown(c, path),
+                   strerror(errno));
         return;
     }
     conn_send_json(c, SMOLVM_AGENT_REPLY, id, SMOLVM_AGENT_FIN,
                    json_pack("{s:s, s:I, s:i, s:I}", "type", type_of(st.st_mode), "size",
-                             (json_int_t)st.st_size, "mode", (int)(st.st_mode & 07777),
-                             "mtime_ms",
+                             (json_int_t)st.st_size, "mode", (int)(st.st_mode & 07777), "mtime_ms",
                              (json_int_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000));
 }
 
@@ -324,7 +325,8 @@ static void list_dir(struct conn *c, uint32_t id, const char *path)
     struct dirent *de;
 
     if (!dir) {
-        conn_error(c, id, agent_errno_code(errno), "list '%s': %s", shown(c, path), strerror(errno));
+        conn_error(c, id, agent_errno_code(errno), "list '%s': %s", shown(c, path),
+                   strerror(errno));
         return;
     }
     if (!(ents = calloc(SMOLVM_AGENT_LIST_MAX, sizeof(*ents)))) {
@@ -376,7 +378,8 @@ static void make_dir(struct conn *c, uint32_t id, json_t *req, char *path)
     if (rc == 0 && (rc = chmod(path, (mode_t)(mode & 07777))) < 0 && parents)
         rc = 0; /* an existing directory we may not change is still there */
     if (rc < 0) {
-        conn_error(c, id, agent_errno_code(errno), "mkdir '%s': %s", shown(c, path), strerror(errno));
+        conn_error(c, id, agent_errno_code(errno), "mkdir '%s': %s", shown(c, path),
+                   strerror(errno));
         return;
     }
     conn_send_json(c, SMOLVM_AGENT_REPLY, id, SMOLVM_AGENT_FIN, json_object());

@@ -79,8 +79,8 @@ static int parse_mac(const char *s, uint8_t mac[6])
 {
     unsigned v[6];
     char tail;
-    if (strlen(s) != 17 ||
-        sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &tail) != 6)
+    if (strlen(s) != 17 || sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2], &v[3], &v[4],
+                                  &v[5], &tail) != 6)
         return -1;
     for (int i = 0; i < 6; i++)
         mac[i] = (uint8_t)v[i];
@@ -108,7 +108,9 @@ void identity_request(struct conn *c, uint32_t id, json_t *req)
         req_string(req, "hostname", &ident.hostname, err, sizeof(err)) < 0)
         goto invalid;
     if (b64) {
-        long n = strlen(b64) <= 4 * ((ENTROPY_MAX + 2) / 3) ? b64_decode(b64, entropy, sizeof(entropy)) : -1;
+        long n = strlen(b64) <= 4 * ((ENTROPY_MAX + 2) / 3)
+                     ? b64_decode(b64, entropy, sizeof(entropy))
+                     : -1;
         if (n < ENTROPY_MIN) {
             snprintf(err, sizeof(err), "'entropy': expected base64 of %d..%d bytes", ENTROPY_MIN,
                      ENTROPY_MAX);
@@ -303,7 +305,8 @@ int agent_identity_apply(const struct agent_identity *id, void *payload, const c
             return fail(code, err, errlen, "RNDADDENTROPY");
     }
     if (id->has_time) {
-        struct timespec ts = {.tv_sec = id->time_ms / 1000, .tv_nsec = (id->time_ms % 1000) * 1000000};
+        struct timespec ts = {.tv_sec = id->time_ms / 1000,
+                              .tv_nsec = (id->time_ms % 1000) * 1000000};
         if (clock_settime(CLOCK_REALTIME, &ts) < 0)
             return fail(code, err, errlen, "clock_settime");
     }

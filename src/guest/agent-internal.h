@@ -15,12 +15,12 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
-#define OUTQ_LOW (64u * 1024)   /* pump DATA only while the out queue is below this */
+#define OUTQ_LOW (64u * 1024)    /* pump DATA only while the out queue is below this */
 #define OUTQ_HIGH (1024u * 1024) /* stop reading requests while replies pile up */
 #define STDIN_WINDOW SMOLVM_AGENT_WINDOW_DEFAULT
-#define RING_SEGS 512           /* fd changes remembered in an output ring */
-#define CMD_KEEP 1024           /* bytes of a command line kept for ps/attach */
-#define KILL_WAIT_MS 2000       /* after SIGKILL: wait this long for the group to empty */
+#define RING_SEGS 512     /* fd changes remembered in an output ring */
+#define CMD_KEEP 1024     /* bytes of a command line kept for ps/attach */
+#define KILL_WAIT_MS 2000 /* after SIGKILL: wait this long for the group to empty */
 
 enum watch_kind { W_SIGNAL, W_LISTEN, W_CONN, W_OUT, W_IN };
 
@@ -93,9 +93,9 @@ struct conn {
 
 struct ring {
     uint8_t *buf;
-    size_t cap;       /* grows to SMOLVM_AGENT_REPLAY_MAX */
-    uint64_t head;    /* bytes ever written */
-    uint64_t tail;    /* oldest byte kept */
+    size_t cap;    /* grows to SMOLVM_AGENT_REPLAY_MAX */
+    uint64_t head; /* bytes ever written */
+    uint64_t tail; /* oldest byte kept */
     struct {
         uint64_t start;
         uint8_t fd;
@@ -171,8 +171,8 @@ void agent_utf8(char *out, size_t outlen, const char *s, size_t n);
 /* Request members, type-checked. 0: ok (absent leaves *out as is); -1: message in err. */
 int req_string(json_t *req, const char *key, const char **out, char *err, size_t errlen);
 int req_bool(json_t *req, const char *key, int *out, char *err, size_t errlen);
-int req_int(json_t *req, const char *key, long long min, long long max, long long *out,
-            char *err, size_t errlen);
+int req_int(json_t *req, const char *key, long long min, long long max, long long *out, char *err,
+            size_t errlen);
 int req_window(json_t *req, uint32_t *out, char *err, size_t errlen);
 
 /* agent-exec.c */
@@ -182,14 +182,14 @@ void ps_request(struct conn *c, uint32_t id, json_t *req);
 void exec_control(struct stream *s, json_t *ctl);
 void exec_stdin(struct stream *s, const uint8_t *p, size_t n);
 void exec_stdin_eof(struct stream *s);
-void exec_reset(struct stream *s);  /* RESET or connection gone: on_reset */
-int exec_pump(struct stream *s); /* one frame as the window allows, EOF, EXIT; 1 if any */
+void exec_reset(struct stream *s); /* RESET or connection gone: on_reset */
+int exec_pump(struct stream *s);   /* one frame as the window allows, EOF, EXIT; 1 if any */
 void proc_event(struct proc *p, int which, uint32_t events);
 void procs_reap(struct agent *a);
 void procs_tick(struct agent *a, int64_t now); /* deadlines */
 int64_t procs_next_deadline(struct agent *a);
-void procs_update(struct agent *a);            /* epoll interest, stdin */
-void procs_clear(struct agent *a);             /* identity: forget history */
+void procs_update(struct agent *a); /* epoll interest, stdin */
+void procs_clear(struct agent *a);  /* identity: forget history */
 void procs_kill_all(struct agent *a);
 void proc_free(struct proc *p);
 

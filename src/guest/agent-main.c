@@ -72,8 +72,8 @@ static int have_vsock(void)
 static int vsock_connect(void *payload)
 {
     (void)payload;
-    struct sockaddr_vm sa = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST,
-                             .svm_port = SMOLVM_AGENT_VSOCK_PORT};
+    struct sockaddr_vm sa = {
+        .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST, .svm_port = SMOLVM_AGENT_VSOCK_PORT};
     int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -1;

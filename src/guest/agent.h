@@ -34,8 +34,8 @@ struct agent_options {
     const char *default_cwd;
     /* Apply an identity: 0, or -1 with a message in err and a protocol error code
      * ("EIO", "EPERM", ...) in *code. NULL: agent_identity_apply (the real thing). */
-    int (*identity)(const struct agent_identity *id, void *payload, const char **code,
-                    char *err, size_t errlen);
+    int (*identity)(const struct agent_identity *id, void *payload, const char **code, char *err,
+                    size_t errlen);
     /* Called once after the reply to `poweroff` was sent. NULL: kill(1, SIGTERM)
      * (our PID 1 powers off on SIGTERM). */
     void (*poweroff)(void *payload);

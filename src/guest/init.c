@@ -39,10 +39,10 @@
 #define KILL_WAIT_MS 1000  /* SIGKILL -> give up waiting and power off anyway */
 
 #define AGENT_PATH "/usr/sbin/smolvm-agent"
-#define AGENT_NO_CHANNEL 3        /* its exit status when the VM has no agent channel */
-#define AGENT_BACKOFF_MIN_MS 100  /* restart delay after a crash, doubling... */
+#define AGENT_NO_CHANNEL 3         /* its exit status when the VM has no agent channel */
+#define AGENT_BACKOFF_MIN_MS 100   /* restart delay after a crash, doubling... */
 #define AGENT_BACKOFF_MAX_MS 10000 /* ...up to this */
-#define AGENT_STABLE_MS 30000     /* an agent that ran this long restarts at once */
+#define AGENT_STABLE_MS 30000      /* an agent that ran this long restarts at once */
 
 static int hvc_fd = -1;    /* control channel to the host (absent on Firecracker) */
 static int serial_fd = -1; /* ttyS0: the VM's console.log */
@@ -325,8 +325,8 @@ static void agent_exited(int status)
         guest_log("agent: exited with status %d after %ld ms; restart in %d ms",
                   WEXITSTATUS(status), ran, agent_backoff_ms);
     agent_restart_at = now_ms() + agent_backoff_ms;
-    agent_backoff_ms = agent_backoff_ms * 2 > AGENT_BACKOFF_MAX_MS ? AGENT_BACKOFF_MAX_MS
-                                                                  : agent_backoff_ms * 2;
+    agent_backoff_ms =
+        agent_backoff_ms * 2 > AGENT_BACKOFF_MAX_MS ? AGENT_BACKOFF_MAX_MS : agent_backoff_ms * 2;
 }
 
 static void reap(void)

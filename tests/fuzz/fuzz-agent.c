@@ -26,8 +26,8 @@ static struct agent *agent;
 static char sandbox[64];
 static unsigned long runs;
 
-static int no_identity(const struct agent_identity *id, void *payload, const char **code,
-                       char *err, size_t errlen)
+static int no_identity(const struct agent_identity *id, void *payload, const char **code, char *err,
+                       size_t errlen)
 {
     (void)id, (void)payload, (void)code, (void)err, (void)errlen;
     return 0;
@@ -61,9 +61,13 @@ static void init(void)
     if (!mkdtemp(sandbox))
         abort();
     static struct agent_options o;
-    o = (struct agent_options){.listen_fd = -1, .exit_when_idle = 1, .no_exec = 1,
-                               .file_root = sandbox, .identity = no_identity,
-                               .poweroff = no_poweroff, .default_cwd = sandbox};
+    o = (struct agent_options){.listen_fd = -1,
+                               .exit_when_idle = 1,
+                               .no_exec = 1,
+                               .file_root = sandbox,
+                               .identity = no_identity,
+                               .poweroff = no_poweroff,
+                               .default_cwd = sandbox};
     signal(SIGPIPE, SIG_IGN);
     if (!(agent = agent_new(&o)))
         abort();

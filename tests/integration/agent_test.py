@@ -545,10 +545,24 @@ def boot_and_check(image_dir, network=True, do_measure=True, n=50):
             vm.kill()
 
 
+def no_agent(image_dir):
+    """Why the image cannot run this test (built before the agent), or None."""
+    try:
+        r = subprocess.run(["debugfs", "-R", "stat /usr/sbin/smolvm-agent",
+                            os.path.join(image_dir, "rootfs.ext4")],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # cannot tell: boot it and see
+    if "Inode:" not in r.stdout:
+        return ("image '%s' has no /usr/sbin/smolvm-agent (built before the agent; rebuild "
+                "it with scripts/build-image.sh, or set SMOLVM_TEST_IMAGE)" % image_dir)
+    return None
+
+
 def main():
     image = os.environ.get("SMOLVM_TEST_IMAGE", "default")
     image_dir = sys.argv[1] if len(sys.argv) > 1 else ib.default_image_dir(image)
-    why = ib.check_image(image_dir)
+    why = ib.check_image(image_dir) or no_agent(image_dir)
     if why:
         print("SKIP: " + why)
         return SKIP

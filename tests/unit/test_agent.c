@@ -72,8 +72,8 @@ static void send_frame(struct client *c, uint8_t type, uint32_t stream, uint8_t 
                        const void *p, size_t n)
 {
     uint8_t hdr[SMOLVM_AGENT_HEADER_SIZE];
-    smolvm_agent_header h = {.length = (uint32_t)n, .stream = stream, .type = type,
-                             .flags = flags, .fd = fd};
+    smolvm_agent_header h = {
+        .length = (uint32_t)n, .stream = stream, .type = type, .flags = flags, .fd = fd};
     smolvm_agent_header_encode(hdr, &h);
     struct iovec v[2] = {{hdr, sizeof(hdr)}, {(void *)p, n}};
     size_t total = sizeof(hdr) + n, done = 0;
@@ -231,8 +231,8 @@ static json_t *one_reply(struct client *c, uint32_t id, int want_type)
         frame_free(&f);
     }
     if (f.h.type != want_type)
-        fail_msg("stream %u: got %s %s, want %s", id, smolvm_agent_type_name(f.h.type),
-                 (char *)f.p, smolvm_agent_type_name(want_type));
+        fail_msg("stream %u: got %s %s, want %s", id, smolvm_agent_type_name(f.h.type), (char *)f.p,
+                 smolvm_agent_type_name(want_type));
     assert_true(f.h.flags & SMOLVM_AGENT_FIN);
     json_t *j = f.j;
     f.j = NULL;
@@ -302,9 +302,7 @@ static void collect(struct client *c, struct result *rs, size_t n)
             if (r->grant && f.h.length)
                 send_window(c, r->id, f.h.length);
             break;
-        case SMOLVM_AGENT_EOF:
-            r->eof[f.h.fd] = 1;
-            break;
+        case SMOLVM_AGENT_EOF: r->eof[f.h.fd] = 1; break;
         case SMOLVM_AGENT_EXIT:
             r->exit = json_incref(f.j);
             open--;
@@ -313,8 +311,7 @@ static void collect(struct client *c, struct result *rs, size_t n)
             r->error = json_incref(f.j);
             open--;
             break;
-        case SMOLVM_AGENT_WINDOW:
-            break;
+        case SMOLVM_AGENT_WINDOW: break;
         default:
             fail_msg("unexpected %s on stream %u", smolvm_agent_type_name(f.h.type), f.h.stream);
         }
@@ -351,9 +348,9 @@ static int record_identity(const struct agent_identity *id, void *payload, const
     snprintf(path, sizeof(path), "%s/identity.json", (const char *)payload);
     json_t *j = json_pack("{s:i, s:b, s:I, s:s?, s:b, s:s?, s:i, s:s?, s:s?, s:s?}", "entropy_len",
                           (int)id->entropy_len, "has_time", id->has_time, "time_ms",
-                          (json_int_t)id->time_ms, "hostname", id->hostname, "has_net",
-                          id->has_net, "ip", id->ip, "prefix", id->prefix, "gateway", id->gateway,
-                          "mac", id->mac, "dns", id->dns);
+                          (json_int_t)id->time_ms, "hostname", id->hostname, "has_net", id->has_net,
+                          "ip", id->ip, "prefix", id->prefix, "gateway", id->gateway, "mac",
+                          id->mac, "dns", id->dns);
     int rc = json_dump_file(j, path, 0);
     json_decref(j);
     if (rc < 0) {
@@ -393,8 +390,11 @@ static int setup(void **state)
     fx.agent = fork();
     assert_true(fx.agent >= 0);
     if (fx.agent == 0) {
-        struct agent_options o = {.listen_fd = lfd, .exit_when_idle = 1, .default_cwd = fx.dir,
-                                  .identity = record_identity, .poweroff = record_poweroff,
+        struct agent_options o = {.listen_fd = lfd,
+                                  .exit_when_idle = 1,
+                                  .default_cwd = fx.dir,
+                                  .identity = record_identity,
+                                  .poweroff = record_poweroff,
                                   .payload = fx.dir};
         close(sv[0]);
         signal(SIGPIPE, SIG_IGN);
@@ -451,17 +451,20 @@ static void test_hello_ping(void **state)
     json_decref(r);
     expect_error(c, request(c, json_pack("{s:s}", "op", "no-such-op")), "EINVAL");
     expect_error(c, request(c, json_pack("{s:i}", "op", 5)), "EINVAL");
-    expect_error(c, request(c, json_pack("{s:s, s:s, s:s}", "op", "exec", "cmd", "true",
-                                         "timeout_ms", "soon")),
-                 "EINVAL");
-    expect_error(c, request(c, json_pack("{s:s, s:s, s:[s]}", "op", "exec", "cmd", "true", "argv",
-                                         "true")),
-                 "EINVAL");
-    expect_error(c, request(c, json_pack("{s:s, s:s, s:[s]}", "op", "exec", "cmd", "true", "env",
-                                         "no-equals")),
-                 "EINVAL");
-    expect_error(c, request(c, json_pack("{s:s, s:s, s:I}", "op", "exec", "cmd", "true", "window",
-                                         (json_int_t)SMOLVM_AGENT_WINDOW_MAX + 1)),
+    expect_error(
+        c,
+        request(c, json_pack("{s:s, s:s, s:s}", "op", "exec", "cmd", "true", "timeout_ms", "soon")),
+        "EINVAL");
+    expect_error(
+        c, request(c, json_pack("{s:s, s:s, s:[s]}", "op", "exec", "cmd", "true", "argv", "true")),
+        "EINVAL");
+    expect_error(
+        c,
+        request(c, json_pack("{s:s, s:s, s:[s]}", "op", "exec", "cmd", "true", "env", "no-equals")),
+        "EINVAL");
+    expect_error(c,
+                 request(c, json_pack("{s:s, s:s, s:I}", "op", "exec", "cmd", "true", "window",
+                                      (json_int_t)SMOLVM_AGENT_WINDOW_MAX + 1)),
                  "EINVAL");
 }
 
@@ -487,8 +490,7 @@ static void test_exec_output_and_status(void **state)
     result_free(&r);
 
     /* A binary-safe stream: every byte value survives. */
-    run(c, json_pack("{s:s, s:s}", "op", "exec", "cmd",
-                     "printf '\\000\\001\\377abc\\000'"), &r);
+    run(c, json_pack("{s:s, s:s}", "op", "exec", "cmd", "printf '\\000\\001\\377abc\\000'"), &r);
     assert_int_equal(r.len[1], 7);
     assert_memory_equal(r.out[1], "\0\1\377abc\0", 7);
     result_free(&r);
@@ -500,9 +502,10 @@ static void test_exec_env_cwd(void **state)
     struct result r;
     char want[256];
 
-    run(c, json_pack("{s:s, s:s, s:[ss], s:s}", "op", "exec", "cmd",
-                     "echo \"$FOO\"; pwd; echo $HOME; echo $SMOLVM_TEST_BASE", "env",
-                     "FOO=bar  baz", "HOME=/nowhere", "cwd", "/tmp"),
+    run(c,
+        json_pack("{s:s, s:s, s:[ss], s:s}", "op", "exec", "cmd",
+                  "echo \"$FOO\"; pwd; echo $HOME; echo $SMOLVM_TEST_BASE", "env", "FOO=bar  baz",
+                  "HOME=/nowhere", "cwd", "/tmp"),
         &r);
     assert_string_equal(out_of(&r, 1), "bar  baz\n/tmp\n/nowhere\nfrom-the-agent\n");
     result_free(&r);
@@ -520,16 +523,17 @@ static void test_exec_env_cwd(void **state)
     snprintf(cwd, sizeof(cwd), "%s/missing", F->dir);
     expect_error(c, request(c, json_pack("{s:s, s:s, s:s}", "op", "exec", "cmd", cmd, "cwd", cwd)),
                  "ENOENT");
-    expect_error(c, request(c, json_pack("{s:s, s:[ss], s:s}", "op", "exec", "argv", "touch",
-                                         marker, "cwd", cwd)),
+    expect_error(c,
+                 request(c, json_pack("{s:s, s:[ss], s:s}", "op", "exec", "argv", "touch", marker,
+                                      "cwd", cwd)),
                  "ENOENT");
     /* Nothing can have run: a later command in the same place sees no marker. */
     run(c, json_pack("{s:s, s:s}", "op", "exec", "cmd", "true"), &r);
     result_free(&r);
     assert_int_equal(access(marker, F_OK), -1);
-    expect_error(c, request(c, json_pack("{s:s, s:s, s:s}", "op", "exec", "cmd", "true", "cwd",
-                                         "relative")),
-                 "EINVAL");
+    expect_error(
+        c, request(c, json_pack("{s:s, s:s, s:s}", "op", "exec", "cmd", "true", "cwd", "relative")),
+        "EINVAL");
 }
 
 static void test_exec_argv(void **state)
@@ -542,9 +546,9 @@ static void test_exec_argv(void **state)
     assert_int_equal(exit_code(&r), 0);
     result_free(&r);
 
-    expect_error(c, request(c, json_pack("{s:s, s:[s]}", "op", "exec", "argv",
-                                         "no-such-program-smolvm")),
-                 "ENOENT");
+    expect_error(
+        c, request(c, json_pack("{s:s, s:[s]}", "op", "exec", "argv", "no-such-program-smolvm")),
+        "ENOENT");
     run(c, json_pack("{s:s, s:s}", "op", "exec", "cmd", "no-such-program-smolvm"), &r);
     assert_int_equal(exit_code(&r), 127);
     assert_non_null(strstr(out_of(&r, 2), "not found"));
@@ -560,7 +564,8 @@ static void test_exec_stdin(void **state)
     r.id = request(c, json_pack("{s:s, s:s, s:b}", "op", "exec", "cmd", "cat", "stdin", 1));
     assert_int_equal(recv_frame(c, &f), 1);
     assert_int_equal(f.h.type, SMOLVM_AGENT_REPLY);
-    assert_int_equal(json_integer_value(json_object_get(f.j, "window")), SMOLVM_AGENT_WINDOW_DEFAULT);
+    assert_int_equal(json_integer_value(json_object_get(f.j, "window")),
+                     SMOLVM_AGENT_WINDOW_DEFAULT);
     frame_free(&f);
     send_frame(c, SMOLVM_AGENT_DATA, r.id, 0, 0, "hello ", 6);
     send_frame(c, SMOLVM_AGENT_DATA, r.id, 0, 0, "world\n", 6);
@@ -574,14 +579,16 @@ static void test_exec_stdin(void **state)
     /* 4 MiB through `wc -c`, paced by the windows the agent grants. */
     const size_t total = 4u << 20;
     uint8_t *chunk = calloc(1, SMOLVM_AGENT_FRAME_MAX);
-    uint32_t id = request(c, json_pack("{s:s, s:s, s:b}", "op", "exec", "cmd", "wc -c", "stdin", 1));
+    uint32_t id =
+        request(c, json_pack("{s:s, s:s, s:b}", "op", "exec", "cmd", "wc -c", "stdin", 1));
     uint64_t window = 0;
     size_t sent = 0;
     char *out = NULL;
     json_t *exit = NULL;
     while (!exit) {
         while (sent < total && window > 0) {
-            size_t n = total - sent < SMOLVM_AGENT_FRAME_MAX ? total - sent : SMOLVM_AGENT_FRAME_MAX;
+            size_t n =
+                total - sent < SMOLVM_AGENT_FRAME_MAX ? total - sent : SMOLVM_AGENT_FRAME_MAX;
             if (n > window)
                 n = window;
             send_frame(c, SMOLVM_AGENT_DATA, id, 0, 0, chunk, n);
@@ -595,7 +602,8 @@ static void test_exec_stdin(void **state)
         if (f.h.type == SMOLVM_AGENT_REPLY)
             window = (uint64_t)json_integer_value(json_object_get(f.j, "window"));
         else if (f.h.type == SMOLVM_AGENT_WINDOW) {
-            window += (uint32_t)f.p[0] << 24 | (uint32_t)f.p[1] << 16 | (uint32_t)f.p[2] << 8 | f.p[3];
+            window +=
+                (uint32_t)f.p[0] << 24 | (uint32_t)f.p[1] << 16 | (uint32_t)f.p[2] << 8 | f.p[3];
             assert_true(window <= SMOLVM_AGENT_WINDOW_DEFAULT);
         } else if (f.h.type == SMOLVM_AGENT_DATA && f.h.fd == 1)
             out = strdup((char *)f.p);
@@ -661,7 +669,8 @@ static void test_window_zero_blocks_producer(void **state)
 {
     struct client *c = &F->c;
     struct frame f;
-    uint32_t id = request(c, json_pack("{s:s, s:[s], s:i}", "op", "exec", "argv", "yes", "window", 0));
+    uint32_t id =
+        request(c, json_pack("{s:s, s:[s], s:i}", "op", "exec", "argv", "yes", "window", 0));
     assert_int_equal(recv_frame(c, &f), 1);
     assert_int_equal(f.h.type, SMOLVM_AGENT_REPLY);
     pid_t pid = (pid_t)json_integer_value(json_object_get(f.j, "pid"));
@@ -753,8 +762,9 @@ static void test_timeout_and_kill(void **state)
     struct client *c = &F->c;
     struct result r;
 
-    run(c, json_pack("{s:s, s:s, s:i}", "op", "exec", "cmd", "sleep 100 & echo $!; sleep 100",
-                     "timeout_ms", 300),
+    run(c,
+        json_pack("{s:s, s:s, s:i}", "op", "exec", "cmd", "sleep 100 & echo $!; sleep 100",
+                  "timeout_ms", 300),
         &r);
     assert_int_equal(exit_code(&r), -1);
     assert_true(json_is_true(json_object_get(r.exit, "timed_out")));
@@ -767,7 +777,8 @@ static void test_timeout_and_kill(void **state)
     /* kill through CONTROL: the whole group, background children too */
     memset(&r, 0, sizeof(r));
     r.grant = 1;
-    r.id = request(c, json_pack("{s:s, s:s}", "op", "exec", "cmd", "sleep 100 & echo $!; sleep 100"));
+    r.id =
+        request(c, json_pack("{s:s, s:s}", "op", "exec", "cmd", "sleep 100 & echo $!; sleep 100"));
     struct frame f;
     pid_t bg = 0, pid = 0;
     while (!bg) {
@@ -829,7 +840,8 @@ static void test_pty(void **state)
         frame_free(&f);
     }
     assert_non_null(strstr(out, "/dev/pts/"));
-    send_text(c, SMOLVM_AGENT_CONTROL, r.id, 0, "{\"op\": \"resize\", \"rows\": 40, \"cols\": 120}");
+    send_text(c, SMOLVM_AGENT_CONTROL, r.id, 0,
+              "{\"op\": \"resize\", \"rows\": 40, \"cols\": 120}");
     send_frame(c, SMOLVM_AGENT_DATA, r.id, 0, 0, "go\n", 3);
     r.reply = json_object();
     collect(c, &r, 1);
@@ -859,8 +871,8 @@ static void test_attach_and_on_reset(void **state)
 
     client_connect(&c2);
     /* stdin is held by the exec stream: a second writer is refused */
-    expect_error(&c2, request(&c2, json_pack("{s:s, s:i, s:b}", "op", "attach", "pid", pid,
-                                             "stdin", 1)),
+    expect_error(&c2,
+                 request(&c2, json_pack("{s:s, s:i, s:b}", "op", "attach", "pid", pid, "stdin", 1)),
                  "EBUSY");
     send_frame(c, SMOLVM_AGENT_RESET, id, 0, 0, NULL, 0);
     json_decref(one_reply(c, request(c, json_pack("{s:s}", "op", "ping")), SMOLVM_AGENT_REPLY));
@@ -870,8 +882,7 @@ static void test_attach_and_on_reset(void **state)
     json_t *procs = json_object_get(j, "processes"), *p;
     size_t i;
     int found = 0;
-    json_array_foreach(procs, i, p)
-    {
+    json_array_foreach (procs, i, p) {
         if (json_integer_value(json_object_get(p, "pid")) == pid) {
             found = 1;
             assert_true(json_is_true(json_object_get(p, "running")));
@@ -932,8 +943,8 @@ static void test_attach_and_on_reset(void **state)
 
     /* A connection going away with a keep process leaves it running; the other
      * connection can still kill it. */
-    id = request(&c2, json_pack("{s:s, s:s, s:s}", "op", "exec", "cmd", "sleep 100", "on_reset",
-                                "keep"));
+    id = request(
+        &c2, json_pack("{s:s, s:s, s:s}", "op", "exec", "cmd", "sleep 100", "on_reset", "keep"));
     assert_int_equal(recv_frame(&c2, &f), 1);
     pid = (pid_t)json_integer_value(json_object_get(f.j, "pid"));
     frame_free(&f);
@@ -1002,7 +1013,8 @@ static json_t *write_file(struct client *c, const char *path, const uint8_t *dat
         assert_int_equal(recv_frame(c, &f), 1);
         assert_int_equal(f.h.stream, id);
         if (f.h.type == SMOLVM_AGENT_WINDOW) {
-            window += (uint32_t)f.p[0] << 24 | (uint32_t)f.p[1] << 16 | (uint32_t)f.p[2] << 8 | f.p[3];
+            window +=
+                (uint32_t)f.p[0] << 24 | (uint32_t)f.p[1] << 16 | (uint32_t)f.p[2] << 8 | f.p[3];
             frame_free(&f);
             continue;
         }
@@ -1018,8 +1030,8 @@ static uint8_t *read_file(struct client *c, const char *path, size_t *len, json_
     struct frame f;
     uint8_t *data = NULL;
     *len = 0;
-    uint32_t id = request(c, json_pack("{s:s, s:s, s:i}", "op", "read_file", "path", path,
-                                       "window", 100000));
+    uint32_t id =
+        request(c, json_pack("{s:s, s:s, s:i}", "op", "read_file", "path", path, "window", 100000));
     assert_int_equal(recv_frame(c, &f), 1);
     assert_int_equal(f.h.type, SMOLVM_AGENT_REPLY);
     *reply = json_incref(f.j);
@@ -1090,10 +1102,13 @@ static void test_files(void **state)
                   SMOLVM_AGENT_REPLY);
     json_t *ents = json_object_get(j, "entries");
     assert_int_equal(json_array_size(ents), 2);
-    assert_string_equal(json_string_value(json_object_get(json_array_get(ents, 0), "name")), "file");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(ents, 0), "name")),
+                        "file");
     assert_int_equal(json_integer_value(json_object_get(json_array_get(ents, 0), "size")), 5);
-    assert_string_equal(json_string_value(json_object_get(json_array_get(ents, 1), "name")), "link");
-    assert_string_equal(json_string_value(json_object_get(json_array_get(ents, 1), "type")), "link");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(ents, 1), "name")),
+                        "link");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(ents, 1), "type")),
+                        "link");
     assert_true(json_is_false(json_object_get(j, "truncated")));
     json_decref(j);
 
@@ -1117,8 +1132,9 @@ static void test_files(void **state)
 
     /* mkdir, remove */
     snprintf(p2, sizeof(p2), "%s/m/n", F->dir);
-    json_decref(one_reply(c, request(c, json_pack("{s:s, s:s, s:i, s:b}", "op", "mkdir", "path", p2,
-                                                  "mode", 0700, "parents", 1)),
+    json_decref(one_reply(c,
+                          request(c, json_pack("{s:s, s:s, s:i, s:b}", "op", "mkdir", "path", p2,
+                                               "mode", 0700, "parents", 1)),
                           SMOLVM_AGENT_REPLY));
     assert_int_equal(stat(p2, &st), 0);
     assert_true(S_ISDIR(st.st_mode));
@@ -1126,25 +1142,26 @@ static void test_files(void **state)
     expect_error(c, request(c, json_pack("{s:s, s:s}", "op", "mkdir", "path", p2)), "EEXIST");
     snprintf(p2, sizeof(p2), "%s/a", F->dir);
     expect_error(c, request(c, json_pack("{s:s, s:s}", "op", "remove", "path", p2)), "EEXIST");
-    json_decref(one_reply(c, request(c, json_pack("{s:s, s:s, s:b}", "op", "remove", "path", p2,
-                                                  "recursive", 1)),
-                          SMOLVM_AGENT_REPLY));
+    json_decref(one_reply(
+        c, request(c, json_pack("{s:s, s:s, s:b}", "op", "remove", "path", p2, "recursive", 1)),
+        SMOLVM_AGENT_REPLY));
     assert_int_equal(lstat(p2, &st), -1);
     expect_error(c, request(c, json_pack("{s:s, s:s}", "op", "stat", "path", p2)), "ENOENT");
     expect_error(c, request(c, json_pack("{s:s, s:s}", "op", "remove", "path", p2)), "ENOENT");
 
     /* errors */
     expect_error(c, request(c, json_pack("{s:s, s:s}", "op", "read_file", "path", p2)), "ENOENT");
-    expect_error(c, request(c, json_pack("{s:s, s:s}", "op", "read_file", "path", F->dir)), "EINVAL");
+    expect_error(c, request(c, json_pack("{s:s, s:s}", "op", "read_file", "path", F->dir)),
+                 "EINVAL");
     expect_error(c, request(c, json_pack("{s:s, s:s}", "op", "read_file", "path", "rel/ative")),
                  "EINVAL");
     expect_error(c, request(c, json_pack("{s:s, s:i}", "op", "read_file", "path", 7)), "EINVAL");
     snprintf(path, sizeof(path), "%s/big", F->dir);
     j = write_file(c, path, data, 1000, 0644, 0);
     json_decref(j);
-    expect_error(c, request(c, json_pack("{s:s, s:s, s:i}", "op", "read_file", "path", path, "max",
-                                         999)),
-                 "EFBIG");
+    expect_error(
+        c, request(c, json_pack("{s:s, s:s, s:i}", "op", "read_file", "path", path, "max", 999)),
+        "EFBIG");
     snprintf(path, sizeof(path), "%s/missing/x", F->dir);
     e = write_file(c, path, data, 10, 0644, 0);
     assert_string_equal(json_string_value(json_object_get(e, "code")), "ENOENT");
@@ -1164,15 +1181,14 @@ static void test_identity(void **state)
     run(c, json_pack("{s:s, s:s}", "op", "exec", "cmd", "true"), &r);
     result_free(&r);
     /* 32 bytes */
-    json_decref(one_reply(c, request(c, json_pack("{s:s, s:s, s:I, s:s, s:{s:s, s:i, s:s, s:s, s:s}}",
-                                                  "op", "identity", "entropy",
-                                                  "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-                                                  "time_ms", (json_int_t)1700000000123LL,
-                                                  "hostname", "vm-1234abcd", "net", "ip",
-                                                  "172.16.0.5", "prefix", 16, "gateway",
-                                                  "172.16.0.1", "mac", "02:5e:00:00:00:05", "dns",
-                                                  "172.16.0.1")),
-                          SMOLVM_AGENT_REPLY));
+    json_decref(one_reply(
+        c,
+        request(c, json_pack("{s:s, s:s, s:I, s:s, s:{s:s, s:i, s:s, s:s, s:s}}", "op", "identity",
+                             "entropy", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "time_ms",
+                             (json_int_t)1700000000123LL, "hostname", "vm-1234abcd", "net", "ip",
+                             "172.16.0.5", "prefix", 16, "gateway", "172.16.0.1", "mac",
+                             "02:5e:00:00:00:05", "dns", "172.16.0.1")),
+        SMOLVM_AGENT_REPLY));
     snprintf(path, sizeof(path), "%s/identity.json", F->dir);
     json_t *rec = json_load_file(path, 0, NULL);
     assert_non_null(rec);
@@ -1193,11 +1209,12 @@ static void test_identity(void **state)
                  "EINVAL");
     expect_error(c, request(c, json_pack("{s:s, s:s}", "op", "identity", "entropy", "AAEC")),
                  "EINVAL");
-    expect_error(c, request(c, json_pack("{s:s, s:{s:s}}", "op", "identity", "net", "ip",
-                                         "300.1.1.1")),
-                 "EINVAL");
-    expect_error(c, request(c, json_pack("{s:s, s:{s:s, s:i, s:s}}", "op", "identity", "net", "ip",
-                                         "10.0.0.2", "prefix", 8, "mac", "01:00:00:00:00:01")),
+    expect_error(
+        c, request(c, json_pack("{s:s, s:{s:s}}", "op", "identity", "net", "ip", "300.1.1.1")),
+        "EINVAL");
+    expect_error(c,
+                 request(c, json_pack("{s:s, s:{s:s, s:i, s:s}}", "op", "identity", "net", "ip",
+                                      "10.0.0.2", "prefix", 8, "mac", "01:00:00:00:00:01")),
                  "EINVAL");
     assert_int_equal(access(path, F_OK), -1); /* nothing was applied */
 
@@ -1231,8 +1248,7 @@ static void test_malformed(void **state)
     assert_non_null(vec);
 
     /* every invalid header of the vectors */
-    json_array_foreach(json_object_get(vec, "invalid"), i, v)
-    {
+    json_array_foreach (json_object_get(vec, "invalid"), i, v) {
         const char *hex = json_string_value(json_object_get(v, "hex"));
         uint8_t hdr[12];
         for (int k = 0; k < 12; k++) {
@@ -1264,9 +1280,9 @@ static void test_malformed(void **state)
     expect_goaway(&c2);
     client_close(&c2);
 
-    static const char *const cases[] = {"hello-twice", "garbage-json", "json-array",
+    static const char *const cases[] = {"hello-twice",       "garbage-json",    "json-array",
                                         "id-not-increasing", "window-over-max", "data-over-window",
-                                        "reply-to-agent", "stdout-to-agent", "too-many-streams"};
+                                        "reply-to-agent",    "stdout-to-agent", "too-many-streams"};
     for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
         const char *name = cases[k];
         client_connect(&c2);
@@ -1281,8 +1297,8 @@ static void test_malformed(void **state)
             json_decref(one_reply(&c2, 5, SMOLVM_AGENT_REPLY));
             send_text(&c2, SMOLVM_AGENT_REQUEST, 5, 0, "{\"op\":\"ping\"}");
         } else if (strcmp(name, "window-over-max") == 0) {
-            uint32_t id = request(&c2, json_pack("{s:s, s:s, s:b}", "op", "exec", "cmd",
-                                                 "sleep 100", "stdin", 1));
+            uint32_t id = request(
+                &c2, json_pack("{s:s, s:s, s:b}", "op", "exec", "cmd", "sleep 100", "stdin", 1));
             send_window(&c2, id, SMOLVM_AGENT_WINDOW_MAX); /* 262144 already granted */
             assert_int_equal(recv_frame(&c2, &f), 1);      /* REPLY pid */
             frame_free(&f);
@@ -1295,8 +1311,8 @@ static void test_malformed(void **state)
         } else if (strcmp(name, "reply-to-agent") == 0) {
             send_text(&c2, SMOLVM_AGENT_REPLY, 3, SMOLVM_AGENT_FIN, "{}");
         } else if (strcmp(name, "stdout-to-agent") == 0) {
-            uint32_t id = request(&c2, json_pack("{s:s, s:s, s:b}", "op", "exec", "cmd", "cat",
-                                                 "stdin", 1));
+            uint32_t id =
+                request(&c2, json_pack("{s:s, s:s, s:b}", "op", "exec", "cmd", "cat", "stdin", 1));
             assert_int_equal(recv_frame(&c2, &f), 1);
             frame_free(&f);
             send_frame(&c2, SMOLVM_AGENT_DATA, id, 0, 1, "x", 1);
@@ -1309,7 +1325,8 @@ static void test_malformed(void **state)
             fputs("0123456789", fp);
             fclose(fp);
             for (int s = 0; s < 257; s++)
-                request(&c2, json_pack("{s:s, s:s, s:i}", "op", "read_file", "path", file, "window", 0));
+                request(&c2,
+                        json_pack("{s:s, s:s, s:i}", "op", "read_file", "path", file, "window", 0));
         }
         for (;;) { /* whatever came before, then GOAWAY and the end */
             assert_int_equal(recv_frame(&c2, &f), 1);
@@ -1328,14 +1345,14 @@ static void test_malformed(void **state)
     client_connect(&c2);
     json_decref(one_reply(&c2, request(&c2, json_pack("{s:s}", "op", "ping")), SMOLVM_AGENT_REPLY));
     client_close(&c2);
-    json_decref(one_reply(&F->c, request(&F->c, json_pack("{s:s}", "op", "ping")),
-                          SMOLVM_AGENT_REPLY));
+    json_decref(
+        one_reply(&F->c, request(&F->c, json_pack("{s:s}", "op", "ping")), SMOLVM_AGENT_REPLY));
     /* what those connections started was killed with them (on_reset kill) */
-    json_t *j = one_reply(&F->c, request(&F->c, json_pack("{s:s}", "op", "ps")), SMOLVM_AGENT_REPLY);
+    json_t *j =
+        one_reply(&F->c, request(&F->c, json_pack("{s:s}", "op", "ps")), SMOLVM_AGENT_REPLY);
     json_t *p;
     int n = 0;
-    json_array_foreach(json_object_get(j, "processes"), i, p)
-    {
+    json_array_foreach (json_object_get(j, "processes"), i, p) {
         struct result r;
         pid_t pid = (pid_t)json_integer_value(json_object_get(p, "pid"));
         run(&F->c, json_pack("{s:s, s:i}", "op", "attach", "pid", pid), &r);

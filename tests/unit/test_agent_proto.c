@@ -55,8 +55,7 @@ static json_t *frame_by_name(const char *name)
 {
     size_t i;
     json_t *f;
-    json_array_foreach(json_object_get(vectors, "frames"), i, f)
-    {
+    json_array_foreach (json_object_get(vectors, "frames"), i, f) {
         if (strcmp(str_member(f, "name"), name) == 0)
             return f;
     }
@@ -72,8 +71,7 @@ static void test_valid_frames(void **state)
     assert_true(json_array_size(frames) >= 11);
     int seen[_SMOLVM_AGENT_TYPE_MAX] = {0};
 
-    json_array_foreach(frames, i, f)
-    {
+    json_array_foreach (frames, i, f) {
         uint8_t *hdr, *payload, out[SMOLVM_AGENT_HEADER_SIZE];
         size_t hn = unhex(str_member(f, "header_hex"), &hdr);
         size_t pn = unhex(str_member(f, "payload_hex"), &payload);
@@ -115,8 +113,7 @@ static void test_invalid_headers(void **state)
     json_t *invalid = json_object_get(vectors, "invalid");
     assert_true(json_array_size(invalid) >= 10);
 
-    json_array_foreach(invalid, i, v)
-    {
+    json_array_foreach (invalid, i, v) {
         uint8_t *hdr;
         smolvm_agent_header h = {.length = 7777};
         const char *why = NULL;
@@ -156,8 +153,7 @@ static void test_streams(void **state)
     json_t *streams = json_object_get(vectors, "streams");
     assert_true(json_array_size(streams) >= 3);
 
-    json_array_foreach(streams, i, s)
-    {
+    json_array_foreach (streams, i, s) {
         smolvm_agent_reader *r = malloc(sizeof(*r));
         json_t *chunks = json_object_get(s, "chunks_hex"), *want = json_object_get(s, "frames");
         const char *err_want = json_string_value(json_object_get(s, "error"));
@@ -167,8 +163,7 @@ static void test_streams(void **state)
 
         assert_non_null(r);
         smolvm_agent_reader_init(r);
-        json_array_foreach(chunks, j, c)
-        {
+        json_array_foreach (chunks, j, c) {
             uint8_t *bytes;
             size_t n = unhex(json_string_value(c), &bytes), off = 0;
             while (off < n && !failed) {
