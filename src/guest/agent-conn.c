@@ -255,6 +255,18 @@ void conn_send(struct conn *c, uint8_t type, uint32_t stream, uint8_t flags, uin
                              .flags = flags,
                              .fd = fd};
     smolvm_agent_header_encode(hdr, &h);
+    if (c->out.len == 0 && c->kind == AGENT_CHANNEL_PORT && total <= PORT_WRITE_MAX) {
+        /* One write, one virtqueue buffer: not a 12-byte one for the header. */
+        uint8_t *w = c->agent->wbuf;
+        size_t off = 0;
+        for (int i = 0; i < n; i++) {
+            memcpy(w + off, v[i].iov_base, v[i].iov_len);
+            off += v[i].iov_len;
+        }
+        v[0].iov_base = w;
+        v[0].iov_len = off;
+        n = 1;
+    }
     if (c->out.len == 0) {
         ssize_t w = writev(c->w.fd, v, n);
         if (w < 0 && errno != EAGAIN && errno != EINTR) {
@@ -553,6 +565,8 @@ static struct conn *conn_new(struct agent *a, int fd, enum agent_channel kind)
     c->kind = kind;
     c->w = (struct watch){.kind = W_CONN, .obj = c, .fd = fd};
     c->backoff_ms = 50;
+    c->data_max = kind == AGENT_CHANNEL_PORT ? PORT_WRITE_MAX - SMOLVM_AGENT_HEADER_SIZE
+                                             : SMOLVM_AGENT_FRAME_MAX;
     smolvm_agent_reader_init(c->reader);
     a->conns[a->n_conns++] = c;
     return c;
