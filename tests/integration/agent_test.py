@@ -494,9 +494,10 @@ def protocol_error(vm, c):
     f = c.recv()
     expect(f is not None and f[1] == GOAWAY and f[4]["code"] == "EPROTO", "want GOAWAY, got %r" % (f,))
     c.close()
-    # The guest may not see a close that is followed at once by a new connection
-    # (virtio-serial reports only the current state): without a HELLO, reconnect again.
+    # The guest sees only the port's current state: a close followed at once by a new
+    # connection would go unnoticed, so reconnect after 100 ms (docs/agent-protocol.md).
     for attempt in range(10):
+        time.sleep(0.1)
         c2 = Client(vm.agent_path)
         try:
             c2.hello(timeout=1 + attempt)
