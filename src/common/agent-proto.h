@@ -58,8 +58,10 @@ typedef struct smolvm_agent_header {
 void smolvm_agent_header_encode(uint8_t out[SMOLVM_AGENT_HEADER_SIZE],
                                 const smolvm_agent_header *h);
 
-/* Parse and check 12 bytes (length bound, known type, flags, fd, reserved byte, the
- * stream-0 rule). Returns 0, or -1 with *why a static description of the violation. */
+/* Parse and check 12 bytes against every header rule of docs/agent-protocol.md, in its
+ * order (length bound, known type, flags, reserved byte, fd, the stream-0 rules, payload
+ * sizes of WINDOW/EOF/RESET, FIN on EXIT/ERROR). Returns 0, or -1 with *why a static
+ * description of the first violation (h untouched). */
 int smolvm_agent_header_decode(const uint8_t in[SMOLVM_AGENT_HEADER_SIZE], smolvm_agent_header *h,
                                const char **why);
 

@@ -255,6 +255,29 @@ void conn_send(struct conn *c, uint8_t type, uint32_t stream, uint8_t flags, uin
                              .flags = flags,
                              .fd = fd};
     smolvm_agent_header_encode(hdr, &h);
+    /* Control frames wait for the end of the turn (update() flushes), so the frames of
+     * one turn leave in one write: under emulation each write to a port is a trip
+     * through the VMM. DATA goes at once when nothing waits before it. */
+    if (type != SMOLVM_AGENT_DATA) {
+        for (int i = 0; i < n; i++)
+            if (buf_append(&c->out, v[i].iov_base, v[i].iov_len) < 0) {
+                c->broken = 1;
+                return;
+            }
+        return;
+    }
+    if (c->out.len == 0 && c->kind == AGENT_CHANNEL_PORT && total <= PORT_WRITE_MAX) {
+        /* One write, one virtqueue buffer: not a 12-byte one for the header. */
+        uint8_t *w = c->agent->wbuf;
+        size_t off = 0;
+        for (int i = 0; i < n; i++) {
+            memcpy(w + off, v[i].iov_base, v[i].iov_len);
+            off += v[i].iov_len;
+        }
+        v[0].iov_base = w;
+        v[0].iov_len = off;
+        n = 1;
+    }
     if (c->out.len == 0) {
         ssize_t w = writev(c->w.fd, v, n);
         if (w < 0 && errno != EAGAIN && errno != EINTR) {
@@ -424,18 +447,25 @@ static void conn_hello(struct conn *c)
                              "features", "exec", "pty", "files", "identity"));
 }
 
-/* Forget the session: streams end per on_reset, nothing more is sent for them. */
-static void conn_reset(struct conn *c)
+/* End the session's streams (per on_reset); what is queued for the peer stays. */
+static void conn_reset_streams(struct conn *c)
 {
     while (c->n_streams > 0)
         stream_reset(c->streams[c->n_streams - 1]);
-    c->out.start = c->out.len = 0;
     smolvm_agent_reader_init(c->reader);
     c->hello_seen = 0;
     c->poweroff_pending = 0;
 }
 
+/* Forget the session: the peer is gone, so is what was queued for it. */
+static void conn_reset(struct conn *c)
+{
+    conn_reset_streams(c);
+    c->out.start = c->out.len = 0;
+}
+
 static void port_check(struct conn *c);
+static void conn_flush(struct conn *c);
 
 /* The peer is gone (EOF, reset, write error). */
 static void conn_broken(struct conn *c)
@@ -460,20 +490,32 @@ static void conn_broken(struct conn *c)
     }
 }
 
+/* The guest cannot close a port for the host: ignore input until the host side closes
+ * it (a fresh session starts when it reopens). SIGIO on, so that a close is seen even
+ * when no epoll event is left for it. */
+static void port_drain(struct conn *c)
+{
+    int fl = fcntl(c->w.fd, F_GETFL);
+    c->state = C_DRAIN;
+    if (fl >= 0 && !(fl & O_ASYNC)) {
+        (void)fcntl(c->w.fd, F_SETOWN, getpid());
+        (void)fcntl(c->w.fd, F_SETFL, fl | O_ASYNC);
+    }
+}
+
 static void protocol_error(struct conn *c, const char *why)
 {
     char msg[256];
     snprintf(msg, sizeof(msg), "protocol error: %s", why);
-    conn_reset(c);
+    conn_reset_streams(c); /* frames already queued were valid: they go first */
     conn_send_json(c, SMOLVM_AGENT_GOAWAY, 0, 0,
                    json_pack("{s:s, s:s}", "code", "EPROTO", "message", msg));
     if (c->kind == AGENT_CHANNEL_PORT) {
-        /* The guest cannot close a port for the host: ignore input until the host
-         * side reconnects, which starts a fresh session. */
-        c->state = C_DRAIN;
+        port_drain(c);
         return;
     }
-    /* Best effort: GOAWAY was written at once or is dropped with the socket. */
+    /* Best effort: GOAWAY is written now if the socket takes it, else dropped with it. */
+    conn_flush(c);
     conn_broken(c);
 }
 
@@ -542,6 +584,8 @@ static struct conn *conn_new(struct agent *a, int fd, enum agent_channel kind)
     c->kind = kind;
     c->w = (struct watch){.kind = W_CONN, .obj = c, .fd = fd};
     c->backoff_ms = 50;
+    c->data_max = kind == AGENT_CHANNEL_PORT ? PORT_WRITE_MAX - SMOLVM_AGENT_HEADER_SIZE
+                                             : SMOLVM_AGENT_FRAME_MAX;
     smolvm_agent_reader_init(c->reader);
     a->conns[a->n_conns++] = c;
     return c;
@@ -639,7 +683,7 @@ static int conn_frame(struct conn *c, const smolvm_agent_header *h, const uint8_
         /* The peer's last frame: the session is over. */
         conn_reset(c);
         if (c->kind == AGENT_CHANNEL_PORT)
-            c->state = C_DRAIN;
+            port_drain(c);
         else
             conn_broken(c);
         return -1;

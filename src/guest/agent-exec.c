@@ -412,8 +412,8 @@ int exec_pump(struct stream *s)
         uint64_t n = end - s->cursor;
         if (n > s->send_window)
             n = s->send_window;
-        if (n > SMOLVM_AGENT_FRAME_MAX)
-            n = SMOLVM_AGENT_FRAME_MAX;
+        if (n > c->data_max)
+            n = c->data_max;
         struct iovec iov[2];
         ring_iov(r, s->cursor, (size_t)n, iov);
         conn_send(c, SMOLVM_AGENT_DATA, s->id, 0, (uint8_t)fd, iov, 2);

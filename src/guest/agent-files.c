@@ -92,8 +92,7 @@ int file_pump(struct stream *s)
 
     if (s->send_window == 0)
         return 0;
-    size_t want =
-        s->send_window < sizeof(c->agent->scratch) ? s->send_window : sizeof(c->agent->scratch);
+    size_t want = s->send_window < c->data_max ? s->send_window : c->data_max;
     ssize_t n = read(s->fd, buf, want);
     if (n < 0 && errno == EINTR)
         return 0;

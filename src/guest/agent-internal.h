@@ -21,6 +21,9 @@
 #define RING_SEGS 512     /* fd changes remembered in an output ring */
 #define CMD_KEEP 1024     /* bytes of a command line kept for ps/attach */
 #define KILL_WAIT_MS 2000 /* after SIGKILL: wait this long for the group to empty */
+/* virtio_console takes at most 32 KiB per write(), each into a buffer of its own: on a
+ * port a frame is written whole, in one such buffer. */
+#define PORT_WRITE_MAX (32u * 1024)
 
 enum watch_kind { W_SIGNAL, W_LISTEN, W_CONN, W_OUT, W_IN };
 
@@ -88,7 +91,8 @@ struct conn {
     int64_t reconnect_at;
     int backoff_ms;
     int poweroff_pending;
-    int broken; /* a write failed: handled outside any stream iteration */
+    int broken;      /* a write failed: handled outside any stream iteration */
+    size_t data_max; /* DATA payload per frame on this channel */
 };
 
 struct ring {
@@ -138,6 +142,7 @@ struct agent {
     size_t n_procs;
     uint64_t seq;
     uint8_t scratch[SMOLVM_AGENT_FRAME_MAX];
+    uint8_t wbuf[PORT_WRITE_MAX]; /* a frame made contiguous for a port */
     int64_t poweroff_at;
     int poweroff_done;
 };
