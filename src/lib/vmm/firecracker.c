@@ -590,8 +590,10 @@ static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path, cons
     r = launch(cfg, 1, &l, deadline, err);
     if (r == 0 && (r = touch(log, err)) == 0)
         r = smolvm_fc_put_logger(l.api, log, "Warning", deadline, err);
+    /* The snapshot names the vsock socket of the VM it was taken from; the restored
+     * guest's agent must reach this VM's supervisor, which listens at cfg's. */
     if (r == 0)
-        r = smolvm_fc_snapshot_load(l.api, state_path, mem_path, 1, deadline, err);
+        r = smolvm_fc_snapshot_load(l.api, state_path, mem_path, 1, cfg->vsock_uds, deadline, err);
     if (r < 0)
         return fail_launched(cfg, &l, r, err);
     *out_pid = l.pid;
