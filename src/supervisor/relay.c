@@ -210,12 +210,13 @@ static bool local_op(sv_client *cl, uint32_t id, const char *op, json_t *req)
     if (strcmp(op, "status") == 0) {
         static const char *const names[] = {"booting", "ready", "stopping"};
 
-        (void)sv_fconn_send_json(cl->conn, SMOLVM_AGENT_REPLY, SMOLVM_AGENT_FIN, id,
-                                 json_pack("{s:s, s:s, s:I, s:I, s:b, s:i}", "vm", s->spec->vm_id,
-                                           "state", names[s->state], "vmm_pid",
-                                           (json_int_t)s->vmm_pid, "uptime_ms",
-                                           (json_int_t)(sv_now_ms() - s->t0), "agent",
-                                           s->agent_hello, "clients", (int)sv_relay_clients(s)));
+        /* milestone: where the boot got to, for a start's timeout message. */
+        (void)sv_fconn_send_json(
+            cl->conn, SMOLVM_AGENT_REPLY, SMOLVM_AGENT_FIN, id,
+            json_pack("{s:s, s:s, s:I, s:I, s:b, s:i, s:s}", "vm", s->spec->vm_id, "state",
+                      names[s->state], "vmm_pid", (json_int_t)s->vmm_pid, "uptime_ms",
+                      (json_int_t)(sv_now_ms() - s->t0), "agent", s->agent_hello, "clients",
+                      (int)sv_relay_clients(s), "milestone", s->last_milestone));
         return true;
     }
     if (strcmp(op, "keep") == 0) {
