@@ -557,6 +557,8 @@ static void test_lifecycle(void **state)
     print_message("spawn to ready (fake, 30 ms boot): %lld ms\n",
                   (long long)(smolvm_now_ms() - t0));
     assert_string_equal(instance_state(dir), "Running");
+    /* vmm.log keeps firecracker's stderr from its first line (its logger too). */
+    assert_true(file_contains(dir, SMOLVM_VMM_STDERR_LOG, "Running Firecracker v1.16.1"));
     /* PUT /vsock bound the device's socket before the boot, where the VM dir says. */
     assert_int_equal(stat(c.vsock_uds, &st), 0);
     assert_true(S_ISSOCK(st.st_mode));
