@@ -124,7 +124,9 @@ static int send_frame(smolvm_agent *a, uint8_t type, uint8_t flags, uint8_t fd, 
         } else {
             v[n++] = (struct iovec){(uint8_t *)payload + (done - sizeof(hdr)), total - done};
         }
-        w = writev(a->fd, v, n);
+        /* sendmsg, not writev: a peer that went away is EPIPE, never a SIGPIPE that
+         * kills the program using the library. */
+        w = sendmsg(a->fd, &(struct msghdr){.msg_iov = v, .msg_iovlen = (size_t)n}, MSG_NOSIGNAL);
         if (w > 0) {
             done += (size_t)w;
             continue;

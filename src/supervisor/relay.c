@@ -210,6 +210,7 @@ static bool local_op(sv_client *cl, uint32_t id, const char *op, json_t *req)
     if (strcmp(op, "status") == 0) {
         static const char *const names[] = {"booting", "ready", "stopping"};
 
+        /* milestone: where the boot got to, for a start's timeout message. */
         (void)sv_fconn_send_json(
             cl->conn, SMOLVM_AGENT_REPLY, SMOLVM_AGENT_FIN, id,
             json_pack("{s:s, s:s, s:I, s:I, s:b, s:i, s:s}", "vm", s->spec->vm_id, "state",

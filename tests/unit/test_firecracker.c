@@ -2,7 +2,12 @@
 /*
  * The Firecracker backend and REST client against tests/fixtures/fake-firecracker.py,
  * which serves the API the way firecracker does and checks every request against the
- * v1.16.1 contract (schema and order rules). The binary download is tested against an
+ * v1.16.1 contract (schema and order rules), writes the guest's serial console to its
+ * stdout and implements the hybrid vsock (docs/firecracker.md). The backend spawns the
+ * VMM as our child with the console pipe we pass in (as the supervisor does); the
+ * tests read that pipe and reap the child. The last tests run smolvm-supervisor with
+ * backend firecracker through the fake, whose guest agent is the real agent built for
+ * the host (tests/fixtures/agent-host.c). The binary download is tested against an
  * HTTP server on 127.0.0.1 serving an archive built here. Skips (77) without python3
  * and PyYAML.
  */
@@ -15,20 +20,28 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <jansson.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "agent-client.h"
+#include "agent-proto.h"
 #include "error.h"
 #include "host.h"
 #include "proc.h"
+#include "sock.h"
+#include "sv-spec.h"
 #include "util.h"
 #include "vmm/fc-api.h"
 #include "tool.h"
@@ -37,7 +50,7 @@
 #include "vmm/vmm.h"
 
 static char tmpdir[] = "/tmp/smolvm-test-fc-XXXXXX";
-static char fake[1024], kernel[600], rootfs[600], cfgdisk[600];
+static char fake[1024], kernel[600], rootfs[600], cfgdisk[600], statedir[600];
 static const char *CMDLINE = "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw "
                              "init=/sbin/smolvm-init quiet";
 
@@ -82,6 +95,7 @@ static int setup(void **state)
     (void)snprintf(kernel, sizeof(kernel), "%s/vmlinux", tmpdir);
     (void)snprintf(rootfs, sizeof(rootfs), "%s/rootfs.ext4", tmpdir);
     (void)snprintf(cfgdisk, sizeof(cfgdisk), "%s/config.img", tmpdir);
+    (void)snprintf(statedir, sizeof(statedir), "%s/state", tmpdir);
     write_text(kernel, "not really a kernel\n");
     write_text(rootfs, "not really a disk\n");
     write_text(cfgdisk, "smolvm-config 1\nend\n");
@@ -106,8 +120,23 @@ static char *new_vm(const char *name)
     (void)unsetenv("FAKE_FC_FAIL");
     (void)unsetenv("FAKE_FC_BOOT");
     (void)unsetenv("FAKE_FC_IGNORE_CAD");
+    (void)unsetenv("FAKE_FC_AGENT");
+    (void)unsetenv("FAKE_FC_AGENT_RESTARTS");
+    (void)unsetenv("FAKE_FC_GUEST_PORTS");
     free(log);
     return d;
+}
+
+/* <dir>/vsock.sock, the hybrid vsock's socket as the supervisor names it (a few
+ * buffers in turn: configs of different dirs live at once). */
+static const char *vsock_path(const char *dir)
+{
+    static char bufs[4][700];
+    static unsigned next;
+    char *b = bufs[next++ % 4];
+
+    (void)snprintf(b, sizeof(bufs[0]), "%s/%s", dir, SMOLVM_SV_VSOCK);
+    return b;
 }
 
 static void base_config(smolvm_vmm_config *c, const char *dir)
@@ -124,6 +153,8 @@ static void base_config(smolvm_vmm_config *c, const char *dir)
     c->memory_mib = 256;
     c->accel = SMOLVM_ACCEL_KVM;
     c->network = SMOLVM_NET_NONE;
+    c->console_fd = c->ctl_fd = c->agent_fd = -1;
+    c->vsock_uds = vsock_path(dir); /* as the supervisor always gives it */
 }
 
 /* The request log the fake wrote: an array of {method, path, body, status, ...}. */
@@ -211,35 +242,198 @@ static const char *instance_state(const char *dir)
     return state;
 }
 
+/* ---------------------------------------------------------------- the VMM, our child */
+
+/* A spawned VMM as the supervisor holds it: our child, and the read end of its serial
+ * console (the pipe whose write end went into the config as console_fd). */
 typedef struct running {
-    int64_t pid;
+    pid_t pid;
     uint64_t start;
-    int ctl;
+    int console;
+    char out[65536]; /* what the console said so far */
+    size_t len;
 } running;
 
-static void start_vm(const smolvm_vmm_config *c, running *r)
+/* Read the console until it has said text (1), it ended because every writer is gone
+ * (0), or the deadline passed (-1). text NULL: until the end. */
+static int console_until(running *r, const char *text, int64_t deadline)
 {
-    smolvm_error *err = NULL;
-    int64_t uptime = -1;
+    for (;;) {
+        struct pollfd p = {.fd = r->console, .events = POLLIN};
+        ssize_t n;
+        int w;
 
-    if (fc->spawn(c, &r->ctl, &r->pid, &r->start, smolvm_now_ms() + 10000, &err) < 0)
-        fail_msg("spawn: %s", smolvm_error_message(err));
-    if (fc->wait_ready(NULL, c->dir, r->ctl, smolvm_now_ms() + 10000, &uptime, &err) < 0)
-        fail_msg("wait_ready: %s", smolvm_error_message(err));
-    assert_true(uptime >= 0);
+        r->out[r->len] = '\0';
+        if (text && strstr(r->out, text))
+            return 1;
+        if (r->console < 0)
+            return 0;
+        if (r->len == sizeof(r->out) - 1)
+            fail_msg("the console said more than %zu bytes", sizeof(r->out) - 1);
+        w = poll(&p, 1, smolvm_remaining_ms(deadline));
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w == 0)
+            return -1;
+        n = read(r->console, r->out + r->len, sizeof(r->out) - 1 - r->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            (void)close(r->console);
+            r->console = -1;
+            continue;
+        }
+        r->len += (size_t)n;
+    }
 }
 
+static void console_close(running *r)
+{
+    if (r->console >= 0)
+        (void)close(r->console);
+    r->console = -1;
+}
+
+/* spawn (or restore, with snap) with a fresh console pipe; our copy of the write end is
+ * closed once the VMM has it, so the pipe ends when the VMM does. */
+static int spawn_or_restore(smolvm_vmm_config *c, running *r, const char *snap, const char *mem,
+                            int64_t deadline, smolvm_error **err)
+{
+    int p[2], rc;
+    int64_t pid = 0;
+
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    memset(r, 0, sizeof(*r));
+    r->console = p[0];
+    c->console_fd = p[1];
+    rc = snap ? fc->restore(c, snap, mem, &pid, &r->start, deadline, err)
+              : fc->spawn(c, &pid, &r->start, deadline, err);
+    (void)close(p[1]);
+    c->console_fd = -1;
+    if (rc < 0) {
+        console_close(r);
+        return rc;
+    }
+    r->pid = (pid_t)pid;
+    assert_true(r->pid > 0);
+    return 0;
+}
+
+/* As the supervisor spawns: the vsock socket a stopped firecracker left is cleared
+ * first (firecracker binds it and refuses an existing path). */
+static int spawn_vm(smolvm_vmm_config *c, running *r, int64_t deadline, smolvm_error **err)
+{
+    if (c->vsock_uds)
+        (void)unlink(c->vsock_uds);
+    return spawn_or_restore(c, r, NULL, NULL, deadline, err);
+}
+
+/* Wait for a child to exit (its pidfd; under valgrind, which lacks pidfd_open, the
+ * library's bounded fallback), then reap it: 0, or SMOLVM_ETIMEDOUT. */
+static int wait_child(pid_t pid, int64_t deadline, int *status)
+{
+    uint64_t start;
+
+    if (smolvm_pid_start_time(pid, &start, NULL) == 0 &&
+        smolvm_pid_wait_exit(pid, start, deadline, NULL) < 0)
+        return SMOLVM_ETIMEDOUT;
+    assert_int_equal(waitpid(pid, status, 0), pid);
+    return 0;
+}
+
+/* Every child of ours has been reaped: a failed spawn leaves no process, not even a
+ * zombie. */
+static void assert_no_children(void)
+{
+    errno = 0;
+    assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
+    assert_int_equal(errno, ECHILD);
+}
+
+/* Booted: the console carries the init's milestones, in order, up to ready. */
+static void start_vm(smolvm_vmm_config *c, running *r)
+{
+    static const char *const stages[] = {"smolvm: init ", "smolvm: mounted ", "smolvm: config ",
+                                         "smolvm: sshd ", "smolvm: ready "};
+    smolvm_error *err = NULL;
+    const char *at;
+    size_t i;
+
+    if (spawn_vm(c, r, smolvm_now_ms() + 10000, &err) < 0)
+        fail_msg("spawn: %s", smolvm_error_message(err));
+    if (console_until(r, "smolvm: ready ", smolvm_now_ms() + 10000) != 1)
+        fail_msg("no 'smolvm: ready' on the console; it said: %s", r->out);
+    for (i = 0, at = r->out; i < SMOLVM_ARRAY_SIZE(stages); i++) {
+        at = strstr(at, stages[i]);
+        if (!at)
+            fail_msg("console: '%s' missing or out of order in: %s", stages[i], r->out);
+    }
+}
+
+/* Ctrl-Alt-Del: the guest powers off, the VMM exits 0 and its console ends. */
 static void stop_vm(const char *dir, running *r)
 {
     smolvm_error *err = NULL;
+    int status = 0;
 
     if (fc->poweroff(dir, smolvm_now_ms() + 3000, &err) < 0)
         fail_msg("poweroff: %s", smolvm_error_message(err));
-    assert_int_equal(smolvm_pid_wait_exit((pid_t)r->pid, r->start, smolvm_now_ms() + 5000, NULL),
-                     0);
-    if (r->ctl >= 0)
-        (void)close(r->ctl);
-    r->ctl = -1;
+    assert_int_equal(wait_child(r->pid, smolvm_now_ms() + 5000, &status), 0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(console_until(r, NULL, smolvm_now_ms() + 3000), 0);
+    assert_non_null(strstr(r->out, "smolvm: poweroff "));
+    r->pid = 0;
+}
+
+/* What the supervisor does for a firecracker VM: listen where the guest's connections
+ * to host port 1024 arrive (<vsock>_1024). */
+static int agent_listener(const char *dir)
+{
+    char *path = smolvm_strdupf("%s_%d", vsock_path(dir), SMOLVM_AGENT_VSOCK_PORT);
+    smolvm_error *err = NULL;
+    int fd = -1;
+
+    assert_non_null(path);
+    (void)unlink(path);
+    if (smolvm_unix_listen(path, &fd, &err) < 0)
+        fail_msg("listen: %s", smolvm_error_message(err));
+    free(path);
+    return fd;
+}
+
+/* Accept one connection within the deadline (-1 when none came). */
+static int accept_within(int lfd, int64_t deadline)
+{
+    struct pollfd p = {.fd = lfd, .events = POLLIN};
+
+    if (poll(&p, 1, smolvm_remaining_ms(deadline)) != 1)
+        return -1;
+    return accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+/* Read from fd until buf holds want (or want NULL: until EOF); returns the bytes read,
+ * -1 at the deadline. buf is NUL-terminated. */
+static ssize_t read_until(int fd, char *buf, size_t size, const char *want, int64_t deadline)
+{
+    size_t len = 0;
+
+    buf[0] = '\0';
+    while (len < size - 1 && !(want && strstr(buf, want))) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        ssize_t n;
+
+        if (poll(&p, 1, smolvm_remaining_ms(deadline)) != 1)
+            return -1;
+        n = read(fd, buf + len, size - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = '\0';
+    }
+    return (ssize_t)len;
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -291,18 +485,69 @@ static void test_available(void **state)
     assert_false(smolvm_fc_valid_id("a/b"));
 }
 
+/* A fake firecracker of our own, not through the backend (for the raw API): our child,
+ * up once it says so on stderr. */
+typedef struct bare {
+    pid_t pid;
+    int err; /* its stderr, kept open while it runs */
+    char *sock;
+} bare;
+
+static void bare_start(bare *b, const char *dir, const char *id)
+{
+    char buf[512];
+    int p[2];
+
+    b->sock = path_in(dir, "fc.sock");
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    b->pid = fork();
+    assert_true(b->pid >= 0);
+    if (b->pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+
+        if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(p[1], 2) < 0 ||
+            prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+            _exit(127);
+        execl(fake, fake, "--api-sock", b->sock, "--id", id, (char *)NULL);
+        _exit(127);
+    }
+    (void)close(p[1]);
+    b->err = p[0];
+    if (read_until(b->err, buf, sizeof(buf), "Running Firecracker", smolvm_now_ms() + 10000) < 0 ||
+        !strstr(buf, "Running Firecracker"))
+        fail_msg("the fake firecracker did not come up: %s", buf);
+}
+
+static void bare_stop(bare *b)
+{
+    int status;
+
+    if (b->pid > 0) {
+        (void)kill(b->pid, SIGKILL);
+        (void)waitpid(b->pid, &status, 0);
+    }
+    b->pid = 0;
+    if (b->err >= 0)
+        (void)close(b->err);
+    b->err = -1;
+    free(b->sock);
+    b->sock = NULL;
+}
+
 /* Configure, start, pause, snapshot, resume, stop: every request within the contract. */
 static void test_lifecycle(void **state)
 {
     char *dir = new_vm("life"), *snap = path_in(dir, "snap.state"), *mem = path_in(dir, "snap.mem");
     smolvm_vmm_config c;
     smolvm_error *err = NULL;
-    running r = {.ctl = -1};
+    running r = {.console = -1};
     json_t *reqs, *q;
     int64_t t0;
     const char *expect[] = {"GET /version",        "PUT /logger",      "PUT /metrics",
                             "PUT /machine-config", "PUT /boot-source", "PUT /drives/rootfs",
-                            "PUT /drives/config",  "PUT /entropy",     "PUT /actions"};
+                            "PUT /drives/config",  "PUT /vsock",       "PUT /entropy",
+                            "PUT /actions"};
+    struct stat st;
     size_t i;
 
     (void)state;
@@ -312,7 +557,11 @@ static void test_lifecycle(void **state)
     print_message("spawn to ready (fake, 30 ms boot): %lld ms\n",
                   (long long)(smolvm_now_ms() - t0));
     assert_string_equal(instance_state(dir), "Running");
-    assert_true(file_contains(dir, SMOLVM_VMM_CONSOLE_LOG, "smolvm: ready "));
+    /* vmm.log keeps firecracker's stderr from its first line (its logger too). */
+    assert_true(file_contains(dir, SMOLVM_VMM_STDERR_LOG, "Running Firecracker v1.16.1"));
+    /* PUT /vsock bound the device's socket before the boot, where the VM dir says. */
+    assert_int_equal(stat(c.vsock_uds, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
 
     /* A snapshot of a running VM is refused by firecracker, with its reason. */
     assert_int_equal(fc->snapshot(dir, snap, mem, smolvm_now_ms() + 3000, &err), SMOLVM_EVMM);
@@ -328,7 +577,6 @@ static void test_lifecycle(void **state)
     assert_int_equal(fc->resume(dir, smolvm_now_ms() + 3000, &err), 0);
     assert_string_equal(instance_state(dir), "Running");
     stop_vm(dir, &r);
-    assert_true(file_contains(dir, SMOLVM_VMM_CONSOLE_LOG, "smolvm: poweroff"));
 
     reqs = requests(dir);
     assert_no_violation(reqs);
@@ -350,18 +598,47 @@ static void test_lifecycle(void **state)
     assert_true(json_is_false(json_object_get(json_object_get(q, "body"), "is_read_only")));
     q = find_request(reqs, "PUT", "/drives/config");
     assert_true(json_is_true(json_object_get(json_object_get(q, "body"), "is_read_only")));
+    q = find_request(reqs, "PUT", "/vsock");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(q, "body"), "guest_cid")),
+                     3);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(q, "body"), "uds_path")),
+                        c.vsock_uds);
     json_decref(reqs);
 
     /* A stopped VM: control calls say so instead of hanging on a stale socket. */
     assert_int_equal(fc->pause(dir, smolvm_now_ms() + 1000, &err), SMOLVM_ESTATE);
     err = smolvm_error_free(err);
 
-    /* Restore the snapshot in a fresh process: it runs without booting again. */
+    /* The snapshot names this VM's vsock socket, which is still there: loaded as it is,
+     * firecracker would bind it again and fail. */
+    {
+        char *dir3 = new_vm("restore-raw");
+        smolvm_fc_api *api = NULL;
+        bare b = {.err = -1};
+
+        bare_start(&b, dir3, "raw");
+        assert_int_equal(smolvm_fc_api_new(&api, b.sock, &err), 0);
+        assert_int_equal(
+            smolvm_fc_snapshot_load(api, snap, mem, 1, NULL, smolvm_now_ms() + 5000, &err),
+            SMOLVM_EVMM);
+        assert_err_contains(err, "VsockUnixBackend: Error binding to host-side Unix socket");
+        err = smolvm_error_free(err);
+        api = smolvm_fc_api_free(api);
+        bare_stop(&b);
+        free(dir3);
+    }
+
+    /* Restore the snapshot in a fresh process in another dir: it runs without booting
+     * again, its vsock device at this VM's socket (vsock_override). */
     {
         char *dir2 = new_vm("restored");
+        char line[64];
+        int s;
 
         c.dir = dir2;
-        if (fc->restore(&c, snap, mem, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 10000, &err) < 0)
+        c.vsock_uds = vsock_path(dir2);
+        (void)setenv("FAKE_FC_GUEST_PORTS", "{\"52\": \"cat\"}", 1);
+        if (spawn_or_restore(&c, &r, snap, mem, smolvm_now_ms() + 10000, &err) < 0)
             fail_msg("restore: %s", smolvm_error_message(err));
         assert_string_equal(instance_state(dir2), "Running");
         reqs = requests(dir2);
@@ -369,11 +646,23 @@ static void test_lifecycle(void **state)
         q = find_request(reqs, "PUT", "/snapshot/load");
         assert_non_null(q);
         assert_true(json_is_true(json_object_get(json_object_get(q, "body"), "resume_vm")));
+        assert_string_equal(
+            json_string_value(json_object_get(
+                json_object_get(json_object_get(q, "body"), "vsock_override"), "uds_path")),
+            c.vsock_uds);
         assert_null(find_request(reqs, "PUT", "/boot-source"));
         json_decref(reqs);
+        /* The restored device answers at the new socket: the guest's listener is there. */
+        assert_int_equal(smolvm_unix_connect(c.vsock_uds, smolvm_now_ms() + 3000, &s, &err), 0);
+        assert_int_equal(write(s, "CONNECT 52\n", 11), 11);
+        assert_true(read_until(s, line, sizeof(line), "\n", smolvm_now_ms() + 3000) > 0);
+        assert_string_equal(line, "OK 1073741824\n");
+        (void)close(s);
         stop_vm(dir2, &r);
+        assert_null(strstr(r.out, "Linux version")); /* no boot */
         free(dir2);
     }
+    assert_no_children();
     free(snap);
     free(mem);
     free(dir);
@@ -384,7 +673,7 @@ static void test_overlay_disk(void **state)
 {
     char *dir = new_vm("overlay"), *upper = path_in(dir, "upper.ext4");
     smolvm_vmm_config c;
-    running r = {.ctl = -1};
+    running r = {.console = -1};
     json_t *reqs, *q;
     const char *args;
     struct stat st;
@@ -468,27 +757,24 @@ static void test_bad_config(void **state)
     char *dir = new_vm("bad");
     smolvm_vmm_config c;
     smolvm_error *err = NULL;
-    running r = {.ctl = -1};
+    running r = {.console = -1};
 
     (void)state;
     base_config(&c, dir);
     c.disk_format = "qcow2";
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 3000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 3000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "raw files only");
     err = smolvm_error_free(err);
 
     base_config(&c, dir);
     c.network = SMOLVM_NET_USER;
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 3000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 3000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "no user-mode networking");
     err = smolvm_error_free(err);
 
     base_config(&c, dir);
     c.accel = SMOLVM_ACCEL_TCG;
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 3000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 3000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "accel 'kvm'");
     err = smolvm_error_free(err);
 
@@ -496,10 +782,10 @@ static void test_bad_config(void **state)
     c.network = SMOLVM_NET_NAT;
     c.tap_name = "tap0; rm -rf /";
     c.mac = "52:54:00:12:34:56";
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 3000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 3000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "invalid tap name");
     err = smolvm_error_free(err);
+    assert_no_children(); /* refused before anything ran */
 
     /* NAT: the TAP is handed to firecracker as network interface eth0. */
     base_config(&c, dir);
@@ -521,7 +807,8 @@ static void test_bad_config(void **state)
     free(dir);
 }
 
-/* Failures during configuration: firecracker's fault_message, no process left. */
+/* Failures during configuration: firecracker's fault_message, no process left (the
+ * backend reaps its child). */
 static void test_config_errors(void **state)
 {
     char *dir = new_vm("cfgerr"), *pidfile = path_in(dir, SMOLVM_VMM_PIDFILE),
@@ -529,90 +816,105 @@ static void test_config_errors(void **state)
     char missing[700];
     smolvm_vmm_config c;
     smolvm_error *err = NULL;
-    running r = {.ctl = -1};
+    running r = {.console = -1};
 
     (void)state;
     base_config(&c, dir);
     (void)snprintf(missing, sizeof(missing), "%s/no-such-kernel", tmpdir);
     c.kernel = missing;
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EVMM);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EVMM);
     assert_err_contains(err, "PUT /boot-source: firecracker answered 400: The kernel file "
                              "cannot be opened");
     err = smolvm_error_free(err);
     assert_int_equal(access(pidfile, F_OK), -1);
     assert_int_equal(access(sock, F_OK), -1);
+    assert_no_children();
 
     base_config(&c, dir);
     (void)setenv("FAKE_FC_FAIL", "PUT /drives/config", 1);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EVMM);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EVMM);
     assert_err_contains(err, "PUT /drives/config: firecracker answered 400: injected failure");
     err = smolvm_error_free(err);
     assert_int_equal(access(pidfile, F_OK), -1);
+    assert_no_children();
     (void)unsetenv("FAKE_FC_FAIL");
+
+    /* The vsock socket's path is taken (a supervisor that did not clear it): firecracker
+     * cannot bind it. */
+    write_text(c.vsock_uds, "in the way\n");
+    assert_int_equal(spawn_or_restore(&c, &r, NULL, NULL, smolvm_now_ms() + 5000, &err),
+                     SMOLVM_EVMM);
+    assert_err_contains(err, "PUT /vsock: firecracker answered 400: Cannot create backend for "
+                             "vsock device: UnixBind(");
+    assert_err_contains(err, "os error 98");
+    err = smolvm_error_free(err);
+    assert_int_equal(access(pidfile, F_OK), -1);
+    assert_no_children();
+    assert_int_equal(unlink(c.vsock_uds), 0);
 
     /* A binary that is not firecracker at all: it exits, and says why. */
     (void)setenv(SMOLVM_FC_ENV, "/bin/false", 1);
-    assert_true(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err) < 0);
+    assert_true(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err) < 0);
     assert_non_null(err);
     err = smolvm_error_free(err);
     (void)setenv(SMOLVM_FC_ENV, fake, 1);
     assert_int_equal(access(pidfile, F_OK), -1);
+    assert_no_children();
 
     /* One VMM per dir. */
     start_vm(&c, &r);
     {
-        running r2 = {.ctl = -1};
+        running r2 = {.console = -1};
 
-        assert_int_equal(fc->spawn(&c, &r2.ctl, &r2.pid, &r2.start, smolvm_now_ms() + 3000, &err),
-                         SMOLVM_EEXIST);
+        assert_int_equal(spawn_vm(&c, &r2, smolvm_now_ms() + 3000, &err), SMOLVM_EEXIST);
         err = smolvm_error_free(err);
     }
     stop_vm(dir, &r);
+    assert_no_children();
     free(pidfile);
     free(sock);
     free(dir);
 }
 
-/* Boot failures reach the caller at once, with the guest's words. */
+/* Boot failures as the console shows them (the supervisor turns them into errors; see
+ * test_sv_boot_errors): the guest's error line, a silent guest, a VMM that dies, a
+ * guest that ignores Ctrl-Alt-Del. */
 static void test_boot_errors(void **state)
 {
     char *dir = new_vm("booterr");
     smolvm_vmm_config c;
     smolvm_error *err = NULL;
-    running r = {.ctl = -1};
+    running r = {.console = -1};
     int64_t t0;
+    int status = 0;
 
     (void)state;
     base_config(&c, dir);
     (void)setenv("FAKE_FC_BOOT", "error", 1);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err), 0);
-    assert_int_equal(fc->wait_ready(NULL, dir, r.ctl, smolvm_now_ms() + 5000, NULL, &err),
-                     SMOLVM_EVMM);
-    assert_err_contains(err, "the guest reported an error: config disk");
-    err = smolvm_error_free(err);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), 0);
+    assert_int_equal(console_until(&r, "smolvm: error: ", smolvm_now_ms() + 5000), 1);
+    assert_int_equal(console_until(&r, "\n", smolvm_now_ms() + 1000), 1);
+    assert_non_null(strstr(r.out, "smolvm: error: config disk: no smolvm config disk found"));
+    assert_null(strstr(r.out, "smolvm: ready"));
     stop_vm(dir, &r);
 
-    /* Silent guest: the deadline, with the last milestone. */
+    /* Silent guest: the kernel's first line, then nothing, until any deadline. */
     (void)setenv("FAKE_FC_BOOT", "silent", 1);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err), 0);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), 0);
     t0 = smolvm_now_ms();
-    assert_int_equal(fc->wait_ready(NULL, dir, r.ctl, t0 + 300, NULL, &err), SMOLVM_ETIMEDOUT);
+    assert_int_equal(console_until(&r, "smolvm: ", t0 + 300), -1);
     assert_true(smolvm_now_ms() - t0 < 1000);
-    assert_err_contains(err, "not ready in time (last milestone: none)");
-    err = smolvm_error_free(err);
+    assert_non_null(strstr(r.out, "Linux version"));
 
-    /* The VMM dies while we wait: noticed through the pidfd, not at the deadline. */
-    (void)kill((pid_t)r.pid, SIGKILL);
+    /* The VMM dies: its console ends at once (the pipe has no other writer), and the
+     * child is ours to reap. */
+    (void)kill(r.pid, SIGKILL);
     t0 = smolvm_now_ms();
-    assert_int_equal(fc->wait_ready(NULL, dir, r.ctl, t0 + 5000, NULL, &err), SMOLVM_EVMM);
+    assert_int_equal(console_until(&r, NULL, t0 + 5000), 0);
     assert_true(smolvm_now_ms() - t0 < 1000);
-    assert_err_contains(err, "stopped before it was ready");
-    err = smolvm_error_free(err);
-    if (r.ctl >= 0)
-        (void)close(r.ctl);
-    (void)smolvm_pid_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 2000, NULL);
+    assert_int_equal(wait_child(r.pid, smolvm_now_ms() + 2000, &status), 0);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    assert_no_children();
 
     /* The guest ignores Ctrl-Alt-Del: poweroff is delivered, the VMM stays; quit ends
      * it (the caller's fallback after its poweroff deadline). */
@@ -620,12 +922,14 @@ static void test_boot_errors(void **state)
     (void)setenv("FAKE_FC_IGNORE_CAD", "1", 1);
     start_vm(&c, &r);
     assert_int_equal(fc->poweroff(dir, smolvm_now_ms() + 3000, &err), 0);
-    assert_int_equal(smolvm_pid_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 300, NULL),
-                     SMOLVM_ETIMEDOUT);
+    assert_int_equal(wait_child(r.pid, smolvm_now_ms() + 300, &status), SMOLVM_ETIMEDOUT);
     assert_int_equal(fc->quit(dir, smolvm_now_ms() + 3000, &err), 0);
-    assert_false(smolvm_pid_alive((pid_t)r.pid, r.start));
-    if (r.ctl >= 0)
-        (void)close(r.ctl);
+    assert_false(smolvm_pid_alive(r.pid, r.start));
+    assert_int_equal(wait_child(r.pid, smolvm_now_ms() + 2000, &status), 0);
+    assert_true(WIFEXITED(status)); /* SIGTERM: firecracker exits */
+    assert_int_equal(console_until(&r, NULL, smolvm_now_ms() + 2000), 0);
+    assert_null(strstr(r.out, "smolvm: poweroff"));
+    assert_no_children();
 
     /* Control calls on a stopped VM say so. */
     assert_int_equal(fc->pause(dir, smolvm_now_ms() + 1000, &err), SMOLVM_ESTATE);
@@ -636,18 +940,127 @@ static void test_boot_errors(void **state)
     free(dir);
 }
 
+/* The hybrid vsock as firecracker documents it (docs/vsock.md): the guest's connection
+ * to host port 1024 arrives at <uds>_1024; a host connection to <uds> says
+ * "CONNECT <port>" and gets "OK <host port>" and the guest's listener; no listener or a
+ * bad command closes it; a paused guest answers once it runs; a snapshot resets every
+ * connection and the agent connects again. */
+static void test_vsock(void **state)
+{
+    char *dir = new_vm("vsock");
+    smolvm_vmm_config c;
+    smolvm_error *err = NULL;
+    running r = {.console = -1};
+    char buf[256];
+    int lfd, g, h1, h2, h;
+
+    (void)state;
+    base_config(&c, dir);
+    lfd = agent_listener(dir);
+    (void)setenv("FAKE_FC_AGENT", "sh -c 'printf guest-agent; exec cat'", 1);
+    (void)setenv("FAKE_FC_GUEST_PORTS", "{\"52\": \"cat\", \"53\": \"echo port 53\"}", 1);
+    start_vm(&c, &r);
+
+    /* Guest-initiated: the agent's connection, both ways. */
+    g = accept_within(lfd, smolvm_now_ms() + 5000);
+    assert_true(g >= 0);
+    assert_true(read_until(g, buf, sizeof(buf), "guest-agent", smolvm_now_ms() + 3000) > 0);
+    assert_string_equal(buf, "guest-agent");
+    assert_int_equal(write(g, "ping\n", 5), 5);
+    assert_true(read_until(g, buf, sizeof(buf), "\n", smolvm_now_ms() + 3000) > 0);
+    assert_string_equal(buf, "ping\n");
+
+    /* Host-initiated: the handshake, host ports from 1 << 30, the command's case as
+     * firecracker ignores it, data right behind the command reaching the guest. */
+    assert_int_equal(smolvm_unix_connect(c.vsock_uds, smolvm_now_ms() + 3000, &h1, &err), 0);
+    assert_int_equal(write(h1, "CONNECT 52\n", 11), 11);
+    assert_true(read_until(h1, buf, sizeof(buf), "\n", smolvm_now_ms() + 3000) > 0);
+    assert_string_equal(buf, "OK 1073741824\n");
+    assert_int_equal(write(h1, "abc", 3), 3);
+    assert_true(read_until(h1, buf, sizeof(buf), "abc", smolvm_now_ms() + 3000) > 0);
+    assert_string_equal(buf, "abc");
+    assert_int_equal(smolvm_unix_connect(c.vsock_uds, smolvm_now_ms() + 3000, &h2, &err), 0);
+    assert_int_equal(write(h2, "connect 52\nxyz", 14), 14);
+    assert_true(read_until(h2, buf, sizeof(buf), "xyz", smolvm_now_ms() + 3000) > 0);
+    assert_string_equal(buf, "OK 1073741825\nxyz");
+    assert_int_equal(smolvm_unix_connect(c.vsock_uds, smolvm_now_ms() + 3000, &h, &err), 0);
+    assert_int_equal(write(h, "CONNECT 53\n", 11), 11);
+    assert_int_equal(read_until(h, buf, sizeof(buf), NULL, smolvm_now_ms() + 3000), 22);
+    assert_string_equal(buf, "OK 1073741826\nport 53\n");
+    (void)close(h);
+
+    /* Refused: closed without an OK. */
+    {
+        static const char *const bad[] = {"CONNECT 99\n", "HELLO 5200\n", "CONNECT x52\n",
+                                          "CONNECT 4294967296\n", "CONNECT\n"};
+        size_t i;
+
+        for (i = 0; i < SMOLVM_ARRAY_SIZE(bad); i++) {
+            assert_int_equal(smolvm_unix_connect(c.vsock_uds, smolvm_now_ms() + 3000, &h, &err), 0);
+            assert_int_equal(write(h, bad[i], strlen(bad[i])), (ssize_t)strlen(bad[i]));
+            (void)shutdown(h, SHUT_WR);
+            if (read_until(h, buf, sizeof(buf), NULL, smolvm_now_ms() + 3000) != 0)
+                fail_msg("'%.*s' was answered: '%s'", (int)strlen(bad[i]) - 1, bad[i], buf);
+            (void)close(h);
+        }
+    }
+
+    /* Paused, the guest cannot accept: the OK comes once it runs again. */
+    assert_int_equal(fc->pause(dir, smolvm_now_ms() + 3000, &err), 0);
+    assert_int_equal(smolvm_unix_connect(c.vsock_uds, smolvm_now_ms() + 3000, &h, &err), 0);
+    assert_int_equal(write(h, "CONNECT 52\n", 11), 11);
+    assert_int_equal(read_until(h, buf, sizeof(buf), "\n", smolvm_now_ms() + 200), -1);
+    assert_int_equal(fc->resume(dir, smolvm_now_ms() + 3000, &err), 0);
+    assert_true(read_until(h, buf, sizeof(buf), "\n", smolvm_now_ms() + 3000) > 0);
+    assert_string_equal(buf, "OK 1073741827\n");
+
+    /* A snapshot resets every connection (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET); after the
+     * resume the agent connects again. */
+    {
+        char *snap = path_in(dir, "s.state"), *mem = path_in(dir, "s.mem");
+        int g2;
+
+        assert_int_equal(fc->pause(dir, smolvm_now_ms() + 3000, &err), 0);
+        assert_int_equal(fc->snapshot(dir, snap, mem, smolvm_now_ms() + 3000, &err), 0);
+        assert_int_equal(read_until(g, buf, sizeof(buf), NULL, smolvm_now_ms() + 3000), 0);
+        assert_int_equal(read_until(h1, buf, sizeof(buf), NULL, smolvm_now_ms() + 3000), 0);
+        assert_int_equal(read_until(h, buf, sizeof(buf), NULL, smolvm_now_ms() + 3000), 0);
+        assert_int_equal(accept_within(lfd, smolvm_now_ms() + 200), -1); /* paused */
+        assert_int_equal(fc->resume(dir, smolvm_now_ms() + 3000, &err), 0);
+        g2 = accept_within(lfd, smolvm_now_ms() + 5000);
+        assert_true(g2 >= 0);
+        assert_true(read_until(g2, buf, sizeof(buf), "guest-agent", smolvm_now_ms() + 3000) > 0);
+        (void)close(g2);
+        free(snap);
+        free(mem);
+    }
+    (void)close(g);
+    (void)close(h);
+    (void)close(h1);
+    (void)close(h2);
+    stop_vm(dir, &r);
+    {
+        json_t *reqs = requests(dir);
+
+        assert_no_violation(reqs);
+        json_decref(reqs);
+    }
+    (void)close(lfd);
+    assert_no_children();
+    free(dir);
+}
+
 /* The fake itself: it must catch what firecracker would refuse (so the tests above
  * prove something), answering with fault_message errors the client reports. */
 static void test_contract_checks(void **state)
 {
-    char *dir = new_vm("contract"), *sock = path_in(dir, "fc.sock");
+    char *dir = new_vm("contract");
     smolvm_fc_api *api = NULL;
     smolvm_error *err = NULL;
     int64_t dl = smolvm_now_ms() + 5000;
-    pid_t pid;
-    uint64_t start;
-    char *argv[] = {fake, "--api-sock", sock, "--id", "contract", NULL};
-    char *log = path_in(dir, "fc.out");
+    bare b = {.err = -1};
+    char *v1 = path_in(dir, "v1.sock"), *v2 = path_in(dir, "v2.sock");
+    int status = 0;
     struct {
         const char *method, *path, *body, *fault;
     } bad[] = {
@@ -674,6 +1087,10 @@ static void test_contract_checks(void **state)
          "is not one of"},
         {"PUT", "/vsock", "{\"guest_cid\": 2, \"uds_path\": \"/tmp/v.sock\"}",
          "below the minimum 3"},
+        {"PUT", "/vsock", "{\"guest_cid\": 3}", "missing required field 'uds_path'"},
+        {"PUT", "/vsock", "{\"guest_cid\": 3, \"uds_path\": 7}", "expected string"},
+        {"PUT", "/vsock", "{\"guest_cid\": 3, \"uds_path\": \"/no/such/dir/v.sock\"}",
+         "Cannot create backend for vsock device"},
         {"PATCH", "/vm", "{\"state\": \"Paused\"}", "not supported before starting"},
         {"PUT", "/actions", "{\"action_type\": \"InstanceStart\"}", "without kernel configuration"},
         {"PUT", "/actions", "{\"action_type\": \"Reboot\"}", "is not one of"},
@@ -688,14 +1105,8 @@ static void test_contract_checks(void **state)
     json_t *reqs;
 
     (void)state;
-    assert_int_equal(smolvm_spawn_detached(argv, log, -1, &pid, &err), 0);
-    assert_int_equal(smolvm_pid_start_time(pid, &start, NULL), 0);
-    while (access(sock, F_OK) < 0 && smolvm_now_ms() < dl) {
-        struct timespec ts = {0, 5000000};
-
-        (void)nanosleep(&ts, NULL); /* test only: the backend waits on inotify */
-    }
-    assert_int_equal(smolvm_fc_api_new(&api, sock, &err), 0);
+    bare_start(&b, dir, "contract");
+    assert_int_equal(smolvm_fc_api_new(&api, b.sock, &err), 0);
 
     for (i = 0; i < SMOLVM_ARRAY_SIZE(bad); i++) {
         json_t *body = bad[i].body ? json_loads(bad[i].body, 0, NULL) : NULL;
@@ -722,10 +1133,25 @@ static void test_contract_checks(void **state)
 
     /* Order rules: one start, no configuration after it, snapshot load only fresh. */
     assert_int_equal(smolvm_fc_put_boot_source(api, kernel, CMDLINE, dl, &err), 0);
-    assert_int_equal(smolvm_fc_snapshot_load(api, "/tmp/s", rootfs, 1, dl, &err), SMOLVM_EVMM);
+    assert_int_equal(smolvm_fc_snapshot_load(api, "/tmp/s", rootfs, 1, NULL, dl, &err),
+                     SMOLVM_EVMM);
     assert_err_contains(err, "not allowed after configuring");
     err = smolvm_error_free(err);
+    /* The vsock device's socket is bound when it is configured; a second PUT replaces
+     * the device and its socket (firecracker's VsockBuilder::insert). */
+    assert_int_equal(smolvm_fc_put_vsock(api, 3, v1, dl, &err), 0);
+    assert_int_equal(access(v1, F_OK), 0);
+    assert_int_equal(smolvm_fc_put_vsock(api, 4, v2, dl, &err), 0);
+    assert_int_equal(access(v1, F_OK), -1);
+    assert_int_equal(access(v2, F_OK), 0);
+    assert_int_equal(smolvm_fc_put_vsock(api, 2, v1, dl, &err), SMOLVM_EINVAL); /* client */
+    assert_err_contains(err, "guest cid 2 is below 3");
+    err = smolvm_error_free(err);
     assert_int_equal(smolvm_fc_action(api, "InstanceStart", dl, &err), 0);
+    assert_int_equal(smolvm_fc_put_vsock(api, 3, v1, dl, &err), SMOLVM_EVMM);
+    assert_err_contains(err, "PUT /vsock: firecracker answered 400: The requested operation is "
+                             "not supported after starting");
+    err = smolvm_error_free(err);
     assert_int_equal(smolvm_fc_action(api, "InstanceStart", dl, &err), SMOLVM_EVMM);
     assert_err_contains(err, "PUT /actions: firecracker answered 400: The requested operation "
                              "is not supported after starting the microVM");
@@ -746,7 +1172,9 @@ static void test_contract_checks(void **state)
         free(v);
     }
     assert_int_equal(smolvm_fc_action(api, "SendCtrlAltDel", dl, &err), 0);
-    assert_int_equal(smolvm_pid_wait_exit(pid, start, smolvm_now_ms() + 5000, NULL), 0);
+    assert_int_equal(wait_child(b.pid, smolvm_now_ms() + 5000, &status), 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    b.pid = 0;
     /* No VMM: the client says so instead of hanging. */
     assert_int_equal(smolvm_fc_version(api, &(char *){NULL}, smolvm_now_ms() + 1000, &err),
                      SMOLVM_ESTATE);
@@ -757,8 +1185,9 @@ static void test_contract_checks(void **state)
     reqs = requests(dir);
     assert_true(json_array_size(reqs) >= SMOLVM_ARRAY_SIZE(bad));
     json_decref(reqs);
-    free(log);
-    free(sock);
+    bare_stop(&b);
+    free(v1);
+    free(v2);
     free(dir);
 }
 
@@ -816,23 +1245,33 @@ static void test_jailer_lifecycle(void **state)
     char *dir = new_vm("jailed"), *upper = path_in(dir, "upper.ext4"), *root, *p, *jail;
     smolvm_vmm_config c;
     smolvm_error *err = NULL;
-    running r = {.ctl = -1};
+    running r = {.console = -1};
     json_t *reqs;
     struct stat st;
     pid_t pid;
     uint64_t start;
+    char buf[64];
+    int lfd, g;
 
     (void)state;
     base_config(&c, dir);
     c.vm_id = "vm-jail-1";
     c.overlay_disk = upper;
+    lfd = agent_listener(dir);
+    (void)setenv("FAKE_FC_AGENT", "sh -c 'printf jailed-agent; exec cat'", 1);
     jail_env();
     (void)setenv(SMOLVM_FC_JAILER_CGROUP_ENV, "smolvm", 1);
-    start_vm(&c, &r);
+    start_vm(&c, &r); /* the console: the jailer's stdout, then firecracker's */
     assert_string_equal(instance_state(dir), "Running"); /* through <dir>/fc.sock */
     assert_true(smolvm_pid_find_vmm(dir, SMOLVM_VMM_PIDFILE, &pid, &start));
     assert_int_equal(pid, (pid_t)r.pid);
-    assert_true(file_contains(dir, SMOLVM_VMM_CONSOLE_LOG, "smolvm: ready "));
+    /* The guest's vsock connection comes out of the chroot at /vsock.sock_1024, a hard
+     * link to the supervisor's listener given to the jail uid. */
+    g = accept_within(lfd, smolvm_now_ms() + 5000);
+    assert_true(g >= 0);
+    assert_true(read_until(g, buf, sizeof(buf), "jailed-agent", smolvm_now_ms() + 3000) > 0);
+    (void)close(g);
+    (void)unsetenv("FAKE_FC_AGENT");
 
     root = smolvm_strdupf("%s/jail/fake-firecracker.py/vm-jail-1/root", dir);
     assert_non_null(root);
@@ -860,6 +1299,20 @@ static void test_jailer_lifecycle(void **state)
     assert_int_equal(lstat(p, &st), 0);
     assert_true(S_ISLNK(st.st_mode));
     free(p);
+    p = path_in(root, SMOLVM_SV_VSOCK "_1024");
+    {
+        char *listener = smolvm_strdupf("%s_1024", c.vsock_uds);
+
+        assert_same_file(p, listener);
+        free(listener);
+    }
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_uid, jail_uid());
+    free(p);
+    p = path_in(root, SMOLVM_SV_VSOCK); /* the device's own socket, bound in the chroot */
+    assert_int_equal(stat(p, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    free(p);
 
     /* Not supported jailed yet: said so, nothing half done. */
     assert_int_equal(fc->snapshot(dir, "/tmp/s", "/tmp/m", smolvm_now_ms() + 1000, &err),
@@ -876,18 +1329,16 @@ static void test_jailer_lifecycle(void **state)
     assert_string_equal(body_str(reqs, "PUT", "/drives/overlay", "path_on_host"), "/overlay");
     assert_string_equal(body_str(reqs, "PUT", "/logger", "log_path"), "/vmm.log");
     assert_string_equal(body_str(reqs, "PUT", "/metrics", "metrics_path"), "/fc-metrics.json");
+    assert_string_equal(body_str(reqs, "PUT", "/vsock", "uds_path"), "/" SMOLVM_SV_VSOCK);
     json_decref(reqs);
 
     /* Started again: a fresh jail; quit removes it. */
     start_vm(&c, &r);
-    assert_int_equal(fc->poweroff(dir, smolvm_now_ms() + 3000, &err), 0);
-    (void)smolvm_pid_wait_exit((pid_t)r.pid, r.start, smolvm_now_ms() + 5000, NULL);
-    if (r.ctl >= 0)
-        (void)close(r.ctl);
+    stop_vm(dir, &r);
     start_vm(&c, &r);
     assert_int_equal(fc->quit(dir, smolvm_now_ms() + 3000, &err), 0);
-    if (r.ctl >= 0)
-        (void)close(r.ctl);
+    assert_int_equal(wait_child(r.pid, smolvm_now_ms() + 3000, &(int){0}), 0);
+    console_close(&r);
     jail = path_in(dir, "jail");
     assert_int_equal(access(jail, F_OK), -1);
 
@@ -901,6 +1352,8 @@ static void test_jailer_lifecycle(void **state)
     assert_int_equal(smolvm_rm_rf(dir, NULL), 0);
     assert_int_equal(stat(rootfs, &st), 0);
     assert_int_equal(st.st_nlink, 1);
+    (void)close(lfd);
+    assert_no_children();
     unjail_env();
     free(jail);
     free(root);
@@ -916,50 +1369,46 @@ static void test_jailer_errors(void **state)
     char *upper = path_in(dir, "upper.ext4");
     smolvm_vmm_config c;
     smolvm_error *err = NULL;
-    running r = {.ctl = -1};
+    running r = {.console = -1};
     char want[1200];
+    int lfd;
 
     (void)state;
     base_config(&c, dir);
     c.vm_id = "vm-jail-2";
+    lfd = agent_listener(dir);
     jail_env();
     (void)unsetenv(SMOLVM_FC_JAILER_UID_ENV);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "SMOLVM_JAILER_UID is required");
     err = smolvm_error_free(err);
 
     (void)setenv(SMOLVM_FC_JAILER_UID_ENV, "0", 1);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "SMOLVM_JAILER_UID 0 is root");
     err = smolvm_error_free(err);
 
     (void)setenv(SMOLVM_FC_JAILER_UID_ENV, "12x", 1);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "'12x' is not a number");
     err = smolvm_error_free(err);
 
     jail_env();
     (void)setenv(SMOLVM_FC_JAILER_GID_ENV, "0", 1);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "SMOLVM_JAILER_GID 0 is root");
     err = smolvm_error_free(err);
 
     /* Our ids may hold '_', the jailer's may not. */
     jail_env();
     c.vm_id = "vm_2";
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "vm id 'vm_2' is not a valid jailer id");
     err = smolvm_error_free(err);
     c.vm_id = "vm-jail-2";
 
     (void)setenv(SMOLVM_FC_JAILER_CGROUP_ENV, "/abs", 1);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "is not a relative cgroup path");
     err = smolvm_error_free(err);
     (void)unsetenv(SMOLVM_FC_JAILER_CGROUP_ENV);
@@ -967,8 +1416,7 @@ static void test_jailer_errors(void **state)
     /* SMOLVM_JAILER=1: the jailer next to firecracker, as the download installs it. */
     (void)setenv(SMOLVM_FC_JAILER_ENV, "1", 1);
     *strrchr(fcdir, '/') = '\0';
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EHOST);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EHOST);
     {
         char *canon = realpath(fcdir, NULL);
 
@@ -979,8 +1427,7 @@ static void test_jailer_errors(void **state)
     assert_err_contains(err, want);
     err = smolvm_error_free(err);
     (void)setenv(SMOLVM_FC_JAILER_ENV, "jailer", 1);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EINVAL);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EINVAL);
     assert_err_contains(err, "must be 1 (the jailer next to firecracker) or an absolute path");
     err = smolvm_error_free(err);
     assert_int_equal(access(jail, F_OK), -1);
@@ -993,8 +1440,7 @@ static void test_jailer_errors(void **state)
         write_text(k, "kernel\n");
         assert_int_equal(chmod(k, 0600), 0);
         c.kernel = k;
-        assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                         SMOLVM_EPERM);
+        assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EPERM);
         assert_err_contains(err, "is not readable by the jail's uid 65534");
         err = smolvm_error_free(err);
         assert_int_equal(access(jail, F_OK), -1);
@@ -1003,8 +1449,7 @@ static void test_jailer_errors(void **state)
         free(k);
 
         /* disk = "shared": the base is attached read-write, so the jail must write it. */
-        assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                         SMOLVM_EPERM);
+        assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EPERM);
         assert_err_contains(err, "is attached read-write but not writable by the jail's uid");
         err = smolvm_error_free(err);
         assert_int_equal(access(jail, F_OK), -1);
@@ -1013,8 +1458,7 @@ static void test_jailer_errors(void **state)
 
     /* Firecracker refuses a request: killed, jail removed, its words in the error. */
     (void)setenv("FAKE_FC_FAIL", "PUT /boot-source", 1);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EVMM);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EVMM);
     assert_err_contains(err, "injected failure");
     err = smolvm_error_free(err);
     assert_int_equal(access(jail, F_OK), -1);
@@ -1022,10 +1466,11 @@ static void test_jailer_errors(void **state)
 
     /* The jailer exits before firecracker is up (a stand-in that exits at once). */
     (void)setenv(SMOLVM_FC_JAILER_ENV, "/bin/false", 1);
-    assert_int_equal(fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err),
-                     SMOLVM_EVMM);
+    assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EVMM);
     err = smolvm_error_free(err);
     assert_int_equal(access(jail, F_OK), -1);
+    assert_no_children();
+    (void)close(lfd);
     unjail_env();
     free(upper);
     free(fcdir);
@@ -1051,7 +1496,7 @@ static void test_jailer_tap(void **state)
     if (child == 0) {
         char *dir, *upper;
         smolvm_vmm_config c;
-        running r = {.ctl = -1};
+        running r = {.console = -1};
         smolvm_error *err = NULL;
         int owned;
 
@@ -1067,14 +1512,16 @@ static void test_jailer_tap(void **state)
         c.network = SMOLVM_NET_NAT;
         c.tap_name = "fcjail0";
         c.mac = "52:54:00:12:34:56";
+        c.vsock_uds = NULL; /* not the point here */
         jail_env();
-        if (fc->spawn(&c, &r.ctl, &r.pid, &r.start, smolvm_now_ms() + 5000, &err) < 0) {
+        if (spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err) < 0) {
             fprintf(stderr, "spawn: %s\n", smolvm_error_message(err));
             _exit(3);
         }
         owned = sh("ip -d link show fcjail0 | grep -qE 'user (nobody|65534) group "
                    "(nogroup|nobody|65534)'") == 0;
         (void)fc->quit(dir, smolvm_now_ms() + 3000, NULL);
+        (void)waitpid(r.pid, NULL, 0);
         _exit(owned ? 0 : 4);
     }
     assert_int_equal(waitpid(child, &status, 0), child);
@@ -1145,6 +1592,640 @@ static void test_jailer_contract_checks(void **state)
     }
     (void)smolvm_rm_rf(base, NULL);
     free(base);
+}
+
+/* ---------------------------------------------------------------- the supervisor */
+
+/* smolvm-supervisor with backend firecracker, through the fake: the launch report, the
+ * agent over the hybrid vsock (the fake connects the guest's agent, the real one built
+ * for the host, to <dir>/vsock.sock_1024), readiness, commands, power-off, and hostile
+ * or failing guests. The library's start cannot run here (it refuses firecracker
+ * without KVM), so the tests drive the supervisor from its spec, as the library does. */
+
+static pid_t sv_pid;
+
+typedef struct sv_vm {
+    char *dir;
+    pid_t vmm;
+    uint64_t vmm_start;
+    char *sock; /* <dir>/agent.sock */
+} sv_vm;
+
+/* Write the spec for dir (from new_vm, taken over) and start the supervisor (our child;
+ * it dies with us), then read its report: "ok <vmm pid> <start time>" or
+ * "error <code> <message>" into report. */
+static void sv_launch(sv_vm *v, char *dir, smolvm_sv_transport transport, char *report, size_t size)
+{
+    smolvm_sv_spec spec;
+    smolvm_error *err = NULL;
+    char *log;
+    int st[2];
+
+    v->dir = dir;
+    v->sock = path_in(v->dir, SMOLVM_SV_SOCK);
+    log = path_in(v->dir, SMOLVM_SV_LOG);
+    memset(&spec, 0, sizeof(spec));
+    spec.vm_id = (char *)"vm-fc-sv";
+    spec.dir = v->dir;
+    spec.state_dir = statedir;
+    spec.backend = SMOLVM_BACKEND_FIRECRACKER;
+    spec.transport = transport;
+    spec.console_max = SMOLVM_CONSOLE_MAX_DEFAULT;
+    base_config(&spec.vmm, v->dir);
+    spec.vmm.vm_id = spec.vm_id;
+    if (smolvm_sv_spec_write(&spec, &err) < 0)
+        fail_msg("spec: %s", smolvm_error_message(err));
+
+    assert_int_equal(pipe2(st, O_CLOEXEC), 0);
+    sv_pid = fork();
+    assert_true(sv_pid >= 0);
+    if (sv_pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        int w = fcntl(st[1], F_DUPFD, 3); /* not close-on-exec: the status fd */
+        char n[16];
+
+        if (fd < 0 || null < 0 || w < 0 || dup2(null, 0) < 0 || dup2(fd, 1) < 0 ||
+            dup2(fd, 2) < 0 || prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+            _exit(127);
+        (void)snprintf(n, sizeof(n), "%d", w);
+        execl(SMOLVM_SUPERVISOR_BIN, "smolvm-supervisor", "--status-fd", n, v->dir, (char *)NULL);
+        _exit(127);
+    }
+    (void)close(st[1]);
+    if (read_until(st[0], report, size, "\n", smolvm_now_ms() + 15000) <= 0)
+        fail_msg("no report from the supervisor (see %s)", log);
+    (void)close(st[0]);
+    free(log);
+    if (strncmp(report, "ok ", 3) == 0) {
+        long long pid = 0;
+        unsigned long long start = 0;
+
+        assert_int_equal(sscanf(report, "ok %lld %llu", &pid, &start), 2);
+        v->vmm = (pid_t)pid;
+        v->vmm_start = start;
+    }
+}
+
+static void sv_free(sv_vm *v)
+{
+    free(v->dir);
+    free(v->sock);
+}
+
+/* The supervisor ended, on its own, within the deadline, with status 0. */
+static void sv_wait_exit(int64_t deadline)
+{
+    int status = 0;
+
+    if (wait_child(sv_pid, deadline, &status) < 0)
+        fail_msg("the supervisor did not exit in time");
+    sv_pid = 0;
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static json_t *sv_status(sv_vm *v)
+{
+    smolvm_agent *a = NULL;
+    smolvm_error *err = NULL;
+    json_t *reply = NULL;
+
+    if (smolvm_agent_connect(&a, v->sock, false, smolvm_now_ms() + 3000, &err) < 0 ||
+        smolvm_agent_call(&reply, a, json_pack("{s:s}", "op", "status"), smolvm_now_ms() + 3000,
+                          &err) < 0)
+        fail_msg("status: %s", smolvm_error_message(err));
+    smolvm_agent_free(a);
+    return reply;
+}
+
+typedef struct cmd_result {
+    char out[2][4096];
+    size_t len[2];
+    long long exit_code;
+} cmd_result;
+
+/* Run cmd through the supervisor and the agent; input (or NULL) is its stdin. */
+static int run_cmd(smolvm_agent *a, const char *cmd, const char *input, cmd_result *res,
+                   smolvm_error **err)
+{
+    smolvm_agent_stream *st = NULL;
+    smolvm_agent_event ev;
+    int64_t deadline = smolvm_now_ms() + 10000;
+    bool replied = false;
+    int r;
+
+    memset(res, 0, sizeof(*res));
+    res->exit_code = -1;
+    r = smolvm_agent_request(
+        &st, a, json_pack("{s:s, s:s, s:b}", "op", "exec", "cmd", cmd, "stdin", input != NULL), 0,
+        err);
+    while (r == 0 && (r = smolvm_agent_next(&ev, st, deadline, err)) == 0) {
+        if (ev.kind == SMOLVM_AGENT_EV_REPLY && !replied) {
+            json_t *w = json_object_get(ev.json, "window");
+
+            replied = true;
+            assert_true(json_integer_value(json_object_get(ev.json, "pid")) > 0);
+            if (input) {
+                smolvm_agent_set_send_window(st, (uint64_t)json_integer_value(w));
+                if ((r = smolvm_agent_write(st, 0, input, strlen(input), deadline, err)) < 0 ||
+                    (r = smolvm_agent_eof(st, 0, err)) < 0)
+                    break;
+            }
+        } else if (ev.kind == SMOLVM_AGENT_EV_DATA && (ev.fd == 1 || ev.fd == 2)) {
+            size_t *len = &res->len[ev.fd - 1], k = ev.len;
+
+            if (k > sizeof(res->out[0]) - 1 - *len)
+                k = sizeof(res->out[0]) - 1 - *len;
+            memcpy(res->out[ev.fd - 1] + *len, ev.data, k);
+            *len += k;
+            res->out[ev.fd - 1][*len] = '\0';
+            if ((r = smolvm_agent_grant(st, (uint32_t)ev.len, err)) < 0)
+                break;
+        } else if (ev.kind == SMOLVM_AGENT_EV_EXIT) {
+            res->exit_code = json_integer_value(json_object_get(ev.json, "exit_code"));
+        }
+        if (ev.fin)
+            break;
+    }
+    smolvm_agent_stream_free(st);
+    return r;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* The agent transport end to end: ready when the agent's hello arrives over vsock,
+ * commands with output, exit code and stdin, a status, then power-off through the
+ * agent, which ends the fake firecracker and with it the supervisor. */
+static void test_sv_agent(void **state)
+{
+    sv_vm v = {0};
+    smolvm_agent *a = NULL;
+    smolvm_error *err = NULL;
+    char report[256], *agent_cmd, *rec, *dir;
+    cmd_result res;
+    json_t *hello, *reply;
+    int64_t t0, rtt[21];
+    smolvm_sv_exit ex;
+    size_t i;
+
+    (void)state;
+    dir = new_vm("sv-agent");
+    rec = path_in(tmpdir, "sv-agent-rec");
+    assert_int_equal(smolvm_mkdir_p(rec, 0700, NULL), 0);
+    agent_cmd = smolvm_strdupf("'%s' --record '%s' --cwd '%s'", SMOLVM_AGENT_HOST, rec, rec);
+    assert_non_null(agent_cmd);
+    (void)setenv("FAKE_FC_AGENT", agent_cmd, 1);
+    t0 = smolvm_now_ms();
+    sv_launch(&v, dir, SMOLVM_SV_AGENT, report, sizeof(report));
+    if (!v.vmm)
+        fail_msg("supervisor: %s", report);
+    /* The report names the VMM: the fake, alive, its start time, its pidfile. */
+    assert_true(smolvm_pid_alive(v.vmm, v.vmm_start));
+    {
+        pid_t p;
+        uint64_t s;
+
+        assert_true(smolvm_pid_find_vmm(v.dir, SMOLVM_VMM_PIDFILE, &p, &s));
+        assert_int_equal(p, v.vmm);
+        assert_true(s == v.vmm_start);
+    }
+
+    if (smolvm_agent_connect(&a, v.sock, true, smolvm_now_ms() + 10000, &err) < 0)
+        fail_msg("connect: %s", smolvm_error_message(err));
+    print_message("supervisor launch to agent ready (fake, 30 ms boot): %lld ms\n",
+                  (long long)(smolvm_now_ms() - t0));
+    hello = smolvm_agent_hello(a);
+    assert_true(json_is_true(json_object_get(hello, "ready")));
+    assert_string_equal(json_string_value(json_object_get(hello, "vm")), "vm-fc-sv");
+    assert_string_equal(json_string_value(json_object_get(hello, "transport")), "agent");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(hello, "agent"), "agent")),
+        "smolvm-agent 0.2.0");
+
+    /* A command: its output on both streams and its exit code. */
+    assert_int_equal(run_cmd(a, "echo out; echo err >&2; exit 3", NULL, &res, &err), 0);
+    assert_string_equal(res.out[0], "out\n");
+    assert_string_equal(res.out[1], "err\n");
+    assert_int_equal(res.exit_code, 3);
+    /* stdin, streamed in. */
+    assert_int_equal(run_cmd(a, "tr a-z A-Z", "hello over vsock\n", &res, &err), 0);
+    assert_string_equal(res.out[0], "HELLO OVER VSOCK\n");
+    assert_int_equal(res.exit_code, 0);
+    /* Its cwd is the one the agent was given: it runs where the "guest" is. */
+    assert_int_equal(run_cmd(a, "pwd", NULL, &res, &err), 0);
+    assert_true(strncmp(res.out[0], rec, strlen(rec)) == 0);
+
+    /* Round trips of `true` (client -> supervisor -> fake's vsock -> agent -> back). */
+    for (i = 0; i < SMOLVM_ARRAY_SIZE(rtt); i++) {
+        int64_t s = smolvm_now_ms();
+
+        assert_int_equal(run_cmd(a, "true", NULL, &res, &err), 0);
+        assert_int_equal(res.exit_code, 0);
+        rtt[i] = smolvm_now_ms() - s;
+    }
+    qsort(rtt, SMOLVM_ARRAY_SIZE(rtt), sizeof(rtt[0]), cmp_i64);
+    print_message("exec 'true' through supervisor + vsock + host agent: median %lld ms, "
+                  "max %lld ms (%zu runs)\n",
+                  (long long)rtt[SMOLVM_ARRAY_SIZE(rtt) / 2],
+                  (long long)rtt[SMOLVM_ARRAY_SIZE(rtt) - 1], SMOLVM_ARRAY_SIZE(rtt));
+
+    /* The agent dies mid-command: that stream ends with the reason, the supervisor
+     * stays; the guest restarts its agent, which connects again over vsock and serves
+     * new commands. */
+    {
+        smolvm_agent_stream *st = NULL;
+        smolvm_agent_event ev;
+        long agent_pid;
+        int64_t dl = smolvm_now_ms() + 10000;
+        int r;
+
+        assert_int_equal(run_cmd(a, "echo $PPID", NULL, &res, &err), 0);
+        agent_pid = strtol(res.out[0], NULL, 10);
+        assert_true(agent_pid > 1);
+        /* cat with stdin from the agent: it ends when the agent does, nothing lingers. */
+        assert_int_equal(smolvm_agent_request(
+                             &st, a,
+                             json_pack("{s:s, s:s, s:b}", "op", "exec", "cmd", "cat", "stdin", 1),
+                             0, &err),
+                         0);
+        assert_int_equal(smolvm_agent_next(&ev, st, dl, &err), 0);
+        assert_int_equal(ev.kind, SMOLVM_AGENT_EV_REPLY);
+        assert_int_equal(kill((pid_t)agent_pid, SIGKILL), 0);
+        while ((r = smolvm_agent_next(&ev, st, dl, &err)) == 0 && !ev.fin)
+            ;
+        assert_int_equal(r, SMOLVM_EIO);
+        assert_err_contains(err, "the agent channel was lost: connection closed");
+        err = smolvm_error_free(err);
+        smolvm_agent_stream_free(st);
+        assert_int_equal(waitpid(sv_pid, NULL, WNOHANG), 0);
+        /* Clients get no event for the agent's return: its status is asked again, a
+         * bounded number of times. */
+        for (;;) {
+            struct timespec ts = {0, 20 * 1000 * 1000};
+            bool back;
+
+            reply = sv_status(&v);
+            back = json_is_true(json_object_get(reply, "agent"));
+            json_decref(reply);
+            if (back)
+                break;
+            if (smolvm_remaining_ms(dl) == 0)
+                fail_msg("the agent did not connect again");
+            (void)nanosleep(&ts, NULL);
+        }
+        assert_int_equal(run_cmd(a, "echo back", NULL, &res, &err), 0);
+        assert_string_equal(res.out[0], "back\n");
+        assert_true(file_contains(v.dir, SMOLVM_SV_LOG, "agent channel closed: connection closed"));
+    }
+
+    reply = sv_status(&v);
+    assert_string_equal(json_string_value(json_object_get(reply, "state")), "ready");
+    assert_true(json_is_true(json_object_get(reply, "agent")));
+    assert_int_equal(json_integer_value(json_object_get(reply, "vmm_pid")), v.vmm);
+    assert_non_null(strstr(json_string_value(json_object_get(reply, "milestone")), "'agent'"));
+    json_decref(reply);
+
+    /* Power-off: the supervisor asks the agent, the agent signals the guest's init, the
+     * guest powers off, firecracker exits, the supervisor records it and exits. */
+    assert_int_equal(smolvm_agent_call(&reply, a, json_pack("{s:s}", "op", "poweroff"),
+                                       smolvm_now_ms() + 3000, &err),
+                     0);
+    json_decref(reply);
+    t0 = smolvm_now_ms();
+    sv_wait_exit(smolvm_now_ms() + 10000);
+    print_message("poweroff to supervisor exit: %lld ms\n", (long long)(smolvm_now_ms() - t0));
+    assert_false(smolvm_pid_alive(v.vmm, v.vmm_start));
+    {
+        char *p = path_in(rec, "poweroff");
+
+        assert_int_equal(access(p, F_OK), 0); /* the agent's hook ran, recorded only */
+        free(p);
+    }
+    assert_int_equal(smolvm_sv_exit_read(&ex, v.dir, &err), 0);
+    assert_int_equal(ex.exit_code, 0);
+    assert_int_equal(ex.signal, 0);
+    assert_true(file_contains(v.dir, SMOLVM_VMM_CONSOLE_LOG, "smolvm: power off (Terminated)"));
+    assert_true(file_contains(v.dir, SMOLVM_VMM_CONSOLE_LOG, "smolvm: ready "));
+    assert_true(file_contains(v.dir, SMOLVM_SV_LOG, "guest ready after"));
+    /* The client's connection says the VM is gone. */
+    assert_true(run_cmd(a, "true", NULL, &res, &err) < 0);
+    err = smolvm_error_free(err);
+    {
+        json_t *reqs = requests(v.dir);
+
+        assert_no_violation(reqs);
+        assert_non_null(find_request(reqs, "PUT", "/vsock"));
+        json_decref(reqs);
+    }
+    smolvm_agent_free(a);
+    free(agent_cmd);
+    free(rec);
+    sv_free(&v);
+}
+
+/* transport "ssh": ready on the init's "smolvm: ready" line on the serial console; no
+ * agent, so commands are refused with the reason; power-off is Ctrl-Alt-Del. */
+static void test_sv_ssh(void **state)
+{
+    sv_vm v = {0};
+    smolvm_agent *a = NULL;
+    smolvm_error *err = NULL;
+    char report[256];
+    cmd_result res;
+    json_t *hello, *reply;
+
+    (void)state;
+    sv_launch(&v, new_vm("sv-ssh"), SMOLVM_SV_SSH, report, sizeof(report));
+    if (!v.vmm)
+        fail_msg("supervisor: %s", report);
+    if (smolvm_agent_connect(&a, v.sock, true, smolvm_now_ms() + 10000, &err) < 0)
+        fail_msg("connect: %s", smolvm_error_message(err));
+    hello = smolvm_agent_hello(a);
+    assert_true(json_is_true(json_object_get(hello, "ready")));
+    assert_string_equal(json_string_value(json_object_get(hello, "transport")), "ssh");
+    assert_true(json_is_null(json_object_get(hello, "agent")));
+    assert_int_equal(run_cmd(a, "true", NULL, &res, &err), SMOLVM_ESTATE);
+    assert_err_contains(err, "this vm has no agent (its transport is 'ssh')");
+    err = smolvm_error_free(err);
+    reply = sv_status(&v);
+    assert_non_null(strstr(json_string_value(json_object_get(reply, "milestone")), "'ready'"));
+    json_decref(reply);
+    assert_int_equal(smolvm_agent_call(&reply, a, json_pack("{s:s}", "op", "poweroff"),
+                                       smolvm_now_ms() + 3000, &err),
+                     0);
+    json_decref(reply);
+    sv_wait_exit(smolvm_now_ms() + 10000);
+    assert_false(smolvm_pid_alive(v.vmm, v.vmm_start));
+    assert_true(file_contains(v.dir, SMOLVM_VMM_CONSOLE_LOG, "smolvm: power off (Interrupt)"));
+    {
+        json_t *reqs = requests(v.dir);
+
+        assert_no_violation(reqs);
+        assert_non_null(find_request(reqs, "PUT", "/actions")); /* SendCtrlAltDel */
+        json_decref(reqs);
+    }
+    smolvm_agent_free(a);
+    sv_free(&v);
+}
+
+/* A raw client: HELLO asking to wait for ready, then the frames until a GOAWAY, whose
+ * code and message are returned. */
+static int raw_hello(const char *sock)
+{
+    static const char hello[] = "{\"version\":1,\"client\":\"raw\",\"ready\":true}";
+    smolvm_agent_header h = {sizeof(hello) - 1, 0, SMOLVM_AGENT_HELLO, 0, 0};
+    uint8_t buf[SMOLVM_AGENT_HEADER_SIZE + sizeof(hello)];
+    smolvm_error *err = NULL;
+    int fd = -1;
+
+    if (smolvm_unix_connect(sock, smolvm_now_ms() + 3000, &fd, &err) < 0)
+        fail_msg("connect: %s", smolvm_error_message(err));
+    smolvm_agent_header_encode(buf, &h);
+    memcpy(buf + SMOLVM_AGENT_HEADER_SIZE, hello, sizeof(hello) - 1);
+    assert_int_equal(write(fd, buf, SMOLVM_AGENT_HEADER_SIZE + sizeof(hello) - 1),
+                     (ssize_t)(SMOLVM_AGENT_HEADER_SIZE + sizeof(hello) - 1));
+    return fd;
+}
+
+/* The frames of a stream of bytes; the first GOAWAY's JSON (NULL: none). */
+static json_t *find_goaway(const uint8_t *data, size_t len)
+{
+    size_t off = 0;
+
+    while (len - off >= SMOLVM_AGENT_HEADER_SIZE) {
+        smolvm_agent_header h;
+
+        if (smolvm_agent_header_decode(data + off, &h, NULL) < 0 ||
+            len - off - SMOLVM_AGENT_HEADER_SIZE < h.length)
+            return NULL;
+        if (h.type == SMOLVM_AGENT_GOAWAY)
+            return json_loadb((const char *)data + off + SMOLVM_AGENT_HEADER_SIZE, h.length, 0,
+                              NULL);
+        off += SMOLVM_AGENT_HEADER_SIZE + h.length;
+    }
+    return NULL;
+}
+
+static json_t *raw_goaway(int fd, int64_t deadline)
+{
+    static uint8_t buf[65536];
+    size_t len = 0;
+
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        json_t *j;
+        ssize_t n;
+
+        if ((j = find_goaway(buf, len)))
+            return j;
+        if (len == sizeof(buf) || poll(&p, 1, smolvm_remaining_ms(deadline)) != 1)
+            return NULL;
+        n = read(fd, buf + len, sizeof(buf) - len);
+        if (n <= 0)
+            return NULL;
+        len += (size_t)n;
+    }
+}
+
+/* A guest that cannot become ready: the supervisor says why, to every client, at once. */
+static void test_sv_boot_errors(void **state)
+{
+    sv_vm v = {0};
+    smolvm_agent *a = NULL;
+    smolvm_error *err = NULL;
+    char report[256];
+    json_t *reply, *g;
+    smolvm_sv_exit ex;
+    int64_t t0;
+    char *dir;
+    int fd;
+
+    (void)state;
+    /* The guest's error line: clients waiting for ready get it as the error. */
+    dir = new_vm("sv-booterr");
+    (void)setenv("FAKE_FC_AGENT", SMOLVM_AGENT_HOST, 1);
+    (void)setenv("FAKE_FC_BOOT", "error", 1);
+    sv_launch(&v, dir, SMOLVM_SV_AGENT, report, sizeof(report));
+    if (!v.vmm)
+        fail_msg("supervisor: %s", report);
+    t0 = smolvm_now_ms();
+    assert_int_equal(smolvm_agent_connect(&a, v.sock, true, t0 + 5000, &err), SMOLVM_EVMM);
+    assert_err_contains(err, "the guest reported an error: config disk: no smolvm config disk "
+                             "found");
+    assert_true(smolvm_now_ms() - t0 < 2000);
+    err = smolvm_error_free(err);
+    assert_true(file_contains(v.dir, SMOLVM_SV_LOG, "the guest reported an error: config disk"));
+    /* SIGTERM: the supervisor powers the guest off (Ctrl-Alt-Del: it has no agent) and
+     * exits with the VMM. */
+    assert_int_equal(kill(sv_pid, SIGTERM), 0);
+    sv_wait_exit(smolvm_now_ms() + 10000);
+    assert_false(smolvm_pid_alive(v.vmm, v.vmm_start));
+    sv_free(&v);
+    (void)unsetenv("FAKE_FC_BOOT");
+
+    /* A guest that never says more than its kernel's first line: the deadline is the
+     * client's; the supervisor keeps booting and says how far the boot got. */
+    dir = new_vm("sv-silent");
+    (void)setenv("FAKE_FC_BOOT", "silent", 1);
+    sv_launch(&v, dir, SMOLVM_SV_AGENT, report, sizeof(report));
+    if (!v.vmm)
+        fail_msg("supervisor: %s", report);
+    t0 = smolvm_now_ms();
+    assert_int_equal(smolvm_agent_connect(&a, v.sock, true, t0 + 300, &err), SMOLVM_ETIMEDOUT);
+    assert_true(smolvm_now_ms() - t0 < 1000);
+    err = smolvm_error_free(err);
+    reply = sv_status(&v);
+    assert_string_equal(json_string_value(json_object_get(reply, "state")), "booting");
+    assert_string_equal(json_string_value(json_object_get(reply, "milestone")), "");
+    assert_false(json_is_true(json_object_get(reply, "agent")));
+    json_decref(reply);
+
+    /* The VMM dies while a client waits: the client hears why at once (the pidfd), the
+     * supervisor records the signal and exits. */
+    fd = raw_hello(v.sock);
+    assert_int_equal(kill(v.vmm, SIGKILL), 0);
+    t0 = smolvm_now_ms();
+    g = raw_goaway(fd, t0 + 5000);
+    assert_non_null(g);
+    assert_true(smolvm_now_ms() - t0 < 1000);
+    assert_string_equal(json_string_value(json_object_get(g, "code")), "EVMM");
+    assert_non_null(strstr(json_string_value(json_object_get(g, "message")),
+                           "the vm stopped before it was ready (last milestone: none"));
+    json_decref(g);
+    (void)close(fd);
+    sv_wait_exit(smolvm_now_ms() + 5000);
+    assert_int_equal(smolvm_sv_exit_read(&ex, v.dir, &err), 0);
+    assert_int_equal(ex.signal, SIGKILL);
+    sv_free(&v);
+}
+
+/* A hostile agent: what it sends over vsock ends its channel with a clear error in the
+ * supervisor's log, and the supervisor keeps serving. Each case is a program that
+ * writes the bytes, then keeps what the supervisor sent until the channel closes, then
+ * says so on a FIFO. */
+static void test_sv_hostile_agent(void **state)
+{
+    static const char http[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    static const char v2[] = "{\"version\":2,\"agent\":\"other\"}";
+    static const char ok[] = "{\"version\":1,\"agent\":\"hostile\",\"uptime_ms\":1}";
+    struct {
+        const char *name;
+        uint8_t bytes[256];
+        size_t len;
+        const char *why;
+        bool ready; /* the hello was accepted before the channel broke */
+    } cases[] = {
+        {"sv-http", {0}, 0, "length over 65536", false},
+        {"sv-version", {0}, 0, "unsupported agent protocol version", false},
+        {"sv-type", {0}, 0, "unknown type", true},
+    };
+    size_t i;
+
+    (void)state;
+    memcpy(cases[0].bytes, http, sizeof(http) - 1);
+    cases[0].len = sizeof(http) - 1;
+    {
+        smolvm_agent_header h = {sizeof(v2) - 1, 0, SMOLVM_AGENT_HELLO, 0, 0};
+
+        smolvm_agent_header_encode(cases[1].bytes, &h);
+        memcpy(cases[1].bytes + SMOLVM_AGENT_HEADER_SIZE, v2, sizeof(v2) - 1);
+        cases[1].len = SMOLVM_AGENT_HEADER_SIZE + sizeof(v2) - 1;
+    }
+    {
+        smolvm_agent_header h = {sizeof(ok) - 1, 0, SMOLVM_AGENT_HELLO, 0, 0};
+        uint8_t *b = cases[2].bytes;
+
+        smolvm_agent_header_encode(b, &h);
+        memcpy(b + SMOLVM_AGENT_HEADER_SIZE, ok, sizeof(ok) - 1);
+        b += SMOLVM_AGENT_HEADER_SIZE + sizeof(ok) - 1;
+        memcpy(b, "\0\0\0\0\0\0\0\x01\x63\0\0\0", 12); /* type 99 on stream 1 */
+        cases[2].len = SMOLVM_AGENT_HEADER_SIZE + sizeof(ok) - 1 + 12;
+    }
+
+    for (i = 0; i < SMOLVM_ARRAY_SIZE(cases); i++) {
+        char *bytes = path_in(tmpdir, "hostile.bin"), *got = path_in(tmpdir, "hostile.got");
+        char *fifo = path_in(tmpdir, "hostile.fifo"), *cmd, report[256], buf[16];
+        smolvm_agent *a = NULL;
+        smolvm_error *err = NULL;
+        char *data = NULL;
+        size_t len = 0;
+        cmd_result res;
+        json_t *g, *reply;
+        sv_vm v = {0};
+        char *dir = new_vm(cases[i].name);
+        int ff, fd;
+
+        (void)unlink(fifo);
+        assert_int_equal(mkfifo(fifo, 0600), 0);
+        ff = open(fifo, O_RDWR | O_NONBLOCK | O_CLOEXEC); /* never EOF: waits for the line */
+        assert_true(ff >= 0);
+        {
+            FILE *f = fopen(bytes, "wb");
+
+            assert_non_null(f);
+            assert_int_equal(fwrite(cases[i].bytes, 1, cases[i].len, f), cases[i].len);
+            (void)fclose(f);
+        }
+        cmd =
+            smolvm_strdupf("sh -c \"cat '%s'; cat > '%s'; echo closed > '%s'\"", bytes, got, fifo);
+        (void)setenv("FAKE_FC_AGENT", cmd, 1);
+        (void)setenv("FAKE_FC_AGENT_RESTARTS", "0", 1);
+        sv_launch(&v, dir, SMOLVM_SV_AGENT, report, sizeof(report));
+        if (!v.vmm)
+            fail_msg("supervisor: %s", report);
+        if (read_until(ff, buf, sizeof(buf), "closed", smolvm_now_ms() + 10000) < 0)
+            fail_msg("%s: the supervisor did not close the hostile agent's channel", cases[i].name);
+        /* In its log, with the reason; to the agent, a GOAWAY EPROTO saying the same. */
+        {
+            char *line = smolvm_strdupf("agent channel closed: %s", cases[i].why);
+
+            if (!file_contains(v.dir, SMOLVM_SV_LOG, line))
+                fail_msg("%s: no '%s' in the supervisor's log", cases[i].name, line);
+            free(line);
+        }
+        assert_int_equal(smolvm_read_file(got, 1 << 20, &data, &len, NULL), 0);
+        g = find_goaway((const uint8_t *)data, len);
+        assert_non_null(g);
+        assert_string_equal(json_string_value(json_object_get(g, "code")), "EPROTO");
+        assert_string_equal(json_string_value(json_object_get(g, "message")), cases[i].why);
+        json_decref(g);
+        free(data);
+
+        /* Still serving: its status, and a client's request gets the reason. */
+        assert_int_equal(waitpid(sv_pid, NULL, WNOHANG), 0);
+        reply = sv_status(&v);
+        assert_false(json_is_true(json_object_get(reply, "agent")));
+        assert_string_equal(json_string_value(json_object_get(reply, "state")),
+                            cases[i].ready ? "ready" : "booting");
+        json_decref(reply);
+        if (cases[i].ready) {
+            assert_int_equal(smolvm_agent_connect(&a, v.sock, true, smolvm_now_ms() + 3000, &err),
+                             0);
+            assert_int_equal(run_cmd(a, "true", NULL, &res, &err), SMOLVM_ESTATE);
+            assert_err_contains(err, "the agent channel was lost");
+            err = smolvm_error_free(err);
+            smolvm_agent_free(a);
+        } else {
+            fd = raw_hello(v.sock); /* waits for a ready that does not come */
+            assert_null(raw_goaway(fd, smolvm_now_ms() + 200));
+            (void)close(fd);
+        }
+        assert_int_equal(kill(sv_pid, SIGTERM), 0);
+        sv_wait_exit(smolvm_now_ms() + 10000);
+        assert_false(smolvm_pid_alive(v.vmm, v.vmm_start));
+        (void)close(ff);
+        free(cmd);
+        free(bytes);
+        free(got);
+        free(fifo);
+        sv_free(&v);
+    }
 }
 
 /* ---------------------------------------------------------------- download */
@@ -1310,15 +2391,55 @@ static void test_download(void **state)
     free(dest);
 }
 
+/* After each test, passed or failed: no child of ours keeps running (a failed test's
+ * VMM or supervisor would fail the next test's checks), no jailer setting lingers. */
+static int each_teardown(void **state)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+
+    (void)state;
+    unjail_env();
+    sv_pid = 0;
+    while (d && (e = readdir(d))) {
+        char path[64], *text = NULL, *p;
+        long pid = strtol(e->d_name, &p, 10);
+
+        if (pid <= 0 || *p)
+            continue;
+        (void)snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+        if (smolvm_read_file(path, 4096, &text, NULL, NULL) == 0 && (p = strrchr(text, ')')) &&
+            strtol(p + 4, NULL, 10) == (long)getpid()) {
+            (void)kill((pid_t)pid, SIGKILL);
+            (void)waitpid((pid_t)pid, NULL, 0);
+        }
+        free(text);
+    }
+    if (d)
+        (void)closedir(d);
+    return 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_available),        cmocka_unit_test(test_lifecycle),
-        cmocka_unit_test(test_overlay_disk),     cmocka_unit_test(test_bad_config),
-        cmocka_unit_test(test_config_errors),    cmocka_unit_test(test_boot_errors),
-        cmocka_unit_test(test_contract_checks),  cmocka_unit_test(test_download),
-        cmocka_unit_test(test_jailer_lifecycle), cmocka_unit_test(test_jailer_errors),
-        cmocka_unit_test(test_jailer_tap),       cmocka_unit_test(test_jailer_contract_checks),
+        cmocka_unit_test_teardown(test_available, each_teardown),
+        cmocka_unit_test_teardown(test_lifecycle, each_teardown),
+        cmocka_unit_test_teardown(test_overlay_disk, each_teardown),
+        cmocka_unit_test_teardown(test_bad_config, each_teardown),
+        cmocka_unit_test_teardown(test_config_errors, each_teardown),
+        cmocka_unit_test_teardown(test_boot_errors, each_teardown),
+        cmocka_unit_test_teardown(test_vsock, each_teardown),
+        cmocka_unit_test_teardown(test_contract_checks, each_teardown),
+        cmocka_unit_test_teardown(test_download, each_teardown),
+        cmocka_unit_test_teardown(test_jailer_lifecycle, each_teardown),
+        cmocka_unit_test_teardown(test_jailer_errors, each_teardown),
+        cmocka_unit_test_teardown(test_jailer_tap, each_teardown),
+        cmocka_unit_test_teardown(test_jailer_contract_checks, each_teardown),
+        cmocka_unit_test_teardown(test_sv_agent, each_teardown),
+        cmocka_unit_test_teardown(test_sv_ssh, each_teardown),
+        cmocka_unit_test_teardown(test_sv_boot_errors, each_teardown),
+        cmocka_unit_test_teardown(test_sv_hostile_agent, each_teardown),
     };
     const char *src = getenv("SMOLVM_SOURCE_DIR");
 
@@ -1335,8 +2456,10 @@ int main(void)
                "(apt-get install python3-yaml)\n");
         return 77;
     }
-    if (system("command -v mkfs.ext4 >/dev/null && command -v tar >/dev/null") != 0) {
-        printf("SKIP: mkfs.ext4 and tar are needed\n");
+    if (system("command -v mkfs.ext4 >/dev/null && command -v tar >/dev/null && "
+               "command -v setpriv >/dev/null") != 0) {
+        printf("SKIP: mkfs.ext4, tar and setpriv (the fake's children die with it) are "
+               "needed\n");
         return 77;
     }
     return cmocka_run_group_tests(tests, setup, teardown);

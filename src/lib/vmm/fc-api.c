@@ -334,13 +334,18 @@ int smolvm_fc_snapshot_create(smolvm_fc_api *api, const char *snapshot_path, con
 }
 
 int smolvm_fc_snapshot_load(smolvm_fc_api *api, const char *snapshot_path, const char *mem_path,
-                            int resume, int64_t deadline, smolvm_error **err)
+                            int resume, const char *vsock_uds, int64_t deadline, smolvm_error **err)
 {
     /* mem_backend, not the deprecated mem_file_path. */
-    return put(api, "/snapshot/load",
-               json_pack("{s:s, s:{s:s, s:s}, s:b}", "snapshot_path", snapshot_path, "mem_backend",
-                         "backend_type", "File", "backend_path", mem_path, "resume_vm", resume),
-               deadline, err);
+    json_t *b = json_pack("{s:s, s:{s:s, s:s}, s:b}", "snapshot_path", snapshot_path, "mem_backend",
+                          "backend_type", "File", "backend_path", mem_path, "resume_vm", resume);
+
+    if (b && vsock_uds &&
+        json_object_set_new(b, "vsock_override", json_pack("{s:s}", "uds_path", vsock_uds)) < 0) {
+        json_decref(b);
+        b = NULL;
+    }
+    return put(api, "/snapshot/load", b, deadline, err);
 }
 
 int smolvm_fc_describe(smolvm_fc_api *api, json_t **info, int64_t deadline, smolvm_error **err)

@@ -78,9 +78,11 @@ int smolvm_fc_patch_vm(smolvm_fc_api *api, int paused, int64_t deadline, smolvm_
 /* Full snapshot of a paused VM. */
 int smolvm_fc_snapshot_create(smolvm_fc_api *api, const char *snapshot_path, const char *mem_path,
                               int64_t deadline, smolvm_error **err);
-/* On a fresh process only; resume 1 runs the guest right away. */
+/* On a fresh process only; resume 1 runs the guest right away. vsock_uds (NULL: the
+ * snapshot's own) is where the restored vsock device listens: vsock_override. */
 int smolvm_fc_snapshot_load(smolvm_fc_api *api, const char *snapshot_path, const char *mem_path,
-                            int resume, int64_t deadline, smolvm_error **err);
+                            int resume, const char *vsock_uds, int64_t deadline,
+                            smolvm_error **err);
 /* GET /: the InstanceInfo object (caller decrefs). */
 int smolvm_fc_describe(smolvm_fc_api *api, json_t **info, int64_t deadline, smolvm_error **err);
 /* GET /version: "1.16.1" (caller frees). */

@@ -469,7 +469,9 @@ static int configure(const smolvm_vmm_config *c, const launched *l, int64_t dead
     }
     if (!cmdline)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    if ((r = touch(host_log, err)) < 0 || (r = touch(host_metrics, err)) < 0)
+    /* vmm.log exists since launch() and holds firecracker's stderr so far: not
+     * truncated again. */
+    if ((r = touch(host_metrics, err)) < 0)
         return r;
     /* Jailed, each file is linked into the chroot; the logs keep their place in the
      * dir (a hard link is the same file). */
@@ -588,10 +590,12 @@ static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path, cons
     if (!log)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     r = launch(cfg, 1, &l, deadline, err);
-    if (r == 0 && (r = touch(log, err)) == 0)
-        r = smolvm_fc_put_logger(l.api, log, "Warning", deadline, err);
     if (r == 0)
-        r = smolvm_fc_snapshot_load(l.api, state_path, mem_path, 1, deadline, err);
+        r = smolvm_fc_put_logger(l.api, log, "Warning", deadline, err);
+    /* The snapshot names the vsock socket of the VM it was taken from; the restored
+     * guest's agent must reach this VM's supervisor, which listens at cfg's. */
+    if (r == 0)
+        r = smolvm_fc_snapshot_load(l.api, state_path, mem_path, 1, cfg->vsock_uds, deadline, err);
     if (r < 0)
         return fail_launched(cfg, &l, r, err);
     *out_pid = l.pid;
