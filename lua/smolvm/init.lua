@@ -86,4 +86,29 @@ end
 --- smolvm.list() is VM.list(): every VM's info.
 M.list = vm.VM.list
 
+------------------------------------------------------------------------ templates
+
+--- smolvm.templates() -> { { name=, image=, memory=, vcpus=, created_at=, source_vm=,
+--- ephemeral=, disk_bytes=, stale= }, ... } | nil, msg, code
+-- created_at: wall-clock milliseconds. stale: nil, or why clones of it are refused now
+-- (its image was rebuilt). ephemeral: made by vm:fork, removed with its last clone.
+function M.templates()
+  local list, msg, code = core.templates()
+  if not list then return nil, msg, code end
+  for _, t in ipairs(list) do
+    t.created_at, t.created_at_ms = t.created_at_ms, nil
+  end
+  return list
+end
+
+--- smolvm.template_delete(name) -> true | nil, msg, code. Refused ("ESTATE", the users
+--- named) while a VM or another template is made from it.
+function M.template_delete(name)
+  if not schema.valid_id(name) then
+    error("template_delete: name: expected string matching " .. schema.ID_DESC .. ", got "
+          .. schema.describe(name), 2)
+  end
+  return core.template_delete(name)
+end
+
 return M

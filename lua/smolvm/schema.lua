@@ -89,7 +89,7 @@ M.vm_fields = {
   field("accel", { kind = "enum", values = C.accel }, C.accel[1],
         "Acceleration: \"auto\" uses KVM when the host really supports it, else TCG."),
   field("network", { kind = "enum", values = C.network }, C.network[1],
-        "\"nat\" (own address, egress via masquerade; TAP + nftables, needs root), \"user\" (rootless; no egress unless SMOLVM_USER_EGRESS=1), \"none\" (no NIC, so no commands); \"auto\": nat where it can work (root and an uplink), else user."),
+        "\"nat\" (own address, egress via masquerade; TAP + nftables, needs root), \"user\" (rootless; no egress unless SMOLVM_USER_EGRESS=1), \"none\" (no NIC; commands still reach the guest through the agent); \"auto\": nat where it can work (root and an uplink), else user."),
   field("forwards", { kind = "list", items = FORWARD, max = M.LIMITS.forwards, forwards = true },
         nil, "Port forwards { host=, guest=, address= }; at most 64, host ports unique."),
   field("env", ENV_MAP, nil,
@@ -102,6 +102,8 @@ M.vm_fields = {
                     key = { pattern = "^[%w][%w._/-]*$", desc = "a key of [A-Za-z0-9._/-]" },
                     value = { kind = "string", max_len = C.limits.label, printable = true } }, nil,
         "Labels { key = \"value\" } to find sandboxes by (shown by vm:info() and smolvm ls)."),
+  field("template", { kind = "string", id = true }, nil,
+        "Start as a clone of this template (vm:snapshot, a recipe's template block): its memory, devices and disk, with a fresh identity, in a fraction of a boot. The clone has the template's image, vcpus and memory; giving others is an error."),
 }
 
 local EXPECT = {
@@ -588,9 +590,16 @@ local function vm_record(v, errs, prefix, fields)
   return check_fields(fields, v, "", errs, { defaults = true })
 end
 
-local function finish_vm(out)
+-- given: the options as written. A clone's machine is its template's: the defaults of
+-- vcpus, memory and image do not apply to it (only what was written is checked).
+local function finish_vm(out, given)
   out.forwards = out.forwards or {}
   out.env = out.env or {}
+  if out.template then
+    for _, k in ipairs({ "vcpus", "memory", "image" }) do
+      if given[k] == nil then out[k] = nil end
+    end
+  end
   return out
 end
 
@@ -603,7 +612,7 @@ function M.validate_vm(opts)
   if opts == nil then opts = {} end
   local out = vm_record(opts, errs, "", M.vm_fields)
   if #errs > 0 then return nil, errs end
-  return finish_vm(out)
+  return finish_vm(out, opts)
 end
 
 local sandbox_fields = {}
@@ -619,7 +628,7 @@ function M.validate_sandbox(body)
   if not out then return nil, errs end
   local sb = { files = out.files or {}, steps = out.steps or {}, keep = out.keep or false }
   out.files, out.steps, out.keep = nil, nil, nil
-  sb.vm = finish_vm(out)
+  sb.vm = finish_vm(out, body)
   if #errs > 0 then return nil, errs end
   return sb
 end

@@ -346,6 +346,51 @@ function methods.keep(self)
   return self
 end
 
+--- vm:pause() / vm:resume() -> true | nil, msg, code. A paused VM (status "paused")
+--- uses no CPU; its commands fail with "ESTATE" until it is resumed.
+function methods.pause(self)
+  return ud(self):pause()
+end
+
+function methods.resume(self)
+  return ud(self):resume()
+end
+
+--- vm:suspend() -> true | nil, msg, code: memory to disk, the VMM gone (status
+--- "suspended", its address kept); vm:start() resumes it where it was.
+function methods.suspend(self)
+  return ud(self):suspend()
+end
+
+--- vm:snapshot(name) -> true | nil, msg, code: a template of the running VM (memory,
+--- devices, disk); it goes on running. smolvm.VM{ template = name } makes clones.
+function methods.snapshot(self, name)
+  local u = ud(self)
+  if not schema.valid_id(name) then
+    argerror(2, "snapshot: name: expected string matching %s, got %s", schema.ID_DESC,
+             describe(name))
+  end
+  return u:snapshot(name)
+end
+
+--- vm:fork{ count = 1, timeout = 60 } -> { vm, ... } | nil, msg, code: count clones of
+--- the running VM, each running commands when this returns; the VM goes on. The clones
+--- are owned like VMs made by smolvm.VM{} (deleted with their objects unless kept).
+function methods.fork(self, opts)
+  local u = ud(self)
+  opts = check_opts("fork", opts, { "count", "timeout" }, 2)
+  local count = opts.count == nil and 1 or opts.count
+  if type(count) ~= "number" or count ~= math.floor(count) or count < 1 or count > 64 then
+    argerror(2, "fork: count: expected integer 1..64, got %s", describe(opts.count))
+  end
+  local list, msg, code = u:fork(count, check_timeout("fork", opts.timeout,
+                                                      DEFAULT_START_TIMEOUT, 2))
+  if not list then return nil, msg, code end
+  local out = {}
+  for i, c in ipairs(list) do out[i] = wrap(c) end
+  return out
+end
+
 --- vm:close() -> true | nil, msg, code. Frees the handle; an owned VM (made by VM{},
 --- not kept, not deleted) is stopped and deleted first. Idempotent.
 function methods.close(self)

@@ -296,6 +296,11 @@ int agent_identity_apply(const struct agent_identity *id, void *payload, const c
         info->buf_size = (int)id->entropy_len;
         memcpy(&pool[2], id->entropy, id->entropy_len);
         int rc = fd < 0 ? -1 : ioctl(fd, RNDADDENTROPY, info);
+        /* Credited entropy only reseeds the crng on the kernel's schedule (up to a
+         * minute): a clone and its siblings would read the same bytes until then.
+         * Reseed now. */
+        if (rc == 0)
+            rc = ioctl(fd, RNDRESEEDCRNG);
         int e = errno;
         memset(&pool, 0, sizeof(pool));
         if (fd >= 0)

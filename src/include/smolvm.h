@@ -136,6 +136,9 @@ SMOLVM_EXTERN smolvm_ctx *smolvm_ctx_free(smolvm_ctx *ctx);
 /* Borrowed until the context is freed. */
 SMOLVM_EXTERN const char *smolvm_ctx_state_dir(const smolvm_ctx *ctx);
 SMOLVM_EXTERN const char *smolvm_ctx_image_dir(const smolvm_ctx *ctx);
+/* Where templates live: $SMOLVM_TEMPLATE_DIR, else $XDG_DATA_HOME/smolvm/templates,
+ * else ~/.local/share/smolvm/templates. */
+SMOLVM_EXTERN const char *smolvm_ctx_template_dir(const smolvm_ctx *ctx);
 SMOLVM_EXTERN const char *smolvm_ctx_db_path(const smolvm_ctx *ctx);
 
 /* Resolve the default state directory without creating anything. Caller frees. */
@@ -257,12 +260,17 @@ typedef struct smolvm_vm_options {
                                  * their VMs by (shown in info) */
     int ephemeral;              /* 1: deleted when the creating process exits, even by
                                  * SIGKILL (smolvm_vm_keep undoes it) */
+    /* ---- version 3 */
+    const char *template_name; /* NULL: boot the image; else start as a clone of this
+                                * template (its image, vcpus and memory; see
+                                * docs/templates.md) */
 } smolvm_vm_options;
-#define SMOLVM_VM_OPTIONS_VERSION 2
+#define SMOLVM_VM_OPTIONS_VERSION 3
 #define SMOLVM_VM_OPTIONS_INIT                                                                     \
     {                                                                                              \
         SMOLVM_VM_OPTIONS_VERSION, NULL, 0, 0, SMOLVM_DISK_ISOLATED, NULL, SMOLVM_BACKEND_AUTO,    \
-            SMOLVM_ACCEL_AUTO, SMOLVM_NET_AUTO, NULL, NULL, 0, SMOLVM_TRANSPORT_AUTO, 0, NULL, 0   \
+            SMOLVM_ACCEL_AUTO, SMOLVM_NET_AUTO, NULL, NULL, 0, SMOLVM_TRANSPORT_AUTO, 0, NULL, 0,  \
+            NULL                                                                                   \
     }
 
 /* Fill opts with the defaults of `version`; SMOLVM_EINVAL for an unknown version. */
@@ -295,6 +303,43 @@ SMOLVM_EXTERN int smolvm_vm_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **e
 SMOLVM_EXTERN int smolvm_vm_delete(smolvm_vm *vm, smolvm_error **err);
 /* An ephemeral VM no longer dies with the process that made it (its ttl still holds). */
 SMOLVM_EXTERN int smolvm_vm_keep(smolvm_vm *vm, smolvm_error **err);
+
+/* ---- Pause, templates, fork, suspend (docs/templates.md). QEMU VMs with the agent. */
+
+/* Stop the guest's CPUs (status "paused"; its VMM uses no CPU); commands fail with
+ * SMOLVM_ESTATE until smolvm_vm_resume. Pausing a paused VM does nothing. */
+SMOLVM_EXTERN int smolvm_vm_pause(smolvm_vm *vm, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_vm_resume(smolvm_vm *vm, smolvm_error **err);
+/* Freeze the running VM's memory, devices and disk into template `name` (it goes on
+ * running). SMOLVM_EEXIST if the template exists. */
+SMOLVM_EXTERN int smolvm_vm_snapshot(smolvm_vm *vm, const char *name, smolvm_error **err);
+/* count clones of the running VM, started (each runs commands when this returns). The
+ * VM goes on running. *out: an array of count handles; free each, then the array. */
+SMOLVM_EXTERN int smolvm_vm_fork(smolvm_vm ***out, smolvm_vm *vm, size_t count, int timeout_ms,
+                                 smolvm_error **err);
+/* Write the VM's memory to disk and end its VMM (status "suspended"; its address and
+ * forwards are kept); smolvm_vm_start resumes it where it was. */
+SMOLVM_EXTERN int smolvm_vm_suspend(smolvm_vm *vm, smolvm_error **err);
+
+typedef struct smolvm_template_info {
+    char *name;
+    char *image;
+    unsigned vcpus;
+    unsigned memory_mib;
+    int64_t created_at;  /* wall clock, ms */
+    char *source_vm;     /* the VM it was made from */
+    int ephemeral;       /* a fork's: removed with its last clone */
+    uint64_t disk_bytes; /* its files on disk */
+    char *stale;         /* NULL, or why clones of it are refused now */
+} smolvm_template_info;
+
+/* Every template (sorted by name). Free with smolvm_templates_free. */
+SMOLVM_EXTERN int smolvm_templates(smolvm_template_info **out, size_t *n, smolvm_ctx *ctx,
+                                   smolvm_error **err);
+SMOLVM_EXTERN void smolvm_templates_free(smolvm_template_info *list, size_t n);
+/* Remove a template; refused (SMOLVM_ESTATE, its users named) while a VM or another
+ * template is made from it. */
+SMOLVM_EXTERN int smolvm_template_delete(smolvm_ctx *ctx, const char *name, smolvm_error **err);
 
 /* Borrowed until the handle is freed. */
 SMOLVM_EXTERN const char *smolvm_vm_id(const smolvm_vm *vm);

@@ -131,6 +131,9 @@ int smolvm_ctx_new(smolvm_ctx **out, const smolvm_ctx_options *opts, smolvm_erro
             r = resolve_dir(&ctx->image_dir, "SMOLVM_IMAGE_DIR", "XDG_DATA_HOME", ".local/share",
                             "smolvm/images", err);
     }
+    if (r == 0)
+        r = resolve_dir(&ctx->template_dir, "SMOLVM_TEMPLATE_DIR", "XDG_DATA_HOME", ".local/share",
+                        "smolvm/templates", err);
     if (r == SMOLVM_ENOMEM)
         smolvm_err(err, r, "out of memory");
     if (r == 0)
@@ -154,6 +157,7 @@ smolvm_ctx *smolvm_ctx_free(smolvm_ctx *ctx)
     smolvm_store_free(ctx->store);
     free(ctx->state_dir);
     free(ctx->image_dir);
+    free(ctx->template_dir);
     free(ctx->db_path);
     free(ctx->nat_cidr);
     free(ctx->nat_uplink);
@@ -171,6 +175,11 @@ const char *smolvm_ctx_state_dir(const smolvm_ctx *ctx)
 const char *smolvm_ctx_image_dir(const smolvm_ctx *ctx)
 {
     return ctx->image_dir;
+}
+
+const char *smolvm_ctx_template_dir(const smolvm_ctx *ctx)
+{
+    return ctx->template_dir;
 }
 
 const char *smolvm_ctx_db_path(const smolvm_ctx *ctx)

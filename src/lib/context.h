@@ -9,9 +9,10 @@
 #define SMOLVM_NAT_CIDR_DEFAULT "172.16.0.0/16"
 
 struct smolvm_ctx {
-    char *state_dir; /* created, mode 0700 */
-    char *image_dir; /* not created: images are built by scripts/build-image.sh */
-    char *db_path;   /* state_dir/smolvm.db */
+    char *state_dir;    /* created, mode 0700 */
+    char *image_dir;    /* not created: images are built by scripts/build-image.sh */
+    char *template_dir; /* created (0700) when the first template is made */
+    char *db_path;      /* state_dir/smolvm.db */
     smolvm_store *store;
     smolvm_log_fn log;
     void *log_payload;

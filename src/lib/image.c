@@ -22,6 +22,8 @@ smolvm_image *smolvm_image_free(smolvm_image *img)
         free(img->dir);
         free(img->kernel);
         free(img->rootfs);
+        free(img->built);
+        free(img->inputs_hash);
         free(img);
     }
     return NULL;
@@ -38,6 +40,10 @@ static void read_manifest(smolvm_image *img)
         return;
     m = json_loads(text, 0, NULL);
     img->has_agent = json_is_string(json_object_get(m, "agent"));
+    if (json_is_string(json_object_get(m, "built")))
+        img->built = strdup(json_string_value(json_object_get(m, "built")));
+    if (json_is_string(json_object_get(m, "inputs_hash")))
+        img->inputs_hash = strdup(json_string_value(json_object_get(m, "inputs_hash")));
     json_decref(m);
 }
 

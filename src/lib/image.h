@@ -10,10 +10,12 @@
 
 typedef struct smolvm_image {
     char *name;
-    char *dir;      /* <image dir>/<name> */
-    char *kernel;   /* dir/vmlinux */
-    char *rootfs;   /* dir/rootfs.ext4 (raw) */
-    bool has_agent; /* the manifest names our guest agent */
+    char *dir;         /* <image dir>/<name> */
+    char *kernel;      /* dir/vmlinux */
+    char *rootfs;      /* dir/rootfs.ext4 (raw) */
+    bool has_agent;    /* the manifest names our guest agent */
+    char *built;       /* the manifest's "built" (when the build finished), or NULL */
+    char *inputs_hash; /* the manifest's "inputs_hash", or NULL */
 } smolvm_image;
 
 /* Find an image by name (same charset as VM ids). Missing: SMOLVM_EHOST with a hint

@@ -46,15 +46,20 @@ int smolvm_id_valid(const char *id)
     return 1;
 }
 
-static int status_valid(const char *status)
+const char *smolvm_vm_status_canonical(const char *status)
 {
-    static const char *const known[] = {"created",  "starting", "running",
-                                        "stopping", "stopped",  "error"};
+    static const char *const known[] = {"created", "starting", "running",    "paused",   "stopping",
+                                        "stopped", "error",    "suspending", "suspended"};
 
     for (size_t i = 0; status && i < SMOLVM_ARRAY_SIZE(known); i++)
         if (strcmp(status, known[i]) == 0)
-            return 1;
-    return 0;
+            return known[i];
+    return NULL;
+}
+
+static int status_valid(const char *status)
+{
+    return smolvm_vm_status_canonical(status) != NULL;
 }
 
 smolvm_vm_row *smolvm_vm_row_free(smolvm_vm_row *row)

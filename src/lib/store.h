@@ -38,6 +38,10 @@ void smolvm_vm_rows_free(smolvm_vm_row **rows, size_t n);
 /* Valid VM id? */
 int smolvm_id_valid(const char *id);
 
+/* The stored VM statuses: created starting running paused stopping stopped error
+ * suspending suspended. The static copy of status, or NULL for any other string. */
+const char *smolvm_vm_status_canonical(const char *status);
+
 /* Insert a VM. row->id NULL: generate "vm-" + 8 random hex chars, retrying on a
  * clash, and store the generated id in row->id. A given id already in use:
  * SMOLVM_EEXIST. created_at/updated_at are set here. */

@@ -59,6 +59,20 @@ int smolvm_sv_spec_write(const smolvm_sv_spec *s, smolvm_error **err)
                   "owner_pid", (json_int_t)s->owner_pid, "owner_start", (json_int_t)s->owner_start,
                   "expires_at", (json_int_t)s->expires_at, "console_max",
                   (json_int_t)s->console_max, "vmm", vmm_to_json(&s->vmm));
+    if (o && s->shared_memory)
+        (void)json_object_set_new(o, "shared_memory", json_true());
+    if (o && s->restore.set) {
+        const smolvm_sv_restore *rs = &s->restore;
+        json_t *ro =
+            json_pack("{s:s, s:o, s:b, s:O?, s:I, s:O?}", "state", rs->state, "mem",
+                      jstr_or_null(rs->mem), "mem_private", rs->mem_private, "agent", rs->agent,
+                      "next_stream", (json_int_t)rs->next_stream, "identity", rs->identity);
+
+        if (!ro || json_object_set_new(o, "restore", ro) < 0) {
+            json_decref(o);
+            o = NULL;
+        }
+    }
     text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text)
@@ -133,7 +147,28 @@ static int vmm_from_json(smolvm_sv_spec *s, json_t *v)
     }
     c->hostfwds = s->hostfwds;
     c->n_hostfwds = json_array_size(fwds);
-    c->console_fd = c->ctl_fd = c->agent_fd = -1;
+    c->console_fd = c->ctl_fd = c->agent_fd = c->mem_fd = -1;
+    return 0;
+}
+
+static int restore_from_json(smolvm_sv_restore *rs, json_t *v)
+{
+    json_int_t next;
+
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v) || opt_str(v, "state", &rs->state) || !rs->state ||
+        rs->state[0] != '/' || opt_str(v, "mem", &rs->mem) || (rs->mem && rs->mem[0] != '/'))
+        return -1;
+    rs->mem_private = json_is_true(json_object_get(v, "mem_private"));
+    rs->agent = json_object_get(v, "agent");
+    rs->identity = json_object_get(v, "identity");
+    next = json_integer_value(json_object_get(v, "next_stream"));
+    if ((rs->agent && !json_is_object(rs->agent)) ||
+        (rs->identity && !json_is_object(rs->identity)) || next < 0 || next > UINT32_MAX / 2)
+        return -1;
+    rs->next_stream = (uint32_t)next;
+    rs->set = true;
     return 0;
 }
 
@@ -156,7 +191,8 @@ int smolvm_sv_spec_read(smolvm_sv_spec **out, const char *dir, smolvm_error **er
         opt_str(s->json, "vm", &vm) || opt_str(s->json, "dir", &d) ||
         opt_str(s->json, "state_dir", &state) || opt_str(s->json, "backend", &backend) ||
         opt_str(s->json, "transport", &transport) || !vm || !d || !state || !transport ||
-        vmm_from_json(s, json_object_get(s->json, "vmm")) < 0)
+        vmm_from_json(s, json_object_get(s->json, "vmm")) < 0 ||
+        restore_from_json(&s->restore, json_object_get(s->json, "restore")) < 0)
         return smolvm_err(err, SMOLVM_EINVAL, "'%s': a member is missing or malformed", path);
     s->backend = smolvm_backend_from_string(backend);
     s->transport = strcmp(transport, "ssh") == 0 ? SMOLVM_SV_SSH : SMOLVM_SV_AGENT;
@@ -164,6 +200,7 @@ int smolvm_sv_spec_read(smolvm_sv_spec **out, const char *dir, smolvm_error **er
     s->owner_start = (uint64_t)json_integer_value(json_object_get(s->json, "owner_start"));
     s->expires_at = json_integer_value(json_object_get(s->json, "expires_at"));
     s->console_max = (uint64_t)json_integer_value(json_object_get(s->json, "console_max"));
+    s->shared_memory = json_is_true(json_object_get(s->json, "shared_memory"));
     if (s->backend != SMOLVM_BACKEND_QEMU && s->backend != SMOLVM_BACKEND_FIRECRACKER)
         return smolvm_err(err, SMOLVM_EINVAL, "'%s': unknown backend", path);
     if (s->console_max < SMOLVM_CONSOLE_MAX_MIN)

@@ -29,6 +29,20 @@ typedef enum smolvm_sv_transport {
     SMOLVM_SV_SSH,   /* ready when the guest's init says so (sshd listens) */
 } smolvm_sv_transport;
 
+/* A VM that continues from a snapshot (a template's clone, a suspended VM) instead of
+ * booting. Strings and objects borrowed from the spec's json. */
+typedef struct smolvm_sv_restore {
+    bool set;
+    const char *state;    /* the device state (QEMU: the migration stream) */
+    const char *mem;      /* the memory file; NULL: the RAM is in the state */
+    bool mem_private;     /* map mem privately, copy on write (a clone); else load it into
+                           * the memfd (a suspended VM resuming) */
+    json_t *agent;        /* the agent's hello when the snapshot was taken */
+    uint32_t next_stream; /* QEMU: the agent's session goes on; the first stream id free */
+    json_t *identity;     /* the identity request's hostname and net (the supervisor adds
+                           * entropy and the time) */
+} smolvm_sv_restore;
+
 typedef struct smolvm_sv_spec {
     char *vm_id;
     char *dir;
@@ -40,6 +54,8 @@ typedef struct smolvm_sv_spec {
     int64_t expires_at;    /* wall-clock ms; 0: no ttl */
     uint64_t console_max;  /* bytes of console log kept (two files of half each) */
     smolvm_vmm_config vmm; /* strings borrowed from `json`; fds are set by the supervisor */
+    bool shared_memory;    /* QEMU: the guest RAM is a memfd the supervisor makes and holds */
+    smolvm_sv_restore restore;
     smolvm_vmm_hostfwd *hostfwds;
     json_t *json; /* owns the strings above */
 } smolvm_sv_spec;

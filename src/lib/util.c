@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -178,6 +179,50 @@ int smolvm_write_file_atomic(const char *path, const void *data, size_t len, uns
 
         (void)unlink(tmp);
         return smolvm_err_errno(err, e, "write '%s'", path);
+    }
+    return 0;
+}
+
+int smolvm_copy_file(const char *src, const char *dst, unsigned mode, smolvm_error **err)
+{
+    _cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC);
+    _cleanup_close_ int out = -1;
+    struct stat st;
+    off_t left;
+    bool plain = false;
+
+    if (in < 0)
+        return smolvm_err_errno(err, errno, "open '%s'", src);
+    if (fstat(in, &st) < 0)
+        return smolvm_err_errno(err, errno, "stat '%s'", src);
+    out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (out < 0)
+        return smolvm_err_errno(err, errno, "create '%s'", dst);
+    for (left = st.st_size; left > 0;) {
+        /* copy_file_range shares extents where the file system can (XFS, btrfs) and
+         * stays in the kernel elsewhere; across file systems it may refuse. */
+        ssize_t n = plain ? sendfile(out, in, NULL, (size_t)left)
+                          : copy_file_range(in, NULL, out, NULL, (size_t)left, 0);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && !plain && (errno == EXDEV || errno == EINVAL || errno == ENOSYS)) {
+            plain = true;
+            continue;
+        }
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+
+            (void)unlink(dst);
+            return smolvm_err_errno(err, e, "copy '%s' to '%s'", src, dst);
+        }
+        left -= n;
+    }
+    if (fsync(out) < 0) {
+        int e = errno;
+
+        (void)unlink(dst);
+        return smolvm_err_errno(err, e, "fsync '%s'", dst);
     }
     return 0;
 }

@@ -82,6 +82,10 @@ char *smolvm_file_tail(const char *path, long long from, size_t max_bytes, int m
 int smolvm_write_file_atomic(const char *path, const void *data, size_t len, unsigned mode,
                              smolvm_error **err);
 
+/* Copy the file src to dst (created, must not exist; mode), synced. A failure leaves
+ * no dst. */
+int smolvm_copy_file(const char *src, const char *dst, unsigned mode, smolvm_error **err);
+
 /* Fill buf with random bytes from getrandom(). */
 int smolvm_random(void *buf, size_t len, smolvm_error **err);
 

@@ -52,6 +52,7 @@ smolvm_vm_config *smolvm_vm_config_free(smolvm_vm_config *c)
     free(c->cidr);
     strv_free(c->env);
     strv_free(c->labels);
+    free(c->template_name);
     free(c->forwards);
     free(c);
     return NULL;
@@ -99,7 +100,10 @@ int smolvm_vm_options_check(smolvm_vm_options *out, const smolvm_vm_options *in,
     if (in->version < 1 || in->version > SMOLVM_VM_OPTIONS_VERSION)
         return smolvm_err(err, SMOLVM_EINVAL, "vm options: unknown version %u", in->version);
     /* A version 1 struct ends before the version 2 fields: read only what it has. */
-    memcpy(&o, in, in->version == 1 ? offsetof(smolvm_vm_options, transport) : sizeof(o));
+    memcpy(&o, in,
+           in->version == 1   ? offsetof(smolvm_vm_options, transport)
+           : in->version == 2 ? offsetof(smolvm_vm_options, template_name)
+                              : sizeof(o));
     if (o.vcpus == 0)
         o.vcpus = SMOLVM_VCPUS_DEFAULT;
     if (o.memory_mib == 0)
@@ -274,7 +278,7 @@ int smolvm_vm_config_new(smolvm_vm_config **out, const smolvm_vm_options *o, smo
         c->disk_format = SMOLVM_DISK_FORMAT_RAW;
         if (o->disk == SMOLVM_DISK_ISOLATED)
             bad |= !(c->overlay_disk = smolvm_strdupf("%s/upper.ext4", w->dir));
-    } else if (o->disk == SMOLVM_DISK_SHARED) {
+    } else if (o->disk == SMOLVM_DISK_SHARED && !w->template_name) {
         bad |= dup_into(&c->disk_path, w->rootfs);
         c->disk_format = SMOLVM_DISK_FORMAT_RAW;
     } else {
@@ -290,6 +294,8 @@ int smolvm_vm_config_new(smolvm_vm_config **out, const smolvm_vm_options *o, smo
                    : w->image_has_agent                  ? SMOLVM_TRANSPORT_AGENT
                                                          : SMOLVM_TRANSPORT_SSH;
     c->ttl_ms = o->ttl_ms;
+    if (w->template_name)
+        bad |= dup_into(&c->template_name, w->template_name);
     for (n_env = 0; o->labels && o->labels[n_env]; n_env++)
         ;
     c->labels = calloc(n_env + 1, sizeof(*c->labels));
@@ -350,6 +356,7 @@ int smolvm_vm_config_to_json(char **out, const smolvm_vm_config *c, smolvm_error
         bad |= set_str(o, "transport", smolvm_transport_to_string(c->transport));
         bad |= json_object_set_new(o, "ttl_ms", json_integer(c->ttl_ms));
         bad |= json_object_set(o, "labels", labels);
+        bad |= set_str(o, "template", c->template_name);
     }
     text = bad ? NULL : json_dumps(o, JSON_COMPACT);
     json_decref(o);
@@ -473,7 +480,8 @@ int smolvm_vm_config_from_json(smolvm_vm_config **out, const char *text, smolvm_
           get_str(o, "disk_format", true, &format) ||
           get_str(o, "overlay_disk", false, &c->overlay_disk) ||
           get_str(o, "guest_ip", false, &c->guest_ip) || get_str(o, "cidr", false, &c->cidr) ||
-          get_str(o, "transport", false, &transport) || get_labels(o, c);
+          get_str(o, "transport", false, &transport) || get_labels(o, c) ||
+          get_str(o, "template", false, &c->template_name);
     c->ttl_ms = json_integer_value(json_object_get(o, "ttl_ms"));
     json_decref(o);
     if (bad)

@@ -52,6 +52,7 @@ typedef struct smolvm_vm_config {
     int64_t ttl_ms;             /* 0: none */
     char **labels;              /* NULL-terminated "key=value" */
     size_t n_labels;
+    char *template_name; /* made as a clone of this template (its disk backs ours); or NULL */
 } smolvm_vm_config;
 
 smolvm_vm_config *smolvm_vm_config_free(smolvm_vm_config *c);
@@ -81,13 +82,15 @@ int smolvm_vm_resolve(smolvm_backend *backend, smolvm_net_mode *network, const s
 
 /* Where a new VM's pieces are, decided by the caller. */
 typedef struct smolvm_vm_placement {
-    const char *dir;      /* the VM's directory */
-    const char *image;    /* image name */
-    const char *kernel;   /* the image's kernel */
-    const char *rootfs;   /* the image's raw root filesystem */
-    const char *cidr;     /* nat pool */
-    const char *user_ip;  /* user networking guest address */
-    bool image_has_agent; /* the image carries our agent (transport "auto" uses it) */
+    const char *dir;           /* the VM's directory */
+    const char *image;         /* image name */
+    const char *kernel;        /* the image's kernel */
+    const char *rootfs;        /* the image's raw root filesystem */
+    const char *cidr;          /* nat pool */
+    const char *user_ip;       /* user networking guest address */
+    bool image_has_agent;      /* the image carries our agent (transport "auto" uses it) */
+    const char *template_name; /* a clone of this template: its disk is an overlay of the
+                                * template's (never the shared base) */
 } smolvm_vm_placement;
 
 /* The configuration of a new VM from checked options and resolved choices. */

@@ -10,6 +10,7 @@
 #include "image.h"
 #include "proc.h"
 #include "ssh.h"
+#include "template.h"
 #include "vm-config.h"
 #include "vm-internal.h"
 #include "vm-net.h"
@@ -61,8 +62,67 @@ static int resolve(smolvm_backend *backend, smolvm_net_mode *network, smolvm_ctx
     return r;
 }
 
+/* A clone takes its machine from its template: what the options say must agree. opts
+ * are the caller's (before defaults), o the checked copy that is adjusted. */
+static int clone_options(smolvm_vm_options *o, smolvm_template **out, smolvm_ctx *ctx,
+                         const smolvm_vm_options *opts, smolvm_error **err)
+{
+    _cleanup_(smolvm_template_freep) smolvm_template *t = NULL;
+    const char *name = o->template_name;
+    int r;
+
+    if ((r = smolvm_template_open(&t, ctx, name, err)) < 0)
+        return r;
+
+    if (t->backend != SMOLVM_BACKEND_QEMU)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "template '%s': clones of %s templates are not supported yet", name,
+                          smolvm_backend_to_string(t->backend));
+    if (opts->backend != SMOLVM_BACKEND_AUTO && opts->backend != t->backend)
+        return smolvm_err(err, SMOLVM_EINVAL, "backend: a clone runs on its template's ('%s')",
+                          smolvm_backend_to_string(t->backend));
+    if (opts->memory_mib && opts->memory_mib != t->memory_mib)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "memory: a clone has its template's memory (%u MiB), got %u",
+                          t->memory_mib, opts->memory_mib);
+    if (opts->vcpus && opts->vcpus != t->vcpus)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "vcpus: a clone has its template's vcpus (%u), got %u", t->vcpus,
+                          opts->vcpus);
+    if (opts->image && strcmp(opts->image, t->image) != 0)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "image: a clone has its template's image ('%s'), got '%s'", t->image,
+                          opts->image);
+    if (o->transport == SMOLVM_TRANSPORT_SSH)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "transport: a clone is reached through its agent, not 'ssh'");
+    if (o->disk == SMOLVM_DISK_SHARED)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "disk: a clone's disk is an overlay of its template's ('isolated')");
+    if (t->network == SMOLVM_NET_NONE && o->network != SMOLVM_NET_AUTO &&
+        o->network != SMOLVM_NET_NONE)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "network: template '%s' has no network device; its clones have none",
+                          name);
+    if (t->network != SMOLVM_NET_NONE && o->network == SMOLVM_NET_NONE)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "network: template '%s' has a network device; a clone needs 'nat' or "
+                          "'user'",
+                          name);
+    o->backend = t->backend;
+    o->memory_mib = t->memory_mib;
+    o->vcpus = t->vcpus;
+    o->image = t->image;
+    o->transport = SMOLVM_TRANSPORT_AGENT;
+    if (t->network == SMOLVM_NET_NONE)
+        o->network = SMOLVM_NET_NONE;
+    *out = TAKE_PTR(t);
+    return 0;
+}
+
 /* Everything after the record exists; on failure the caller removes dir and record. */
-static int prepare(smolvm_vm *vm, const smolvm_image *img, smolvm_error **err)
+static int prepare(smolvm_vm *vm, const smolvm_image *img, const smolvm_template *tpl,
+                   smolvm_error **err)
 {
     const char *dir = vm->row->dir;
     const smolvm_vm_config *c = vm->cfg;
@@ -82,9 +142,13 @@ static int prepare(smolvm_vm *vm, const smolvm_image *img, smolvm_error **err)
     if ((r = smolvm_client_key(&client, &client_pub, vm->ctx, err)) < 0)
         return r;
     /* qemu: a qcow2 overlay now; firecracker makes its overlay upper disk at start. */
-    if (c->backend == SMOLVM_BACKEND_QEMU &&
-        (r = smolvm_image_make_disk(img, c->disk, dir, &disk, &format, err)) < 0)
+    if (tpl) {
+        if ((r = smolvm_template_make_disk(tpl, dir, &disk, err)) < 0)
+            return r;
+    } else if (c->backend == SMOLVM_BACKEND_QEMU &&
+               (r = smolvm_image_make_disk(img, c->disk, dir, &disk, &format, err)) < 0) {
         return r;
+    }
     if ((r = smolvm_config_disk_write(cfgdisk, vm->id, client_pub, hostkey,
                                       (const char *const *)c->env, err)) < 0)
         return r;
@@ -117,7 +181,7 @@ static int prepare(smolvm_vm *vm, const smolvm_image *img, smolvm_error **err)
 /* Insert the record under opts->id, or a fresh random id (retried on a clash). */
 static int insert(smolvm_vm_row *row, smolvm_ctx *ctx, const smolvm_vm_options *o,
                   smolvm_backend backend, smolvm_net_mode network, const smolvm_image *img,
-                  smolvm_error **err)
+                  const smolvm_template *tpl, smolvm_error **err)
 {
     char genid[16];
     int r, attempt;
@@ -148,6 +212,7 @@ static int insert(smolvm_vm_row *row, smolvm_ctx *ctx, const smolvm_vm_options *
             .cidr = ctx->nat_cidr,
             .user_ip = SMOLVM_USER_GUEST_IP,
             .image_has_agent = img->has_agent,
+            .template_name = tpl ? tpl->name : NULL,
         };
         if ((r = smolvm_vm_config_new(&cfg, o, backend, network, &where, err)) < 0 ||
             (r = smolvm_vm_config_to_json(&row->config_json, cfg, err)) < 0)
@@ -179,6 +244,7 @@ int smolvm_vm_create(smolvm_vm **out, smolvm_ctx *ctx, const smolvm_vm_options *
     smolvm_vm_options defaults = SMOLVM_VM_OPTIONS_INIT, o;
     smolvm_backend backend = SMOLVM_BACKEND_QEMU;
     smolvm_net_mode network = SMOLVM_NET_USER;
+    _cleanup_(smolvm_template_freep) smolvm_template *tpl = NULL;
     smolvm_image *img = NULL;
     smolvm_vm *vm = NULL;
     smolvm_vm_row row = {0};
@@ -186,13 +252,19 @@ int smolvm_vm_create(smolvm_vm **out, smolvm_ctx *ctx, const smolvm_vm_options *
 
     if ((r = smolvm_vm_options_check(&o, opts ? opts : &defaults, err)) < 0)
         return r;
+    if (o.template_name && (r = clone_options(&o, &tpl, ctx, opts, err)) < 0)
+        return r;
     if ((r = resolve(&backend, &network, ctx, &o, err)) < 0)
         return r;
     if ((r = smolvm_image_find(ctx, o.image, &img, err)) < 0)
         return r;
-    r = insert(&row, ctx, &o, backend, network, img, err);
+    if (tpl && (r = smolvm_template_check_image(tpl, img, err)) < 0) {
+        smolvm_image_free(img);
+        return r;
+    }
+    r = insert(&row, ctx, &o, backend, network, img, tpl, err);
     if (r == 0 && ((r = smolvm_vm_alloc(&vm, ctx, row.id, err)) < 0 ||
-                   (r = smolvm_vm_refresh(vm, err)) < 0 || (r = prepare(vm, img, err)) < 0)) {
+                   (r = smolvm_vm_refresh(vm, err)) < 0 || (r = prepare(vm, img, tpl, err)) < 0)) {
         /* Nothing half-made stays: the directory, then the record (its ports go with
          * it). */
         (void)smolvm_rm_rf(row.dir, NULL);

@@ -33,8 +33,9 @@ struct smolvm_vm {
     bool deleted;
     struct { /* between smolvm_vm_start_begin and _finish */
         bool pending;
-        bool was_running; /* finish only reconnects */
-        int lock;         /* the VM's lock, held throughout */
+        bool was_running;    /* finish only reconnects */
+        bool from_suspended; /* continues a suspended VM: its saved state goes at finish */
+        int lock;            /* the VM's lock, held throughout */
         int64_t t0, deadline;
     } start;
 };

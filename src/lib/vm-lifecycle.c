@@ -2,11 +2,14 @@
 /* Start, stop and delete: the VM's life against the store. */
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <jansson.h>
 #include <string.h>
 
 #include "error.h"
 #include "guest-config.h"
+#include "image.h"
+#include "template.h"
 #include "host.h"
 #include "proc.h"
 #include "agent-client.h"
@@ -26,10 +29,79 @@
 #define SUPERVISOR_EXIT_MS 2000 /* a supervisor exits at once after its vmm */
 #define SUPERVISOR_CALL_MS 5000
 
+static int netmask_prefix(const char *mask)
+{
+    struct in_addr a;
+
+    if (inet_pton(AF_INET, mask, &a) != 1)
+        return 24;
+    return __builtin_popcount(a.s_addr);
+}
+
+/* What this start continues from instead of booting: a suspended VM's saved state, or
+ * (its first start) the template a clone was made of. *out NULL: a boot. */
+static int restore_source(smolvm_vm *vm, smolvm_template **out, bool *suspended, smolvm_error **err)
+{
+    const char *st = vm->row->status ? vm->row->status : "";
+    int r;
+
+    *out = NULL;
+    *suspended = strcmp(st, "suspended") == 0;
+    if (*suspended) {
+        _cleanup_free_ char *dir = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_SUSPENDED_DIR);
+
+        if (!dir)
+            return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+        r = smolvm_template_load(out, dir, SMOLVM_SAVED_JSON, err);
+        return r < 0 ? smolvm_err_wrap(err, "the suspended state") : 0;
+    }
+    if (strcmp(st, "created") == 0 && vm->cfg->template_name) {
+        smolvm_image *img = NULL;
+
+        if ((r = smolvm_template_open(out, vm->ctx, vm->cfg->template_name, err)) < 0)
+            return r;
+        if ((r = smolvm_image_find(vm->ctx, vm->cfg->image, &img, err)) == 0)
+            r = smolvm_template_check_image(*out, img, err);
+        smolvm_image_free(img);
+        if (r < 0)
+            *out = smolvm_template_free(*out);
+        return r;
+    }
+    return 0;
+}
+
+/* The identity a clone takes before it counts as started (the supervisor adds entropy
+ * and the clock); a resumed VM keeps its own. */
+static json_t *clone_identity(smolvm_vm *vm, const smolvm_vm_net *nat, bool suspended)
+{
+    const smolvm_vm_config *c = vm->cfg;
+    json_t *id, *net = NULL;
+
+    if (suspended)
+        return json_object();
+    if (c->network == SMOLVM_NET_NAT)
+        net = json_pack("{s:s, s:i, s:s, s:s, s:s?}", "ip", nat->ip, "prefix",
+                        netmask_prefix(nat->netmask), "gateway", nat->gateway, "mac", nat->mac,
+                        "dns", nat->have_dns ? nat->dns : NULL);
+    else if (c->network == SMOLVM_NET_USER)
+        net = json_pack("{s:s, s:i, s:s, s:s}", "ip", SMOLVM_USER_GUEST_IP, "prefix", 24, "gateway",
+                        SMOLVM_USER_GATEWAY, "dns", SMOLVM_USER_DNS);
+    id = json_pack("{s:s}", "hostname", vm->id);
+    if (id && net)
+        (void)json_object_set_new(id, "net", net);
+    else
+        json_decref(net);
+    return id;
+}
+
 /* Everything up to a running VMM: network, command line, the supervisor (which spawns
  * the VMM). */
 static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
 {
+    _cleanup_(smolvm_template_freep) smolvm_template *saved = NULL;
+    _cleanup_free_ char *saved_state = NULL, *saved_mem = NULL;
+    json_t *identity = NULL;
+    bool suspended = false;
     const smolvm_vm_config *c = vm->cfg;
     _cleanup_free_ char *cmdline = NULL, *cfgdisk = NULL;
     _cleanup_free_ smolvm_vmm_hostfwd *fwds = NULL;
@@ -38,7 +110,7 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     smolvm_sv_spec spec = {0};
     smolvm_vmm_config *cfg = &spec.vmm;
     smolvm_sv_pids pids = {0};
-    smolvm_vm_net natnet;
+    smolvm_vm_net natnet = {0};
     int accel, r;
     int64_t t0 = smolvm_now_ms();
     unsigned long tsc_khz;
@@ -47,6 +119,12 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     r = smolvm_host_resolve_accel(c->accel, &accel, &accel_note, err);
     if (r < 0)
         return r;
+    if ((r = restore_source(vm, &saved, &suspended, err)) < 0)
+        return r;
+    if (saved && strcmp(saved->accel, smolvm_accel_to_string(accel)) != 0)
+        return smolvm_err(
+            err, SMOLVM_ESTATE, "%s was saved under accel '%s'; this host now uses '%s'",
+            suspended ? "the vm" : "its template", saved->accel, smolvm_accel_to_string(accel));
     if (smolvm_vmm_ops_for(c->backend)->available &&
         (r = smolvm_vmm_ops_for(c->backend)->available(accel, err)) < 0)
         return r;
@@ -107,6 +185,30 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     spec.owner_start = vm->row->owner_start;
     spec.expires_at = vm->row->expires_at;
     spec.console_max = vm->ctx->console_max;
+    /* QEMU's guest RAM is a memfd the supervisor holds: any running VM can be saved
+     * (docs/templates.md). */
+    spec.shared_memory = c->backend == SMOLVM_BACKEND_QEMU;
+    if (saved) {
+        saved_state = smolvm_strdupf("%s/%s", saved->dir, SMOLVM_SAVED_STATE);
+        saved_mem = strcmp(saved->memory, "stream") != 0
+                        ? smolvm_strdupf("%s/%s", saved->dir, SMOLVM_SAVED_MEM)
+                        : strdup("");
+        identity = clone_identity(vm, &natnet, suspended);
+        if (!saved_state || !saved_mem || !identity) {
+            json_decref(identity);
+            return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+        }
+        spec.restore = (smolvm_sv_restore){
+            .set = true,
+            .state = saved_state,
+            .mem = *saved_mem ? saved_mem : NULL,
+            .mem_private = !suspended, /* a clone shares its template's pages */
+            .agent = saved->agent,
+            .next_stream = saved->next_stream,
+            .identity = identity,
+        };
+    }
+    vm->start.from_suspended = suspended;
     /* A stale exit record from the last run must not describe this one. */
     {
         _cleanup_free_ char *old = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_SV_EXIT_FILE);
@@ -115,6 +217,7 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
             (void)unlink(old);
     }
     r = smolvm_sv_launch(&pids, vm->ctx, &spec, deadline, err);
+    json_decref(identity);
     if (pids.sv_pid > 0)
         (void)smolvm_store_vm_set_supervisor(vm->ctx->store, vm->id, pids.sv_pid, pids.sv_start,
                                              NULL);
@@ -172,6 +275,13 @@ static int do_start_finish(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
         return r;
     smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': guest ready after %lld ms", vm->id,
                (long long)(smolvm_now_ms() - vm->start.t0));
+    if (vm->start.from_suspended) {
+        /* Running from it now: the saved state is spent. */
+        _cleanup_free_ char *dir = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_SUSPENDED_DIR);
+
+        if (dir)
+            (void)smolvm_rm_rf(dir, NULL);
+    }
     if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "running", NULL, err)) < 0)
         return r;
     if ((r = smolvm_vm_refresh(vm, err)) < 0)
@@ -224,6 +334,8 @@ int smolvm_vm_start_begin(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
         vm->start.pending = vm->start.was_running = true; /* finish only (re)connects */
         return 0;
     }
+    if (strcmp(smolvm_vm_status(vm), "paused") == 0)
+        return smolvm_err(err, SMOLVM_ESTATE, "start '%s': the vm is paused (resume it)", vm->id);
     if ((r = smolvm_vm_lock(&lock, vm->row->dir, vm->id, "start", SMOLVM_LOCK_WAIT_MS, err)) < 0)
         return r;
     if ((r = smolvm_vm_refresh(vm, err)) < 0)
@@ -338,17 +450,29 @@ static int stop_locked(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
 int smolvm_vm_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
 {
     _cleanup_close_ int lock = -1;
+    const char *status;
     int r;
 
     if (vm->deleted)
         return smolvm_err(err, SMOLVM_ESTATE, "stop '%s': the vm was deleted", vm->id);
-    if (strcmp(smolvm_vm_status(vm), "running") != 0) {
+    status = smolvm_vm_status(vm);
+    if (strcmp(status, "running") != 0 && strcmp(status, "paused") != 0 &&
+        strcmp(status, "suspended") != 0) {
         smolvm_vm_ssh_drop(vm);
         smolvm_vm_agent_drop(vm);
         return 0;
     }
     if ((r = smolvm_vm_lock(&lock, vm->row->dir, vm->id, "stop", SMOLVM_LOCK_WAIT_MS, err)) < 0)
         return r;
+    if (strcmp(status, "suspended") == 0) {
+        /* Stopping a suspended VM forgets where it was: the next start boots. */
+        _cleanup_free_ char *dir = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_SUSPENDED_DIR);
+
+        if (dir)
+            (void)smolvm_rm_rf(dir, NULL);
+        r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "stopped", NULL, err);
+        return r < 0 ? r : smolvm_vm_refresh(vm, err);
+    }
     r = stop_locked(vm, timeout_ms > 0 ? timeout_ms : STOP_TIMEOUT_DEFAULT_MS, err);
     return r < 0 ? smolvm_err_wrap(err, "stop '%s'", vm->id) : 0;
 }
@@ -382,6 +506,9 @@ int smolvm_vm_delete(smolvm_vm *vm, smolvm_error **err)
         return smolvm_err_wrap(err, "delete '%s'", vm->id);
     (void)smolvm_store_event(vm->ctx->store, vm->id, "delete", NULL, NULL);
     vm->deleted = true;
+    /* A fork's template goes with its last clone. */
+    if (vm->cfg->template_name)
+        smolvm_template_release(vm->ctx, vm->cfg->template_name);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #include "error.h"
 #include "proc.h"
 #include "sv-spec.h"
+#include "template.h"
 #include "vm-config.h"
 #include "vm-net.h"
 #include "vm-reconcile.h"
@@ -116,8 +117,10 @@ smolvm_reconcile_action smolvm_reconcile_decide(const char *status, bool vmm_ali
 {
     if (!status)
         status = "";
-    if (strcmp(status, "running") == 0)
+    if (strcmp(status, "running") == 0 || strcmp(status, "paused") == 0)
         return vmm_alive ? SMOLVM_RECONCILE_NONE : SMOLVM_RECONCILE_DIED;
+    if (strcmp(status, "suspending") == 0)
+        return SMOLVM_RECONCILE_FINISH_SUSPEND;
     if (strcmp(status, "starting") == 0)
         return SMOLVM_RECONCILE_FINISH_START;
     if (strcmp(status, "stopping") == 0)
@@ -136,7 +139,7 @@ static smolvm_reconcile_action decide_row(const smolvm_vm_row *row)
     /* A sandbox whose owner died or whose ttl passed, with nothing running (a running
      * one's supervisor ends it itself). */
     if (a == SMOLVM_RECONCILE_NONE && row->status && strcmp(row->status, "running") != 0 &&
-        lifetime_over(row))
+        strcmp(row->status, "paused") != 0 && lifetime_over(row))
         return SMOLVM_RECONCILE_END;
     return a;
 }
@@ -169,6 +172,13 @@ static int end_vm(smolvm_ctx *ctx, const smolvm_vm_row *row, smolvm_error **err)
         return r;
     (void)smolvm_store_event(ctx->store, row->id, "delete",
                              row->owner_pid ? "its owner process exited" : "its ttl passed", NULL);
+    {
+        smolvm_vm_config *c = NULL;
+
+        if (smolvm_vm_config_from_json(&c, row->config_json, NULL) == 0 && c->template_name)
+            smolvm_template_release(ctx, c->template_name);
+        smolvm_vm_config_free(c);
+    }
     return 0;
 }
 
@@ -222,6 +232,25 @@ int smolvm_vm_reconcile_row(int *changed, smolvm_ctx *ctx, const smolvm_vm_row *
         smolvm_vm_kill_vmm(row);
         r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped", NULL, err);
         break;
+    case SMOLVM_RECONCILE_FINISH_SUSPEND: {
+        /* The suspend wrote saved.json into suspended.tmp before anything else ended;
+         * only a rename was left if it is whole. */
+        _cleanup_free_ char *tmp = smolvm_strdupf("%s/suspended.tmp", row->dir);
+        _cleanup_free_ char *fin = smolvm_strdupf("%s/suspended", row->dir);
+        _cleanup_free_ char *rec = tmp ? smolvm_strdupf("%s/saved.json", tmp) : NULL;
+
+        smolvm_vm_kill_vmm(row);
+        if (rec && fin && access(rec, F_OK) == 0 && rename(tmp, fin) == 0) {
+            r = smolvm_store_vm_set_status(ctx->store, row->id, "suspended", NULL, err);
+        } else {
+            if (tmp)
+                (void)smolvm_rm_rf(tmp, NULL);
+            r = smolvm_store_vm_set_status(ctx->store, row->id, "stopped",
+                                           "suspend interrupted (the controlling process exited)",
+                                           err);
+        }
+        break;
+    }
     case SMOLVM_RECONCILE_KILL_ORPHAN: smolvm_vm_kill_vmm(row); break;
     case SMOLVM_RECONCILE_END:
         if ((r = end_vm(ctx, row, err)) == 0 && changed)
@@ -271,7 +300,8 @@ int smolvm_reconcile(int *changed, smolvm_ctx *ctx, smolvm_error **err)
 
             any_nat |= row_is_nat(rows[i]);
             if (strcmp(s, "running") == 0 || strcmp(s, "starting") == 0 ||
-                strcmp(s, "stopping") == 0)
+                strcmp(s, "stopping") == 0 || strcmp(s, "paused") == 0 ||
+                strcmp(s, "suspending") == 0)
                 live[k++] = rows[i]->id;
         }
         if (any_nat)

@@ -41,8 +41,10 @@ typedef enum smolvm_reconcile_action {
     SMOLVM_RECONCILE_FINISH_START, /* "starting", its controller gone: kill, error */
     SMOLVM_RECONCILE_FINISH_STOP,
     /* "stopping", its controller gone: kill, stopped */
-    SMOLVM_RECONCILE_KILL_ORPHAN, /* not running, yet a VMM (or a recorded pid) exists */
-    SMOLVM_RECONCILE_END,         /* not running, its owner gone or its ttl passed: delete */
+    SMOLVM_RECONCILE_FINISH_SUSPEND, /* "suspending", its controller gone: kill; suspended
+                                      * if the saved state is whole, else stopped */
+    SMOLVM_RECONCILE_KILL_ORPHAN,    /* not running, yet a VMM (or a recorded pid) exists */
+    SMOLVM_RECONCILE_END,            /* not running, its owner gone or its ttl passed: delete */
 } smolvm_reconcile_action;
 
 /* What a row needs: status as stored, whether its VMM is alive, whether a pid is

@@ -121,7 +121,7 @@ int smolvm_sv_launch(smolvm_sv_pids *out, smolvm_ctx *ctx, const smolvm_sv_spec 
     }
 }
 
-static int call(const char *dir, json_t *req, int64_t deadline, smolvm_error **err)
+int smolvm_sv_call(json_t **out, const char *dir, json_t *req, int64_t deadline, smolvm_error **err)
 {
     _cleanup_free_ char *path = smolvm_strdupf("%s/%s", dir, SMOLVM_SV_SOCK);
     smolvm_agent *a = NULL;
@@ -137,9 +137,16 @@ static int call(const char *dir, json_t *req, int64_t deadline, smolvm_error **e
         r = smolvm_agent_call(&reply, a, req, deadline, err);
     else
         json_decref(req);
+    if (out && r == 0)
+        *out = json_incref(reply);
     json_decref(reply);
     smolvm_agent_free(a);
     return r;
+}
+
+static int call(const char *dir, json_t *req, int64_t deadline, smolvm_error **err)
+{
+    return smolvm_sv_call(NULL, dir, req, deadline, err);
 }
 
 int smolvm_sv_poweroff(const char *dir, int64_t deadline, smolvm_error **err)

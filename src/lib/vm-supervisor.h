@@ -4,6 +4,7 @@
 #ifndef SMOLVM_VM_SUPERVISOR_H
 #define SMOLVM_VM_SUPERVISOR_H
 
+#include <jansson.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -28,6 +29,10 @@ int smolvm_sv_launch(smolvm_sv_pids *out, smolvm_ctx *ctx, const smolvm_sv_spec 
 
 /* Ask the supervisor of the VM in dir to power the guest off (returns once asked). */
 int smolvm_sv_poweroff(const char *dir, int64_t deadline, smolvm_error **err);
+/* One of the supervisor's own operations (docs/agent-protocol.md); takes req. *out (may
+ * be NULL) gets its reply. */
+int smolvm_sv_call(json_t **out, const char *dir, json_t *req, int64_t deadline,
+                   smolvm_error **err);
 /* No owner any more; the ttl stays as it is. */
 int smolvm_sv_keep(const char *dir, int64_t deadline, smolvm_error **err);
 

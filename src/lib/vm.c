@@ -97,9 +97,7 @@ const char *smolvm_vm_id(const smolvm_vm *vm)
 
 const char *smolvm_vm_status(smolvm_vm *vm)
 {
-    static const char *const known[] = {"created",  "starting", "running",
-                                        "stopping", "stopped",  "error"};
-    size_t i;
+    const char *known;
 
     if (vm->deleted)
         return "deleted";
@@ -108,10 +106,8 @@ const char *smolvm_vm_status(smolvm_vm *vm)
     (void)smolvm_vm_reconcile_row(NULL, vm->ctx, vm->row, NULL);
     if (smolvm_vm_refresh(vm, NULL) < 0)
         return "deleted";
-    for (i = 0; i < SMOLVM_ARRAY_SIZE(known); i++)
-        if (vm->row->status && strcmp(vm->row->status, known[i]) == 0)
-            return known[i];
-    return "error";
+    known = smolvm_vm_status_canonical(vm->row->status);
+    return known ? known : "error";
 }
 
 /* Fields derived from the directory layout, for humans and the CLI (docs/c-api.md). */

@@ -263,6 +263,63 @@ static int l_paths(lua_State *L)
     lua_setfield(L, -2, "image_dir");
     lua_pushstring(L, smolvm_ctx_db_path(c->ctx));
     lua_setfield(L, -2, "db");
+    lua_pushstring(L, smolvm_ctx_template_dir(c->ctx));
+    lua_setfield(L, -2, "template_dir");
+    return 1;
+}
+
+/* templates() -> { {name=, image=, vcpus=, memory=, created_at_ms=, source_vm=,
+ * ephemeral=, disk_bytes=, stale=}, ... } | nil, msg, code */
+static int l_templates(lua_State *L)
+{
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+    smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
+    smolvm_template_info *list = NULL;
+    size_t n = 0, i;
+
+    if (!c || smolvm_templates(&list, &n, c->ctx, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    lua_createtable(L, (int)n, 0);
+    for (i = 0; i < n; i++) {
+        const smolvm_template_info *t = &list[i];
+
+        lua_createtable(L, 0, 9);
+        lua_pushstring(L, t->name);
+        lua_setfield(L, -2, "name");
+        lua_pushstring(L, t->image);
+        lua_setfield(L, -2, "image");
+        lua_pushinteger(L, t->vcpus);
+        lua_setfield(L, -2, "vcpus");
+        lua_pushinteger(L, t->memory_mib);
+        lua_setfield(L, -2, "memory");
+        lua_pushinteger(L, t->created_at);
+        lua_setfield(L, -2, "created_at_ms");
+        lua_pushstring(L, t->source_vm);
+        lua_setfield(L, -2, "source_vm");
+        lua_pushboolean(L, t->ephemeral);
+        lua_setfield(L, -2, "ephemeral");
+        lua_pushinteger(L, (lua_Integer)t->disk_bytes);
+        lua_setfield(L, -2, "disk_bytes");
+        lua_pushstring(L, t->stale); /* nil when usable */
+        lua_setfield(L, -2, "stale");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    smolvm_templates_free(list, n);
+    lua_remove(L, -2); /* box */
+    return 1;
+}
+
+/* template_delete(name) -> true | nil, msg, code */
+static int l_template_delete(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+    smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
+
+    if (!c || smolvm_template_delete(c->ctx, name, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    smolvm_lua_box_clear(box);
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -326,6 +383,8 @@ static const luaL_Reg core_funcs[] = {
     {"firecracker_download", l_firecracker_download},
     {"reconcile", l_reconcile},
     {"paths", l_paths},
+    {"templates", l_templates},
+    {"template_delete", l_template_delete},
     {"error_name", l_error_name},
     {"isatty", l_isatty},
     {"monotonic_ms", l_monotonic_ms},

@@ -283,6 +283,7 @@ static int l_vm_create(lua_State *L)
     lua_pop(L, 1);
     if ((image = opt_str(L, 1, "image")))
         o.image = image;
+    o.template_name = opt_str(L, 1, "template");
     o.env = opt_env(L, 1); /* stack 2, 3 */
 
     if (smolvm_getfield(L, 1, "forwards") != LUA_TNIL) { /* stack 4 */
@@ -432,6 +433,79 @@ static int l_vm_keep(lua_State *L)
     u->owned = 0;
     smolvm_lua_box_clear(box);
     lua_settop(L, 1);
+    return 1;
+}
+
+/* vm:pause() vm:resume() vm:suspend() -> true | nil, msg, code */
+static int l_vm_pause(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_pause(vm, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EVMM);
+    return push_ok(L);
+}
+
+static int l_vm_resume(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_resume(vm, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EVMM);
+    return push_ok(L);
+}
+
+static int l_vm_suspend(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_suspend(vm, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EVMM);
+    return push_ok(L);
+}
+
+/* vm:snapshot(name) -> true | nil, msg, code */
+static int l_vm_snapshot(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    const char *name = luaL_checkstring(L, 2);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_snapshot(vm, name, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EVMM);
+    return push_ok(L);
+}
+
+/* vm:fork(count, timeout_ms) -> { vm, ... } | nil, msg, code. The clones are owned
+ * when this handle is (they die with it), like VMs from vm_create. */
+static int l_vm_fork(lua_State *L)
+{
+    lvm *u = check_lvm(L);
+    lua_Integer count = luaL_checkinteger(L, 2);
+    int ms = check_ms(L, 3);
+    smolvm_lua_box *box;
+    smolvm_vm **clones = NULL;
+    size_t i;
+
+    luaL_argcheck(L, count >= 1 && count <= 64, 2, "count: expected 1..64");
+    box = smolvm_lua_box_new(L);
+    if (smolvm_vm_fork(&clones, u->vm, (size_t)count, ms, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EVMM);
+    smolvm_lua_box_clear(box);
+    lua_createtable(L, (int)count, 0);
+    for (i = 0; i < (size_t)count; i++) {
+        lvm *c = new_lvm(L);
+
+        c->vm = clones[i];
+        c->c = u->c;
+        smolvm_lua_ctx_ref(u->c);
+        c->owned = u->owned;
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    free(clones);
     return 1;
 }
 
@@ -715,6 +789,11 @@ static const luaL_Reg vm_methods[] = {
     {"attach", l_vm_attach},
     {"processes", l_vm_processes},
     {"keep", l_vm_keep},
+    {"pause", l_vm_pause},
+    {"resume", l_vm_resume},
+    {"suspend", l_vm_suspend},
+    {"snapshot", l_vm_snapshot},
+    {"fork", l_vm_fork},
     {"owned", l_vm_owned},
     {"closed", l_vm_closed},
     {"close", l_vm_close},

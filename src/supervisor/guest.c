@@ -219,10 +219,14 @@ static void agent_frame(sv_fconn *c, const smolvm_agent_header *h, const uint8_t
         s->agent_info = j;
         s->agent_hello = true;
         milestone(s, "agent", json_integer_value(json_object_get(j, "uptime_ms")));
-        if (s->spec->transport == SMOLVM_SV_AGENT)
+        if (s->spec->restore.set && s->state == SV_BOOTING)
+            sv_identity_send(s); /* a restored guest is ready once it took its identity */
+        else if (s->spec->transport == SMOLVM_SV_AGENT)
             sv_guest_ready(s);
         return;
     }
+    if (sv_identity_frame(s, h, p))
+        return;
     sv_relay_agent_frame(s, h, p);
 }
 
@@ -251,6 +255,10 @@ static void agent_attach(sv *s, int fd)
     if (!s->agent) {
         (void)close(fd);
         sv_log(s, "agent channel: out of memory");
+        return;
+    }
+    if (s->spec->restore.set && s->spec->backend == SMOLVM_BACKEND_QEMU) {
+        sv_restored_agent(s); /* its session goes on: no hello either way */
         return;
     }
     /* Our hello first: the agent sends its own when it accepts work. */
@@ -310,6 +318,7 @@ static int fail_start(sv *s, smolvm_error *e)
 int sv_guest_start(sv *s)
 {
     smolvm_vmm_config *cfg = &s->spec->vmm;
+    const smolvm_sv_restore *rs = &s->spec->restore;
     const smolvm_vmm_ops *ops = smolvm_vmm_ops_for(s->spec->backend);
     _cleanup_free_ char *vsock = NULL, *vsock_listener = NULL;
     smolvm_error *e = NULL;
@@ -341,7 +350,25 @@ int sv_guest_start(sv *s)
             return fail_start(s, e);
         cfg->vsock_uds = vsock;
     }
-    r = ops->spawn(cfg, &pid, &s->vmm_start, sv_now_ms() + SPAWN_TIMEOUT_MS, &e);
+    if (s->spec->shared_memory && !(rs->set && rs->mem_private)) {
+        if (sv_mem_create(s, &e) < 0)
+            return fail_start(s, e);
+        if (rs->set && rs->mem && sv_mem_load(s, rs->mem, &e) < 0)
+            return fail_start(s, (smolvm_err_wrap(&e, "restore"), e));
+        cfg->mem_fd = s->mem_fd;
+    }
+    if (rs->set) {
+        smolvm_vmm_snapshot snap = {
+            .state_path = rs->state, .mem_path = rs->mem, .shared_mem = rs->mem != NULL};
+
+        if (rs->mem_private)
+            cfg->mem_file = rs->mem;
+        r = ops->restore
+                ? ops->restore(cfg, &snap, &pid, &s->vmm_start, sv_now_ms() + SPAWN_TIMEOUT_MS, &e)
+                : smolvm_err(&e, SMOLVM_EINVAL, "the %s backend cannot restore", ops->name);
+    } else {
+        r = ops->spawn(cfg, &pid, &s->vmm_start, sv_now_ms() + SPAWN_TIMEOUT_MS, &e);
+    }
     /* The VMM holds its ends now (or failed): ours only from here. */
     (void)close(console[1]);
     if (ctl[1] >= 0)
@@ -397,6 +424,9 @@ void sv_guest_poweroff(sv *s)
     const smolvm_vmm_ops *ops = smolvm_vmm_ops_for(s->spec->backend);
 
     s->state = SV_STOPPING;
+    /* A paused guest hears nothing: it powers off from where it was. */
+    if (s->paused && ops->resume(s->spec->dir, sv_now_ms() + POWEROFF_CALL_MS, NULL) == 0)
+        s->paused = false;
     if (s->agent && s->agent_hello) {
         /* A stream of our own; its reply is not waited for: the VMM exiting is. */
         (void)sv_fconn_send_json(s->agent, SMOLVM_AGENT_REQUEST, 0, ++s->next_agent_stream,

@@ -131,8 +131,13 @@ void sv_relay_agent_frame(sv *s, const smolvm_agent_header *h, const uint8_t *p)
 
     if (h->type == SMOLVM_AGENT_HELLO || h->stream == 0)
         return; /* GOAWAY closes the channel in fconn; nothing else is valid on 0 */
-    if (!st)
-        return; /* ended or reset: may have been in flight */
+    if (!st) {
+        /* Ended or reset: may have been in flight. Output the agent still has window
+         * for (a clone's streams from before its snapshot) is not wanted: stop it. */
+        if (h->type == SMOLVM_AGENT_DATA && !(h->flags & SMOLVM_AGENT_FIN) && s->agent)
+            (void)sv_fconn_send(s->agent, SMOLVM_AGENT_RESET, 0, 0, h->stream, NULL, 0);
+        return;
+    }
     switch (h->type) {
     case SMOLVM_AGENT_DATA:
         if (h->length > st->to_client) {
@@ -232,6 +237,20 @@ static bool local_op(sv_client *cl, uint32_t id, const char *op, json_t *req)
         (void)sv_fconn_send_json(cl->conn, SMOLVM_AGENT_REPLY, SMOLVM_AGENT_FIN, id, json_object());
         return true;
     }
+    {
+        json_t *reply = NULL;
+        smolvm_error *e = NULL;
+        int r = sv_vm_op(s, op, req, &reply, &e);
+
+        if (r < 0) {
+            reply_error(cl, id, smolvm_error_name(smolvm_error_code(e)), smolvm_error_message(e));
+            smolvm_error_free(e);
+        } else if (r > 0) {
+            (void)sv_fconn_send_json(cl->conn, SMOLVM_AGENT_REPLY, SMOLVM_AGENT_FIN, id, reply);
+        }
+        if (r != 0)
+            return true;
+    }
     return false;
 }
 
@@ -270,6 +289,10 @@ static void request(sv_client *cl, const smolvm_agent_header *h, const uint8_t *
                     s->failure[0]             ? s->failure
                     : s->state == SV_STOPPING ? "the vm is stopping"
                                               : "the guest is not ready yet");
+        return;
+    }
+    if (s->paused) {
+        reply_error(cl, h->stream, "ESTATE", "the vm is paused (resume it first)");
         return;
     }
     if (!s->agent || !s->agent_hello) {

@@ -58,6 +58,12 @@ typedef struct sv {
     sv_client *clients;
     uint32_t next_agent_stream;
 
+    /* Memory and snapshots (snapshot.c). */
+    int mem_fd;               /* QEMU: the guest RAM (a memfd), or -1 */
+    bool paused;              /* the guest CPUs are stopped (pause, or a snapshot) */
+    uint32_t identity_stream; /* a restored guest's identity request, until answered */
+    int64_t identity_sent_ms;
+
     /* Lifetime. */
     int owner_pidfd;
     int64_t ttl_timer;
@@ -80,6 +86,16 @@ void sv_relay_agent_drained(sv *s); /* the guest channel's queue is empty again 
 void sv_relay_ready(sv *s);         /* send the hello clients are waiting for */
 void sv_relay_goaway_all(sv *s, const char *code, const char *why);
 size_t sv_relay_clients(const sv *s);
+
+/* snapshot.c: guest memory, pause, snapshot, a restored guest's session and identity. */
+int sv_mem_create(sv *s, smolvm_error **err);                 /* the memfd, sized */
+int sv_mem_load(sv *s, const char *path, smolvm_error **err); /* a saved memory into it */
+void sv_restored_agent(sv *s); /* the channel of a restored guest is attached */
+void sv_identity_send(sv *s);  /* ask the agent to take its fresh identity */
+/* A frame of our identity request: handled (true) or not ours (false). */
+bool sv_identity_frame(sv *s, const smolvm_agent_header *h, const uint8_t *p);
+/* pause, resume, snapshot: 1 done (*reply set), 0 not such an op, < 0 failed. */
+int sv_vm_op(sv *s, const char *op, json_t *req, json_t **reply, smolvm_error **err);
 
 /* lifetime.c: owner, ttl, the end. */
 int sv_lifetime_start(sv *s);

@@ -26,6 +26,13 @@ static void test_decide_table(void **state)
         {"starting", false, false, SMOLVM_RECONCILE_FINISH_START},
         {"stopping", true, true, SMOLVM_RECONCILE_FINISH_STOP},
         {"stopping", false, false, SMOLVM_RECONCILE_FINISH_STOP},
+        /* paused is running with its CPUs stopped */
+        {"paused", true, true, SMOLVM_RECONCILE_NONE},
+        {"paused", false, true, SMOLVM_RECONCILE_DIED},
+        {"suspending", true, true, SMOLVM_RECONCILE_FINISH_SUSPEND},
+        {"suspending", false, false, SMOLVM_RECONCILE_FINISH_SUSPEND},
+        {"suspended", false, false, SMOLVM_RECONCILE_NONE},
+        {"suspended", true, false, SMOLVM_RECONCILE_KILL_ORPHAN},
         /* not running: nothing may be alive or recorded */
         {"created", false, false, SMOLVM_RECONCILE_NONE},
         {"stopped", false, false, SMOLVM_RECONCILE_NONE},

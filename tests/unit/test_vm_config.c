@@ -208,7 +208,7 @@ static void test_json_round_trip(void **state)
     const char *env[] = {"A=1", "B=two words", NULL};
     smolvm_forward fw[1] = {{"0.0.0.0", 8080, 80}};
     smolvm_vm_placement w = {"/s/vms/x",    "default",   "/i/vmlinux", "/i/rootfs.ext4",
-                             "10.9.0.0/16", "10.0.2.15", false};
+                             "10.9.0.0/16", "10.0.2.15", false,        "tpl-1"};
     smolvm_vm_config *c = NULL, *back = NULL;
     char *text = NULL, *text2 = NULL;
 
@@ -236,6 +236,7 @@ static void test_json_round_trip(void **state)
     assert_int_equal(back->n_forwards, 1);
     assert_string_equal(back->forwards[0].host_address, "0.0.0.0");
     assert_int_equal(back->forwards[0].guest_port, 80);
+    assert_string_equal(back->template_name, "tpl-1");
     assert_int_equal(smolvm_vm_config_to_json(&text2, back, NULL), 0);
     assert_string_equal(text, text2);
     free(text);

@@ -580,7 +580,7 @@ static int fc_spawn(const smolvm_vmm_config *cfg, int64_t *out_pid, uint64_t *ou
     return 0;
 }
 
-static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path, const char *mem_path,
+static int fc_restore(const smolvm_vmm_config *cfg, const smolvm_vmm_snapshot *snap,
                       int64_t *out_pid, uint64_t *out_start, int64_t deadline, smolvm_error **err)
 {
     _cleanup_free_ char *log = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_STDERR_LOG);
@@ -595,7 +595,8 @@ static int fc_restore(const smolvm_vmm_config *cfg, const char *state_path, cons
     /* The snapshot names the vsock socket of the VM it was taken from; the restored
      * guest's agent must reach this VM's supervisor, which listens at cfg's. */
     if (r == 0)
-        r = smolvm_fc_snapshot_load(l.api, state_path, mem_path, 1, cfg->vsock_uds, deadline, err);
+        r = smolvm_fc_snapshot_load(l.api, snap->state_path, snap->mem_path, 1, cfg->vsock_uds,
+                                    deadline, err);
     if (r < 0)
         return fail_launched(cfg, &l, r, err);
     *out_pid = l.pid;
@@ -653,8 +654,8 @@ static int fc_quit(const char *dir, int64_t deadline, smolvm_error **err)
     return 0;
 }
 
-static int fc_snapshot(const char *dir, const char *state_path, const char *mem_path,
-                       int64_t deadline, smolvm_error **err)
+static int fc_snapshot(const char *dir, const smolvm_vmm_snapshot *snap, int64_t deadline,
+                       smolvm_error **err)
 {
     _cleanup_(smolvm_fc_api_freep) smolvm_fc_api *api = NULL;
     int r;
@@ -665,7 +666,12 @@ static int fc_snapshot(const char *dir, const char *state_path, const char *mem_
                           "without " SMOLVM_FC_JAILER_ENV ")");
     if ((r = api_open(dir, &api, err)) < 0)
         return r;
-    return smolvm_fc_snapshot_create(api, state_path, mem_path, deadline, err);
+    /* Firecracker snapshots only a paused VM. */
+    if ((r = smolvm_fc_patch_vm(api, 1, deadline, err)) < 0)
+        return r;
+    if (!snap->mem_path)
+        return smolvm_err(err, SMOLVM_EINVAL, "firecracker: a snapshot needs a memory file");
+    return smolvm_fc_snapshot_create(api, snap->state_path, snap->mem_path, deadline, err);
 }
 
 static int fc_describe(const char *dir, int64_t deadline, char **out, smolvm_error **err)

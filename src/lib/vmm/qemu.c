@@ -28,6 +28,11 @@
 #define QMP_SOCK "qmp.sock"
 #define NETDEV_ID "n0"
 #define QEMU_CONSOLE_FDSET "1"
+#define MEM_ID "ram"
+#define STATE_FDNAME "smolvm-state"
+/* Migrations here are local file copies: QEMU's default bandwidth cap (for networks)
+ * would only slow them down. */
+#define MIGRATE_BANDWIDTH (1LL << 40)
 #define LOG_TAIL_LINES 4
 #define LOG_TAIL_MAX 1024
 /* Killing a VMM that failed to start gets its own short deadline: the caller's may
@@ -145,6 +150,9 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
         return smolvm_err(err, SMOLVM_EINVAL, "vmm: kernel command line longer than 4096");
     if (c->console_fd < 3 || c->ctl_fd < 3 || (c->agent_fd >= 0 && c->agent_fd < 3))
         return smolvm_err(err, SMOLVM_EINVAL, "vmm: the console and control channels are required");
+    if ((c->mem_fd >= 3 && c->mem_file) || (c->mem_file && c->mem_file[0] != '/'))
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "vmm: guest memory is a memfd or an absolute memory file, not both");
     switch (c->network) {
     case SMOLVM_NET_NONE: break;
     case SMOLVM_NET_USER:
@@ -171,13 +179,16 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
 
 /* ---------------------------------------------------------------- command line */
 
-static int build_argv(const smolvm_vmm_config *c, int qmp_fd, argv_buf *a, smolvm_error **err)
+static int build_argv(const smolvm_vmm_config *c, int qmp_fd, bool incoming, argv_buf *a,
+                      smolvm_error **err)
 {
     _cleanup_free_ char *disk = qemu_escape(c->disk);
     _cleanup_free_ char *config = c->config_disk ? qemu_escape(c->config_disk) : NULL;
+    _cleanup_free_ char *mem_file = c->mem_file ? qemu_escape(c->mem_file) : NULL;
+    bool backend = c->mem_fd >= 3 || c->mem_file;
     size_t i;
 
-    if (!disk || (c->config_disk && !config))
+    if (!disk || (c->config_disk && !config) || (c->mem_file && !mem_file))
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
 
     argv_push(a, QEMU_BINARY);
@@ -185,7 +196,22 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, argv_buf *a, smolv
      * line, which is how our guest kernel finds its devices. rtc=on: without it the
      * guest clock starts at 1970 (TLS fails) and boots measured 2x slower. */
     argv_push(a, "-M");
-    argv_push(a, "microvm,acpi=off,rtc=on,isa-serial=on");
+    argv_pushf(a, "microvm,acpi=off,rtc=on,isa-serial=on%s",
+               backend ? ",memory-backend=" MEM_ID : "");
+    /* Guest RAM on a file backend (docs/templates.md): the supervisor's memfd, mapped
+     * shared (QEMU reopens it through /proc before any chroot), or a template's memory
+     * file, mapped privately. The memfd's holder can save the RAM of a paused VM
+     * without QEMU copying it through the migration stream. */
+    if (c->mem_fd >= 3) {
+        argv_push(a, "-object");
+        argv_pushf(a,
+                   "memory-backend-file,id=" MEM_ID ",size=%uM,mem-path=/proc/self/fd/%d,share=on",
+                   c->memory_mib, c->mem_fd);
+    } else if (c->mem_file) {
+        argv_push(a, "-object");
+        argv_pushf(a, "memory-backend-file,id=" MEM_ID ",size=%uM,mem-path=%s,share=off",
+                   c->memory_mib, mem_file);
+    }
     argv_push(a, "-accel");
     if (c->accel == SMOLVM_ACCEL_KVM) {
         argv_push(a, "kvm");
@@ -300,6 +326,10 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, argv_buf *a, smolv
     argv_push(a, "-pidfile");
     argv_pushf(a, "%s/" SMOLVM_VMM_PIDFILE, c->dir);
     argv_push(a, "-S");
+    if (incoming) {
+        argv_push(a, "-incoming");
+        argv_push(a, "defer"); /* the stream comes as an fd over QMP (migrate-incoming) */
+    }
     if (a->oom)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     return 0;
@@ -436,82 +466,262 @@ static int fail_started(const char *dir, const char *log_path, off_t log_offset,
     return r;
 }
 
-static int qemu_spawn(const smolvm_vmm_config *cfg, int64_t *out_pid, uint64_t *out_start,
-                      int64_t deadline, smolvm_error **err)
+/* A launched QEMU, stopped (-S), with QMP connected: what spawn and restore share. */
+typedef struct launched {
+    smolvm_qmp *q;
+    pid_t pid;
+    uint64_t start;
+    char *log_path;
+    off_t log_offset;
+} launched;
+
+static void launched_done(launched *l)
 {
-    _cleanup_free_ char *qmp_path = NULL, *pid_path = NULL, *log_path = NULL;
-    _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
+    l->q = smolvm_qmp_free(l->q);
+    free(l->log_path);
+    l->log_path = NULL;
+}
+
+/* After launch succeeded and something later failed: nothing of the VMM stays. */
+static int launched_fail(const smolvm_vmm_config *cfg, launched *l, int r, smolvm_error **err)
+{
+    l->q = smolvm_qmp_free(l->q);
+    r = fail_started(cfg->dir, l->log_path, l->log_offset, l->pid, l->start, r, err);
+    launched_done(l);
+    return r;
+}
+
+static int launch(const smolvm_vmm_config *cfg, bool incoming, launched *l, int64_t deadline,
+                  smolvm_error **err)
+{
+    _cleanup_free_ char *qmp_path = NULL, *pid_path = NULL;
     _cleanup_close_ int listen_fd = -1;
     argv_buf argv = {0};
-    uint64_t start = 0;
     struct stat st;
-    off_t log_offset = 0;
-    pid_t pid, held;
-    int keep[4], r;
+    pid_t held;
+    int keep[5], r;
+    size_t n_keep = 0;
     smolvm_spawn_req req = {0};
 
+    *l = (launched){0};
     if ((r = check_config(cfg, err)) < 0)
         return r;
     qmp_path = smolvm_vmm_path(cfg->dir, QMP_SOCK);
     pid_path = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_PIDFILE);
-    log_path = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_STDERR_LOG);
-    if (!qmp_path || !pid_path || !log_path)
+    l->log_path = smolvm_vmm_path(cfg->dir, SMOLVM_VMM_STDERR_LOG);
+    if (!qmp_path || !pid_path || !l->log_path) {
+        launched_done(l);
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    }
     /* Never pull the sockets from under a VMM that still runs in this dir. */
     held = pidfile_locked(pid_path);
-    if (held)
+    if (held) {
+        launched_done(l);
         return smolvm_err(err, SMOLVM_EEXIST, "a vmm (pid %ld) is already running in '%s'",
                           (long)held, cfg->dir);
+    }
     remove_runtime_files(cfg->dir);
-    if (stat(log_path, &st) == 0)
-        log_offset = st.st_size;
+    if (stat(l->log_path, &st) == 0)
+        l->log_offset = st.st_size;
 
-    if ((r = smolvm_unix_listen(qmp_path, &listen_fd, err)) < 0)
+    if ((r = smolvm_unix_listen(qmp_path, &listen_fd, err)) < 0) {
+        launched_done(l);
         return r;
-    r = build_argv(cfg, listen_fd, &argv, err);
-    keep[0] = listen_fd;
-    keep[1] = cfg->console_fd;
-    keep[2] = cfg->ctl_fd;
-    keep[3] = cfg->agent_fd;
+    }
+    r = build_argv(cfg, listen_fd, incoming, &argv, err);
+    keep[n_keep++] = listen_fd;
+    keep[n_keep++] = cfg->console_fd;
+    keep[n_keep++] = cfg->ctl_fd;
+    if (cfg->agent_fd >= 0)
+        keep[n_keep++] = cfg->agent_fd;
+    if (cfg->mem_fd >= 3)
+        keep[n_keep++] = cfg->mem_fd;
     req = (smolvm_spawn_req){
         .argv = argv.v,
-        .log_path = log_path,
+        .log_path = l->log_path,
         .keep_fds = keep,
-        .n_keep = cfg->agent_fd >= 0 ? 4 : 3,
+        .n_keep = n_keep,
         .stdout_fd = -1,
         .detached = false,
     };
     if (r == 0)
-        r = smolvm_spawn(&req, &pid, err);
+        r = smolvm_spawn(&req, &l->pid, err);
     argv_buf_free(&argv);
     if (r < 0) {
         (void)unlink(qmp_path);
+        launched_done(l);
         return r;
     }
     /* Only QEMU holds the listening socket now, so if it dies our connection sees EOF
      * instead of waiting for a greeting that cannot come. */
     (void)close(TAKE_FD(listen_fd));
-    if (smolvm_pid_start_time(pid, &start, NULL) < 0 || !smolvm_pid_alive(pid, start)) {
+    if (smolvm_pid_start_time(l->pid, &l->start, NULL) < 0 || !smolvm_pid_alive(l->pid, l->start)) {
         /* Already gone: nothing to kill, only its words to collect. */
-        _cleanup_free_ char *tail = log_tail(log_path, log_offset);
+        _cleanup_free_ char *tail = log_tail(l->log_path, l->log_offset);
 
-        (void)waitpid(pid, NULL, 0);
+        (void)waitpid(l->pid, NULL, 0);
         remove_runtime_files(cfg->dir);
+        launched_done(l);
         return smolvm_err(err, SMOLVM_EVMM, "qemu exited: %s", tail ? tail : "no output");
     }
+    r = smolvm_qmp_connect(&l->q, qmp_path, deadline, err);
+    if (r < 0)
+        return launched_fail(cfg, l, r, err);
+    return 0;
+}
 
+static int qemu_spawn(const smolvm_vmm_config *cfg, int64_t *out_pid, uint64_t *out_start,
+                      int64_t deadline, smolvm_error **err)
+{
+    launched l;
+    int r;
+
+    if ((r = launch(cfg, false, &l, deadline, err)) < 0)
+        return r;
     /* The channels are connected sockets, so nothing the guest writes can be lost: the
      * CPUs can run as soon as QMP answers. */
-    r = smolvm_qmp_connect(&q, qmp_path, deadline, err);
-    if (r == 0)
-        r = smolvm_qmp_execute(q, "cont", NULL, NULL, deadline, err);
-    if (r < 0) {
-        q = smolvm_qmp_free(q);
-        return fail_started(cfg->dir, log_path, log_offset, pid, start, r, err);
-    }
-    *out_pid = pid;
-    *out_start = start;
+    r = smolvm_qmp_execute(l.q, "cont", NULL, NULL, deadline, err);
+    if (r < 0)
+        return launched_fail(cfg, &l, r, err);
+    *out_pid = l.pid;
+    *out_start = l.start;
+    launched_done(&l);
     return 0;
+}
+
+/* ---------------------------------------------------------------- migration */
+
+/* The settings both ends of a migration need: MIGRATION events (waited for, not
+ * polled), RAM in or out of the stream, no bandwidth cap. */
+static int migration_setup(smolvm_qmp *q, bool shared_mem, int64_t deadline, smolvm_error **err)
+{
+    json_t *caps = json_pack("{s:[{s:s, s:b}, {s:s, s:b}]}", "capabilities", "capability", "events",
+                             "state", 1, "capability", "x-ignore-shared", "state", (int)shared_mem);
+    json_t *params = json_pack("{s:I}", "max-bandwidth", (json_int_t)MIGRATE_BANDWIDTH);
+    int r;
+
+    if (!caps || !params) {
+        json_decref(caps);
+        json_decref(params);
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    }
+    r = smolvm_qmp_execute(q, "migrate-set-capabilities", caps, NULL, deadline, err);
+    if (r == 0)
+        r = smolvm_qmp_execute(q, "migrate-set-parameters", params, NULL, deadline, err);
+    json_decref(caps);
+    json_decref(params);
+    return r;
+}
+
+/* Wait for the migration to end; its failure in QEMU's words. */
+static int migration_wait(smolvm_qmp *q, const char *what, int64_t deadline, smolvm_error **err)
+{
+    for (;;) {
+        json_t *ev = NULL, *info = NULL;
+        const char *status;
+        int r = smolvm_qmp_wait_event(q, "MIGRATION", &ev, deadline, err);
+
+        if (r < 0)
+            return smolvm_err_wrap(err, "%s", what);
+        status = json_string_value(json_object_get(json_object_get(ev, "data"), "status"));
+        if (status && strcmp(status, "completed") == 0) {
+            json_decref(ev);
+            return 0;
+        }
+        if (!status || (strcmp(status, "failed") && strcmp(status, "cancelled"))) {
+            json_decref(ev);
+            continue; /* setup, active, device, ... */
+        }
+        json_decref(ev);
+        /* query-migrate has the reason (error-desc), while it lasts. */
+        if (smolvm_qmp_execute(q, "query-migrate", NULL, &info, deadline, NULL) == 0) {
+            const char *desc = json_string_value(json_object_get(info, "error-desc"));
+
+            r = smolvm_err(err, SMOLVM_EVMM, "%s: %s", what, desc ? desc : "migration failed");
+            json_decref(info);
+            return r;
+        }
+        return smolvm_err(err, SMOLVM_EVMM, "%s: the migration failed", what);
+    }
+}
+
+static int uri_args(json_t **out)
+{
+    *out = json_pack("{s:s}", "uri", "fd:" STATE_FDNAME);
+    return *out ? 0 : SMOLVM_ENOMEM;
+}
+
+static int qemu_restore(const smolvm_vmm_config *cfg, const smolvm_vmm_snapshot *snap,
+                        int64_t *out_pid, uint64_t *out_start, int64_t deadline, smolvm_error **err)
+{
+    _cleanup_close_ int fd = -1;
+    json_t *args = NULL;
+    launched l;
+    int r;
+
+    if (!snap->state_path || snap->state_path[0] != '/')
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: restore needs an absolute state path");
+    if (snap->shared_mem && cfg->mem_fd < 3 && !cfg->mem_file)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "vmm: a snapshot without its memory needs a memory file or memfd");
+    fd = open(snap->state_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "open '%s'", snap->state_path);
+    if ((r = launch(cfg, true, &l, deadline, err)) < 0)
+        return r;
+    r = migration_setup(l.q, snap->shared_mem, deadline, err);
+    if (r == 0)
+        r = smolvm_qmp_getfd(l.q, STATE_FDNAME, fd, deadline, err);
+    if (r == 0 && (r = uri_args(&args)) < 0)
+        smolvm_err(err, r, "out of memory");
+    if (r == 0)
+        r = smolvm_qmp_execute(l.q, "migrate-incoming", args, NULL, deadline, err);
+    json_decref(args);
+    if (r == 0)
+        r = migration_wait(l.q, "restore", deadline, err);
+    if (r == 0)
+        r = smolvm_qmp_execute(l.q, "cont", NULL, NULL, deadline, err);
+    if (r < 0)
+        return launched_fail(cfg, &l, r, err);
+    *out_pid = l.pid;
+    *out_start = l.start;
+    launched_done(&l);
+    return 0;
+}
+
+static int qemu_snapshot(const char *dir, const smolvm_vmm_snapshot *snap, int64_t deadline,
+                         smolvm_error **err)
+{
+    _cleanup_(smolvm_qmp_freep) smolvm_qmp *q = NULL;
+    _cleanup_close_ int fd = -1;
+    json_t *args = NULL;
+    int r;
+
+    if (!snap->state_path || snap->state_path[0] != '/')
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: snapshot needs an absolute state path");
+    if ((r = qmp_open(dir, &q, deadline, err)) < 0)
+        return r;
+    if ((r = smolvm_qmp_execute(q, "stop", NULL, NULL, deadline, err)) < 0)
+        return r;
+    fd = open(snap->state_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return smolvm_err_errno(err, errno, "create '%s'", snap->state_path);
+    r = migration_setup(q, snap->shared_mem, deadline, err);
+    if (r == 0)
+        r = smolvm_qmp_getfd(q, STATE_FDNAME, fd, deadline, err);
+    if (r == 0 && (r = uri_args(&args)) < 0)
+        smolvm_err(err, r, "out of memory");
+    if (r == 0)
+        r = smolvm_qmp_execute(q, "migrate", args, NULL, deadline, err);
+    json_decref(args);
+    if (r == 0)
+        r = migration_wait(q, "snapshot", deadline, err);
+    /* Written through QEMU's copy of the fd: ours makes it durable. */
+    if (r == 0 && fsync(fd) < 0)
+        r = smolvm_err_errno(err, errno, "fsync '%s'", snap->state_path);
+    if (r < 0)
+        (void)unlink(snap->state_path);
+    return r;
 }
 
 static int qemu_pause(const char *dir, int64_t deadline, smolvm_error **err)
@@ -659,4 +869,6 @@ const smolvm_vmm_ops smolvm_vmm_qemu = {
     .hostfwd_add = qemu_hostfwd_add,
     .hostfwd_remove = qemu_hostfwd_remove,
     .describe = qemu_describe,
+    .snapshot = qemu_snapshot,
+    .restore = qemu_restore,
 };

@@ -233,9 +233,72 @@ int smolvm_qmp_connect(smolvm_qmp **out, const char *path, int64_t deadline, smo
     return smolvm_qmp_open_fd(out, fd, deadline, err);
 }
 
+/* The first bytes of a command with fd attached (SCM_RIGHTS); *sent: how many. */
+static int send_with_fd(smolvm_qmp *q, const char *data, size_t len, int fd, size_t *sent,
+                        int64_t deadline, smolvm_error **err)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    struct cmsghdr *c;
+
+    memset(&ctl, 0, sizeof(ctl));
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = sizeof(ctl.buf);
+    c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    for (;;) {
+        ssize_t w = sendmsg(q->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int r = wait_fd(q->fd, POLLOUT, deadline, "the vmm to accept a command", err);
+
+            if (r < 0)
+                return r;
+            continue;
+        }
+        if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
+            return smolvm_err(err, SMOLVM_EVMM, "qmp: the vmm closed the connection");
+        if (w < 0)
+            return smolvm_err_errno(err, errno, "qmp: sendmsg");
+        *sent = (size_t)w;
+        return 0;
+    }
+}
+
+static int execute(smolvm_qmp *q, const char *command, json_t *args, int fd, json_t **ret,
+                   int64_t deadline, smolvm_error **err);
+
 int smolvm_qmp_execute(smolvm_qmp *q, const char *command, json_t *args, json_t **ret,
                        int64_t deadline, smolvm_error **err)
 {
+    return execute(q, command, args, -1, ret, deadline, err);
+}
+
+int smolvm_qmp_getfd(smolvm_qmp *q, const char *name, int fd, int64_t deadline, smolvm_error **err)
+{
+    json_t *args = json_pack("{s:s}", "fdname", name);
+    int r;
+
+    if (!args)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    r = execute(q, "getfd", args, fd, NULL, deadline, err);
+    json_decref(args);
+    return r;
+}
+
+static int execute(smolvm_qmp *q, const char *command, json_t *args, int fd, json_t **ret,
+                   int64_t deadline, smolvm_error **err)
+{
+    size_t sent = 0;
     unsigned long id = q->next_id++;
     json_t *req;
     char *text;
@@ -264,7 +327,9 @@ int smolvm_qmp_execute(smolvm_qmp *q, const char *command, json_t *args, json_t 
         text[len++] = '\n';
         text[len] = '\0';
     }
-    r = send_all(q, text, len, deadline, err);
+    r = fd >= 0 ? send_with_fd(q, text, len, fd, &sent, deadline, err) : 0;
+    if (r == 0)
+        r = send_all(q, text + sent, len - sent, deadline, err);
     free(text);
     if (r < 0)
         return smolvm_err_wrap(err, "qmp '%s'", command);

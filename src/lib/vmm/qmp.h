@@ -34,6 +34,10 @@ int smolvm_qmp_open_fd(smolvm_qmp **out, int fd, int64_t deadline, smolvm_error 
 int smolvm_qmp_execute(smolvm_qmp *q, const char *command, json_t *args, json_t **ret,
                        int64_t deadline, smolvm_error **err);
 
+/* QMP "getfd": hand fd (not consumed) to the VMM under name, for commands that take
+ * "fd:NAME" (migrate, migrate-incoming). */
+int smolvm_qmp_getfd(smolvm_qmp *q, const char *name, int fd, int64_t deadline, smolvm_error **err);
+
 /* Wait for the event named `name` (queued ones first). *event (may be NULL) receives
  * a new reference to the whole event object. SMOLVM_ETIMEDOUT past the deadline. */
 int smolvm_qmp_wait_event(smolvm_qmp *q, const char *name, json_t **event, int64_t deadline,

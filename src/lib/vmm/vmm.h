@@ -10,6 +10,7 @@
 #ifndef SMOLVM_VMM_H
 #define SMOLVM_VMM_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "smolvm.h"
@@ -54,7 +55,25 @@ typedef struct smolvm_vmm_config {
     /* Firecracker: the hybrid vsock's unix socket; the guest's connections to host port
      * P arrive at "<vsock_uds>_P" (the supervisor listens there). NULL: no vsock. */
     const char *vsock_uds;
+    /* ---- Guest memory (QEMU; Firecracker ignores both). mem_fd >= 3: the guest's RAM
+     * is this memfd (the supervisor's, sized memory_mib), mapped shared, so its holder
+     * can save it while the VMM is paused (templates, suspend) without the VMM copying
+     * it. mem_file: a template's memory file, mapped privately (copy on write: pages
+     * stay shared with the file and every other clone until the guest writes them).
+     * Neither (mem_fd 0 or -1, mem_file NULL): anonymous memory. */
+    int mem_fd;
+    const char *mem_file;
 } smolvm_vmm_config;
+
+/* A saved VM (a template or a suspended VM). */
+typedef struct smolvm_vmm_snapshot {
+    const char *state_path; /* device state: QEMU's migration stream, Firecracker's file */
+    const char *mem_path;   /* Firecracker: the memory file (QEMU: cfg's mem_fd/mem_file) */
+    /* QEMU: the guest RAM is shared memory that the caller saves (snapshot) or maps
+     * (restore) itself, so the stream leaves it out (x-ignore-shared). false: the RAM
+     * travels in the stream. */
+    bool shared_mem;
+} smolvm_vmm_snapshot;
 
 #define SMOLVM_VMM_OVERLAY_MIB 8192
 
@@ -98,14 +117,16 @@ typedef struct smolvm_vmm_ops {
      * guest with no agent or control channel to ask; returns once delivered. */
     int (*poweroff)(const char *dir, int64_t deadline, smolvm_error **err);
 
-    /* Write a full snapshot of a paused VM: device state and guest memory. */
-    int (*snapshot)(const char *dir, const char *state_path, const char *mem_path, int64_t deadline,
+    /* Pause the VM (if it runs) and write its snapshot; it stays paused (resume() goes
+     * on). The state file is created (exclusively) and removed again on failure. */
+    int (*snapshot)(const char *dir, const smolvm_vmm_snapshot *snap, int64_t deadline,
                     smolvm_error **err);
 
     /* Like spawn, but the guest continues from a snapshot instead of booting (so there
-     * is no ready message to wait for). cfg must describe the same disks and network. */
-    int (*restore)(const smolvm_vmm_config *cfg, const char *state_path, const char *mem_path,
-                   int64_t *pid, uint64_t *pid_start, int64_t deadline, smolvm_error **err);
+     * is no ready message to wait for); it runs when this returns. cfg must describe the
+     * same machine (vcpus, memory, devices) as the VM the snapshot was taken of. */
+    int (*restore)(const smolvm_vmm_config *cfg, const smolvm_vmm_snapshot *snap, int64_t *pid,
+                   uint64_t *pid_start, int64_t deadline, smolvm_error **err);
 } smolvm_vmm_ops;
 
 extern const smolvm_vmm_ops smolvm_vmm_qemu;
