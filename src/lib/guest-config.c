@@ -76,7 +76,11 @@ int smolvm_kernel_cmdline(char **out, const char *hostname, int network, const c
         if (!ip)
             return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     }
-    if (tsc_khz && !(tsc = smolvm_strdupf(" tsc_early_khz=%lu", tsc_khz)))
+    /* TCG (tsc_khz given): the TSC is the host's, so it is exact, but the kernel's
+     * watchdog sees emulation delays as skew and falls back to jiffies, whose clock then
+     * runs with the timer interrupts QEMU delivers late or in bursts on a busy host
+     * (measured: seconds off within a minute). tsc=reliable keeps the TSC. */
+    if (tsc_khz && !(tsc = smolvm_strdupf(" tsc_early_khz=%lu tsc=reliable", tsc_khz)))
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     s = smolvm_strdupf("console=ttyS0 reboot=t panic=-1 acpi=off%s root=/dev/vda rw "
                        "rootfstype=ext4 init=/sbin/smolvm-init quiet%s",

@@ -99,23 +99,20 @@ static int clone_options(smolvm_vm_options *o, smolvm_template **out, smolvm_ctx
     if (o->disk == SMOLVM_DISK_SHARED)
         return smolvm_err(err, SMOLVM_EINVAL,
                           "disk: a clone's disk is an overlay of its template's ('isolated')");
-    if (t->network == SMOLVM_NET_NONE && o->network != SMOLVM_NET_AUTO &&
-        o->network != SMOLVM_NET_NONE)
+    /* The VMM's network backend is part of its saved state (QEMU's user network keeps
+     * its connections in the stream; no network means no device). */
+    if (o->network != SMOLVM_NET_AUTO && o->network != t->network)
         return smolvm_err(err, SMOLVM_EINVAL,
-                          "network: template '%s' has no network device; its clones have none",
-                          name);
-    if (t->network != SMOLVM_NET_NONE && o->network == SMOLVM_NET_NONE)
-        return smolvm_err(err, SMOLVM_EINVAL,
-                          "network: template '%s' has a network device; a clone needs 'nat' or "
-                          "'user'",
-                          name);
+                          "network: template '%s' was made on network '%s'; its clones are too "
+                          "(got '%s')",
+                          name, smolvm_net_mode_to_string(t->network),
+                          smolvm_net_mode_to_string(o->network));
     o->backend = t->backend;
     o->memory_mib = t->memory_mib;
     o->vcpus = t->vcpus;
     o->image = t->image;
     o->transport = SMOLVM_TRANSPORT_AGENT;
-    if (t->network == SMOLVM_NET_NONE)
-        o->network = SMOLVM_NET_NONE;
+    o->network = t->network;
     *out = TAKE_PTR(t);
     return 0;
 }

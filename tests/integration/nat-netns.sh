@@ -13,6 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 state=$(mktemp -d /tmp/smolvm-nat.XXXXXX)
 export SMOLVM_STATE_DIR="$state"
+export SMOLVM_TEMPLATE_DIR="$state/templates"
 missing=$("$SMOLVM_LUA" -e '
   for _, c in ipairs(require("smolvm").doctor()) do
     if c.required and not c.ok then print(c.name .. ": " .. c.detail) end

@@ -7,6 +7,7 @@ set -eu
 interp=$1 spec=$2
 state=$(mktemp -d /tmp/smolvm-it.XXXXXX)
 export SMOLVM_STATE_DIR="$state"
+export SMOLVM_TEMPLATE_DIR="$state/templates"
 cleanup() {
     # Whatever a failed test left: kill VMMs of this state dir, then remove it.
     pkill -9 -f -- "$state/" 2>/dev/null || true

@@ -62,3 +62,12 @@ add_test(NAME integration/lifetime
 set_tests_properties(integration/lifetime PROPERTIES LABELS "integration;vm;root"
   SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 1200
   ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
+
+# Templates, clones, fork, pause and suspend (docs/templates.md); nat clones need root.
+add_test(NAME integration/templates
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integration/nat-netns.sh ${SMOLVM_IT_LUA}
+          ${CMAKE_CURRENT_SOURCE_DIR}/integration/templates_spec.lua
+  WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/integration)
+set_tests_properties(integration/templates PROPERTIES LABELS "integration;vm;root"
+  SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 1200
+  ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
