@@ -234,7 +234,7 @@ describe("a template made from an image that was rebuilt since", function()
     -- A private image dir: the default image's files, with a manifest of its own that
     -- this test rewrites as a rebuild would.
     local img = sh("mktemp -d /tmp/smolvm-img.XXXXXX"):gsub("%s+$", "")
-    
+
     local default = (os.getenv("SMOLVM_IMAGE_DIR")
                      or (os.getenv("HOME") .. "/.local/share/smolvm/images")) .. "/default"
     sh(("mkdir -p %s/t && ln -s %s/vmlinux %s/rootfs.ext4 %s/t/ && cp %s/manifest.json %s/t/")
