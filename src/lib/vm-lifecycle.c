@@ -83,9 +83,8 @@ static json_t *clone_identity(smolvm_vm *vm, const smolvm_vm_net *nat, bool susp
         net = json_pack("{s:s, s:i, s:s, s:s, s:s?}", "ip", nat->ip, "prefix",
                         netmask_prefix(nat->netmask), "gateway", nat->gateway, "mac", nat->mac,
                         "dns", nat->have_dns ? nat->dns : NULL);
-    else if (c->network == SMOLVM_NET_USER)
-        net = json_pack("{s:s, s:i, s:s, s:s}", "ip", SMOLVM_USER_GUEST_IP, "prefix", 24, "gateway",
-                        SMOLVM_USER_GATEWAY, "dns", SMOLVM_USER_DNS);
+    /* User networking gives every guest the same address: a clone (of a template made
+     * on it too) has it already. */
     id = json_pack("{s:s}", "hostname", vm->id);
     if (id && net)
         (void)json_object_set_new(id, "net", net);
