@@ -570,9 +570,13 @@ local function wrapped(prefix, msg, code)
   return nil, prefix .. ": " .. tostring(msg), code
 end
 
--- An exec/attach stream up to its first REPLY (the pid).
+-- An exec/attach stream up to its first REPLY (the pid). A guest busy starting other
+-- processes may take a while to start this one: as long as the command's own timeout,
+-- at least call_timeout.
 function VM:_proc_open(req, window, what)
-  local conn, st, ev = open(self.sock, req, window, M.config.call_timeout)
+  local first = M.config.call_timeout
+  if req.timeout_ms and req.timeout_ms > first then first = req.timeout_ms end
+  local conn, st, ev = open(self.sock, req, window, first)
   if not conn then return wrapped(what, st, ev) end
   if ev.kind ~= "reply" or type(ev.json.pid) ~= "number" or ev.json.pid <= 0 then
     st:close()

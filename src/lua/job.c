@@ -386,7 +386,7 @@ static int job_listen(job *j)
     (void)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", j->path);
     if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
         return fail_errno(j, "socket");
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
         r = fail_errno(j, "listen");
         (void)close(fd);
         (void)unlink(j->path);
@@ -396,21 +396,26 @@ static int job_listen(job *j)
     return 0;
 }
 
-/* Tell the waiter, who connected (or is about to) when it made the job. */
+/* Tell the waiters: the one that made the job connected (or is about to) right after,
+ * others (requests waiting for this VM) may have too. Whoever comes after the socket is
+ * gone finds the job done. */
 static void answer(job *j)
 {
     struct pollfd p = {.fd = j->listen_fd, .events = POLLIN};
-    int w, c;
+    int wait_ms = ANSWER_WAIT_MS, w, c;
 
-    do
-        w = poll(&p, 1, ANSWER_WAIT_MS);
-    while (w < 0 && errno == EINTR);
-    if (w <= 0)
-        return;
-    if ((c = accept4(j->listen_fd, NULL, NULL, SOCK_CLOEXEC)) < 0)
-        return;
-    (void)!send(c, "done\n", 5, MSG_NOSIGNAL);
-    (void)close(c);
+    for (;;) {
+        do
+            w = poll(&p, 1, wait_ms);
+        while (w < 0 && errno == EINTR);
+        if (w <= 0)
+            return;
+        if ((c = accept4(j->listen_fd, NULL, NULL, SOCK_CLOEXEC)) < 0)
+            return;
+        (void)!send(c, "done\n", 5, MSG_NOSIGNAL);
+        (void)close(c);
+        wait_ms = 0; /* then only those already queued */
+    }
 }
 
 /* ---------------------------------------------------------------- the calls */
