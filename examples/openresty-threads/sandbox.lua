@@ -1,5 +1,5 @@
 -- SPDX-License-Identifier: MIT
---- Content handlers of the example code-running service (examples/openresty/nginx.conf).
+--- Content handlers of the example code-running service (examples/openresty-threads/nginx.conf).
 --
 --   POST /run                 run code, answer { stdout, stderr, exit_code, ... }
 --        body: JSON { "code": "...", "lang": "sh"|"python", "timeout": seconds,

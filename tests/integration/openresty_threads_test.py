@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""The example service (examples/openresty) in a real nginx on 127.0.0.1.
+"""The thread-pool example service (examples/openresty-threads: smolvm.worker through
+ngx.run_worker_thread, for hosts without cosockets) in a real nginx on 127.0.0.1.
 
 Starts Debian's nginx with the lua module on a free port, its own prefix and its own
 smolvm state dir, and checks what a user of the service would: code runs and its
@@ -165,7 +166,7 @@ def worker_pids(master):
 
 def main():
     nginx = preconditions()
-    tmp = tempfile.mkdtemp(prefix="smolvm-openresty.")
+    tmp = tempfile.mkdtemp(prefix="smolvm-openresty-threads.")
     prefix = os.path.join(tmp, "nginx")
     state = os.path.join(tmp, "state")
     os.makedirs(os.path.join(prefix, "logs"))
@@ -183,14 +184,14 @@ def main():
     # The example as shipped; only the port changes, and one worker, so that every
     # /health request is served by the very worker that waits for the boot.
     port = free_port()
-    with open(os.path.join(SRC, "examples", "openresty", "nginx.conf")) as f:
+    with open(os.path.join(SRC, "examples", "openresty-threads", "nginx.conf")) as f:
         conf = f.read()
     assert "listen 127.0.0.1:8080;" in conf and "worker_processes 2;" in conf
     conf = conf.replace("listen 127.0.0.1:8080;", "listen 127.0.0.1:%d;" % port)
     conf = conf.replace("worker_processes 2;", "worker_processes 1;")
     with open(os.path.join(prefix, "nginx.conf"), "w") as f:
         f.write(conf)
-    shutil.copy(os.path.join(SRC, "examples", "openresty", "sandbox.lua"), prefix)
+    shutil.copy(os.path.join(SRC, "examples", "openresty-threads", "sandbox.lua"), prefix)
 
     cmd = [nginx, "-p", prefix, "-c", "nginx.conf"]
     if os.geteuid() == 0:
