@@ -126,12 +126,18 @@ function M.getpid()
   return 0
 end
 
-local function prepare()
-  if sigchld_pid ~= M.getpid() then
-    local ok, why = M.reset_sigchld()
-    if not ok then ngx.log(ngx.WARN, "smolvm: cannot reset SIGCHLD: ", why) end
-  end
+--- prepare(): in an nginx worker (any phase but init, which runs in the master, whose
+-- SIGCHLD handler reaps the workers), reset SIGCHLD once. vm.lua calls it before any
+-- smolvm call made inside nginx, waiting or not.
+function M.prepare()
+  local n = ngx_api()
+  if not n or sigchld_pid == M.getpid() then return end
+  local ok, phase = pcall(n.get_phase)
+  if not ok or phase == "init" then return end
+  local done, why = M.reset_sigchld()
+  if not done then n.log(n.WARN, "smolvm: cannot reset SIGCHLD: ", why) end
 end
+local prepare = M.prepare
 
 -- A condition for several light threads on one connection (smolvm.client's cond).
 local semaphore

@@ -26,6 +26,7 @@ local ngx_backend
 local function in_nginx()
   if rawget(_G, "ngx") == nil then return nil end
   ngx_backend = ngx_backend or require "smolvm.ngx"
+  ngx_backend.prepare()
   return ngx_backend.active() and ngx_backend or nil
 end
 
