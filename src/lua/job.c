@@ -18,6 +18,8 @@
  *     "read_file" path | "write_file" path data | "upload" local remote |
  *     "download" remote local
  *   job:path()   the socket to connect to      job:done()   has the call returned?
+ *   job:wait(ms) -> true | nil, "timed out", "ETIMEDOUT"   (blocks this thread: for
+ *                hosts without an event loop of their own)
  *   job:result() once, after done: true | value(s) | nil, msg, code
  *
  * VMs made by jobs are "background" handles (binding.h): each has a context (store
@@ -50,6 +52,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "binding.h"
@@ -113,7 +116,8 @@ typedef struct create_args {
 
 struct smolvm_lua_job {
     pthread_mutex_t mu;
-    int refs; /* the userdata, the thread, a lender */
+    pthread_cond_t cv; /* signalled once done */
+    int refs;          /* the userdata, the thread, a lender */
     job_op op;
     bool done;   /* the call returned; results are set and no longer change */
     bool waiter; /* the userdata is alive: somebody may connect */
@@ -295,6 +299,7 @@ static void job_free(job *j, bool on_thread)
     free(j->text);
     free(j->info);
     smolvm_run_result_free(j->result);
+    pthread_cond_destroy(&j->cv);
     pthread_mutex_destroy(&j->mu);
     free(j);
 }
@@ -503,6 +508,7 @@ static void *job_main(void *arg)
     j->rc = execute(j);
     pthread_mutex_lock(&j->mu);
     j->done = true;
+    pthread_cond_broadcast(&j->cv);
     wait = j->waiter;
     closing = j->close_after;
     if (closing) {
@@ -588,6 +594,7 @@ static job *job_new(lua_State *L, job_op op)
     if (!(j = calloc(1, sizeof(*j))))
         luaL_error(L, "out of memory");
     pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
     j->refs = 1;
     j->waiter = true;
     j->op = op;
@@ -716,6 +723,7 @@ int smolvm_lua_job_create(lua_State *L, const smolvm_vm_options *o)
             return luaL_error(L, "out of memory");
         for (i = 0; i < o->n_forwards; i++) {
             a->fw[i] = o->forwards[i];
+            a->fw[i].host_address = NULL; /* never the borrowed one, even if the copy fails */
             a->fw[i].host_address = dup_or_raise(L, o->forwards[i].host_address);
         }
         a->o.forwards = a->fw;
@@ -895,6 +903,37 @@ static int l_job_done(lua_State *L)
     return 1;
 }
 
+/* job:wait(timeout_ms) -> true | nil, msg, "ETIMEDOUT" */
+static int l_job_wait(lua_State *L)
+{
+    job *j = check_job(L);
+    lua_Integer ms = luaL_checkinteger(L, 2);
+    struct timespec until;
+    bool done;
+
+    luaL_argcheck(L, ms >= 0 && ms <= INT_MAX, 2, "timeout in ms out of range");
+    (void)clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)(ms / 1000);
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&j->mu);
+    while (!j->done && pthread_cond_timedwait(&j->cv, &j->mu, &until) != ETIMEDOUT)
+        ;
+    done = j->done;
+    pthread_mutex_unlock(&j->mu);
+    if (!done) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "job: not done after %d ms", (int)ms);
+        lua_pushstring(L, smolvm_error_name(SMOLVM_ETIMEDOUT));
+        return 3;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* A new background VM userdata holding the job's VM. */
 static void push_background_vm(lua_State *L, job *j, int owned)
 {
@@ -971,10 +1010,8 @@ static int l_job_tostring(lua_State *L)
 }
 
 static const luaL_Reg job_methods[] = {
-    {"path", l_job_path},
-    {"done", l_job_done},
-    {"result", l_job_result},
-    {NULL, NULL},
+    {"path", l_job_path},     {"done", l_job_done}, {"wait", l_job_wait},
+    {"result", l_job_result}, {NULL, NULL},
 };
 
 static const luaL_Reg job_meta[] = {
