@@ -58,7 +58,13 @@ AS_WRITTEN = r"""
             }
         }
         location = /collect {
-            content_by_lua_block { collectgarbage() collectgarbage() ngx.say("collected") }
+            # JIT traces keep the function objects they were specialised on (the
+            # iterator lines() returned, its proc, its VM) until they are flushed.
+            content_by_lua_block {
+                if jit then jit.flush() end
+                collectgarbage() collectgarbage()
+                ngx.say("collected")
+            }
         }
 """
 
