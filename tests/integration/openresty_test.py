@@ -431,8 +431,9 @@ def main():
         # the host: the response headers leave nginx once the process runs; a command
         # that prints nothing (`true`) shows how long the guest then takes to start a
         # shell and end; the first line of the streaming command must come no later
-        # than that plus 100 ms. Each later line must come on its own, about its 0.5 s
-        # after the one before (output held anywhere would arrive in a clump).
+        # than the slowest of three such runs plus 100 ms (output held anywhere would
+        # come a line, 0.5 s, or the whole command later). Each later line must come on
+        # its own, about its 0.5 s after the one before.
         ref = []
         for _ in range(3):
             r = run("true", q)
@@ -461,10 +462,10 @@ def main():
               "the first line arrived long before the command ended (%.2f s before)"
               % (r.t_end - lines[0][0]))
         if enforce:
-            check(first_ms <= statistics.median(ref) + 100,
+            check(first_ms <= max(ref) + 100,
                   "the first line reached the client within 100 ms of the shell being able to "
-                  "print it (%.0f ms after the headers, `true` ends after %.0f ms)"
-                  % (first_ms, statistics.median(ref)))
+                  "print it (%.0f ms after the headers, `true` ends after at most %.0f ms)"
+                  % (first_ms, max(ref)))
         r = run("echo a; sleep 0.5; echo b >&2; exit 4", q, {"Accept": "text/event-stream"})
         ev = sse_events(r.body)
         check(r.headers.get("content-type", "").startswith("text/event-stream")
