@@ -20,6 +20,16 @@ local proc = require "smolvm.proc"
 
 local unpack = table.unpack or unpack
 
+-- Inside nginx, where it can wait on cosockets, a VM's waits go through them
+-- (smolvm.ngx); everywhere else the binding's blocking calls are used as they are.
+local ngx_backend
+local function in_nginx()
+  if rawget(_G, "ngx") == nil then return nil end
+  ngx_backend = ngx_backend or require "smolvm.ngx"
+  ngx_backend.prepare()
+  return ngx_backend.active() and ngx_backend or nil
+end
+
 local function pack(...)
   return { n = select("#", ...), ... }
 end
@@ -414,7 +424,9 @@ function M.new(opts, level)
   if norm.ttl then c.ttl_ms = to_ms(norm.ttl) end
   c.ttl = nil
   c.ephemeral = true
-  local u, msg, code = core.vm_create(c)
+  local nb = in_nginx()
+  local u, msg, code
+  if nb then u, msg, code = nb.create(c) else u, msg, code = core.vm_create(c) end
   if not u then return nil, msg, code end
   return wrap(u)
 end
@@ -426,13 +438,17 @@ function VM.from_id(id)
   if not schema.valid_id(id) then
     error("from_id: id: expected string matching " .. schema.ID_DESC .. ", got " .. describe(id), 2)
   end
-  local u, msg, code = core.vm_open(id)
+  local nb = in_nginx()
+  local u, msg, code
+  if nb then u, msg, code = nb.open(id) else u, msg, code = core.vm_open(id) end
   if not u then return nil, msg, code end
   return wrap(u)
 end
 
 --- VM.list() -> { info, ... } | nil, msg, code
 function VM.list()
+  local nb = in_nginx()
+  if nb then return nb.list() end
   return core.list()
 end
 

@@ -296,6 +296,20 @@ SMOLVM_EXTERN int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **
  * reconcile). Typical: begin on every VM, then finish on every VM. */
 SMOLVM_EXTERN int smolvm_vm_start_begin(smolvm_vm *vm, int timeout_ms, smolvm_error **err);
 SMOLVM_EXTERN int smolvm_vm_start_finish(smolvm_vm *vm, smolvm_error **err);
+/* The end of a start whose readiness the caller waited for itself, instead of with
+ * smolvm_vm_start_finish: after smolvm_vm_start_begin, the caller connects to the VM's
+ * supervisor (<dir>/agent.sock, docs/agent-protocol.md) with its own event loop (an
+ * nginx cosocket, say) and waits for the supervisor's hello.
+ * confirm: the hello came; the VM is recorded running and its lock released (no SSH
+ * session is opened: the SSH transport connects at its first command).
+ * abort: it did not (a GOAWAY, the caller's deadline): `code` (a SMOLVM_E* code;
+ * anything else is SMOLVM_EVMM) and `reason` become the error, the VMM is killed and
+ * the VM marked "error" as a failed start_finish would. Returns `code`.
+ * Both are SMOLVM_ESTATE when no start is pending. They block for store writes (and,
+ * abort, for the VMM's exit, at most 2 s). */
+SMOLVM_EXTERN int smolvm_vm_start_confirm(smolvm_vm *vm, smolvm_error **err);
+SMOLVM_EXTERN int smolvm_vm_start_abort(smolvm_vm *vm, int code, const char *reason,
+                                        smolvm_error **err);
 /* Clean guest power-off, then VMM quit, then kill, each bounded by the timeout. */
 SMOLVM_EXTERN int smolvm_vm_stop(smolvm_vm *vm, int timeout_ms, smolvm_error **err);
 /* Stop if running, then remove disk, leases, forwards, rules and the record. The handle

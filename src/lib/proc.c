@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -273,6 +274,49 @@ static _Noreturn void exec_child(const smolvm_spawn_req *req, int msg_fd, int nu
     _exit(127);
 }
 
+/*
+ * The two processes of a detached spawn, made with vfork: fork() copies the caller's
+ * page tables while holding its address-space lock, and in a large multi-threaded
+ * caller (an nginx worker, where this runs on a job thread of the Lua binding) every
+ * other thread that faults or maps memory meanwhile waits for it (measured: 30-70 ms
+ * stalls of the worker's event loop on a loaded host). The vfork children share the
+ * caller's memory and make only system calls until they exec or exit; all signals
+ * stay blocked in them until exec_child resets them, so no handler of the caller's
+ * runs on its stack. Returns the intermediate child's pid (it has exited by the time
+ * this returns), or -1 with errno.
+ */
+static pid_t vfork_detached(const smolvm_spawn_req *req, int rd, int wr, int null_fd, int log_fd)
+{
+    sigset_t all, old;
+    pid_t child;
+
+    (void)sigfillset(&all);
+    (void)pthread_sigmask(SIG_SETMASK, &all, &old);
+    child = vfork();
+    if (child == 0) {
+        pid_t gc;
+
+        (void)close(rd);
+        /* A new session: no controlling terminal, not in the caller's process group,
+         * so terminal signals and group kills aimed at the caller miss the VMM. */
+        if (setsid() < 0) {
+            send_msg(wr, MSG_SETUP_ERRNO, errno);
+            _exit(1);
+        }
+        gc = vfork();
+        if (gc < 0) {
+            send_msg(wr, MSG_SETUP_ERRNO, errno);
+            _exit(1);
+        }
+        if (gc == 0)
+            exec_child(req, wr, null_fd, log_fd);
+        send_msg(wr, MSG_PID, (int)gc);
+        _exit(0);
+    }
+    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return child;
+}
+
 int smolvm_spawn(const smolvm_spawn_req *req, pid_t *out_pid, smolvm_error **err)
 {
     _cleanup_close_ int null_fd = -1, log_fd = -1, rd = -1, wr = -1;
@@ -300,12 +344,10 @@ int smolvm_spawn(const smolvm_spawn_req *req, pid_t *out_pid, smolvm_error **err
     rd = pipefd[0];
     wr = pipefd[1];
 
-    child = fork();
+    child = req->detached ? vfork_detached(req, rd, wr, null_fd, log_fd) : fork();
     if (child < 0)
         return smolvm_err_errno(err, errno, "fork");
     if (child == 0) {
-        pid_t gc;
-
         (void)close(rd);
         /* A new session: no controlling terminal, not in the caller's process group,
          * so terminal signals and group kills aimed at the caller miss the VMM. */
@@ -313,25 +355,14 @@ int smolvm_spawn(const smolvm_spawn_req *req, pid_t *out_pid, smolvm_error **err
             send_msg(wr, MSG_SETUP_ERRNO, errno);
             _exit(1);
         }
-        if (!req->detached) {
-            /* A child that dies with its parent, even by SIGKILL. The parent may have
-             * died between fork and prctl: then there is nobody to serve. */
-            if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent) {
-                send_msg(wr, MSG_SETUP_ERRNO, errno ? errno : ESRCH);
-                _exit(1);
-            }
-            send_msg(wr, MSG_PID, (int)getpid());
-            exec_child(req, wr, null_fd, log_fd);
-        }
-        gc = fork();
-        if (gc < 0) {
-            send_msg(wr, MSG_SETUP_ERRNO, errno);
+        /* A child that dies with its parent, even by SIGKILL. The parent may have
+         * died between fork and prctl: then there is nobody to serve. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent) {
+            send_msg(wr, MSG_SETUP_ERRNO, errno ? errno : ESRCH);
             _exit(1);
         }
-        if (gc == 0)
-            exec_child(req, wr, null_fd, log_fd);
-        send_msg(wr, MSG_PID, (int)gc);
-        _exit(0);
+        send_msg(wr, MSG_PID, (int)getpid());
+        exec_child(req, wr, null_fd, log_fd);
     }
 
     (void)close(TAKE_FD(wr));

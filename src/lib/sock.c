@@ -36,7 +36,11 @@ int smolvm_unix_listen(const char *path, int *out, smolvm_error **err)
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
         return smolvm_err_errno(err, errno, "bind '%s'", path);
     (void)chmod(path, 0600);
-    if (listen(fd, 8) < 0)
+    /* The supervisor's agent.sock takes up to 1024 clients, and they come in bursts
+     * (an nginx worker opening a connection for each of 100 requests at once); a unix
+     * socket whose backlog is full refuses a non-blocking connect with EAGAIN. The
+     * kernel caps this at net.core.somaxconn. */
+    if (listen(fd, SOMAXCONN) < 0)
         return smolvm_err_errno(err, errno, "listen '%s'", path);
     *out = TAKE_FD(fd);
     return 0;

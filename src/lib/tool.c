@@ -20,6 +20,8 @@ extern char **environ;
 int smolvm_tool_run(char *const argv[], int64_t deadline, char **output, smolvm_error **err)
 {
     posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, all;
     _cleanup_close_ int rd = -1, pidfd = -1;
     _cleanup_free_ char *buf = malloc(TOOL_OUTPUT_MAX + 1);
     int pipefd[2], r, status = 0, timed_out = 0;
@@ -35,7 +37,17 @@ int smolvm_tool_run(char *const argv[], int64_t deadline, char **output, smolvm_
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
     posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
-    r = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+    /* A caller that blocks or ignores signals (an nginx worker ignores SIGPIPE; the
+     * Lua binding's job threads block nginx's control signals) must not pass that on
+     * to the tool: it gets an empty mask and default actions. */
+    (void)sigemptyset(&none);
+    (void)sigfillset(&all);
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    r = posix_spawnp(&pid, argv[0], &fa, &attr, argv, environ);
+    posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
     (void)close(pipefd[1]);
     if (r != 0)

@@ -250,6 +250,25 @@ static void last_milestone(smolvm_vm *vm, char *out, size_t size)
     smolvm_agent_free(a);
 }
 
+/* The guest is ready (its supervisor said hello): the record says so. */
+static int mark_running(smolvm_vm *vm, smolvm_error **err)
+{
+    int r;
+
+    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': guest ready after %lld ms", vm->id,
+               (long long)(smolvm_now_ms() - vm->start.t0));
+    if (vm->start.from_suspended) {
+        /* Running from it now: the saved state is spent. */
+        _cleanup_free_ char *dir = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_SUSPENDED_DIR);
+
+        if (dir)
+            (void)smolvm_rm_rf(dir, NULL);
+    }
+    if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "running", NULL, err)) < 0)
+        return r;
+    return smolvm_vm_refresh(vm, err);
+}
+
 /* From a running VMM to a VM that runs commands: the supervisor's hello (sent when the
  * guest is ready), the record, the transport's session. */
 static int do_start_finish(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
@@ -272,18 +291,7 @@ static int do_start_finish(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     }
     if (r < 0)
         return r;
-    smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': guest ready after %lld ms", vm->id,
-               (long long)(smolvm_now_ms() - vm->start.t0));
-    if (vm->start.from_suspended) {
-        /* Running from it now: the saved state is spent. */
-        _cleanup_free_ char *dir = smolvm_strdupf("%s/%s", vm->row->dir, SMOLVM_SUSPENDED_DIR);
-
-        if (dir)
-            (void)smolvm_rm_rf(dir, NULL);
-    }
-    if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "running", NULL, err)) < 0)
-        return r;
-    if ((r = smolvm_vm_refresh(vm, err)) < 0)
+    if ((r = mark_running(vm, err)) < 0)
         return r;
     if (vm->cfg->transport == SMOLVM_TRANSPORT_AGENT)
         return 0; /* the connection that saw the hello serves the first command */
@@ -313,6 +321,21 @@ static int start_failed(smolvm_vm *vm, int r, smolvm_error **err)
     (void)smolvm_store_vm_set_supervisor(vm->ctx->store, vm->id, 0, 0, NULL);
     (void)smolvm_store_vm_set_status(vm->ctx->store, vm->id, "error", reason, NULL);
     (void)smolvm_vm_refresh(vm, NULL);
+    return r;
+}
+
+/* The end of a start that got past begin, however it ended (r < 0: failed, *err says
+ * why): the record, the event, the lock. */
+static int start_done(smolvm_vm *vm, int r, smolvm_error **err)
+{
+    if (r < 0)
+        r = start_failed(vm, r, err);
+    else
+        (void)smolvm_store_event(vm->ctx->store, vm->id, "start", NULL, NULL);
+    /* The lock goes last: until here no other process may act on the VM. */
+    (void)close(vm->start.lock);
+    vm->start.lock = -1;
+    vm->start.pending = false;
     return r;
 }
 
@@ -364,17 +387,34 @@ int smolvm_vm_start_finish(smolvm_vm *vm, smolvm_error **err)
                 : smolvm_vm_ssh_connect(vm, vm->start.deadline, err);
         return r < 0 ? smolvm_err_wrap(err, "start '%s'", vm->id) : 0;
     }
-    r = do_start_finish(vm, vm->start.deadline, err);
-    if (r < 0)
-        r = start_failed(vm, r, err);
-    else
-        (void)smolvm_store_event(
-            vm->ctx->store, vm->id, "start", NULL,
-            NULL); /* The lock goes last: until here no other process may act on the VM. */
-    (void)close(vm->start.lock);
-    vm->start.lock = -1;
-    vm->start.pending = false;
-    return r;
+    return start_done(vm, do_start_finish(vm, vm->start.deadline, err), err);
+}
+
+int smolvm_vm_start_confirm(smolvm_vm *vm, smolvm_error **err)
+{
+    if (!vm->start.pending)
+        return smolvm_err(err, SMOLVM_ESTATE, "start '%s': no start in progress", vm->id);
+    if (vm->start.was_running) {
+        vm->start.pending = false;
+        return 0;
+    }
+    /* The caller's connection saw the hello: no session of ours to open (the SSH
+     * transport connects at its first command). */
+    return start_done(vm, mark_running(vm, err), err);
+}
+
+int smolvm_vm_start_abort(smolvm_vm *vm, int code, const char *reason, smolvm_error **err)
+{
+    if (code >= 0 || code < _SMOLVM_CODE_MIN)
+        code = SMOLVM_EVMM;
+    if (!vm->start.pending)
+        return smolvm_err(err, SMOLVM_ESTATE, "start '%s': no start in progress", vm->id);
+    (void)smolvm_err(err, code, "%.400s", reason && *reason ? reason : "start abandoned");
+    if (vm->start.was_running) {
+        vm->start.pending = false;
+        return smolvm_err_wrap(err, "start '%s'", vm->id);
+    }
+    return start_done(vm, code, err);
 }
 
 int smolvm_vm_start(smolvm_vm *vm, int timeout_ms, smolvm_error **err)

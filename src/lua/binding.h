@@ -59,11 +59,17 @@ int smolvm_lua_push_json_text(lua_State *L, smolvm_lua_box *box);
 /* A "smolvm.vm" userdata (vm.c), and the "smolvm.proc" handles made from it (proc.c):
  * they borrow its smolvm_vm, so closing the VM closes them first. */
 typedef struct smolvm_lua_proc smolvm_lua_proc;
+typedef struct smolvm_lua_job smolvm_lua_job;
 typedef struct smolvm_lua_vm {
     smolvm_vm *vm;
     smolvm_lua_ctx *c; /* one reference, so the context outlives the handle */
     int owned;
     smolvm_lua_proc *procs;
+    /* Made by a job (job.c): c is this handle's own context, and closing never blocks
+     * (what it has to do runs on a thread). */
+    int background;
+    /* A job works on the handle: vm, c and owned are the job's until it is done. */
+    smolvm_lua_job *lent;
 } smolvm_lua_vm;
 
 /* The VM userdata at idx, raising for another type or a closed VM. */
@@ -74,12 +80,27 @@ void smolvm_lua_push_proc(lua_State *L, int vm_idx, smolvm_lua_box *box);
 /* Close every proc handle of u (before u's VM is freed). */
 void smolvm_lua_procs_close(smolvm_lua_vm *u);
 
+/* Jobs (job.c). Take a lent handle back from its job once the job is done: 0, or -1
+ * while the job still works on it. */
+int smolvm_lua_job_take_back(smolvm_lua_vm *u);
+/* Close a background handle without blocking: a lent one is closed by its job when
+ * done, another on a thread of its own. */
+void smolvm_lua_job_close_vm(smolvm_lua_vm *u);
+/* core.vm_create(opts, true): the job that creates the VM described by o (its
+ * strings borrowed from the stack; the job copies them). Pushes the job. */
+int smolvm_lua_job_create(lua_State *L, const smolvm_vm_options *o);
+/* vm:job(op, ...) */
+int smolvm_lua_vm_job(lua_State *L);
+/* A run result as the table vm:run returns. */
+void smolvm_lua_push_run_result(lua_State *L, const smolvm_run_result *r);
+
 /* Registration of each object type (called from luaopen_smolvm_core with the module
  * table on top). */
 void smolvm_lua_open_store(lua_State *L);
 void smolvm_lua_open_vm(lua_State *L);
 void smolvm_lua_open_constants(lua_State *L);
 void smolvm_lua_open_proc(lua_State *L);
+void smolvm_lua_open_job(lua_State *L);
 
 /* Check that a method is called on an object: the object or a closed one raises. */
 void smolvm_lua_closed_error(lua_State *L, const char *what);

@@ -5,6 +5,7 @@
  * (seconds, tables) into these.
  *
  *   core.vm_create(opts) -> vm | nil, msg, code   (vm owned: see below)
+ *   core.vm_create(opts, true) -> job             (job.c: created on a thread)
  *   core.vm_open(id)     -> vm | nil, msg, code   (vm not owned)
  *   vm:id() vm:status() vm:info()
  *   vm:start(timeout_ms) vm:stop(timeout_ms) vm:delete()         -> true | nil, msg, code
@@ -16,6 +17,7 @@
  *     -> proc                       (proc.c)
  *   vm:attach(pid) -> proc         vm:processes() -> { {pid=, cmd=, ...}, ... }
  *   vm:keep() vm:owned() vm:closed() vm:close()
+ *   vm:job(op, ...) -> job          (job.c: a blocking call on a thread; VMs made by jobs)
  *
  * Ownership: a VM made by vm_create is "owned" by its handle. Closing an owned handle
  * (close(), __close, __gc, lua_close at exit) stops the VM (5 s) and deletes it, unless
@@ -36,6 +38,8 @@ smolvm_lua_vm *smolvm_lua_check_vm(lua_State *L, int idx)
 {
     lvm *u = luaL_checkudata(L, idx, SMOLVM_LUA_VM_MT);
 
+    if (u->lent && smolvm_lua_job_take_back(u) < 0)
+        luaL_error(L, "vm is busy: a call on it is still running");
     if (!u->vm)
         smolvm_lua_closed_error(L, "vm");
     return u;
@@ -81,6 +85,12 @@ static int close_lvm(lvm *u, smolvm_error **err)
 {
     int r = 0;
 
+    if (u->background || u->lent) {
+        /* Never blocks: a job or a thread does what closing has to. */
+        smolvm_lua_procs_close(u);
+        smolvm_lua_job_close_vm(u);
+        return 0;
+    }
     if (!u->vm)
         return 0;
     if (u->owned) {
@@ -256,7 +266,8 @@ static const char *const *opt_env(lua_State *L, int t)
     return opt_pairs(L, t, "env");
 }
 
-/* core.vm_create(opts) -> vm | nil, msg, code. opts is the facade's normalized table. */
+/* core.vm_create(opts [, async]) -> vm | nil, msg, code. opts is the facade's
+ * normalized table. async: a job that creates it instead (job.c). */
 static int l_vm_create(lua_State *L)
 {
     smolvm_vm_options o = SMOLVM_VM_OPTIONS_INIT;
@@ -265,6 +276,7 @@ static int l_vm_create(lua_State *L)
     smolvm_lua_ctx *c;
     const char *image;
     lvm *u;
+    int async = lua_toboolean(L, 2);
 
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
@@ -311,6 +323,8 @@ static int l_vm_create(lua_State *L)
     lua_settop(L, 5);
     o.labels = opt_pairs(L, 1, "labels"); /* stack 6, 7 */
 
+    if (async)
+        return smolvm_lua_job_create(L, &o);
     u = new_lvm(L);
     box = smolvm_lua_box_new(L);
     if (!(c = smolvm_lua_ctx_get(L, box)))
@@ -512,7 +526,9 @@ static int l_vm_fork(lua_State *L)
 /* vm:closed() -> boolean (the only method a closed handle answers) */
 static int l_vm_closed(lua_State *L)
 {
-    lua_pushboolean(L, ((lvm *)luaL_checkudata(L, 1, SMOLVM_LUA_VM_MT))->vm == NULL);
+    lvm *u = luaL_checkudata(L, 1, SMOLVM_LUA_VM_MT);
+
+    lua_pushboolean(L, u->vm == NULL && u->lent == NULL);
     return 1;
 }
 
@@ -562,7 +578,6 @@ static int l_vm_run(lua_State *L)
     const char *cmd = luaL_checkstring(L, 2);
     smolvm_run_options o = SMOLVM_RUN_OPTIONS_INIT;
     output_cb cb = {L, 0, 0, LUA_NOREF};
-    smolvm_run_result *r;
     smolvm_lua_box *box;
     int rc;
 
@@ -597,7 +612,13 @@ static int l_vm_run(lua_State *L)
     }
     if (rc < 0)
         return smolvm_lua_fail(L, box, SMOLVM_ESSH);
-    r = box->result;
+    smolvm_lua_push_run_result(L, box->result);
+    smolvm_lua_box_clear(box);
+    return 1;
+}
+
+void smolvm_lua_push_run_result(lua_State *L, const smolvm_run_result *r)
+{
     lua_createtable(L, 0, 9);
     set_lstring(L, "stdout", r->out, r->out_len);
     set_lstring(L, "stderr", r->err, r->err_len);
@@ -617,8 +638,6 @@ static int l_vm_run(lua_State *L)
     lua_setfield(L, -2, "truncated");
     lua_pushinteger(L, (lua_Integer)r->duration_ms);
     lua_setfield(L, -2, "duration_ms");
-    smolvm_lua_box_clear(box);
-    return 1;
 }
 
 static int l_vm_upload(lua_State *L)
@@ -762,7 +781,9 @@ static int l_vm_tostring(lua_State *L)
 {
     lvm *u = luaL_checkudata(L, 1, SMOLVM_LUA_VM_MT);
 
-    if (u->vm)
+    if (u->lent)
+        lua_pushliteral(L, "smolvm.vm (busy)");
+    else if (u->vm)
         lua_pushfstring(L, "smolvm.vm (%s)", smolvm_vm_id(u->vm));
     else
         lua_pushliteral(L, "smolvm.vm (closed)");
@@ -788,6 +809,7 @@ static const luaL_Reg vm_methods[] = {
     {"spawn", l_vm_spawn},
     {"attach", l_vm_attach},
     {"processes", l_vm_processes},
+    {"job", smolvm_lua_vm_job},
     {"keep", l_vm_keep},
     {"pause", l_vm_pause},
     {"resume", l_vm_resume},
