@@ -28,4 +28,8 @@ struct smolvm_ctx {
 
 #define SMOLVM_DOWNLOAD_MAX_DEFAULT (1ULL << 30)
 
+/* Where templates live: $SMOLVM_TEMPLATE_DIR, else $XDG_DATA_HOME/smolvm/templates, else
+ * ~/.local/share/smolvm/templates. Caller frees. */
+int smolvm_default_template_dir(char **out, smolvm_error **err);
+
 #endif
