@@ -782,7 +782,7 @@ local function image_plan(images)
         on_line = function(l) last = l end })
       if st then
         p.state = st
-        p.detail = st == "out-of-date" and last and last:match("would be built.-: (.*)$") or nil
+        p.detail = st == "out-of-date" and last and last:match("would be built.*: (.-)$") or nil
       else
         p.detail = tostring(msg)
       end

@@ -493,7 +493,9 @@ SMOLVM_EXTERN int smolvm_image_build_options_init(smolvm_image_build_options *op
                                                   unsigned version);
 
 /* Build image `name` with build-image.sh into the context's image directory, unless it
- * is up to date (same definition, same build scripts, files intact). Blocks until the
+ * is up to date (same definition, same build scripts, files intact). ctx may be NULL:
+ * the default image directory ($SMOLVM_IMAGE_DIR, ...), and no state database is
+ * opened or created (what a dry run that must leave no trace needs). Blocks until the
  * build ends (its own process group, killed on timeout, cancel or smolvm_interrupt:
  * SMOLVM_ETIMEDOUT / SMOLVM_EINTR). *built (may be NULL): 1 when a new image was put in
  * place, 0 when it was up to date; with dry_run, 1 when a build is due. Building needs

@@ -44,6 +44,12 @@ int smolvm_default_state_dir(char **out, smolvm_error **err)
     return resolve_dir(out, "SMOLVM_STATE_DIR", "XDG_STATE_HOME", ".local/state", "smolvm", err);
 }
 
+int smolvm_default_image_dir(char **out, smolvm_error **err)
+{
+    return resolve_dir(out, "SMOLVM_IMAGE_DIR", "XDG_DATA_HOME", ".local/share", "smolvm/images",
+                       err);
+}
+
 int smolvm_default_template_dir(char **out, smolvm_error **err)
 {
     return resolve_dir(out, "SMOLVM_TEMPLATE_DIR", "XDG_DATA_HOME", ".local/share",

@@ -532,7 +532,8 @@ int smolvm_image_build(int *built, smolvm_ctx *ctx, const char *name,
                        const smolvm_image_build_options *opts, smolvm_error **err)
 {
     smolvm_image_build_options o = SMOLVM_IMAGE_BUILD_OPTIONS_INIT;
-    _cleanup_free_ char *packages = NULL, *env_var = NULL, *dir = NULL;
+    _cleanup_free_ char *packages = NULL, *env_var = NULL, *dir = NULL, *own_dir = NULL;
+    const char *image_dir;
     _cleanup_free_ char **envp = NULL;
     _cleanup_free_ build_run *b = NULL;
     _cleanup_close_ int rd = -1, pidfd = -1;
@@ -567,8 +568,15 @@ int smolvm_image_build(int *built, smolvm_ctx *ctx, const char *name,
         smolvm_err_errno(err, errno, "build image '%s': the build script '%s'", name, script);
         return smolvm_err_hint(err, "it comes with smolvm's sources (scripts/build-image.sh)");
     }
-    dir = smolvm_strdupf("%s/%s", ctx->image_dir, name);
-    env_var = smolvm_strdupf("SMOLVM_IMAGE_DIR=%s", ctx->image_dir);
+    if (ctx) {
+        image_dir = ctx->image_dir;
+    } else if ((r = smolvm_default_image_dir(&own_dir, err)) < 0) {
+        return r;
+    } else {
+        image_dir = own_dir;
+    }
+    dir = smolvm_strdupf("%s/%s", image_dir, name);
+    env_var = smolvm_strdupf("SMOLVM_IMAGE_DIR=%s", image_dir);
     b = calloc(1, sizeof(*b));
     if (!dir || !env_var || !b || !(envp = build_env(env_var)))
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
@@ -697,8 +705,7 @@ int smolvm_image_build(int *built, smolvm_ctx *ctx, const char *name,
         return smolvm_err_hint(err,
                                "run as root, or build it first: sudo env SMOLVM_IMAGE_DIR='%s' "
                                "%s%s%s %s",
-                               ctx->image_dir, script, *packages ? " --packages " : "", packages,
-                               name);
+                               image_dir, script, *packages ? " --packages " : "", packages, name);
     case BUILD_EXIT_TOOL:
         return smolvm_err(err, SMOLVM_EHOST, "build image '%s': %s", name, last_message(b));
     default:

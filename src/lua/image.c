@@ -112,10 +112,13 @@ static int l_image_build(lua_State *L)
         }
     }
     box = smolvm_lua_box_new(L);
-    c = smolvm_lua_ctx_get(L, box);
-    if (!c)
+    /* A dry run (smolvm-lua --check) leaves no trace: no context, so no state
+     * directory or database is created; the default image directory is the one a
+     * context would use. */
+    c = o.dry_run ? NULL : smolvm_lua_ctx_get(L, box);
+    if (!o.dry_run && !c)
         return smolvm_lua_fail(L, box, SMOLVM_EIO);
-    rc = smolvm_image_build(&built, c->ctx, name, &o, &box->err);
+    rc = smolvm_image_build(&built, c ? c->ctx : NULL, name, &o, &box->err);
     if (cb.err_ref != LUA_NOREF) {
         smolvm_lua_box_clear(box);
         lua_rawgeti(L, LUA_REGISTRYINDEX, cb.err_ref);

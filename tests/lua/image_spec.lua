@@ -420,6 +420,21 @@ describe("smolvm image (through smolvm-lua)", function()
     assert.truthy(err:find("no image 'tools'", 1, true), err)
   end)
 
+  it("smolvm-lua --check asks about the image and leaves no trace", function()
+    local recipe = dir .. "/r.lua"
+    h.write(recipe, 'image "tools" { packages = { "jq" } }\nsandbox "a" { image = "tools" }\n')
+    local cmd = "env SMOLVM_STATE_DIR=" .. sh_quote(dir .. "/state") .. " SMOLVM_IMAGE_DIR="
+      .. sh_quote(dir .. "/images") .. " " .. sh_quote(SMOLVM_LUA) .. " --check " .. sh_quote(recipe)
+      .. " 2>&1; echo \"__status=$?\""
+    local p = assert(io.popen(cmd))
+    local out = p:read("*a")
+    p:close()
+    assert.truthy(out:find("__status=0", 1, true), out)
+    assert.truthy(out:find("image tools      packages jq: would be built (not built yet)", 1, true), out)
+    assert.is_false(h.exists(dir .. "/state"))
+    assert.is_false(h.exists(dir .. "/images"))
+  end)
+
   it("says building needs root, with the command to run", function()
     local p = io.popen("id -u; command -v setpriv")
     local who = p:read("*a")

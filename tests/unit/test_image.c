@@ -455,6 +455,30 @@ static void test_build_outcomes(void **state)
     free(l.all);
 }
 
+/* Without a context (a dry run that must leave no trace): the default image directory,
+ * and no state directory made. */
+static void test_build_without_context(void **state)
+{
+    fixture *f = *state;
+    smolvm_image_build_options o = SMOLVM_IMAGE_BUILD_OPTIONS_INIT;
+    char other[256], *text;
+    int built = -1;
+
+    (void)snprintf(other, sizeof(other), "%s/elsewhere", f->dir);
+    assert_int_equal(setenv("SMOLVM_IMAGE_DIR", other, 1), 0);
+    set_mode(f, "uptodate");
+    o.script = f->script;
+    o.dry_run = 1;
+    assert_int_equal(smolvm_image_build(&built, NULL, "tools", &o, NULL), 0);
+    assert_int_equal(built, 0);
+    (void)unsetenv("SMOLVM_IMAGE_DIR");
+    text = slurp(f, "env");
+    assert_non_null(text);
+    assert_true(strncmp(text, other, strlen(other)) == 0);
+    free(text);
+    assert_false(existsp(f->dir, "elsewhere", NULL));
+}
+
 static void test_build_refused_before_running(void **state)
 {
     fixture *f = *state;
@@ -569,6 +593,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_remove, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remove_ok, setup, teardown),
         cmocka_unit_test_setup_teardown(test_build_outcomes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_build_without_context, setup, teardown),
         cmocka_unit_test_setup_teardown(test_build_refused_before_running, setup, teardown),
         cmocka_unit_test_setup_teardown(test_build_lines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_build_cancel_timeout_interrupt, setup, teardown),
