@@ -644,7 +644,8 @@ image_commands.rm = function(args, smolvm)
       status = usage_error("invalid image name '" .. name .. "'", "image")
     else
       local ok, err = smolvm.image_delete(name, { force = o.force or false })
-      if ok then print(name) else status = fail("image rm '" .. name .. "': " .. tostring(err)) end
+      -- the library's messages name the image already
+      if ok then print(name) else status = fail(tostring(err)) end
     end
   end
   return status
