@@ -654,7 +654,7 @@ local function summary(ctx, out, status)
   for _, r in ipairs(ctx.image_results or {}) do
     out:line(string.format("  image %-10s %s  %s", r.name,
       r.ok and out:paint("32", "ok    ") or out:paint("31", "FAILED"),
-      r.ok and (r.status == "built" and "built" or "up to date") or tostring(r.error)))
+      r.ok and (r.status == "built" and "built" or "up to date") or (r.error or "not finished")))
   end
   for _, run in ipairs(ctx.runs) do
     local n = #run.sb.steps

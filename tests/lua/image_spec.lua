@@ -266,6 +266,7 @@ describe("a recipe's images (stand-in smolvm)", function()
     end, {}, { results = { tools = { raise = "interrupted (SIGINT)" } } })
     assert.equal(130, status, text)
     assert.same({}, log.created)
+    assert.truthy(text:find("image tools      FAILED  not finished", 1, true), text)
   end)
 
   it("reports the images in --json", function()
