@@ -177,7 +177,10 @@ fi
 mkdir -p "$images" "$SMOLVM_BUILD_DIR"
 # One build per image name at a time; a second one waits, then finds it up to date.
 exec 9>"$images/.$name.lock"
-flock 9
+if ! flock -n 9; then
+    echo "build-image: waiting for another build of image '$name' to finish"
+    flock 9
+fi
 
 if [ $force -eq 0 ] && up_to_date; then
     echo "build-image: image '$name' is up to date ($target)"
