@@ -464,19 +464,19 @@ local function build_images(ctx, out)
     local t0 = now()
     local res = { name = img.name, packages = img.packages }
     ctx.image_results[#ctx.image_results + 1] = res
-    local state_, msg, code
+    local outcome, msg, code
     if type(ctx.smolvm.image_build) ~= "function" then
       msg = "this smolvm module cannot build images (smolvm.image_build is missing)"
     else
-      state_, msg, code = op(ctx.smolvm.image_build, img.name, {
+      outcome, msg, code = op(ctx.smolvm.image_build, img.name, {
         packages = img.packages,
         on_line = function(l) out:line(head .. " " .. (l:gsub("^build%-image: ", ""))) end,
       })
     end
     res.elapsed = now() - t0
-    if state_ then
-      res.ok, res.status = true, state_
-      out:line(head .. " " .. out:paint("32", state_ == "built" and "built" or "up to date")
+    if outcome then
+      res.ok, res.status = true, outcome
+      out:line(head .. " " .. out:paint("32", outcome == "built" and "built" or "up to date")
         .. " " .. fmt_secs(res.elapsed))
     else
       failed = true
