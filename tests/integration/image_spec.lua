@@ -67,6 +67,9 @@ sandbox %q {
     local left = smolvm.VM.from_id(box)
     if left then pcall(left.delete, left) end
     h.sh("rm -rf " .. q(dir))
+    -- build-rootfs.sh's log of this image, in the build scripts' cache
+    local cache = (os.getenv("XDG_CACHE_HOME") or (os.getenv("HOME") .. "/.cache")) .. "/smolvm/build"
+    os.remove(cache .. "/rootfs-" .. name .. ".log")
   end)
 
   local first
