@@ -14,7 +14,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "SKIP: building an image needs root (mmdebstrap --mode=root)" >&2
     exit 77
 fi
-for c in mmdebstrap mkfs.ext4 flock setsid; do
+for c in mmdebstrap mkfs.ext4 flock; do
     command -v "$c" >/dev/null 2>&1 || { echo "SKIP: '$c' not found (scripts/install-deps.sh)" >&2; exit 77; }
 done
 missing=$("$SMOLVM_LUA" -e '
