@@ -3,8 +3,12 @@
 # Build the smolvm guest root filesystem: Debian bookworm (mmdebstrap minbase) with
 # openssh-server, python3, pip, curl, iproute2, our init and our agent, as an ext4 image.
 #
-#   scripts/build-rootfs.sh DEST_DIR   -> DEST_DIR/rootfs.ext4, DEST_DIR/packages.tsv
+#   scripts/build-rootfs.sh [--packages a,b] [--log FILE] DEST_DIR
+#       -> DEST_DIR/rootfs.ext4, DEST_DIR/packages.tsv
 #
+# --packages: Debian packages installed on top of the default set below (build-image.sh
+# validates the names; checked again here). --log: where mmdebstrap's and mkfs's output
+# goes (default $SMOLVM_BUILD_DIR/rootfs.log).
 # Must run as root (mmdebstrap --mode=root, files owned by root in the image).
 # Environment: SMOLVM_MIRROR (default: the host's apt mirror), SMOLVM_ROOTFS_FREE_MB
 # (free space left in the image, default 1024; the file is sparse so it costs nothing).
@@ -22,8 +26,23 @@ t0=$(date +%s)
 die() { echo "build-rootfs: $*" >&2; exit 1; }
 stage() { echo "build-rootfs: [$(($(date +%s) - t0))s] $*"; }
 
-[ $# -eq 1 ] || die "usage: build-rootfs.sh DEST_DIR"
+extra= log=
+while [ $# -gt 1 ]; do
+    case $1 in
+        --packages) extra=$2; shift 2 ;;
+        --log) log=$2; shift 2 ;;
+        *) break ;;
+    esac
+done
+[ $# -eq 1 ] || die "usage: build-rootfs.sh [--packages a,b] [--log FILE] DEST_DIR"
 dest=$1
+log=${log:-$build_dir/rootfs.log}
+case ,$extra, in
+    *,,*) [ -z "$extra" ] || die "invalid --packages '$extra' (an empty name)" ;;
+esac
+case $extra in
+    *[!a-z0-9+.,-]*) die "invalid --packages '$extra' (Debian package names only)" ;;
+esac
 [ "$(id -u)" -eq 0 ] || die "must run as root (mmdebstrap needs it to create a root-owned tree); try: sudo $0 $*"
 for c in mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs cc:build-essential; do
     command -v "${c%%:*}" >/dev/null 2>&1 ||
@@ -62,7 +81,9 @@ fi
 export SOURCE_DATE_EPOCH
 
 work="$build_dir/rootfs.$$"
-trap 'rm -rf "$work"' EXIT INT TERM
+# --one-file-system: should mmdebstrap ever leave /proc or /dev mounted in the tree,
+# removing it must not reach into them.
+trap 'rm -rf --one-file-system "$work"' EXIT INT TERM
 rm -rf "$work"
 mkdir -p "$work" "$dest"
 
@@ -77,10 +98,10 @@ cc -std=gnu11 -Wall -Wextra -Werror -static -O2 -s -I"$top/src/common" -o "$work
     "$top"/src/guest/agent*.c "$top"/src/common/agent-proto.c "$jansson_a" ||
     die "compiling the agent (src/guest/agent*.c) failed"
 
-stage "mmdebstrap $suite from $mirror (log: $build_dir/rootfs.log)"
+stage "mmdebstrap $suite from $mirror${extra:+, extra packages $extra} (log: $log)"
 # No recommends (python3-pip would pull in a compiler), no docs/man/locales.
 if ! mmdebstrap --variant=minbase --mode=root --format=directory \
-    --include="$packages" \
+    --include="$packages${extra:+,$extra}" \
     --aptopt='APT::Install-Recommends "false"' \
     --aptopt='Acquire::Languages "none"' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -101,9 +122,11 @@ if ! mmdebstrap --variant=minbase --mode=root --format=directory \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old "$1"/var/log/*' \
     "$suite" "$work/root" \
     "deb $mirror $suite main" "deb $mirror $suite-updates main" \
-    "deb $security $suite-security main" >"$build_dir/rootfs.log" 2>&1; then
-    tail -n 30 "$build_dir/rootfs.log" >&2
-    die "mmdebstrap failed (full log: $build_dir/rootfs.log)"
+    "deb $security $suite-security main" >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    missing=$(sed -n 's/^E: Unable to locate package \([a-z0-9+.-]*\).*/\1/p' "$log" | sort -u | paste -sd' ' -)
+    [ -z "$missing" ] || die "no such package in $suite (from $mirror): $missing (full log: $log)"
+    die "mmdebstrap failed (full log: $log)"
 fi
 
 dpkg-query --admindir="$work/root/var/lib/dpkg" -W -f='${Package}\t${Version}\n' \
@@ -119,6 +142,6 @@ truncate -s "${size_mb}M" "$dest/rootfs.ext4"
 # -m 0: root is the only user; fixed hash seed and timestamps for reproducibility.
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -L smolvm-root -m 0 -i 16384 \
     -U 5ab0c0de-0000-4000-8000-000000000002 -E root_owner=0:0,hash_seed=5ab0c0de-0000-4000-8000-000000000001 \
-    -d "$work/root" "$dest/rootfs.ext4" >>"$build_dir/rootfs.log" 2>&1 ||
-    { tail -n 20 "$build_dir/rootfs.log" >&2; die "mkfs.ext4 failed (log: $build_dir/rootfs.log)"; }
+    -d "$work/root" "$dest/rootfs.ext4" >>"$log" 2>&1 ||
+    { tail -n 20 "$log" >&2; die "mkfs.ext4 failed (log: $log)"; }
 stage "rootfs built ($(wc -l <"$dest/packages.tsv") packages)"

@@ -23,6 +23,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB_LAYERS = [
     "error", "util", "enums", "sock", "proc", "tool", "store", "context", "host", "image",
     "guest-config", "ssh", "agent-client", "net/", "vmm/", "sv-spec", "vm-config", "template",
+    "image-remove",
     "vm-ports", "vm-net",
     "vm-reconcile", "vm-supervisor", "vm", "vm-ssh", "vm-agent", "vm-create", "vm-lifecycle",
     "vm-template",

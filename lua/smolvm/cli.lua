@@ -539,6 +539,144 @@ function(args)
   return status
 end)
 
+-- "1.5 GiB", "268 MiB", "12 KiB": sizes in the units people read.
+function M.fmt_size(n)
+  if type(n) ~= "number" then return "" end
+  if n >= 1024 ^ 3 then return string.format("%.1f GiB", n / 1024 ^ 3) end
+  if n >= 1024 ^ 2 then return string.format("%d MiB", math.floor(n / 1024 ^ 2 + 0.5)) end
+  return string.format("%d KiB", math.floor(n / 1024 + 0.5))
+end
+
+-- "--packages a,b" (given once or more) -> sorted list | nil, usage status
+local function parse_packages(list)
+  local schema = require "smolvm.schema"
+  local out, seen = {}, {}
+  for _, arg in ipairs(list or {}) do
+    for word in (arg .. ","):gmatch("([^,]*),") do
+      local p = word:match("^%s*(.-)%s*$")
+      if p ~= "" then
+        if #p > 128 or not p:match(schema.PACKAGE_PATTERN) then
+          return nil, usage_error("--packages: invalid Debian package name '" .. p
+            .. "' (lowercase letters, digits, '+', '-' and '.', at least 2 characters,"
+            .. " starting with a letter or digit)", "image")
+        end
+        if not seen[p] then seen[p] = true out[#out + 1] = p end
+      end
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+local image_commands = {}
+
+image_commands.ls = function(args, smolvm)
+  local o, rest = parse(args, { ["--json"] = "json", ["-q"] = "quiet", ["--quiet"] = "quiet" })
+  if not o then return usage_error(rest, "image") end
+  if #rest > 0 then return usage_error("image ls takes no arguments", "image") end
+  local list, err = smolvm.images()
+  if not list then return fail("list images: " .. tostring(err)) end
+  if o.json then
+    for _, img in ipairs(list) do img.extra_packages = json.array(img.extra_packages) end
+    io.stdout:write(json.encode(json.array(list)), "\n")
+    return EXIT_OK
+  end
+  if o.quiet then
+    for _, img in ipairs(list) do io.stdout:write(tostring(img.name), "\n") end
+    return EXIT_OK
+  end
+  local rows = { { "NAME", "BUILT", "SIZE", "AGENT", "PACKAGES" } }
+  for _, img in ipairs(list) do
+    local pk = img.extra_packages or {}
+    rows[#rows + 1] = {
+      tostring(img.name),
+      img.complete and tostring(img.built or "?") or "incomplete",
+      M.fmt_size(img.size), img.agent and "yes" or "no",
+      #pk > 0 and table.concat(pk, ",") or "-",
+    }
+  end
+  local w = {}
+  for _, r in ipairs(rows) do
+    for i, c in ipairs(r) do w[i] = math.max(w[i] or 0, #c) end
+  end
+  for _, r in ipairs(rows) do
+    local cells = {}
+    for i, c in ipairs(r) do cells[i] = i < #r and (c .. string.rep(" ", w[i] - #c)) or c end
+    io.stdout:write((table.concat(cells, "   "):gsub("%s+$", "")), "\n")
+  end
+  return EXIT_OK
+end
+
+image_commands.build = function(args, smolvm)
+  local o, rest = parse(args, { ["--packages"] = { "packages", multi = true },
+                                ["-p"] = { "packages", multi = true },
+                                ["--force"] = "force", ["-f"] = "force",
+                                ["--dry-run"] = "dry_run", ["-n"] = "dry_run" })
+  if not o then return usage_error(rest, "image") end
+  if #rest ~= 1 then return usage_error("usage: smolvm image build NAME [--packages A,B] [--force]", "image") end
+  local name = rest[1]
+  local schema = require "smolvm.schema"
+  if not schema.valid_image_name(name) then
+    return usage_error("invalid image name '" .. name .. "' (expected " .. schema.ID_DESC
+      .. (name == "templates" and ", and 'templates' is reserved" or "") .. ")", "image")
+  end
+  local packages, bad = parse_packages(o.packages)
+  if not packages then return bad end
+  local state, err, code = smolvm.image_build(name, {
+    packages = packages, force = o.force or false, dry_run = o.dry_run or false,
+    on_line = function(line) eprint(line) end,
+  })
+  if not state then
+    return fail(tostring(err), code == "EPERM" and "building needs root; see docs/image.md" or nil)
+  end
+  if o.dry_run then return state == "up-to-date" and EXIT_OK or EXIT_FAIL end
+  return EXIT_OK
+end
+
+image_commands.rm = function(args, smolvm)
+  local o, rest = parse(args, { ["-f"] = "force", ["--force"] = "force" })
+  if not o then return usage_error(rest, "image") end
+  if #rest == 0 then return usage_error("image rm needs an image name", "image") end
+  local schema = require "smolvm.schema"
+  local status = EXIT_OK
+  for _, name in ipairs(rest) do
+    if not schema.valid_image_name(name) then
+      status = usage_error("invalid image name '" .. name .. "'", "image")
+    else
+      local ok, err = smolvm.image_delete(name, { force = o.force or false })
+      -- the library's messages name the image already
+      if ok then print(name) else status = fail(tostring(err)) end
+    end
+  end
+  return status
+end
+image_commands.remove, image_commands.list = image_commands.rm, image_commands.ls
+
+command("image", "image ls|build|rm [OPTIONS] [NAME...]",
+  "Guest images: list, build (as root; cached by definition), remove",
+function(args)
+  local sub = table.remove(args, 1)
+  if sub == nil then
+    return usage_error("usage: smolvm image ls|build|rm ...", "image")
+  end
+  local fn = image_commands[sub]
+  if not fn then
+    local schema = require "smolvm.schema"
+    local s = schema.suggest(sub, { "ls", "build", "rm" })
+    return usage_error("unknown image command '" .. sub .. "'"
+      .. (s and (" (did you mean '" .. s .. "'?)") or ""), "image")
+  end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  return fn(args, smolvm)
+end)
+commands.image.details = {
+  "  smolvm image ls [--json] [-q]        name, built, size, agent, extra packages",
+  "  smolvm image build NAME [--packages A,B] [--force] [--dry-run]",
+  "                                       build from Debian packages (as root); up to date: nothing to do",
+  "  smolvm image rm [-f] NAME...         refused while a VM or template uses it; -f for 'default'",
+}
+
 command("doctor", "doctor [--json]", "Check that this host can run sandboxes, with hints",
 function(args)
   local o, rest = parse(args, { ["--json"] = "json" })
@@ -588,6 +726,7 @@ function M.help(name)
     local c = commands[name]
     if not c then return usage_error("unknown command '" .. name .. "'") end
     print("usage: smolvm " .. c.usage)
+    for _, l in ipairs(c.details or {}) do print(l) end
     print("")
     print(c.summary)
     return EXIT_OK

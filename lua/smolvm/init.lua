@@ -15,6 +15,7 @@
 local core = require "smolvm.core"
 local vm = require "smolvm.vm"
 local schema = require "smolvm.schema"
+local image = require "smolvm.image"
 
 local M = {}
 
@@ -82,6 +83,17 @@ end
 function M.reconcile()
   return core.reconcile()
 end
+
+------------------------------------------------------------------------ images
+
+--- smolvm.images() -> { { name=, built=, size=, agent=, extra_packages=, ... }, ... }
+--- smolvm.image_build(name, { packages=, force=, dry_run=, timeout=, on_line= })
+---   -> "built" | "up-to-date" | "out-of-date" (dry_run) | nil, msg, code
+--- smolvm.image_delete(name, { force= }) -> true | nil, msg, code
+-- See lua/smolvm/image.lua and docs/image.md.
+M.images = image.list
+M.image_build = image.build
+M.image_delete = image.remove
 
 --- smolvm.list() is VM.list(): every VM's info.
 M.list = vm.VM.list

@@ -29,10 +29,10 @@ M.EXIT_SIGINT, M.EXIT_SIGTERM = 130, 143
 M.BOOT_TIMEOUT = tonumber(os.getenv("SMOLVM_BOOT_TIMEOUT") or "") or 180
 M.STOP_TIMEOUT = 5
 
-local state -- the recipe being declared: { opts, declared = { ... } }
+local state -- the recipe being declared: { opts, declared = { ... }, images = { ... } }
 
 local function new_state(opts)
-  return { opts = opts or {}, declared = {}, checks = {} }
+  return { opts = opts or {}, declared = {}, checks = {}, images = {} }
 end
 
 ------------------------------------------------------------------------ declaring
@@ -44,42 +44,53 @@ local function caller_info(level)
   return info.currentline, file
 end
 
---- The global `sandbox`: `sandbox "name" { ...options, steps... }`.
+-- A declaration function `KIND "name" { ... }` that records into state[key].
 -- Mistakes in the call itself are recorded with their line and reported by finish
 -- with every other error (exit status 2), so a recipe shows all its mistakes at once.
-function M.sandbox(name, ...)
-  state = state or new_state()
-  local line, file = caller_info(2)
-  local d = { name = name, line = line, source = file, errors = {} }
-  local at = line and ("line " .. line .. ": ") or ""
-  state.declared[#state.declared + 1] = d
-  if type(name) == "table" and select("#", ...) == 0 then
-    d.name = nil
-    d.body = name
-    d.errors[#d.errors + 1] = 'the name is missing: write sandbox "name" { ... }'
-    return function() end
-  end
-  if select("#", ...) > 0 then
-    d.errors[#d.errors + 1] = at .. 'sandbox takes one name: write sandbox "name" { ... }'
-  end
-  local called = false
-  return function(body, ...)
-    local bline = caller_info(2) or line
-    local bat = bline and ("line " .. bline .. ": ") or ""
-    if called then
-      d.errors[#d.errors + 1] = bat .. "the body was given twice"
+local function declarer(kind, key)
+  local form = kind .. ' "name" { ... }'
+  return function(name, ...)
+    state = state or new_state()
+    local line, file = caller_info(2)
+    local d = { name = name, line = line, source = file, errors = {} }
+    local at = line and ("line " .. line .. ": ") or ""
+    local list = state[key]
+    list[#list + 1] = d
+    if type(name) == "table" and select("#", ...) == 0 then
+      d.name = nil
+      d.body = name
+      d.errors[#d.errors + 1] = "the name is missing: write " .. form
       return function() end
     end
-    called = true
-    if type(body) ~= "table" or select("#", ...) > 0 then
-      d.errors[#d.errors + 1] = bat .. "expected a table after sandbox " .. schema.quote(tostring(name))
-        .. ' (sandbox "name" { ... }), got ' .. schema.describe(body)
-      return function() end
+    if select("#", ...) > 0 then
+      d.errors[#d.errors + 1] = at .. kind .. " takes one name: write " .. form
     end
-    d.body = body
-    return nil
+    local called = false
+    return function(body, ...)
+      local bline = caller_info(2) or line
+      local bat = bline and ("line " .. bline .. ": ") or ""
+      if called then
+        d.errors[#d.errors + 1] = bat .. "the body was given twice"
+        return function() end
+      end
+      called = true
+      if type(body) ~= "table" or select("#", ...) > 0 then
+        d.errors[#d.errors + 1] = bat .. "expected a table after " .. kind .. " "
+          .. schema.quote(tostring(name)) .. " (" .. form .. "), got " .. schema.describe(body)
+        return function() end
+      end
+      d.body = body
+      return nil
+    end
   end
 end
+
+--- The global `sandbox`: `sandbox "name" { ...options, steps... }`.
+M.sandbox = declarer("sandbox", "declared")
+
+--- The global `image`: `image "name" { packages = { ... } }`, a guest image built
+-- (once per run, cached by its definition) before the sandboxes that use it.
+M.image = declarer("image", "images")
 
 --- Register a host-side check: `fn(vms)` runs after every sandbox met all its steps,
 -- before teardown (forwards are still up), with `vms[name] = vm`. It returns true,
@@ -92,13 +103,14 @@ function M.host_check(label, fn)
   state.checks[#state.checks + 1] = { label = label, fn = fn }
 end
 
---- Start a recipe: remember the flags and install the global `sandbox`.
+--- Start a recipe: remember the flags and install the globals `sandbox` and `image`.
 -- @param opts { check = bool, json = bool, keep = bool, only = name, slurm = bool,
 --   partition =, account =, time =, wait = (strings, for --slurm), file = the
 --   recipe's path, exe = the smolvm-lua binary }
 function M.begin(opts)
   state = new_state(opts)
   _G.sandbox = M.sandbox
+  _G.image = M.image
 end
 
 ------------------------------------------------------------------------ helpers
@@ -439,6 +451,49 @@ local function check_ids(ctx, out)
   return nil
 end
 
+-- 2b. Images the recipe declares (and its sandboxes use), built or found up to date,
+-- each once, before any VM is made from them; the build's lines are shown as they
+-- come. A build that fails fails the sandboxes using it and stops the run.
+local function build_images(ctx, out)
+  local images = ctx.opts.images or {}
+  if #images == 0 then return nil end
+  ctx.image_results = {}
+  local failed = false
+  for _, img in ipairs(images) do
+    local head = "[image " .. img.name .. "]"
+    local t0 = now()
+    local res = { name = img.name, packages = img.packages }
+    ctx.image_results[#ctx.image_results + 1] = res
+    local outcome, msg, code
+    if type(ctx.smolvm.image_build) ~= "function" then
+      msg = "this smolvm module cannot build images (smolvm.image_build is missing)"
+    else
+      outcome, msg, code = op(ctx.smolvm.image_build, img.name, {
+        packages = img.packages,
+        on_line = function(l) out:line(head .. " " .. (l:gsub("^build%-image: ", ""))) end,
+      })
+    end
+    res.elapsed = now() - t0
+    if outcome then
+      res.ok, res.status = true, outcome
+      out:line(head .. " " .. out:paint("32", outcome == "built" and "built" or "up to date")
+        .. " " .. fmt_secs(res.elapsed))
+    else
+      failed = true
+      res.ok, res.error, res.code = false, tostring(msg), code
+      out:line(head .. " " .. out:paint("31", "FAILED") .. ": " .. tostring(msg))
+      for _, run in ipairs(ctx.runs) do
+        if run.sb.vm.image == img.name then
+          fail_sandbox(out, run, "image " .. schema.quote(img.name) .. " could not be built"
+            .. (code == "EPERM" and " (building needs root)" or ""))
+        end
+      end
+    end
+  end
+  if failed then return M.EXIT_FAILED end
+  return nil
+end
+
 -- 3. Create every VM (records, disks, keys; nothing runs yet). A sandbox that cannot
 -- be created fails alone; a host that cannot run sandboxes stops the run.
 local function create_all(ctx, out)
@@ -580,7 +635,8 @@ local function run_host_checks(ctx, out)
   return nil
 end
 
-local PHASES = { load_binding, check_ids, create_all, boot_all, run_steps, run_host_checks }
+local PHASES = { load_binding, check_ids, build_images, create_all, boot_all, run_steps,
+                 run_host_checks }
 
 -- Run the phases in order; the first that returns a status ends the run with it.
 -- Teardown, the summary and the JSON result are M.run's, whatever happened here.
@@ -595,6 +651,11 @@ end
 local function summary(ctx, out, status)
   local failed = 0
   out:line("")
+  for _, r in ipairs(ctx.image_results or {}) do
+    out:line(string.format("  image %-10s %s  %s", r.name,
+      r.ok and out:paint("32", "ok    ") or out:paint("31", "FAILED"),
+      r.ok and (r.status == "built" and "built" or "up to date") or (r.error or "not finished")))
+  end
   for _, run in ipairs(ctx.runs) do
     local n = #run.sb.steps
     local done = 0
@@ -644,8 +705,17 @@ local function json_result(ctx, status)
     for k, v in pairs(run.extra or {}) do sb[k] = v end -- --slurm: node, job_id, ...
     sbs[#sbs + 1] = sb
   end
+  local images
+  if ctx.image_results then
+    images = json.array()
+    for _, r in ipairs(ctx.image_results) do
+      images[#images + 1] = { name = r.name, packages = json.array(r.packages), ok = r.ok,
+        status = r.status, error = r.error, code = r.code,
+        elapsed = r.elapsed and math.floor(r.elapsed * 1000 + 0.5) / 1000 }
+    end
+  end
   return {
-    format = 1, status = status, ok = status == 0,
+    format = 1, status = status, ok = status == 0, images = images,
     interrupted = (status == M.EXIT_SIGINT or status == M.EXIT_SIGTERM),
     elapsed = math.floor((now() - ctx.t0) * 1000 + 0.5) / 1000,
     sandboxes = sbs, errors = json.array(ctx.errors or {}),
@@ -697,7 +767,33 @@ function M.run(sandboxes, opts)
   return status
 end
 
-local function check_summary(sandboxes, opts)
+-- What --check says about each image to build: a dry run of build-image.sh (reads
+-- the image directory and the build scripts, writes nothing).
+local function image_plan(images)
+  local plan = {}
+  local okm, smolvm = pcall(require, "smolvm")
+  for _, img in ipairs(images or {}) do
+    local p = { name = img.name, packages = img.packages, state = "unknown" }
+    if not okm or type(smolvm.image_build) ~= "function" then
+      p.detail = "cannot tell: the smolvm binding is not loaded"
+    else
+      local last
+      local st, msg = smolvm.image_build(img.name, { packages = img.packages, dry_run = true,
+        on_line = function(l) last = l end })
+      if st then
+        p.state = st
+        p.detail = st == "out-of-date" and last and last:match("would be built.*: (.-)$") or nil
+      else
+        p.detail = tostring(msg)
+      end
+    end
+    plan[#plan + 1] = p
+  end
+  return plan
+end
+
+local function check_summary(sandboxes, opts, images)
+  local plan = image_plan(images)
   if opts.json then
     local sbs = json.array()
     for _, sb in ipairs(sandboxes) do
@@ -708,14 +804,20 @@ local function check_summary(sandboxes, opts)
       sbs[#sbs + 1] = { name = sb.name, id = sb.id, steps_total = #sb.steps,
                         keep = sb.keep, vm = vm }
     end
+    local imgs = json.array()
+    for _, p in ipairs(plan) do
+      imgs[#imgs + 1] = { name = p.name, packages = json.array(p.packages), state = p.state,
+                          detail = p.detail }
+    end
     print_json({ format = 1, status = 0, ok = true, checked = true, sandboxes = sbs,
-                 errors = json.array() })
+                 images = imgs, errors = json.array() })
     return
   end
   local nsteps = 0
   for _, sb in ipairs(sandboxes) do nsteps = nsteps + #sb.steps end
-  io.stdout:write(string.format("recipe ok: %d sandbox%s, %d step%s\n", #sandboxes,
-    #sandboxes == 1 and "" or "es", nsteps, nsteps == 1 and "" or "s"))
+  io.stdout:write(string.format("recipe ok: %d sandbox%s, %d step%s%s\n", #sandboxes,
+    #sandboxes == 1 and "" or "es", nsteps, nsteps == 1 and "" or "s",
+    #plan > 0 and (", " .. #plan .. " image" .. (#plan == 1 and "" or "s")) or ""))
   for _, sb in ipairs(sandboxes) do
     local fw = {}
     for _, f in ipairs(sb.vm.forwards) do
@@ -725,6 +827,13 @@ local function check_summary(sandboxes, opts)
       #sb.steps == 1 and "" or "s", sb.vm.vcpus, sb.vm.memory,
       #fw > 0 and (", forwards " .. table.concat(fw, " ")) or "",
       sb.keep and ", kept" or ""))
+  end
+  local says = { ["up-to-date"] = "up to date", ["out-of-date"] = "would be built",
+                 unknown = "not known whether it would be built" }
+  for _, p in ipairs(plan) do
+    io.stdout:write(string.format("  image %-10s %s: %s%s\n", p.name,
+      #p.packages > 0 and ("packages " .. table.concat(p.packages, ", ")) or "default packages",
+      says[p.state] or p.state, p.detail and (" (" .. p.detail .. ")") or ""))
   end
   io.stdout:flush()
 end
@@ -757,17 +866,49 @@ local function select_only(sandboxes, name)
     .. "; it has " .. table.concat(names, ", ") }
 end
 
+--- Validate declared images (no image is touched).
+-- @return normalized images (schema.validate_images) or nil and every error
+function M.validate_images(declared)
+  for _, d in ipairs(declared) do
+    if d.body == nil and #d.errors == 0 then
+      d.errors[#d.errors + 1] = (d.line and ("line " .. d.line .. ": ") or "")
+        .. "declared without a body: write image " .. schema.quote(tostring(d.name))
+        .. " { packages = { ... } }"
+    end
+  end
+  return schema.validate_images(declared)
+end
+
+--- The images a run builds, in declaration order: those its sandboxes use and, unless
+-- only one sandbox runs (--only), every other declared image too.
+function M.images_to_build(images, sandboxes, only)
+  local used = {}
+  for _, sb in ipairs(sandboxes) do used[sb.vm.image] = true end
+  local out = {}
+  for _, img in ipairs(images) do
+    if used[img.name] or not only then out[#out + 1] = img end
+  end
+  return out
+end
+
 --- Validate and run what the file declared. Returns the exit status (0 when the
--- file declared no sandbox, without output).
+-- file declared no sandbox and no image, without output).
 function M.finish()
   local st = state or new_state()
   state = nil
   _G.sandbox = nil
-  if #st.declared == 0 then return M.EXIT_OK end
-  local file = st.declared[1].source
+  _G.image = nil
+  if #st.declared == 0 and #st.images == 0 then return M.EXIT_OK end
+  local file = (st.declared[1] or st.images[1]).source
   local sandboxes, errs, partial = M.validate(st.declared)
-  if not sandboxes then
-    if st.opts.slurm then -- what --slurm would refuse too, so every mistake shows at once
+  local images, ierrs = M.validate_images(st.images)
+  if not images then
+    errs = errs or {}
+    for _, e in ipairs(ierrs) do errs[#errs + 1] = e end
+  end
+  if not sandboxes or not images then
+    -- what --slurm would refuse too, so every mistake shows at once
+    if st.opts.slurm and not sandboxes then
       for _, e in ipairs(require("smolvm.slurm").validate(partial or {}, st.opts, st.checks)) do
         errs[#errs + 1] = e
       end
@@ -799,13 +940,15 @@ function M.finish()
     end
     return slurm.run(sandboxes, st.opts)
   end
+  local build = M.images_to_build(images, sandboxes, st.opts.only)
   if st.opts.check then
-    check_summary(sandboxes, st.opts)
+    check_summary(sandboxes, st.opts, build)
     return M.EXIT_OK
   end
   local opts = {}
   for k, v in pairs(st.opts) do opts[k] = v end
   opts.host_checks = st.checks
+  opts.images = build
   return M.run(sandboxes, opts)
 end
 

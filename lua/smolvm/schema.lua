@@ -81,9 +81,9 @@ M.vm_fields = {
         C.limits.memory_default, "Guest memory in MiB."),
   field("disk", { kind = "enum", values = C.disk }, C.disk[1],
         "\"isolated\": writes go to a per-VM overlay; \"shared\": boot the base image itself."),
-  field("image", { kind = "string", max_len = 255, pattern = "^[%w][%w._-]*$",
-                   pattern_desc = "an image name ([A-Za-z0-9._-])" }, "default",
-        "Guest image name under the image directory."),
+  field("image", { kind = "string", max_len = C.limits.id, pattern = "^[a-z0-9][a-z0-9_-]*$",
+                   pattern_desc = "an image name ([a-z0-9][a-z0-9_-]{0,62})" }, "default",
+        "Guest image name under the image directory; a recipe's `image \"NAME\" { ... }` declaration is built first."),
   field("backend", { kind = "enum", values = C.backend }, C.backend[1],
         "VMM: \"auto\" picks firecracker when usable, else qemu."),
   field("accel", { kind = "enum", values = C.accel }, C.accel[1],
@@ -181,6 +181,20 @@ M.recipe_fields = {
         "Steps run in order; a step that misses its expectation stops the sandbox."),
   field("keep", { kind = "boolean" }, false,
         "Keep the sandbox (running) when the recipe ends instead of deleting it."),
+}
+
+--- Image declarations: `image "name" { packages = { ... } }` (scripts/build-image.sh).
+M.IMAGE_RESERVED = { templates = true }
+M.PACKAGE_PATTERN = "^[a-z0-9][a-z0-9+.%-]+$"
+M.PACKAGE_DESC = "a Debian package name ([a-z0-9][a-z0-9+.-]+)"
+M.DEFAULT_PACKAGES = "openssh-server, python3, python3-pip, ca-certificates, iproute2, curl"
+
+M.image_fields = {
+  field("packages", { kind = "list", max = C.limits.image_packages,
+                      items = { kind = "string", max_len = C.limits.package_name,
+                                pattern = M.PACKAGE_PATTERN, pattern_desc = M.PACKAGE_DESC } },
+        nil, "Debian packages installed on top of the default set (" .. M.DEFAULT_PACKAGES
+          .. " and their dependencies); order and duplicates do not matter."),
 }
 
 ------------------------------------------------------------------------ helpers
@@ -639,6 +653,68 @@ local function sandbox_prefix(name, line)
   return "sandbox " .. M.describe(name) .. ": "
 end
 M.sandbox_prefix = sandbox_prefix
+
+--- A valid image name: a VM id other than the reserved "templates".
+function M.valid_image_name(s)
+  return M.valid_id(s) and not M.IMAGE_RESERVED[s]
+end
+
+--- Validate one image body. Paths in errors are relative to the image.
+-- @return normalized { packages = sorted, without duplicates } or nil, errs
+function M.validate_image(body)
+  local errs = {}
+  local out = vm_record(body, errs, "", M.image_fields)
+  if not out or #errs > 0 then return nil, errs end
+  local seen, packages = {}, {}
+  for _, p in ipairs(out.packages or {}) do
+    if not seen[p] then seen[p] = true packages[#packages + 1] = p end
+  end
+  table.sort(packages)
+  return { packages = packages }
+end
+
+local function image_prefix(name, line)
+  if type(name) == "string" then return "image " .. quote(name) .. ": " end
+  if name == nil and line then return "image at line " .. line .. ": " end
+  return "image " .. M.describe(name) .. ": "
+end
+M.image_prefix = image_prefix
+
+--- Validate the images a recipe declared (same shape as validate_recipe's list).
+-- @return list of normalized images { name, line, packages } or nil and every error
+--         (each prefixed `image "name": `).
+function M.validate_images(list)
+  local errs, out, names = {}, {}, {}
+  for _, d in ipairs(list or {}) do
+    local prefix = image_prefix(d.name, d.line)
+    local where = d.line and (" (line " .. d.line .. ")") or ""
+    for _, e in ipairs(d.errors or {}) do errs[#errs + 1] = prefix .. e end
+    if d.name == nil and d.errors and #d.errors > 0 then
+      -- the declaration error already says the name is missing
+    elseif type(d.name) ~= "string" or not M.valid_id(d.name) then
+      errs[#errs + 1] = prefix .. "name: expected string matching " .. M.ID_DESC
+        .. ", got " .. M.describe(d.name)
+    elseif M.IMAGE_RESERVED[d.name] then
+      errs[#errs + 1] = prefix .. "name: " .. quote(d.name) .. " is reserved"
+    elseif names[d.name] then
+      errs[#errs + 1] = prefix .. "duplicate image name" .. where .. ", first declared"
+        .. (names[d.name].line and (" at line " .. names[d.name].line) or " earlier")
+    else
+      names[d.name] = d
+    end
+    if d.body ~= nil then
+      local img, e = M.validate_image(d.body)
+      if not img then
+        for _, m in ipairs(e) do errs[#errs + 1] = prefix .. m end
+      else
+        img.name, img.line = d.name, d.line
+        out[#out + 1] = img
+      end
+    end
+  end
+  if #errs > 0 then return nil, errs end
+  return out
+end
 
 --- Validate what a recipe declared.
 -- @param list { { name = string, body = table, line = number|nil, errors = {..}|nil }, ... }

@@ -508,6 +508,88 @@ SMOLVM_EXTERN int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int
                                     int guest_port, smolvm_error **err);
 SMOLVM_EXTERN int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error **err);
 
+/* ---------------------------------------------------------------- images */
+
+/* Guest images live in the context's image directory, one directory per name
+ * (docs/image.md); scripts/build-image.sh builds them. Image names are VM-id shaped,
+ * [a-z0-9][a-z0-9_-]{0,62}, and "templates" is reserved. */
+#define SMOLVM_IMAGE_PACKAGES_MAX 256                    /* extra Debian packages of one image */
+#define SMOLVM_PACKAGE_NAME_MAX 128                      /* bytes of one package name */
+#define SMOLVM_IMAGE_BUILD_TIMEOUT_DEFAULT (3600 * 1000) /* ms; a kernel build is minutes */
+
+/* JSON array of the images in the image directory, sorted by name: {name, dir,
+ * complete, built, size, agent, extra_packages, kernel_version} (docs/image.md). A
+ * directory there counts when it holds a manifest or an image file; an image being
+ * built for the first time is not listed until it is complete. Caller frees. */
+SMOLVM_EXTERN int smolvm_image_list_json(char **out, smolvm_ctx *ctx, smolvm_error **err);
+
+typedef struct smolvm_image_build_options {
+    unsigned version;
+    /* Debian packages added to the default set, NULL-terminated (NULL: none); at most
+     * SMOLVM_IMAGE_PACKAGES_MAX names of [a-z0-9][a-z0-9+.-]+. Order and duplicates do
+     * not matter: the set is part of the image's definition. */
+    const char *const *packages;
+    int force;      /* 1: build even when up to date */
+    int dry_run;    /* 1: build nothing, only say whether a build is due */
+    int timeout_ms; /* 0: SMOLVM_IMAGE_BUILD_TIMEOUT_DEFAULT; the build is killed past it */
+    /* build-image.sh to run. NULL: the source tree's when this library is the build
+     * tree's, else the installed one ($datadir/smolvm/scripts). */
+    const char *script;
+    /* Called with each line the build prints (progress, then errors), without its
+     * newline, control characters as spaces, at most 4 KiB; borrowed for the call.
+     * Return non-zero to cancel: the build is killed and SMOLVM_EINTR returned. */
+    int (*on_line)(const char *line, void *payload);
+    void *payload;
+} smolvm_image_build_options;
+#define SMOLVM_IMAGE_BUILD_OPTIONS_VERSION 1
+#define SMOLVM_IMAGE_BUILD_OPTIONS_INIT                                                            \
+    {                                                                                              \
+        SMOLVM_IMAGE_BUILD_OPTIONS_VERSION, NULL, 0, 0, 0, NULL, NULL, NULL                        \
+    }
+
+/* Fill opts with the defaults of `version`; SMOLVM_EINVAL for an unknown version. */
+SMOLVM_EXTERN int smolvm_image_build_options_init(smolvm_image_build_options *opts,
+                                                  unsigned version);
+
+/* Build image `name` with build-image.sh into the context's image directory, unless it
+ * is up to date (same definition, same build scripts, files intact). ctx may be NULL:
+ * the default image directory ($SMOLVM_IMAGE_DIR, ...), and no state database is
+ * opened or created (what a dry run that must leave no trace needs). Blocks until the
+ * build ends (its own process group, killed on timeout, cancel or smolvm_interrupt:
+ * SMOLVM_ETIMEDOUT / SMOLVM_EINTR). *built (may be NULL): 1 when a new image was put in
+ * place, 0 when it was up to date; with dry_run, 1 when a build is due. Building needs
+ * root (SMOLVM_EPERM, with the command to run as a hint); being up to date does not.
+ * Bad name or packages: SMOLVM_EINVAL; a tool missing: SMOLVM_EHOST; the build
+ * failing: SMOLVM_EIO with its last line. */
+SMOLVM_EXTERN int smolvm_image_build(int *built, smolvm_ctx *ctx, const char *name,
+                                     const smolvm_image_build_options *opts, smolvm_error **err);
+
+typedef struct smolvm_image_remove_options {
+    unsigned version;
+    int force; /* 1: the image named "default" may go too */
+    /* Where templates live (each <name>/template.json names its image in "image").
+     * NULL: $SMOLVM_TEMPLATE_DIR, else $XDG_DATA_HOME/smolvm/templates, else
+     * ~/.local/share/smolvm/templates. */
+    const char *template_dir;
+} smolvm_image_remove_options;
+#define SMOLVM_IMAGE_REMOVE_OPTIONS_VERSION 1
+#define SMOLVM_IMAGE_REMOVE_OPTIONS_INIT                                                           \
+    {                                                                                              \
+        SMOLVM_IMAGE_REMOVE_OPTIONS_VERSION, 0, NULL                                               \
+    }
+
+/* Fill opts with the defaults of `version`; SMOLVM_EINVAL for an unknown version. */
+SMOLVM_EXTERN int smolvm_image_remove_options_init(smolvm_image_remove_options *opts,
+                                                   unsigned version);
+
+/* Delete image `name` (its directory). Refused with SMOLVM_ESTATE, naming them, while
+ * a VM of the context's store (any status: its disk is backed by the image) or a
+ * template uses it, or while a build of it runs; "default" is refused without force
+ * (SMOLVM_EINVAL). SMOLVM_ENOENT when there is no such image. The directory is first
+ * renamed aside, so the image is gone at once even if removing its files fails. */
+SMOLVM_EXTERN int smolvm_image_remove(smolvm_ctx *ctx, const char *name,
+                                      const smolvm_image_remove_options *opts, smolvm_error **err);
+
 /* ---------------------------------------------------------------- host */
 
 /* Host checks as a JSON array of {name, ok, detail, hint}. Caller frees. */

@@ -44,6 +44,18 @@ int smolvm_default_state_dir(char **out, smolvm_error **err)
     return resolve_dir(out, "SMOLVM_STATE_DIR", "XDG_STATE_HOME", ".local/state", "smolvm", err);
 }
 
+int smolvm_default_image_dir(char **out, smolvm_error **err)
+{
+    return resolve_dir(out, "SMOLVM_IMAGE_DIR", "XDG_DATA_HOME", ".local/share", "smolvm/images",
+                       err);
+}
+
+int smolvm_default_template_dir(char **out, smolvm_error **err)
+{
+    return resolve_dir(out, "SMOLVM_TEMPLATE_DIR", "XDG_DATA_HOME", ".local/share",
+                       "smolvm/templates", err);
+}
+
 int smolvm_ctx_options_init(smolvm_ctx_options *opts, unsigned version)
 {
     smolvm_ctx_options defaults = SMOLVM_CTX_OPTIONS_INIT;
@@ -132,8 +144,7 @@ int smolvm_ctx_new(smolvm_ctx **out, const smolvm_ctx_options *opts, smolvm_erro
                             "smolvm/images", err);
     }
     if (r == 0)
-        r = resolve_dir(&ctx->template_dir, "SMOLVM_TEMPLATE_DIR", "XDG_DATA_HOME", ".local/share",
-                        "smolvm/templates", err);
+        r = smolvm_default_template_dir(&ctx->template_dir, err);
     if (r == SMOLVM_ENOMEM)
         smolvm_err(err, r, "out of memory");
     if (r == 0)

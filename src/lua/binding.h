@@ -101,6 +101,7 @@ void smolvm_lua_open_vm(lua_State *L);
 void smolvm_lua_open_constants(lua_State *L);
 void smolvm_lua_open_proc(lua_State *L);
 void smolvm_lua_open_job(lua_State *L);
+void smolvm_lua_open_image(lua_State *L); /* functions into the module table */
 
 /* Check that a method is called on an object: the object or a closed one raises. */
 void smolvm_lua_closed_error(lua_State *L, const char *what);

@@ -79,6 +79,8 @@ void smolvm_lua_open_constants(lua_State *L)
     set_int(L, "ttl_ms", SMOLVM_TTL_MAX);
     set_int(L, "labels", SMOLVM_LABELS_MAX);
     set_int(L, "label", SMOLVM_LABEL_MAX);
+    set_int(L, "image_packages", SMOLVM_IMAGE_PACKAGES_MAX);
+    set_int(L, "package_name", SMOLVM_PACKAGE_NAME_MAX);
     lua_setfield(L, -2, "limits");
     lua_setfield(L, -2, "constants");
 }
