@@ -89,7 +89,7 @@ M.vm_fields = {
   field("accel", { kind = "enum", values = C.accel }, C.accel[1],
         "Acceleration: \"auto\" uses KVM when the host really supports it, else TCG."),
   field("network", { kind = "enum", values = C.network }, C.network[1],
-        "\"nat\" (own address, egress via masquerade; TAP + nftables, needs root), \"user\" (rootless; no egress unless SMOLVM_USER_EGRESS=1), \"none\" (no NIC, so no commands); \"auto\": nat where it can work (root and an uplink), else user."),
+        "\"nat\" (own address, egress by policy, masqueraded; TAP + nftables, needs root), \"user\" (rootless; no outbound connections at all, forwards only), \"none\" (no NIC); \"auto\": nat where it can work (root and an uplink), else user."),
   field("forwards", { kind = "list", items = FORWARD, max = M.LIMITS.forwards, forwards = true },
         nil, "Port forwards { host=, guest=, address= }; at most 64, host ports unique."),
   field("env", ENV_MAP, nil,

@@ -33,15 +33,15 @@ static json_t *vmm_to_json(const smolvm_vmm_config *c)
                                               c->hostfwds[i].host_port, "guest_port",
                                               c->hostfwds[i].guest_port));
     o = json_pack(
-        "{s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:i, s:s, s:s, s:o, s:o, s:o, s:b, s:o, "
+        "{s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:i, s:s, s:s, s:o, s:o, s:o, s:o, "
         "s:i}",
         "kernel", jstr_or_null(c->kernel), "disk", jstr_or_null(c->disk), "disk_format",
         jstr_or_null(c->disk_format), "config_disk", jstr_or_null(c->config_disk), "cmdline",
         jstr_or_null(c->cmdline), "vm_id", jstr_or_null(c->vm_id), "vcpus", (int)c->vcpus,
         "memory_mib", (int)c->memory_mib, "accel", smolvm_accel_to_string(c->accel), "network",
         smolvm_net_mode_to_string(c->network), "tap_name", jstr_or_null(c->tap_name), "mac",
-        jstr_or_null(c->mac), "hostfwds", fwds ? fwds : json_array(), "user_egress", c->user_egress,
-        "overlay_disk", jstr_or_null(c->overlay_disk), "overlay_mib", (int)c->overlay_mib);
+        jstr_or_null(c->mac), "hostfwds", fwds ? fwds : json_array(), "overlay_disk",
+        jstr_or_null(c->overlay_disk), "overlay_mib", (int)c->overlay_mib);
     return o;
 }
 
@@ -116,7 +116,6 @@ static int vmm_from_json(smolvm_sv_spec *s, json_t *v)
     c->vcpus = (unsigned)json_integer_value(json_object_get(v, "vcpus"));
     c->memory_mib = (unsigned)json_integer_value(json_object_get(v, "memory_mib"));
     c->overlay_mib = (unsigned)json_integer_value(json_object_get(v, "overlay_mib"));
-    c->user_egress = json_is_true(json_object_get(v, "user_egress"));
     c->accel = smolvm_accel_from_string(accel);
     c->network = smolvm_net_mode_from_string(network);
     if (c->accel < 0 || c->network < 0 || !json_is_array(fwds) ||

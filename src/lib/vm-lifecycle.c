@@ -93,9 +93,6 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     cfg->network = c->network;
     cfg->hostfwds = fwds;
     cfg->n_hostfwds = nfwds;
-    /* User networking is closed to the outside unless the context opens it: untrusted
-     * code gets no egress by accident. */
-    cfg->user_egress = vm->ctx->user_egress;
     cfg->console_fd = cfg->ctl_fd = cfg->agent_fd = -1;
 
     spec.vm_id = vm->id;
