@@ -201,13 +201,20 @@ int smolvm_egress_policy_dup(smolvm_egress_policy *out, const smolvm_egress_poli
 int smolvm_egress_check_network(smolvm_egress_mode mode, smolvm_net_mode network,
                                 smolvm_error **err)
 {
-    if (network == SMOLVM_NET_USER && mode != SMOLVM_EGRESS_DEFAULT && mode != SMOLVM_EGRESS_NONE)
+    const char *what = mode == SMOLVM_EGRESS_ALLOW ? "an allow list" : "'internet'";
+
+    if (network == SMOLVM_NET_NAT || mode == SMOLVM_EGRESS_DEFAULT || mode == SMOLVM_EGRESS_NONE)
+        return 0;
+    if (network == SMOLVM_NET_USER)
         return smolvm_err(err, SMOLVM_EINVAL,
                           "egress: %s needs network 'nat' (QEMU user networking cannot enforce "
                           "an egress policy: its guests get no outbound connections at all; "
                           "use network = \"nat\")",
-                          mode == SMOLVM_EGRESS_ALLOW ? "an allow list" : "'internet'");
-    return 0;
+                          what);
+    return smolvm_err(err, SMOLVM_EINVAL,
+                      "egress: %s needs network 'nat' (network 'none' has no NIC: its egress is "
+                      "'none')",
+                      what);
 }
 
 int smolvm_egress_policy_resolve(smolvm_egress_policy *p, smolvm_net_mode network,
@@ -222,7 +229,7 @@ int smolvm_egress_policy_resolve(smolvm_egress_policy *p, smolvm_net_mode networ
             p->mode = SMOLVM_EGRESS_INTERNET;
         return 0;
     }
-    /* user: closed to the outside; none: no NIC, nothing to enforce */
+    /* user: closed to the outside; none: no NIC */
     smolvm_egress_policy_clear(p);
     p->mode = SMOLVM_EGRESS_NONE;
     return 0;
@@ -275,6 +282,41 @@ int smolvm_egress_policy_from_json(smolvm_egress_policy *out, const json_t *j, s
     }
     allow[json_array_size(list)] = NULL;
     return smolvm_egress_policy_copy(out, &e, "egress", err);
+}
+
+int smolvm_egress_policy_net(smolvm_net_egress *out, const char ***cidrs,
+                             const smolvm_egress_policy *p, bool have_resolver, smolvm_error **err)
+{
+    smolvm_net_egress e = SMOLVM_NET_EGRESS_INIT;
+    const char **c = NULL, **names = NULL;
+    size_t nc = 0, nn = 0;
+    int r;
+
+    switch (p->mode) {
+    case SMOLVM_EGRESS_INTERNET: e.mode = SMOLVM_NET_EGRESS_INTERNET; break;
+    case SMOLVM_EGRESS_NONE: e.mode = SMOLVM_NET_EGRESS_NONE; break;
+    case SMOLVM_EGRESS_ALLOW: e.mode = SMOLVM_NET_EGRESS_ALLOW; break;
+    default: return smolvm_err(err, SMOLVM_EINVAL, "egress: the policy is not resolved");
+    }
+    if ((r = smolvm_egress_policy_split(p, &c, &nc, &names, &nn, err)) < 0)
+        return r;
+    if (nn && !have_resolver) {
+        r = smolvm_err(err, SMOLVM_EINVAL,
+                       "egress: the allow list has names ('%s'%s) but this host has no resolver "
+                       "to ask for them (set SMOLVM_DNS=ADDRESS, or a non-loopback nameserver in "
+                       "/etc/resolv.conf)",
+                       names[0], nn > 1 ? ", ..." : "");
+        free(c);
+        free(names);
+        return r;
+    }
+    free(names);
+    e.allow = c;
+    e.n_allow = nc;
+    e.dns = have_resolver && p->mode != SMOLVM_EGRESS_NONE;
+    *out = e;
+    *cidrs = c;
+    return 0;
 }
 
 int smolvm_egress_policy_split(const smolvm_egress_policy *p, const char ***cidrs, size_t *n_cidrs,

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "net/net.h"
 #include "smolvm.h"
 
 typedef struct smolvm_egress_policy {
@@ -37,14 +38,13 @@ int smolvm_egress_policy_dup(smolvm_egress_policy *out, const smolvm_egress_poli
                              smolvm_error **err);
 
 /* Can network (resolved) enforce mode? SMOLVM_EINVAL for anything but DEFAULT and
- * NONE on "user", with a message saying to use network "nat". */
+ * NONE on "user" (the message says to use network "nat") and on "none" (no NIC). */
 int smolvm_egress_check_network(smolvm_egress_mode mode, smolvm_net_mode network,
                                 smolvm_error **err);
 
 /* Resolve DEFAULT for the VM's (resolved) network: "nat" gets INTERNET, "user" and
- * "none" get NONE. A policy other than NONE on network "user" is SMOLVM_EINVAL (QEMU's
- * user networking cannot enforce one: the message says to use network "nat"); on
- * network "none" any policy becomes NONE (there is no NIC). */
+ * "none" get NONE; what the network cannot enforce is smolvm_egress_check_network's
+ * error. */
 int smolvm_egress_policy_resolve(smolvm_egress_policy *p, smolvm_net_mode network,
                                  smolvm_error **err);
 
@@ -57,6 +57,15 @@ json_t *smolvm_egress_policy_to_json(const smolvm_egress_policy *p);
 
 /* Parse (and check again) the stored form. SMOLVM_EINVAL when malformed. */
 int smolvm_egress_policy_from_json(smolvm_egress_policy *out, const json_t *j, smolvm_error **err);
+
+/* The policy as the network module takes it (net/net.h): its mode, its CIDRs in
+ * *cidrs (a NULL-terminated array of pointers into p; the caller frees the array) and
+ * DNS to the gateway when the VM has a resolver (have_resolver) and the mode is not
+ * NONE. A policy with names and no resolver is SMOLVM_EINVAL (nothing could resolve
+ * them). The supervisor and the library both use this, so what one installs the other
+ * checks alike. */
+int smolvm_egress_policy_net(smolvm_net_egress *out, const char ***cidrs,
+                             const smolvm_egress_policy *p, bool have_resolver, smolvm_error **err);
 
 /* The policy's CIDRs and names, each a NULL-terminated array of pointers into p (the
  * caller frees only the two arrays). */

@@ -467,7 +467,7 @@ static int valid_kind(const char *kind, smolvm_error **err)
 }
 
 int smolvm_store_events_append(smolvm_store *s, const char *vm_id, const char *kind,
-                               const char *const *details, size_t n, size_t keep,
+                               const int64_t *at, const char *const *details, size_t n, size_t keep,
                                smolvm_error **err)
 {
     _cleanup_txn_ smolvm_store *txn = NULL;
@@ -487,7 +487,7 @@ int smolvm_store_events_append(smolvm_store *s, const char *vm_id, const char *k
         return r;
     for (size_t i = 0; i < n; i++) {
         (void)sqlite3_reset(st);
-        (void)sqlite3_bind_int64(st, 1, now);
+        (void)sqlite3_bind_int64(st, 1, at && at[i] > 0 ? at[i] : now);
         (void)bind_text(st, 2, vm_id);
         (void)bind_text(st, 3, kind);
         (void)bind_text_capped(st, 4, details[i]);

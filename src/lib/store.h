@@ -115,10 +115,11 @@ int smolvm_store_event(smolvm_store *s, const char *vm_id, const char *kind, con
                        smolvm_error **err);
 
 /* Append n events of one kind for vm_id in one transaction, then keep only the newest
- * `keep` of that VM and kind (and the log's overall bound). For writers that batch
- * (the supervisor's denied attempts). */
+ * `keep` of that VM and kind (and the log's overall bound). at: each event's time
+ * (wall clock ms; NULL or 0: now). For writers that batch (the supervisor's denied
+ * attempts). */
 int smolvm_store_events_append(smolvm_store *s, const char *vm_id, const char *kind,
-                               const char *const *details, size_t n, size_t keep,
+                               const int64_t *at, const char *const *details, size_t n, size_t keep,
                                smolvm_error **err);
 
 /* One row of the event log. */

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "egress.h"
 #include "smolvm.h"
 #include "vmm/vmm.h"
 
@@ -29,6 +30,29 @@ typedef enum smolvm_sv_transport {
     SMOLVM_SV_SSH,   /* ready when the guest's init says so (sshd listens) */
 } smolvm_sv_transport;
 
+/* One port forward of a NAT VM. */
+typedef struct smolvm_sv_fwd {
+    char host_address[16]; /* IPv4 text */
+    int host_port, guest_port;
+} smolvm_sv_fwd;
+
+/* Network "nat": what the supervisor serves for the VM's network once the library has
+ * set it up (src/supervisor/net.c): the DNS filter on the gateway, the proxy of the
+ * loopback forwards, the reader of denied attempts, the periodic repair of the rules,
+ * and runtime changes of the policy and the forwards. */
+typedef struct smolvm_sv_net {
+    char tap[16];
+    char guest_ip[16];
+    char gateway[16];
+    int prefix;
+    char uplink[16];
+    char upstream[16];           /* the resolver the DNS filter asks; "" when the host has none */
+    smolvm_egress_policy egress; /* resolved; owned by a spec that was read, borrowed by the
+                                  * library's when writing */
+    smolvm_sv_fwd forwards[SMOLVM_FORWARDS_MAX];
+    size_t n_forwards;
+} smolvm_sv_net;
+
 typedef struct smolvm_sv_spec {
     char *vm_id;
     char *dir;
@@ -41,7 +65,8 @@ typedef struct smolvm_sv_spec {
     uint64_t console_max;  /* bytes of console log kept (two files of half each) */
     smolvm_vmm_config vmm; /* strings borrowed from `json`; fds are set by the supervisor */
     smolvm_vmm_hostfwd *hostfwds;
-    json_t *json; /* owns the strings above */
+    smolvm_sv_net *net; /* network "nat"; NULL otherwise */
+    json_t *json;       /* owns the strings above */
 } smolvm_sv_spec;
 
 /* Serialise spec (its vmm part without the fds) to dir/supervisor.json, mode 0600. */

@@ -65,6 +65,7 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
                                   err);
         cfg->tap_name = natnet.tap;
         cfg->mac = natnet.mac;
+        spec.net = &natnet.sv; /* the supervisor serves DNS, loopback forwards, repairs */
     } else {
         r = smolvm_kernel_cmdline(&cmdline, vm->id, c->network, SMOLVM_USER_GUEST_IP,
                                   SMOLVM_USER_GATEWAY, "255.255.255.0", SMOLVM_USER_DNS, tsc_khz,

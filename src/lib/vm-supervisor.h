@@ -4,6 +4,7 @@
 #ifndef SMOLVM_VM_SUPERVISOR_H
 #define SMOLVM_VM_SUPERVISOR_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -30,5 +31,14 @@ int smolvm_sv_launch(smolvm_sv_pids *out, smolvm_ctx *ctx, const smolvm_sv_spec 
 int smolvm_sv_poweroff(const char *dir, int64_t deadline, smolvm_error **err);
 /* No owner any more; the ttl stays as it is. */
 int smolvm_sv_keep(const char *dir, int64_t deadline, smolvm_error **err);
+
+/* Network "nat": replace the running VM's egress policy (the DNS filter's names, then
+ * the rules in one batch); the supervisor's answer is the result. */
+int smolvm_sv_egress(const char *dir, const smolvm_egress_policy *policy, int64_t deadline,
+                     smolvm_error **err);
+/* Network "nat": add (add = true) or remove a forward of the running VM: NAT rules for
+ * other addresses, the supervisor's proxy for loopback ones (both for 0.0.0.0). */
+int smolvm_sv_forward(const char *dir, bool add, const char *host_address, int host_port,
+                      int guest_port, int64_t deadline, smolvm_error **err);
 
 #endif

@@ -23,6 +23,7 @@ typedef enum sv_state {
 } sv_state;
 
 typedef struct sv_client sv_client;
+typedef struct sv_net sv_net;
 
 typedef struct sv {
     sv_loop *loop;
@@ -58,6 +59,9 @@ typedef struct sv {
     sv_client *clients;
     uint32_t next_agent_stream;
 
+    /* Network "nat" (net.c); NULL otherwise. */
+    sv_net *net;
+
     /* Lifetime. */
     int owner_pidfd;
     int64_t ttl_timer;
@@ -80,6 +84,14 @@ void sv_relay_agent_drained(sv *s); /* the guest channel's queue is empty again 
 void sv_relay_ready(sv *s);         /* send the hello clients are waiting for */
 void sv_relay_goaway_all(sv *s, const char *code, const char *why);
 size_t sv_relay_clients(const sv *s);
+
+/* net.c: network "nat": the DNS filter, the loopback proxy, denied attempts, the
+ * periodic repair of the rules. Started before the VMM (failures are reported on the
+ * status fd); nothing to do for other networks. */
+int sv_net_start(sv *s);
+/* The operations "egress", "forward" and "unforward": true when op is one of them,
+ * with *reply (the REPLY's payload) or *err set. */
+bool sv_net_op(sv *s, const char *op, json_t *req, json_t **reply, smolvm_error **err);
 
 /* lifetime.c: owner, ttl, the end. */
 int sv_lifetime_start(sv *s);

@@ -759,6 +759,7 @@ static void test_forward_limit_and_events(void **state)
     smolvm_error *err = NULL;
     smolvm_event_row *rows = NULL;
     const char *details[3] = {"{\"dst\":\"198.51.100.9\"}", "{\"dst\":\"198.51.100.10\"}", NULL};
+    const int64_t at[1] = {1234567};
     size_t n = 0;
 
     vm_new(f->s, "a");
@@ -778,9 +779,9 @@ static void test_forward_limit_and_events(void **state)
     assert_int_equal(smolvm_store_event(f->s, "a", "start", NULL, NULL), 0);
     for (int round = 0; round < 3; round++)
         assert_int_equal(
-            smolvm_store_events_append(f->s, "a", "egress-denied", details, 2, 3, NULL), 0);
-    assert_int_equal(smolvm_store_events_append(f->s, "b", "egress-denied", details, 1, 3, NULL),
-                     0);
+            smolvm_store_events_append(f->s, "a", "egress-denied", NULL, details, 2, 3, NULL), 0);
+    assert_int_equal(
+        smolvm_store_events_append(f->s, "b", "egress-denied", at, details, 1, 3, NULL), 0);
     /* a's: the newest 3 of its 6 denied attempts, oldest first; its start event stays */
     assert_int_equal(smolvm_store_events_list(&rows, &n, f->s, "a", "egress-denied", 100, NULL), 0);
     assert_int_equal(n, 3);
@@ -801,8 +802,10 @@ static void test_forward_limit_and_events(void **state)
     rows = smolvm_event_rows_free(rows, n);
     assert_int_equal(smolvm_store_events_list(&rows, &n, f->s, "b", "egress-denied", 10, NULL), 0);
     assert_int_equal(n, 1);
+    assert_int_equal(rows[0].at, 1234567); /* the time given, not the time written */
     rows = smolvm_event_rows_free(rows, n);
-    assert_int_equal(smolvm_store_events_append(f->s, "a", "", details, 1, 3, NULL), SMOLVM_EINVAL);
+    assert_int_equal(smolvm_store_events_append(f->s, "a", "", NULL, details, 1, 3, NULL),
+                     SMOLVM_EINVAL);
 
     /* the stored config can be replaced */
     assert_int_equal(smolvm_store_vm_set_config(f->s, "a", "{\"x\":1}", NULL), 0);
