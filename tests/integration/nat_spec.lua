@@ -93,7 +93,8 @@ describe("network nat", function()
 
   it("keeps guests from the host's own services and from link-local metadata", function()
     local pid = sh("python3 -m http.server 9999 --bind 0.0.0.0 >/dev/null 2>&1 & echo $!"):match("%d+")
-    sh("sleep 0.5")
+    assert(h.wait_for(function() return sh("ss -Hltn 'sport = :9999'"):find("9999", 1, true) end, 20),
+           "the host's server did not come up")
     assert.truthy(sh("curl -s --max-time 3 -o /dev/null -w '%{http_code}' http://127.0.0.1:9999/"):find("200"))
     for _, target in ipairs({ "172.16.0.1:9999", "198.51.100.1:9999", "169.254.169.254:80" }) do
       local r = assert(a:run("curl -s --max-time 3 http://" .. target .. "/"))
