@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <string.h>
+#include <time.h>
 
 #include "context.h"
 #include "egress.h"
@@ -81,6 +82,15 @@ static void mac_for(const char *id, char out[18])
              h & 0xff);
 }
 
+/* Milliseconds with a fraction, for timings finer than smolvm_now_ms. */
+static double elapsed_ms(const struct timespec *t0)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
 int smolvm_vm_net_up(smolvm_vm_net *n, smolvm_ctx *ctx, const char *vm_id,
                      const smolvm_vm_config *cfg, smolvm_error **err)
 {
@@ -93,8 +103,9 @@ int smolvm_vm_net_up(smolvm_vm_net *n, smolvm_ctx *ctx, const char *vm_id,
     const char *cidr = cfg->cidr ? cfg->cidr : ctx->nat_cidr;
     size_t i, n_rows = 0;
     int r;
-    int64_t t0 = smolvm_now_ms();
+    struct timespec t0;
 
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     memset(n, 0, sizeof(*n));
     if ((r = smolvm_nat_usable(ctx, err)) < 0)
         return r;
@@ -146,9 +157,9 @@ int smolvm_vm_net_up(smolvm_vm_net *n, smolvm_ctx *ctx, const char *vm_id,
     memcpy(sv->gateway, n->gateway, sizeof(sv->gateway));
     sv->egress = cfg->egress; /* borrowed from cfg for the spec */
     smolvm_log(ctx, SMOLVM_LOG_DEBUG,
-               "vm '%s': network up (%s, %s, egress %s, %zu allow entries) in %lld ms", vm_id,
+               "vm '%s': network up (%s, %s, egress %s, %zu allow entries) in %.3f ms", vm_id,
                n->tap, n->ip, smolvm_egress_mode_to_string(cfg->egress.mode), cfg->egress.n_allow,
-               (long long)(smolvm_now_ms() - t0));
+               elapsed_ms(&t0));
     return 0;
 }
 

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dns.h"
@@ -69,6 +70,15 @@ struct sv_net {
     uint64_t allow_failures;
     int64_t allow_logged_at;
 };
+
+/* Milliseconds with a fraction since t0 (CLOCK_MONOTONIC), for the logged timings. */
+static double since_ms(const struct timespec *t0)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
 
 static sv_net *exiting; /* flushed by the atexit handler: the supervisor ends with exit() */
 
@@ -419,12 +429,13 @@ int sv_net_start(sv *s)
     smolvm_sv_net *spec = s->spec->net;
     smolvm_error *e = NULL;
     sv_net *n;
-    int64_t t0 = sv_now_ms();
+    struct timespec t0;
     size_t proxied = 0;
     int r;
 
     if (!spec)
         return 0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     if (!(n = calloc(1, sizeof(*n)))) {
         report_failure(s, (smolvm_err(&e, SMOLVM_ENOMEM, "out of memory"), e));
         return -1;
@@ -462,9 +473,9 @@ int sv_net_start(sv *s)
     s->net = n;
     exiting = n;
     (void)atexit(at_exit);
-    sv_log(s, "network: egress %s, dns %s, %zu forwards (%zu proxied), up in %lld ms",
+    sv_log(s, "network: egress %s, dns %s, %zu forwards (%zu proxied), up in %.3f ms",
            smolvm_egress_mode_to_string(spec->egress.mode), n->dns ? "filtered" : "none",
-           spec->n_forwards, proxied, (long long)(sv_now_ms() - t0));
+           spec->n_forwards, proxied, since_ms(&t0));
     return 0;
 fail:
     (void)smolvm_err_wrap(&e, "network of vm '%s'", s->spec->vm_id);
@@ -481,9 +492,10 @@ static int op_egress(sv_net *n, json_t *req, json_t **reply, smolvm_error **err)
     smolvm_net_egress egress;
     const char **cidrs = NULL;
     smolvm_net_vm vm;
-    int64_t t0 = sv_now_ms();
+    struct timespec t0;
     int r;
 
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     if ((r = smolvm_egress_policy_from_json(&p, json_object_get(req, "egress"), err)) < 0)
         return r;
     if ((r = smolvm_egress_policy_resolve(&p, SMOLVM_NET_NAT, err)) < 0 ||
@@ -507,10 +519,10 @@ static int op_egress(sv_net *n, json_t *req, json_t **reply, smolvm_error **err)
     n->cidrs = TAKE_PTR(cidrs);
     n->egress = egress;
     rebuild_vm(n);
-    sv_log(n->s, "egress: now %s (%zu allow entries) after %lld ms",
+    sv_log(n->s, "egress: now %s (%zu allow entries) after %.3f ms",
            smolvm_egress_mode_to_string(n->spec->egress.mode), n->spec->egress.n_allow,
-           (long long)(sv_now_ms() - t0));
-    *reply = json_pack("{s:I}", "ms", (json_int_t)(sv_now_ms() - t0));
+           since_ms(&t0));
+    *reply = json_pack("{s:f}", "ms", since_ms(&t0));
 out:
     free(cidrs);
     smolvm_egress_policy_clear(&p);
