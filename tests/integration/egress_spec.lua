@@ -167,7 +167,8 @@ describe("egress", function()
 
   lazy_setup(function()
     inet = assert(smolvm.VM{ id = "eg-inet", network = "nat", memory = 256, vcpus = 1,
-                             forwards = { { host = 18190, guest = 8080 } } })
+                             forwards = { { host = 18190, guest = 8080 },
+                                          { host = 18193, guest = 8080, address = "0.0.0.0" } } })
     none = assert(smolvm.VM{ id = "eg-none", network = "nat", memory = 256, vcpus = 1,
                              egress = "none", forwards = { { host = 18191, guest = 8080 } } })
     allow = assert(smolvm.VM{ id = "eg-allow", network = "nat", memory = 256, vcpus = 1,
@@ -215,6 +216,16 @@ describe("egress", function()
       -- each refusal is a denied attempt of this VM
       assert.truthy(denied(inet, function(e) return e.dst == "10.1.0.1" and e.port == 8000 and e.protocol == "tcp" end))
     end)
+  end)
+
+  it("serves a 0.0.0.0 forward by NAT from outside and by the proxy on 127.0.0.1", function()
+    local outside = sh(("ip netns exec %s curl -s --max-time 5 http://198.51.100.1:18193/index.html"):format(OUT))
+    assert.are.equal("guest:eg-inet\n", outside)
+    assert.are.equal("guest:eg-inet\n", sh("curl -s --max-time 5 http://127.0.0.1:18193/index.html"))
+    local t = sh("nft list table inet smolvm")
+    assert.truthy(t:find("fwd:0.0.0.0:18193", 1, true), t)
+    assert.truthy(t:find("ip daddr != 127.0.0.0/8", 1, true), t) -- the NAT never takes loopback
+    assert.truthy(sh("ss -Hltnp 'sport = :18193'"):find("127.0.0.1:18193", 1, true))
   end)
 
   describe("none", function()
