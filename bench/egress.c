@@ -10,10 +10,11 @@
  *   - the DNS filter's added latency, seen from the guest: the same query for a name
  *     of the test's resolver, asked of the gateway (the filter, which asks the
  *     resolver) and of the resolver directly (egress "internet" lets both through), in
- *     alternating batches (-q queries each).
+ *     alternating batches (-r rounds of -q queries each way).
  * Prints median/min/max of each.
  *
- *   tests/integration/nat-netns.sh --exec build/bench-egress [-s STARTS] [-n CHANGES] [-q QUERIES]
+ *   tests/integration/nat-netns.sh --exec build/bench-egress [-s STARTS] [-n CHANGES]
+ *                                                              [-q QUERIES] [-r ROUNDS]
  * Needs root and the namespaces nat-netns.sh makes (its resolver 198.51.100.53 knows
  * allowed.test); never run it on a machine's own network.
  */
@@ -25,11 +26,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include "smolvm.h"
 
 #define MAXN 1000
 #define UPSTREAM "198.51.100.53"
-#define ROUNDS 9 /* batches of queries each way */
 
 static double now_ms(void)
 {
@@ -63,19 +70,22 @@ static void die(const char *what, smolvm_error *e)
     exit(1);
 }
 
-/* The library's "network up (...) in N ms" lines. */
-static double setup_ms[MAXN];
-static int n_setup;
+/* The library's "network up (...) in N ms (setup M ms)" lines. */
+static double up_ms[MAXN], setup_ms[MAXN];
+static int n_up;
 
 static void on_log(int level, const char *msg, void *payload)
 {
     const char *p = strstr(msg, ": network up (");
-    double v;
+    double v, w;
 
     (void)level;
     (void)payload;
-    if (p && (p = strstr(p, ") in ")) && sscanf(p, ") in %lf ms", &v) == 1 && n_setup < MAXN)
-        setup_ms[n_setup++] = v;
+    if (p && (p = strstr(p, ") in ")) && sscanf(p, ") in %lf ms (setup %lf ms)", &v, &w) == 2 &&
+        n_up < MAXN) {
+        up_ms[n_up] = v;
+        setup_ms[n_up++] = w;
+    }
 }
 
 /* Every "<marker> ... <after> N ms" number in the VM's supervisor.log past offset *off. */
@@ -121,7 +131,9 @@ static const char *vm_dir(smolvm_vm *vm, char *buf, size_t size)
 static const char GUEST_DNS[] =
     "import random, socket, struct, sys, time\n"
     "def q(s, server, name):\n"
-    "    m = struct.pack('!HHHHHH', random.randrange(65536), 0x0100, 1, 0, 0, 0)\n"
+    "    global qid\n"
+    "    qid = (qid + 1) & 0xffff\n"
+    "    m = struct.pack('!HHHHHH', qid, 0x0100, 1, 0, 0, 0)\n"
     "    m += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + "
     "b'\\0\\0\\1\\0\\1'\n"
     "    s.sendto(m, (server, 53)); r = s.recv(1500)\n"
@@ -131,11 +143,83 @@ static const char GUEST_DNS[] =
     "    t = time.perf_counter()\n"
     "    for i in range(n): q(s, server, 'allowed.test')\n"
     "    return (time.perf_counter() - t) * 1000 / n\n"
+    "qid = 0\n"
     "gw, up, n, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])\n"
     "batch(gw, 5); batch(up, 5)\n"
     "for r in range(rounds):\n"
     "    print('filter %.4f' % batch(gw, n))\n"
     "    print('direct %.4f' % batch(up, n))\n";
+
+/* ---- the same queries timed on the host, on the VM's TAP: from the guest's query to
+ * the answer the guest gets, both seen on the wire, so the guest's own clock and
+ * scheduling (coarse under TCG) do not count. */
+
+static int tap_open(const char *tap)
+{
+    struct sockaddr_ll sa = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL)};
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)), on = 1, buf = 32 << 20;
+
+    if (fd < 0)
+        return -1;
+    sa.sll_ifindex = (int)if_nametoindex(tap);
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buf, sizeof(buf));
+    if (!sa.sll_ifindex || setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) < 0 ||
+        bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Drain fd: for each DNS query (to gateway or upstream) and its answer (same id, from
+ * that server), the wire time in ms, into via_filter / direct. */
+static void tap_times(int fd, const char *gateway, double *via_filter, int *nf, double *direct,
+                      int *nd)
+{
+    static double sent[2][65536];
+    uint32_t gw = inet_addr(gateway), up = inet_addr(UPSTREAM);
+    unsigned char frame[2048];
+    char ctl[256];
+
+    memset(sent, 0, sizeof(sent));
+    for (;;) {
+        struct iovec iov = {frame, sizeof(frame)};
+        struct msghdr mh = {
+            .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl)};
+        ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT);
+        const unsigned char *ip = frame + 14, *udp;
+        struct timespec ts = {0};
+        uint32_t src, dst;
+        uint16_t sport, dport, id;
+        double t;
+
+        if (n < 0)
+            return;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS)
+                memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+        if (n < 14 + 20 + 8 + 12 || (ip[0] >> 4) != 4 || ip[9] != IPPROTO_UDP)
+            continue;
+        udp = ip + (ip[0] & 15) * 4;
+        if (udp + 8 + 12 > frame + n)
+            continue;
+        memcpy(&src, ip + 12, 4);
+        memcpy(&dst, ip + 16, 4);
+        sport = (uint16_t)(udp[0] << 8 | udp[1]);
+        dport = (uint16_t)(udp[2] << 8 | udp[3]);
+        id = (uint16_t)(udp[8] << 8 | udp[9]);
+        t = ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+        if (dport == 53 && (dst == gw || dst == up)) {
+            sent[dst == gw][id] = t;
+        } else if (sport == 53 && (src == gw || src == up) && sent[src == gw][id] > 0) {
+            if (src == gw && *nf < MAXN)
+                via_filter[(*nf)++] = t - sent[1][id];
+            else if (src == up && *nd < MAXN)
+                direct[(*nd)++] = t - sent[0][id];
+            sent[src == gw][id] = 0;
+        }
+    }
+}
 
 int main(int argc, char **argv)
 {
@@ -154,7 +238,12 @@ int main(int argc, char **argv)
                                          "*.m4.test",        "m5.test",         "m6.test",
                                          "m7.test",          "m8.test",         NULL};
     static double sv_setup[MAXN], change[MAXN], sv_change[MAXN], filt[MAXN], direct[MAXN];
-    int starts = 3, changes = 50, queries = 200, n_sv = 0, n_sv_change = 0, n_f = 0, n_d = 0;
+    static double wire_f[MAXN], wire_d[MAXN];
+    int n_wf = 0, n_wd = 0, tapfd;
+    char gw[16] = "";
+    int starts = 3, changes = 50, queries = 50, rounds = 31, n_sv = 0, n_sv_change = 0, n_f = 0,
+        n_d = 0;
+    static double diff[MAXN];
     smolvm_ctx_options co = SMOLVM_CTX_OPTIONS_INIT;
     smolvm_vm_options vo = SMOLVM_VM_OPTIONS_INIT;
     smolvm_egress a = {SMOLVM_EGRESS_ALLOW, list_a}, b = {SMOLVM_EGRESS_ALLOW, list_b};
@@ -167,21 +256,24 @@ int main(int argc, char **argv)
     long off = 0;
     int opt;
 
-    while ((opt = getopt(argc, argv, "s:n:q:")) != -1) {
+    while ((opt = getopt(argc, argv, "s:n:q:r:")) != -1) {
         if (opt == 's')
             starts = atoi(optarg);
         else if (opt == 'n')
             changes = atoi(optarg);
         else if (opt == 'q')
             queries = atoi(optarg);
+        else if (opt == 'r')
+            rounds = atoi(optarg);
         else {
-            fprintf(stderr, "usage: bench-egress [-s STARTS] [-n CHANGES] [-q QUERIES]\n");
+            fprintf(stderr,
+                    "usage: bench-egress [-s STARTS] [-n CHANGES] [-q QUERIES] [-r ROUNDS]\n");
             return 2;
         }
     }
     if (starts < 1 || starts > 20 || changes < 1 || changes > MAXN || queries < 1 ||
-        queries > MAXN) {
-        fprintf(stderr, "bench-egress: -s 1..20, -n and -q 1..%d\n", MAXN);
+        queries > MAXN || rounds < 1 || rounds > MAXN) {
+        fprintf(stderr, "bench-egress: -s 1..20, -n, -q and -r 1..%d\n", MAXN);
         return 2;
     }
     co.log = on_log;
@@ -219,9 +311,20 @@ int main(int argc, char **argv)
     (void)snprintf(cmd, sizeof(cmd),
                    "python3 /root/dnsbench.py $(ip -4 route show default | awk '{print $3}') "
                    "%s %d %d",
-                   UPSTREAM, queries, ROUNDS);
+                   UPSTREAM, queries, rounds);
+    /* the gateway, as the guest's default route says */
+    if (smolvm_vm_run(&r, vm, "ip -4 route show default | awk '{print $3}'", NULL, &e) < 0)
+        die("read the guest's gateway", e);
+    (void)snprintf(gw, sizeof(gw), "%.*s", (int)strcspn(r->out, "\n"), r->out);
+    r = smolvm_run_result_free(r);
+    if ((tapfd = tap_open("sv-eg-bench")) < 0) {
+        perror("bench-egress: packet socket on sv-eg-bench");
+        return 1;
+    }
     if (smolvm_vm_run(&r, vm, cmd, NULL, &e) < 0)
         die("run the guest's queries", e);
+    tap_times(tapfd, gw, wire_f, &n_wf, wire_d, &n_wd);
+    close(tapfd);
     if (r->exit_code != 0) {
         fprintf(stderr, "bench-egress: guest queries failed: %s%s\n", r->out, r->err);
         return 1;
@@ -237,20 +340,26 @@ int main(int argc, char **argv)
     r = smolvm_run_result_free(r);
 
     printf("egress, one VM, QEMU TCG guest (the host's other load shows up in the numbers)\n");
-    report("setup, library: TAP + link + one batch, 20 entries", setup_ms, n_setup);
+    report("setup, library, all: leases, ports, uplink, resolver, setup", up_ms, n_up);
+    report("setup, library: smolvm_net_vm_setup (TAP, link, one batch)", setup_ms, n_up);
     report("setup, supervisor: DNS filter + proxy + NFLOG reader", sv_setup, n_sv);
     report("policy change: smolvm_vm_set_egress, 20 <-> 20 entries", change, changes);
     report("policy change, supervisor: names + one batch", sv_change, n_sv_change);
+    /* each round's two batches ran back to back: their difference is the filter's
+     * cost with the host's load of that moment */
+    for (int i = 0; i < n_f && i < n_d; i++)
+        diff[i] = filt[i] - direct[i];
     report("DNS from the guest, to the resolver (mean of a batch)", direct, n_d);
     report("DNS from the guest, through the filter (mean of a batch)", filt, n_f);
+    report("added by the filter (per round, filter - resolver)", diff, n_f < n_d ? n_f : n_d);
+    report("DNS on the TAP, query to answer: resolver directly", wire_d, n_wd);
+    report("DNS on the TAP, query to answer: through the filter", wire_f, n_wf);
     {
-        double fm, dm;
+        /* both sorted by report() */
+        double mf = n_wf ? wire_f[n_wf / 2] : 0, md = n_wd ? wire_d[n_wd / 2] : 0;
 
-        qsort(filt, (size_t)n_f, sizeof(*filt), cmp);
-        qsort(direct, (size_t)n_d, sizeof(*direct), cmp);
-        fm = filt[n_f / 2];
-        dm = direct[n_d / 2];
-        printf("%-58s %8.3f ms (medians)\n", "added by the filter", fm - dm);
+        printf("%-58s %8.3f ms (difference of the medians on the TAP)\n", "added by the filter",
+               mf - md);
     }
     if (smolvm_vm_delete(vm, &e) < 0)
         die("delete", e);
