@@ -12,6 +12,14 @@ local h = require "helpers"
 local LUA, BOOT, sh, q, tmpfile, readfile, wait_for = h.LUA, h.BOOT, h.sh, h.quote, h.tmpfile,
   h.readfile, h.wait_for
 local SRC = assert(os.getenv("SMOLVM_SOURCE_DIR"))
+
+-- Temporary files of this spec, removed in the teardown whatever happened.
+local temps = {}
+local function temp(content)
+  local path = content and tmpfile(content) or os.tmpname()
+  temps[#temps + 1] = path
+  return path
+end
 local UPSTREAM = "198.51.100.53"
 local PRIVATE = { "10.1.0.1", "172.20.0.1", "192.168.1.1", "100.64.0.1" }
 
@@ -103,7 +111,7 @@ while True:
         f.write('%%s %%s\n' %% (a[0], d.decode(errors='replace')))
     s.sendto(d, a)
 ]]):format(addr, port, file)
-  local script = tmpfile(prog)
+  local script = temp(prog)
   local pre = ns and ("ip netns exec " .. ns .. " ") or ""
   local pid = assert(sh(("%spython3 %s >/dev/null 2>&1 & echo $!"):format(pre, q(script))):match("%d+"))
   -- bound before anyone sends (bounded wait)
@@ -183,6 +191,7 @@ describe("egress", function()
   lazy_teardown(function()
     for _, pid in ipairs(pids) do sh("kill " .. pid) end
     for _, vm in ipairs({ inet, none, allow }) do if vm then vm:delete() end end
+    for _, path in ipairs(temps) do os.remove(path) end
   end)
 
   describe("default policy (internet)", function()
@@ -361,7 +370,7 @@ for i in range(200):
 
   describe("fails closed", function()
     it("never lets a forged source out, even matching a live flow of the host", function()
-      local file = os.tmpname()
+      local file = temp()
       pids[#pids + 1] = udp_listener(OUT, "198.51.100.2", 7777, file)
       -- a live flow of the host: 198.51.100.1:41000 <-> 198.51.100.2:7777, answered
       sh([[python3 -c "
@@ -386,7 +395,7 @@ s.sendto(b'host-flow', ('198.51.100.2', 7777)); s.recv(100)"]])
     -- would close it too). A raw datagram to the host's 127.0.0.1 is then a martian,
     -- since route_localnet stays 0 on the TAP (the control turns it on by hand).
     local function probe_loopback(route_localnet)
-      local file = os.tmpname()
+      local file = temp()
       local lpid = udp_listener(nil, "127.0.0.1", 5555, file)
       local svs = {}
       for _, vm in ipairs({ inet, none, allow }) do svs[#svs + 1] = assert(vm:info().supervisor_pid) end
