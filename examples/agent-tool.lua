@@ -2,8 +2,8 @@
 -- An agent tool: run untrusted code (written by a model) in a throwaway sandbox and
 -- return what happened, as a table ready to serialize into the model's context.
 -- smolvm.with always stops and deletes the sandbox, even when the code misbehaves.
--- network = "user" is closed to the outside (no egress unless SMOLVM_USER_EGRESS=1 is
--- set for the controlling process): the code can compute, not call home.
+-- network = "user" is closed to the outside (no outbound connections at all; egress
+-- policies need network = "nat"): the code can compute, not call home.
 --   smolvm-lua examples/agent-tool.lua
 local smolvm = require "smolvm"
 

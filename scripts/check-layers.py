@@ -22,12 +22,12 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # belongs to the longest-matching entry.
 LIB_LAYERS = [
     "error", "util", "enums", "sock", "proc", "tool", "store", "context", "host", "image",
-    "guest-config", "ssh", "agent-client", "net/", "vmm/", "sv-spec", "vm-config", "template",
+    "guest-config", "ssh", "agent-client", "net/", "egress", "vmm/", "sv-spec", "vm-config", "template",
     "image-remove",
     "vm-ports", "vm-net",
     "vm-reconcile", "vm-supervisor", "vm", "vm-ssh", "vm-agent", "vm-create", "vm-lifecycle",
     "vm-template",
-    "vm-guest", "doctor",
+    "vm-guest", "vm-egress", "doctor",
 ]
 
 # Which directories a directory's files may include from (besides their own and system

@@ -12,7 +12,8 @@ RUNTIME="qemu-system-x86 qemu-utils nftables iproute2 openssh-client procps"
 IMAGE="linux-source-6.1 bc bison flex libelf-dev libssl-dev xz-utils cpio kmod
   mmdebstrap e2fsprogs fakeroot"
 TEST="openssh-server valgrind nginx libnginx-mod-http-lua lua-cjson curl python3 python3-yaml
-  clang libclang-rt-14-dev luarocks slurm-wlm slurmctld slurmd slurm-client munge"
+  clang libclang-rt-14-dev luarocks slurm-wlm slurmctld slurmd slurm-client munge
+  dnsmasq-base"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: run as root (or through sudo): apt-get needs it" >&2

@@ -206,6 +206,44 @@ function(args)
   return status
 end)
 
+--- fmt_event(event) -> one line: "2026-01-02T03:04:05.678Z  egress-denied  tcp 198.51.100.3:8000"
+-- (a refused DNS query adds "name=NAME"; other kinds show their detail).
+function M.fmt_event(e)
+  local t = tonumber(e.time) or 0
+  local when = os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t / 1000))
+    .. string.format(".%03dZ", math.floor(t % 1000))
+  local what
+  if e.kind == "egress-denied" then
+    what = tostring(e.protocol or "?") .. " " .. tostring(e.dst or "?")
+      .. ((tonumber(e.port) or 0) > 0 and (":" .. tostring(e.port)) or "")
+      .. (e.name and (" name=" .. tostring(e.name)) or "")
+  else
+    what = e.detail and tostring(e.detail) or ""
+  end
+  return (when .. "  " .. tostring(e.kind) .. (what ~= "" and ("  " .. what) or ""))
+    :gsub("%c", " ")
+end
+
+command("events", "events [--kind KIND] [--json] ID",
+  "Show a sandbox's events, oldest first (--kind egress-denied: refused connections and names)",
+function(args)
+  local o, rest = parse(args, { ["--kind"] = { "kind" }, ["--json"] = "json" })
+  if not o then return usage_error(rest, "events") end
+  if #rest ~= 1 then return usage_error("events needs one sandbox ID", "events") end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local vm, s = open_vm(smolvm, rest[1])
+  if not vm then return s end
+  local list, err = vm:events{ kind = o.kind }
+  if not list then return fail("events of '" .. rest[1] .. "': " .. tostring(err)) end
+  if o.json then
+    io.stdout:write(json.encode(json.array(list)), "\n")
+    return EXIT_OK
+  end
+  for _, e in ipairs(list) do io.stdout:write(M.fmt_event(e), "\n") end
+  return EXIT_OK
+end)
+
 -- -e NAME=VALUE... -> env table (nil when none) | nil, usage message
 local function parse_env(list, cmd)
   local env

@@ -15,7 +15,8 @@
 -- Pure Lua for 5.1/LuaJIT and 5.4. The enum choices and the C library's limits come
 -- from the binding (smolvm.core.constants), never copied here by hand.
 
-local C = require("smolvm.core").constants
+local core = require("smolvm.core")
+local C = core.constants
 
 local M = {}
 
@@ -71,6 +72,11 @@ local FORWARD = {
   required = { host = true, guest = true },
 }
 
+-- "internet" | "none" | { allow = { entry, ... } }; each entry is checked by the C
+-- library itself (core.egress_check), so Lua and C accept exactly the same.
+local EGRESS = { kind = "egress", max = C.limits.egress_allow }
+M.EGRESS = EGRESS
+
 --- VM options: the fields accepted by smolvm.VM{} and by every sandbox.
 M.vm_fields = {
   field("id", { kind = "string", id = true }, nil,
@@ -89,7 +95,7 @@ M.vm_fields = {
   field("accel", { kind = "enum", values = C.accel }, C.accel[1],
         "Acceleration: \"auto\" uses KVM when the host really supports it, else TCG."),
   field("network", { kind = "enum", values = C.network }, C.network[1],
-        "\"nat\" (own address, egress via masquerade; TAP + nftables, needs root), \"user\" (rootless; no egress unless SMOLVM_USER_EGRESS=1), \"none\" (no NIC; commands still reach the guest through the agent); \"auto\": nat where it can work (root and an uplink), else user."),
+        "\"nat\" (own address, egress by policy, masqueraded; TAP + nftables, needs root), \"user\" (rootless; no outbound connections at all, forwards only), \"none\" (no NIC; commands still reach the guest through the agent); \"auto\": nat where it can work (root and an uplink), else user."),
   field("forwards", { kind = "list", items = FORWARD, max = M.LIMITS.forwards, forwards = true },
         nil, "Port forwards { host=, guest=, address= }; at most 64, host ports unique."),
   field("env", ENV_MAP, nil,
@@ -102,6 +108,8 @@ M.vm_fields = {
                     key = { pattern = "^[%w][%w._/-]*$", desc = "a key of [A-Za-z0-9._/-]" },
                     value = { kind = "string", max_len = C.limits.label, printable = true } }, nil,
         "Labels { key = \"value\" } to find sandboxes by (shown by vm:info() and smolvm ls)."),
+  field("egress", EGRESS, nil,
+        "What the guest may connect to (network \"nat\"): \"internet\" (public addresses only: private and special ranges and every address of the host refused), \"none\" (no outbound connection; forwards still answer) or { allow = { \"pypi.org\", \"*.pythonhosted.org\", \"198.51.100.0/24\" } } (only those: IPv4 addresses/CIDRs, names, *.suffix or *; a name's addresses for its DNS answer's TTL, at least 30 s, never private ones). Unset: \"internet\" with nat, \"none\" otherwise; user networking takes only \"none\". Change it on a running VM with vm:set_egress()."),
   field("template", { kind = "string", id = true }, nil,
         "Start as a clone of this template (vm:snapshot, a recipe's template block): its memory, devices and disk, with a fresh identity, in a fraction of a boot. The clone has the template's image, vcpus and memory; giving others is an error."),
 }
@@ -336,6 +344,8 @@ function M.expect_desc(node)
   elseif k == "map" then return "table (map)"
   elseif k == "record" then return "table"
   elseif k == "steps" then return "list of steps (table)"
+  elseif k == "egress" then return "\"internet\", \"none\" or table { allow = { entries } }"
+  elseif k == "egress_entry" then return "a domain name, \"*.suffix\", \"*\" or an IPv4 address/CIDR"
   elseif k == "step" then return "string or table"
   end
   return k
@@ -578,6 +588,23 @@ function check(node, v, path, errs)
   elseif k == "record" then
     if type(v) ~= "table" then expected(errs, path, M.expect_desc(node), v) return nil end
     return check_fields(node.fields, v, path, errs, { required = node.required, defaults = true })
+  elseif k == "egress" then
+    if v == "internet" or v == "none" then return v end
+    if type(v) ~= "table" then
+      local s = M.suggest(v, { "internet", "none" })
+      add(errs, path, "expected " .. M.expect_desc(node) .. ", got " .. M.describe(v)
+          .. (s and (" (did you mean " .. quote(s) .. "?)") or ""))
+      return nil
+    end
+    local out = check_fields({
+      field("allow", { kind = "list", items = { kind = "egress_entry" }, max = node.max }, nil, ""),
+    }, v, path, errs, { required = { allow = true } })
+    return out.allow and { allow = out.allow } or nil
+  elseif k == "egress_entry" then
+    if type(v) ~= "string" then expected(errs, path, M.expect_desc(node), v) return nil end
+    local ok, msg = core.egress_check(v)
+    if not ok then add(errs, path, msg) return nil end
+    return v:lower()
   elseif k == "steps" then
     if type(v) ~= "table" then expected(errs, path, M.expect_desc(node), v) return nil end
     local n = check_list_shape(v, path, errs, node.max)
@@ -614,6 +641,15 @@ local function finish_vm(out, given)
       if given[k] == nil then out[k] = nil end
     end
   end
+  return out
+end
+
+--- Validate an egress policy (vm:set_egress): normalized policy, or nil and the errors
+--- joined (each with its path under `path`, default "egress").
+function M.check_egress(v, path)
+  local errs = {}
+  local out = check(EGRESS, v, path or "egress", errs)
+  if #errs > 0 then return nil, table.concat(errs, "; ") end
   return out
 end
 

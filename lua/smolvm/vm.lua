@@ -343,6 +343,28 @@ function methods.unforward(self, host_port)
   return u:unforward(check_port("unforward", "host_port", host_port, 2))
 end
 
+--- vm:set_egress(policy) -> true | nil, msg, code: "internet" | "none" |
+--- { allow = { "pypi.org", "*.pythonhosted.org", "198.51.100.0/24" } }. On a running VM
+--- it takes effect at once; the next start uses it too. A bad policy raises.
+function methods.set_egress(self, policy)
+  local u = ud(self)
+  local norm, err = schema.check_egress(policy)
+  if norm == nil then argerror(2, "set_egress: %s", err) end
+  return u:set_egress(norm)
+end
+
+--- vm:events{ kind = "egress-denied" } -> { { time=, kind=, dst=, port=, protocol=, name= }, ... }
+--- | nil, msg, code: the VM's events, oldest first (time in ms since the epoch).
+function methods.events(self, opts)
+  local u = ud(self)
+  opts = check_opts("events", opts, { "kind" }, 2)
+  if opts.kind ~= nil and (type(opts.kind) ~= "string" or opts.kind == "" or #opts.kind > 64) then
+    argerror(2, "events: kind: expected non-empty string (e.g. \"egress-denied\"), got %s",
+             describe(opts.kind))
+  end
+  return u:events(opts.kind)
+end
+
 --- vm:info() -> table (id, status, config, ip, ports, pid, paths) | nil, msg, code
 function methods.info(self)
   return ud(self):info()

@@ -108,10 +108,9 @@ typedef struct smolvm_ctx_options {
      * variable named, read once here (secure_getenv), then to the built-in default. */
     const char *nat_cidr;   /* address pool for network "nat"; $SMOLVM_NET_CIDR, "172.16.0.0/16" */
     const char *nat_uplink; /* interface NAT leaves by; $SMOLVM_NET_UPLINK, the default route's */
-    const char *nat_dns;    /* resolver given to NAT guests; $SMOLVM_DNS, the host's first
-                             * non-loopback nameserver */
-    int user_egress;        /* 1: network "user" guests may open outbound connections;
-                             * 0: $SMOLVM_USER_EGRESS=1 opens them, else closed; -1: closed */
+    const char *nat_dns;    /* the resolver NAT guests' names are asked of (through the VM's
+                             * DNS filter); $SMOLVM_DNS, the host's first non-loopback
+                             * nameserver */
     /* Host resources a guest may use (0: the default). */
     uint64_t console_max;  /* console log kept per VM; $SMOLVM_CONSOLE_MAX, else 4 MiB */
     uint64_t download_max; /* bytes download/read_file take from a guest; 1 GiB (read_file:
@@ -121,7 +120,7 @@ typedef struct smolvm_ctx_options {
 #define SMOLVM_CTX_OPTIONS_INIT                                                                    \
     {                                                                                              \
         SMOLVM_CTX_OPTIONS_VERSION, NULL, NULL, NULL, NULL, SMOLVM_LOG_INFO, NULL, NULL, NULL, 0,  \
-            0, 0                                                                                   \
+            0                                                                                      \
     }
 
 /* Fill opts with the defaults of `version` (for bindings, which cannot use the macro).
@@ -199,6 +198,18 @@ typedef enum smolvm_net_mode {
     _SMOLVM_NET_INVALID = -EINVAL,
 } smolvm_net_mode;
 
+/* What a guest may connect to (network "nat"; docs/network.md). */
+typedef enum smolvm_egress_mode {
+    SMOLVM_EGRESS_DEFAULT = 0,  /* "default": "internet" with network "nat", else "none" */
+    SMOLVM_EGRESS_INTERNET = 1, /* public addresses only: private and special ranges and
+                                 * every address of the host refused */
+    SMOLVM_EGRESS_NONE = 2,     /* no outbound connection at all; forwards still answer */
+    SMOLVM_EGRESS_ALLOW = 3,    /* only the allow list: CIDRs, and names resolved by the VM's
+                                 * DNS filter (their addresses for the answers' TTL) */
+    _SMOLVM_EGRESS_MAX,
+    _SMOLVM_EGRESS_INVALID = -EINVAL,
+} smolvm_egress_mode;
+
 typedef enum smolvm_transport {
     SMOLVM_TRANSPORT_AUTO = 0,  /* "auto": the agent when the image has it, else ssh */
     SMOLVM_TRANSPORT_AGENT = 1, /* our guest agent (docs/agent-protocol.md) */
@@ -219,6 +230,8 @@ SMOLVM_EXTERN const char *smolvm_net_mode_to_string(smolvm_net_mode v);
 SMOLVM_EXTERN smolvm_net_mode smolvm_net_mode_from_string(const char *s);
 SMOLVM_EXTERN const char *smolvm_transport_to_string(smolvm_transport v);
 SMOLVM_EXTERN smolvm_transport smolvm_transport_from_string(const char *s);
+SMOLVM_EXTERN const char *smolvm_egress_mode_to_string(smolvm_egress_mode v);
+SMOLVM_EXTERN smolvm_egress_mode smolvm_egress_mode_from_string(const char *s);
 
 #define SMOLVM_VCPUS_MIN 1
 #define SMOLVM_VCPUS_MAX 32
@@ -232,7 +245,26 @@ SMOLVM_EXTERN smolvm_transport smolvm_transport_from_string(const char *s);
 #define SMOLVM_ID_MAX 63                         /* [a-z0-9][a-z0-9_-]{0,62} */
 #define SMOLVM_TTL_MAX (30LL * 24 * 3600 * 1000) /* ms: 30 days */
 #define SMOLVM_LABELS_MAX 64
-#define SMOLVM_LABEL_MAX 256 /* bytes of one "key=value" */
+#define SMOLVM_LABEL_MAX 256        /* bytes of one "key=value" */
+#define SMOLVM_EGRESS_ALLOW_MAX 256 /* entries in an allow list */
+#define SMOLVM_EGRESS_ENTRY_MAX 253 /* bytes of one entry (a domain name's limit) */
+#define SMOLVM_EVENTS_MAX 1000      /* events smolvm_vm_events_json returns at most */
+
+/* An egress policy. allow (mode ALLOW only, else NULL) is a NULL-terminated list of
+ * entries, each one of: an IPv4 address or CIDR ("198.51.100.0/24"), a domain name
+ * ("pypi.org": that name), "*.suffix" (every name below suffix, not suffix itself) or
+ * "*" (every name). Names are matched case-insensitively and resolved by the VM's DNS
+ * filter; their addresses are allowed for the answer's TTL (at least 30 s), never
+ * when private or special (allow those by CIDR). Strings are borrowed for the call. */
+typedef struct smolvm_egress {
+    smolvm_egress_mode mode;
+    const char *const *allow;
+} smolvm_egress;
+
+/* Is entry a valid allow-list entry (see smolvm_egress)? 0, or SMOLVM_EINVAL with a
+ * message saying what is wrong ("'10.0.0.1/8' has host bits set (did you mean
+ * '10.0.0.0/8'?)"), without a field name: callers add theirs. */
+SMOLVM_EXTERN int smolvm_egress_entry_check(const char *entry, smolvm_error **err);
 
 typedef struct smolvm_forward {
     const char *host_address; /* NULL: "127.0.0.1" */
@@ -260,6 +292,9 @@ typedef struct smolvm_vm_options {
                                  * their VMs by (shown in info) */
     int ephemeral;              /* 1: deleted when the creating process exits, even by
                                  * SIGKILL (smolvm_vm_keep undoes it) */
+    smolvm_egress egress;       /* default: "internet" with network "nat", else "none";
+                                 * network "user" takes only "none" (QEMU's user networking
+                                 * cannot enforce a policy) */
     /* ---- version 3 */
     const char *template_name; /* NULL: boot the image; else start as a clone of this
                                 * template (its image, vcpus and memory; see
@@ -270,7 +305,7 @@ typedef struct smolvm_vm_options {
     {                                                                                              \
         SMOLVM_VM_OPTIONS_VERSION, NULL, 0, 0, SMOLVM_DISK_ISOLATED, NULL, SMOLVM_BACKEND_AUTO,    \
             SMOLVM_ACCEL_AUTO, SMOLVM_NET_AUTO, NULL, NULL, 0, SMOLVM_TRANSPORT_AUTO, 0, NULL, 0,  \
-            NULL                                                                                   \
+            {SMOLVM_EGRESS_DEFAULT, NULL}, NULL                                                    \
     }
 
 /* Fill opts with the defaults of `version`; SMOLVM_EINVAL for an unknown version. */
@@ -589,6 +624,26 @@ SMOLVM_EXTERN int smolvm_image_remove_options_init(smolvm_image_remove_options *
  * renamed aside, so the image is gone at once even if removing its files fails. */
 SMOLVM_EXTERN int smolvm_image_remove(smolvm_ctx *ctx, const char *name,
                                       const smolvm_image_remove_options *opts, smolvm_error **err);
+
+/* ---------------------------------------------------------------- egress */
+
+/* Change the VM's egress policy (network "nat"; "user" and "none" take only mode NONE).
+ * On a running VM the change takes effect at once, without restarting the guest: the
+ * DNS filter's names first, then the rules in one nftables batch; connections the new
+ * policy refuses stop passing. The policy is stored in the VM's configuration, so the
+ * next start uses it. Blocks for at most a few seconds (the supervisor's answer). */
+SMOLVM_EXTERN int smolvm_vm_set_egress(smolvm_vm *vm, const smolvm_egress *policy,
+                                       smolvm_error **err);
+
+/* The VM's events, oldest first, as a JSON array (at most the newest SMOLVM_EVENTS_MAX).
+ * kind NULL: every kind. Each element has "time" (wall clock, ms since the epoch) and
+ * "kind"; "egress-denied" events have "dst" (IPv4 address), "port" (0 when the
+ * protocol has none), "protocol" ("tcp", "udp", "icmp" or a number) and, for a DNS
+ * query the filter refused, "name"; other kinds have "detail" when they carry one.
+ * Denied attempts are recorded by the VM's supervisor, at most 10 per second per VM
+ * (burst 20) and the newest 1000 per VM kept. Caller frees. */
+SMOLVM_EXTERN int smolvm_vm_events_json(char **out, smolvm_vm *vm, const char *kind,
+                                        smolvm_error **err);
 
 /* ---------------------------------------------------------------- host */
 

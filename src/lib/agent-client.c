@@ -53,6 +53,7 @@ static const struct {
     {"ENOMEM", SMOLVM_ENOMEM},       {"EPERM", SMOLVM_EPERM},   {"EACCES", SMOLVM_EPERM},
     {"ENOSPC", SMOLVM_ENOSPC},       {"EFBIG", SMOLVM_ENOSPC},  {"ESTATE", SMOLVM_ESTATE},
     {"EBUSY", SMOLVM_ESTATE},        {"EPROTO", SMOLVM_EIO},    {"EINTR", SMOLVM_EINTR},
+    {"ENET", SMOLVM_ENET},
 };
 
 int smolvm_agent_code(const char *name)

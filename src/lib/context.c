@@ -83,7 +83,7 @@ static int policy_str(char **out, const char *option, const char *env_var)
 static int resolve_policy(smolvm_ctx *ctx, const smolvm_ctx_options *o, smolvm_error **err)
 {
     smolvm_ctx_options v2 = SMOLVM_CTX_OPTIONS_INIT;
-    const char *egress;
+    const char *console;
 
     /* Fields after log_level exist only in version 2 structs. */
     if (o->version >= 2)
@@ -95,16 +95,13 @@ static int resolve_policy(smolvm_ctx *ctx, const smolvm_ctx_options *o, smolvm_e
     if (!ctx->nat_cidr && !(ctx->nat_cidr = strdup(SMOLVM_NAT_CIDR_DEFAULT)))
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     ctx->console_max = v2.console_max;
-    if (!ctx->console_max && (egress = secure_getenv("SMOLVM_CONSOLE_MAX")))
-        ctx->console_max = strtoull(egress, NULL, 10);
+    if (!ctx->console_max && (console = secure_getenv("SMOLVM_CONSOLE_MAX")))
+        ctx->console_max = strtoull(console, NULL, 10);
     if (!ctx->console_max)
         ctx->console_max = 4u * 1024 * 1024;
     ctx->download_max = v2.download_max ? v2.download_max : SMOLVM_DOWNLOAD_MAX_DEFAULT;
     if (policy_str(&ctx->supervisor, NULL, "SMOLVM_SUPERVISOR") < 0)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    egress = secure_getenv("SMOLVM_USER_EGRESS");
-    ctx->user_egress =
-        v2.user_egress > 0 || (v2.user_egress == 0 && egress && strcmp(egress, "1") == 0);
     return 0;
 }
 

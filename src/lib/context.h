@@ -21,7 +21,6 @@ struct smolvm_ctx {
     char *nat_cidr;   /* never NULL */
     char *nat_uplink; /* NULL: the default route's interface */
     char *nat_dns;    /* NULL: the host's first non-loopback nameserver */
-    bool user_egress;
     uint64_t console_max;
     uint64_t download_max;
     char *supervisor; /* $SMOLVM_SUPERVISOR, or NULL: found by vm-supervisor.c */

@@ -34,6 +34,13 @@ static const char *const transport_names[_SMOLVM_TRANSPORT_MAX] = {
     [SMOLVM_TRANSPORT_SSH] = "ssh",
 };
 
+static const char *const egress_names[_SMOLVM_EGRESS_MAX] = {
+    [SMOLVM_EGRESS_DEFAULT] = "default",
+    [SMOLVM_EGRESS_INTERNET] = "internet",
+    [SMOLVM_EGRESS_NONE] = "none",
+    [SMOLVM_EGRESS_ALLOW] = "allow",
+};
+
 static const char *to_string(const char *const *names, int max, int v)
 {
     return v >= 0 && v < max ? names[v] : NULL;
@@ -64,3 +71,4 @@ DEFINE_ENUM_NAMES(smolvm_backend, smolvm_backend, backend_names, _SMOLVM_BACKEND
 DEFINE_ENUM_NAMES(smolvm_accel, smolvm_accel, accel_names, _SMOLVM_ACCEL_MAX)
 DEFINE_ENUM_NAMES(smolvm_net_mode, smolvm_net_mode, net_names, _SMOLVM_NET_MAX)
 DEFINE_ENUM_NAMES(smolvm_transport, smolvm_transport, transport_names, _SMOLVM_TRANSPORT_MAX)
+DEFINE_ENUM_NAMES(smolvm_egress_mode, smolvm_egress_mode, egress_names, _SMOLVM_EGRESS_MAX)

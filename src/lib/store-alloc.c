@@ -254,6 +254,43 @@ int smolvm_store_port_add(smolvm_store *s, const char *vm_id, const char *kind,
     return 0;
 }
 
+int smolvm_store_forward_add(smolvm_store *s, const char *vm_id, const char *host_addr,
+                             int host_port, int guest_port, size_t max, smolvm_error **err)
+{
+    _cleanup_txn_ smolvm_store *txn = NULL;
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int64_t n;
+    int rc, r;
+
+    r = check_port_args(vm_id, "forward", host_addr, guest_port, "tcp", err);
+    if (r < 0)
+        return r;
+    if (host_port < 1 || host_port > 65535)
+        return smolvm_err(err, SMOLVM_EINVAL, "invalid host port '%d' (expected 1..65535)",
+                          host_port);
+    /* Counted and added in one IMMEDIATE transaction: two processes adding at once
+     * cannot both pass the limit. */
+    if ((r = begin_immediate(s, err)) < 0)
+        return r;
+    txn = s;
+    if ((r = prep(s, &st, "SELECT count(*) FROM ports WHERE vm_id = ? AND kind = 'forward'", err)) <
+        0)
+        return r;
+    (void)bind_text(st, 1, vm_id);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+        return store_fail(s, rc, "count forwards", err);
+    n = sqlite3_column_int64(st, 0);
+    if (n >= (int64_t)max)
+        return smolvm_err(err, SMOLVM_ENOSPC, "vm '%s' has %lld forwards (at most %zu)", vm_id,
+                          (long long)n, max);
+    if ((r = insert_port(s, vm_id, "forward", host_addr, host_port, guest_port, "tcp", err)) < 0 ||
+        (r = commit(s, err)) < 0)
+        return r;
+    txn = NULL;
+    return 0;
+}
+
 int smolvm_store_port_alloc(smolvm_store *s, const char *vm_id, const char *kind,
                             const char *host_addr, int lo, int hi, int guest_port,
                             const char *proto, int (*usable)(int port, void *payload),

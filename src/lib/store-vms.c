@@ -402,6 +402,26 @@ int smolvm_store_vm_delete(smolvm_store *s, const char *id, smolvm_error **err)
     return step_vm_change(s, st, id, "delete vm", err);
 }
 
+int smolvm_store_vm_set_config(smolvm_store *s, const char *id, const char *config_json,
+                               smolvm_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int r;
+
+    if ((r = check_id(id, err)) < 0)
+        return r;
+    if (!config_json || strlen(config_json) > STORE_CONFIG_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "config of vm '%s': missing or larger than %u bytes",
+                          id, STORE_CONFIG_MAX);
+    r = prep(s, &st, "UPDATE vms SET config = ?, updated_at = ? WHERE id = ?", err);
+    if (r < 0)
+        return r;
+    (void)bind_text(st, 1, config_json);
+    (void)sqlite3_bind_int64(st, 2, smolvm_wall_ms());
+    (void)bind_text(st, 3, id);
+    return step_vm_change(s, st, id, "update config", err);
+}
+
 /* ---------------------------------------------------------------- events */
 
 int smolvm_store_event(smolvm_store *s, const char *vm_id, const char *kind, const char *detail,
@@ -441,5 +461,117 @@ int smolvm_store_event(smolvm_store *s, const char *vm_id, const char *kind, con
     if (r < 0)
         return r;
     txn = NULL;
+    return 0;
+}
+
+static int valid_kind(const char *kind, smolvm_error **err)
+{
+    if (!kind || !*kind || strlen(kind) > 64)
+        return smolvm_err(err, SMOLVM_EINVAL, "invalid event kind '%.64s'", kind ? kind : "");
+    return 0;
+}
+
+int smolvm_store_events_append(smolvm_store *s, const char *vm_id, const char *kind,
+                               const int64_t *at, const char *const *details, size_t n, size_t keep,
+                               smolvm_error **err)
+{
+    _cleanup_txn_ smolvm_store *txn = NULL;
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int64_t now = smolvm_wall_ms();
+    int rc, r;
+
+    if ((r = check_id(vm_id, err)) < 0 || (r = valid_kind(kind, err)) < 0)
+        return r;
+    if (n == 0)
+        return 0;
+    if ((r = begin_immediate(s, err)) < 0)
+        return r;
+    txn = s;
+    if ((r = prep(s, &st, "INSERT INTO events (at, vm_id, kind, detail) VALUES (?, ?, ?, ?)",
+                  err)) < 0)
+        return r;
+    for (size_t i = 0; i < n; i++) {
+        (void)sqlite3_reset(st);
+        (void)sqlite3_bind_int64(st, 1, at && at[i] > 0 ? at[i] : now);
+        (void)bind_text(st, 2, vm_id);
+        (void)bind_text(st, 3, kind);
+        (void)bind_text_capped(st, 4, details[i]);
+        if ((rc = sqlite3_step(st)) != SQLITE_DONE)
+            return store_fail(s, rc, "append events", err);
+    }
+    (void)sqlite3_finalize(TAKE_PTR(st));
+    /* This VM's events of this kind: the newest `keep`; the whole log: the newest
+     * STORE_EVENTS_KEEP. */
+    if ((r = prep(s, &st,
+                  "DELETE FROM events WHERE vm_id = ?1 AND kind = ?2 AND id <= (SELECT id FROM "
+                  "events WHERE vm_id = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1 OFFSET ?3)",
+                  err)) < 0)
+        return r;
+    (void)bind_text(st, 1, vm_id);
+    (void)bind_text(st, 2, kind);
+    (void)sqlite3_bind_int64(st, 3, (sqlite3_int64)keep);
+    if ((rc = sqlite3_step(st)) != SQLITE_DONE)
+        return store_fail(s, rc, "trim events", err);
+    (void)sqlite3_finalize(TAKE_PTR(st));
+    if ((r = prep(s, &st, "DELETE FROM events WHERE id <= ? - ?", err)) < 0)
+        return r;
+    (void)sqlite3_bind_int64(st, 1, sqlite3_last_insert_rowid(s->db));
+    (void)sqlite3_bind_int(st, 2, STORE_EVENTS_KEEP);
+    if ((rc = sqlite3_step(st)) != SQLITE_DONE)
+        return store_fail(s, rc, "trim events", err);
+    if ((r = commit(s, err)) < 0)
+        return r;
+    txn = NULL;
+    return 0;
+}
+
+smolvm_event_row *smolvm_event_rows_free(smolvm_event_row *rows, size_t n)
+{
+    for (size_t i = 0; rows && i < n; i++) {
+        free(rows[i].kind);
+        free(rows[i].detail);
+    }
+    free(rows);
+    return NULL;
+}
+
+int smolvm_store_events_list(smolvm_event_row **out, size_t *n, smolvm_store *s, const char *vm_id,
+                             const char *kind, size_t limit, smolvm_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    smolvm_event_row *rows = NULL;
+    size_t k = 0;
+    int rc, r, oom = 0;
+
+    if ((r = check_id(vm_id, err)) < 0 || (kind && (r = valid_kind(kind, err)) < 0))
+        return r;
+    if (!(rows = calloc(limit ? limit : 1, sizeof(*rows))))
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    /* the newest `limit`, returned oldest first */
+    r = prep(s, &st,
+             "SELECT id, at, kind, detail FROM (SELECT id, at, kind, detail FROM events WHERE "
+             "vm_id = ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY id DESC LIMIT ?3) ORDER BY id",
+             err);
+    if (r < 0) {
+        free(rows);
+        return r;
+    }
+    (void)bind_text(st, 1, vm_id);
+    (void)bind_text(st, 2, kind);
+    (void)sqlite3_bind_int64(st, 3, (sqlite3_int64)limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && k < limit) {
+        rows[k].id = sqlite3_column_int64(st, 0);
+        rows[k].at = sqlite3_column_int64(st, 1);
+        rows[k].kind = column_strdup(st, 2, &oom);
+        rows[k].detail = column_strdup(st, 3, &oom);
+        k++;
+    }
+    if (oom || (rc != SQLITE_DONE && rc != SQLITE_ROW)) {
+        smolvm_event_rows_free(rows, k);
+        return oom ? smolvm_err(err, SMOLVM_ENOMEM, "out of memory")
+                   : store_fail(s, rc, "list events", err);
+    }
+    *out = rows;
+    *n = k;
     return 0;
 }

@@ -118,4 +118,35 @@ int smolvm_store_ports_list(smolvm_port_row **out, size_t *n, smolvm_store *s, c
 int smolvm_store_event(smolvm_store *s, const char *vm_id, const char *kind, const char *detail,
                        smolvm_error **err);
 
+/* Append n events of one kind for vm_id in one transaction, then keep only the newest
+ * `keep` of that VM and kind (and the log's overall bound). at: each event's time
+ * (wall clock ms; NULL or 0: now). For writers that batch (the supervisor's denied
+ * attempts). */
+int smolvm_store_events_append(smolvm_store *s, const char *vm_id, const char *kind,
+                               const int64_t *at, const char *const *details, size_t n, size_t keep,
+                               smolvm_error **err);
+
+/* One row of the event log. */
+typedef struct smolvm_event_row {
+    int64_t id;
+    int64_t at; /* wall clock ms */
+    char *kind;
+    char *detail; /* may be NULL */
+} smolvm_event_row;
+
+/* The newest `limit` events of vm_id (of kind; NULL: all), oldest first. Caller frees
+ * with smolvm_event_rows_free. */
+int smolvm_store_events_list(smolvm_event_row **out, size_t *n, smolvm_store *s, const char *vm_id,
+                             const char *kind, size_t limit, smolvm_error **err);
+smolvm_event_row *smolvm_event_rows_free(smolvm_event_row *rows, size_t n);
+
+/* Replace the VM's stored configuration (its JSON; see vm-config.h). */
+int smolvm_store_vm_set_config(smolvm_store *s, const char *id, const char *config_json,
+                               smolvm_error **err);
+
+/* Reserve a forward (kind "forward", tcp) for vm_id, unless the VM already has `max`
+ * of them: SMOLVM_ENOSPC. Counted and inserted in one transaction. */
+int smolvm_store_forward_add(smolvm_store *s, const char *vm_id, const char *host_addr,
+                             int host_port, int guest_port, size_t max, smolvm_error **err);
+
 #endif

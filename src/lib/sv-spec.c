@@ -33,16 +33,74 @@ static json_t *vmm_to_json(const smolvm_vmm_config *c)
                                               c->hostfwds[i].host_port, "guest_port",
                                               c->hostfwds[i].guest_port));
     o = json_pack(
-        "{s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:i, s:s, s:s, s:o, s:o, s:o, s:b, s:o, "
+        "{s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:i, s:s, s:s, s:o, s:o, s:o, s:o, "
         "s:i}",
         "kernel", jstr_or_null(c->kernel), "disk", jstr_or_null(c->disk), "disk_format",
         jstr_or_null(c->disk_format), "config_disk", jstr_or_null(c->config_disk), "cmdline",
         jstr_or_null(c->cmdline), "vm_id", jstr_or_null(c->vm_id), "vcpus", (int)c->vcpus,
         "memory_mib", (int)c->memory_mib, "accel", smolvm_accel_to_string(c->accel), "network",
         smolvm_net_mode_to_string(c->network), "tap_name", jstr_or_null(c->tap_name), "mac",
-        jstr_or_null(c->mac), "hostfwds", fwds ? fwds : json_array(), "user_egress", c->user_egress,
-        "overlay_disk", jstr_or_null(c->overlay_disk), "overlay_mib", (int)c->overlay_mib);
+        jstr_or_null(c->mac), "hostfwds", fwds ? fwds : json_array(), "overlay_disk",
+        jstr_or_null(c->overlay_disk), "overlay_mib", (int)c->overlay_mib);
     return o;
+}
+
+static json_t *net_to_json(const smolvm_sv_net *n)
+{
+    json_t *fwds = json_array();
+
+    for (size_t i = 0; fwds && i < n->n_forwards; i++)
+        json_array_append_new(fwds, json_pack("{s:s, s:i, s:i}", "host_address",
+                                              n->forwards[i].host_address, "host_port",
+                                              n->forwards[i].host_port, "guest_port",
+                                              n->forwards[i].guest_port));
+    return json_pack("{s:s, s:s, s:s, s:i, s:s, s:s, s:o, s:o}", "tap", n->tap, "guest_ip",
+                     n->guest_ip, "gateway", n->gateway, "prefix", n->prefix, "uplink", n->uplink,
+                     "upstream", n->upstream, "egress", smolvm_egress_policy_to_json(&n->egress),
+                     "forwards", fwds ? fwds : json_array());
+}
+
+/* A string member copied into a fixed buffer; -1 when missing or too long. */
+static int fixed_str(json_t *o, const char *key, char *out, size_t size)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+
+    if (!v || strlen(v) >= size)
+        return -1;
+    memcpy(out, v, strlen(v) + 1);
+    return 0;
+}
+
+static int net_from_json(smolvm_sv_spec *s, json_t *v)
+{
+    smolvm_sv_net *n;
+    json_t *fwds = json_object_get(v, "forwards"), *f;
+    size_t i;
+
+    if (!v || json_is_null(v))
+        return 0;
+    if (!(n = s->net = calloc(1, sizeof(*n))))
+        return -1;
+    if (!json_is_object(v) || fixed_str(v, "tap", n->tap, sizeof(n->tap)) ||
+        fixed_str(v, "guest_ip", n->guest_ip, sizeof(n->guest_ip)) ||
+        fixed_str(v, "gateway", n->gateway, sizeof(n->gateway)) ||
+        fixed_str(v, "uplink", n->uplink, sizeof(n->uplink)) ||
+        fixed_str(v, "upstream", n->upstream, sizeof(n->upstream)) ||
+        !json_is_integer(json_object_get(v, "prefix")) || !json_is_array(fwds) ||
+        json_array_size(fwds) > SMOLVM_FORWARDS_MAX ||
+        smolvm_egress_policy_from_json(&n->egress, json_object_get(v, "egress"), NULL) < 0 ||
+        n->egress.mode == SMOLVM_EGRESS_DEFAULT)
+        return -1;
+    n->prefix = (int)json_integer_value(json_object_get(v, "prefix"));
+    json_array_foreach (fwds, i, f) {
+        if (fixed_str(f, "host_address", n->forwards[i].host_address,
+                      sizeof(n->forwards[i].host_address)))
+            return -1;
+        n->forwards[i].host_port = (int)json_integer_value(json_object_get(f, "host_port"));
+        n->forwards[i].guest_port = (int)json_integer_value(json_object_get(f, "guest_port"));
+    }
+    n->n_forwards = json_array_size(fwds);
+    return 0;
 }
 
 int smolvm_sv_spec_write(const smolvm_sv_spec *s, smolvm_error **err)
@@ -59,6 +117,10 @@ int smolvm_sv_spec_write(const smolvm_sv_spec *s, smolvm_error **err)
                   "owner_pid", (json_int_t)s->owner_pid, "owner_start", (json_int_t)s->owner_start,
                   "expires_at", (json_int_t)s->expires_at, "console_max",
                   (json_int_t)s->console_max, "vmm", vmm_to_json(&s->vmm));
+    if (o && s->net && json_object_set_new(o, "net", net_to_json(s->net)) < 0) {
+        json_decref(o);
+        o = NULL;
+    }
     if (o && s->shared_memory)
         (void)json_object_set_new(o, "shared_memory", json_true());
     if (o && s->restore.set) {
@@ -86,6 +148,9 @@ smolvm_sv_spec *smolvm_sv_spec_free(smolvm_sv_spec *s)
     if (!s)
         return NULL;
     json_decref(s->json);
+    if (s->net)
+        smolvm_egress_policy_clear(&s->net->egress);
+    free(s->net);
     free(s->hostfwds);
     free(s->vm_id);
     free(s->dir);
@@ -130,7 +195,6 @@ static int vmm_from_json(smolvm_sv_spec *s, json_t *v)
     c->vcpus = (unsigned)json_integer_value(json_object_get(v, "vcpus"));
     c->memory_mib = (unsigned)json_integer_value(json_object_get(v, "memory_mib"));
     c->overlay_mib = (unsigned)json_integer_value(json_object_get(v, "overlay_mib"));
-    c->user_egress = json_is_true(json_object_get(v, "user_egress"));
     c->accel = smolvm_accel_from_string(accel);
     c->network = smolvm_net_mode_from_string(network);
     if (c->accel < 0 || c->network < 0 || !json_is_array(fwds) ||
@@ -192,6 +256,7 @@ int smolvm_sv_spec_read(smolvm_sv_spec **out, const char *dir, smolvm_error **er
         opt_str(s->json, "state_dir", &state) || opt_str(s->json, "backend", &backend) ||
         opt_str(s->json, "transport", &transport) || !vm || !d || !state || !transport ||
         vmm_from_json(s, json_object_get(s->json, "vmm")) < 0 ||
+        net_from_json(s, json_object_get(s->json, "net")) < 0 ||
         restore_from_json(&s->restore, json_object_get(s->json, "restore")) < 0)
         return smolvm_err(err, SMOLVM_EINVAL, "'%s': a member is missing or malformed", path);
     s->backend = smolvm_backend_from_string(backend);

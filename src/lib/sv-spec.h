@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "egress.h"
 #include "smolvm.h"
 #include "vmm/vmm.h"
 
@@ -43,6 +44,29 @@ typedef struct smolvm_sv_restore {
                            * entropy and the time) */
 } smolvm_sv_restore;
 
+/* One port forward of a NAT VM. */
+typedef struct smolvm_sv_fwd {
+    char host_address[16]; /* IPv4 text */
+    int host_port, guest_port;
+} smolvm_sv_fwd;
+
+/* Network "nat": what the supervisor serves for the VM's network once the library has
+ * set it up (src/supervisor/net.c): the DNS filter on the gateway, the proxy of the
+ * loopback forwards, the reader of denied attempts, the periodic repair of the rules,
+ * and runtime changes of the policy and the forwards. */
+typedef struct smolvm_sv_net {
+    char tap[16];
+    char guest_ip[16];
+    char gateway[16];
+    int prefix;
+    char uplink[16];
+    char upstream[16];           /* the resolver the DNS filter asks; "" when the host has none */
+    smolvm_egress_policy egress; /* resolved; owned by a spec that was read, borrowed by the
+                                  * library's when writing */
+    smolvm_sv_fwd forwards[SMOLVM_FORWARDS_MAX];
+    size_t n_forwards;
+} smolvm_sv_net;
+
 typedef struct smolvm_sv_spec {
     char *vm_id;
     char *dir;
@@ -57,7 +81,8 @@ typedef struct smolvm_sv_spec {
     bool shared_memory;    /* QEMU: the guest RAM is a memfd the supervisor makes and holds */
     smolvm_sv_restore restore;
     smolvm_vmm_hostfwd *hostfwds;
-    json_t *json; /* owns the strings above */
+    smolvm_sv_net *net; /* network "nat"; NULL otherwise */
+    json_t *json;       /* owns the strings above */
 } smolvm_sv_spec;
 
 /* Serialise spec (its vmm part without the fds) to dir/supervisor.json, mode 0600. */

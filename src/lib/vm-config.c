@@ -54,6 +54,7 @@ smolvm_vm_config *smolvm_vm_config_free(smolvm_vm_config *c)
     strv_free(c->labels);
     free(c->template_name);
     free(c->forwards);
+    smolvm_egress_policy_clear(&c->egress);
     free(c);
     return NULL;
 }
@@ -156,6 +157,14 @@ int smolvm_vm_options_check(smolvm_vm_options *out, const smolvm_vm_options *in,
                               "env: '%.*s' is longer than %d bytes or has a newline",
                               (int)(eq - o.env[n]), o.env[n], SMOLVM_ENV_ENTRY_MAX);
     }
+    {
+        smolvm_egress_policy e;
+        int r = smolvm_egress_policy_copy(&e, &o.egress, "egress", err);
+
+        if (r < 0)
+            return r;
+        smolvm_egress_policy_clear(&e);
+    }
     if (o.n_forwards > SMOLVM_FORWARDS_MAX)
         return smolvm_err(err, SMOLVM_EINVAL, "forwards: more than %d", SMOLVM_FORWARDS_MAX);
     for (i = 0; i < o.n_forwards; i++) {
@@ -225,7 +234,7 @@ int smolvm_vm_resolve(smolvm_backend *backend, smolvm_net_mode *network, const s
         *network = nat_ok ? SMOLVM_NET_NAT : fc_ok ? SMOLVM_NET_NONE : SMOLVM_NET_USER;
     if (*network == SMOLVM_NET_NAT && f->nat)
         return fact_err(err, f->nat);
-    return 0;
+    return smolvm_egress_check_network(o->egress.mode, *network, err);
 }
 
 /* ---------------------------------------------------------------- building */
@@ -243,7 +252,7 @@ int smolvm_vm_config_new(smolvm_vm_config **out, const smolvm_vm_options *o, smo
 {
     _cleanup_(smolvm_vm_config_freep) smolvm_vm_config *c = calloc(1, sizeof(*c));
     size_t i, n_env = 0;
-    int bad = 0;
+    int bad = 0, r;
 
     if (!c)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
@@ -305,6 +314,9 @@ int smolvm_vm_config_new(smolvm_vm_config **out, const smolvm_vm_options *o, smo
     c->n_labels = c->labels ? n_env : 0;
     if (bad)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    if ((r = smolvm_egress_policy_copy(&c->egress, &o->egress, "egress", err)) < 0 ||
+        (r = smolvm_egress_policy_resolve(&c->egress, network, err)) < 0)
+        return r;
     *out = TAKE_PTR(c);
     return 0;
 }
@@ -356,6 +368,7 @@ int smolvm_vm_config_to_json(char **out, const smolvm_vm_config *c, smolvm_error
         bad |= set_str(o, "transport", smolvm_transport_to_string(c->transport));
         bad |= json_object_set_new(o, "ttl_ms", json_integer(c->ttl_ms));
         bad |= json_object_set(o, "labels", labels);
+        bad |= json_object_set_new(o, "egress", smolvm_egress_policy_to_json(&c->egress));
         bad |= set_str(o, "template", c->template_name);
     }
     text = bad ? NULL : json_dumps(o, JSON_COMPACT);
@@ -483,6 +496,10 @@ int smolvm_vm_config_from_json(smolvm_vm_config **out, const char *text, smolvm_
           get_str(o, "transport", false, &transport) || get_labels(o, c) ||
           get_str(o, "template", false, &c->template_name);
     c->ttl_ms = json_integer_value(json_object_get(o, "ttl_ms"));
+    /* Records made before egress policies have none: the default for their network. */
+    if (!bad && json_object_get(o, "egress") &&
+        smolvm_egress_policy_from_json(&c->egress, json_object_get(o, "egress"), NULL) < 0)
+        bad = 1;
     json_decref(o);
     if (bad)
         return smolvm_err(err, SMOLVM_EDB, "stored config: a member is missing or malformed");
@@ -502,6 +519,11 @@ int smolvm_vm_config_from_json(smolvm_vm_config **out, const char *text, smolvm_
                           "or disk format");
     if (c->network == SMOLVM_NET_NAT && !c->cidr)
         return smolvm_err(err, SMOLVM_EDB, "stored config: network 'nat' without a cidr");
+    if (smolvm_egress_policy_resolve(&c->egress, c->network, NULL) < 0)
+        return smolvm_err(err, SMOLVM_EDB,
+                          "stored config: an egress policy network '%s' cannot "
+                          "enforce",
+                          smolvm_net_mode_to_string(c->network));
     *out = TAKE_PTR(c);
     return 0;
 }

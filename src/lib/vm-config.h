@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 
+#include "egress.h"
 #include "smolvm.h"
 
 typedef enum smolvm_disk_format {
@@ -52,6 +53,7 @@ typedef struct smolvm_vm_config {
     int64_t ttl_ms;             /* 0: none */
     char **labels;              /* NULL-terminated "key=value" */
     size_t n_labels;
+    smolvm_egress_policy egress; /* resolved: internet, none or allow (nat); none otherwise */
     char *template_name; /* made as a clone of this template (its disk backs ours); or NULL */
 } smolvm_vm_config;
 
@@ -76,7 +78,8 @@ void smolvm_vm_resolve_needs(const smolvm_vm_options *o, bool *nat, bool *firecr
 /* Backend and network for checked options, from the host facts. A pure function:
  * backend "auto" is firecracker where it can run and the network allows it, else qemu;
  * network "auto" is nat where possible, else user (qemu) or none (firecracker, which
- * has no user networking). */
+ * has no user networking). An egress policy the network cannot enforce (anything but
+ * "none" with "user") is SMOLVM_EINVAL. */
 int smolvm_vm_resolve(smolvm_backend *backend, smolvm_net_mode *network, const smolvm_vm_options *o,
                       const smolvm_vm_host_facts *facts, smolvm_error **err);
 

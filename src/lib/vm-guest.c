@@ -10,9 +10,9 @@
 #include "ssh.h"
 #include "vm-config.h"
 #include "vm-internal.h"
-#include "vm-net.h"
 #include "vm-agent.h"
 #include "vm-ssh.h"
+#include "vm-supervisor.h"
 #include "vmm/vmm.h"
 
 #define CONNECT_TIMEOUT_MS 30000
@@ -185,14 +185,18 @@ int smolvm_vm_forward(smolvm_vm *vm, const char *host_address, int host_port, in
     if (guest_port < 1 || guest_port > 65535)
         return smolvm_err(err, SMOLVM_EINVAL, "forward: guest port must be 1..65535, got %d",
                           guest_port);
-    r = smolvm_store_port_add(vm->ctx->store, vm->id, "forward", addr, host_port, guest_port, "tcp",
-                              err);
+    /* The limit holds in every mode, counted when the forward is added. */
+    r = smolvm_store_forward_add(vm->ctx->store, vm->id, addr, host_port, guest_port,
+                                 SMOLVM_FORWARDS_MAX, err);
     if (r < 0)
         return smolvm_err_wrap(err, "forward %s:%d", addr, host_port);
     if (strcmp(smolvm_vm_status(vm), "running") != 0)
         return 0; /* applied at the next start */
     if (is_nat(vm)) {
-        r = smolvm_vm_net_forward(vm->ctx, vm->id, vm->cfg, addr, host_port, guest_port, true, err);
+        /* Through the supervisor: it keeps the VM's rules as they should be, and serves
+         * loopback forwards with its proxy. */
+        r = smolvm_sv_forward(vm->row->dir, true, addr, host_port, guest_port,
+                              smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
         if (r < 0) {
             (void)smolvm_store_port_remove(vm->ctx->store, vm->id, addr, host_port, "tcp", NULL);
             return smolvm_err_wrap(err, "forward %s:%d", addr, host_port);
@@ -236,8 +240,8 @@ int smolvm_vm_unforward(smolvm_vm *vm, int host_port, smolvm_error **err)
         return smolvm_err(err, SMOLVM_ENOENT, "unforward in '%s': host port %d is not forwarded",
                           vm->id, host_port);
     if (strcmp(smolvm_vm_status(vm), "running") == 0 && is_nat(vm)) {
-        r = smolvm_vm_net_forward(vm->ctx, vm->id, vm->cfg, fwd->host_address, host_port,
-                                  fwd->guest_port, false, err);
+        r = smolvm_sv_forward(vm->row->dir, false, fwd->host_address, host_port, fwd->guest_port,
+                              smolvm_now_ms() + VMM_CALL_TIMEOUT_MS, err);
         if (r < 0)
             return smolvm_err_wrap(err, "unforward %s:%d", fwd->host_address, host_port);
     } else if (strcmp(smolvm_vm_status(vm), "running") == 0) {

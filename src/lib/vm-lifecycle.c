@@ -142,6 +142,7 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
                                   err);
         cfg->tap_name = natnet.tap;
         cfg->mac = natnet.mac;
+        spec.net = &natnet.sv; /* the supervisor serves DNS, loopback forwards, repairs */
     } else {
         r = smolvm_kernel_cmdline(&cmdline, vm->id, c->network, SMOLVM_USER_GUEST_IP,
                                   SMOLVM_USER_GATEWAY, "255.255.255.0", SMOLVM_USER_DNS, tsc_khz,
@@ -170,9 +171,6 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     cfg->network = c->network;
     cfg->hostfwds = fwds;
     cfg->n_hostfwds = nfwds;
-    /* User networking is closed to the outside unless the context opens it: untrusted
-     * code gets no egress by accident. */
-    cfg->user_egress = vm->ctx->user_egress;
     cfg->console_fd = cfg->ctl_fd = cfg->agent_fd = -1;
 
     spec.vm_id = vm->id;

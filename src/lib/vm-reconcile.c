@@ -277,8 +277,7 @@ int smolvm_vm_reconcile_row(int *changed, smolvm_ctx *ctx, const smolvm_vm_row *
 int smolvm_reconcile(int *changed, smolvm_ctx *ctx, smolvm_error **err)
 {
     smolvm_vm_row **rows = NULL;
-    const char **live = NULL;
-    size_t n = 0, i, k = 0;
+    size_t n = 0, i;
     int r, c, total = 0;
     bool any_nat = false;
 
@@ -290,25 +289,16 @@ int smolvm_reconcile(int *changed, smolvm_ctx *ctx, smolvm_error **err)
             total += c;
     smolvm_vm_rows_free(rows, n);
     /* TAPs and rules of VMs that are gone or not running (killed controllers,
-     * deleted state) are collected against the reconciled list. */
+     * deleted state) are collected against the store as it is under the network lock,
+     * so a NAT start in another process is never mistaken for a leftover. */
     rows = NULL;
     n = 0;
-    if (smolvm_store_vm_list(ctx->store, &rows, &n, NULL) == 0 &&
-        (live = calloc(n + 1, sizeof(*live)))) {
-        for (i = 0; i < n; i++) {
-            const char *s = rows[i]->status ? rows[i]->status : "";
-
-            any_nat |= row_is_nat(rows[i]);
-            if (strcmp(s, "running") == 0 || strcmp(s, "starting") == 0 ||
-                strcmp(s, "stopping") == 0 || strcmp(s, "paused") == 0 ||
-                strcmp(s, "suspending") == 0)
-                live[k++] = rows[i]->id;
-        }
-        if (any_nat)
-            smolvm_vm_net_gc(ctx, live);
-    }
-    free(live);
+    if (smolvm_store_vm_list(ctx->store, &rows, &n, NULL) == 0)
+        for (i = 0; i < n && !any_nat; i++)
+            any_nat = row_is_nat(rows[i]);
     smolvm_vm_rows_free(rows, n);
+    if (any_nat)
+        smolvm_vm_net_gc(ctx);
     if (changed)
         *changed = total;
     return 0;

@@ -158,3 +158,23 @@ int smolvm_sv_keep(const char *dir, int64_t deadline, smolvm_error **err)
 {
     return call(dir, json_pack("{s:s}", "op", "keep"), deadline, err);
 }
+
+int smolvm_sv_egress(const char *dir, const smolvm_egress_policy *policy, int64_t deadline,
+                     smolvm_error **err)
+{
+    json_t *p = smolvm_egress_policy_to_json(policy);
+
+    if (!p)
+        return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    return call(dir, json_pack("{s:s, s:o}", "op", "egress", "egress", p), deadline, err);
+}
+
+int smolvm_sv_forward(const char *dir, bool add, const char *host_address, int host_port,
+                      int guest_port, int64_t deadline, smolvm_error **err)
+{
+    return call(dir,
+                json_pack("{s:s, s:s, s:i, s:i}", "op", add ? "forward" : "unforward",
+                          "host_address", host_address, "host_port", host_port, "guest_port",
+                          guest_port),
+                deadline, err);
+}

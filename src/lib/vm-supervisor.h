@@ -5,6 +5,7 @@
 #define SMOLVM_VM_SUPERVISOR_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -35,5 +36,14 @@ int smolvm_sv_call(json_t **out, const char *dir, json_t *req, int64_t deadline,
                    smolvm_error **err);
 /* No owner any more; the ttl stays as it is. */
 int smolvm_sv_keep(const char *dir, int64_t deadline, smolvm_error **err);
+
+/* Network "nat": replace the running VM's egress policy (the DNS filter's names, then
+ * the rules in one batch); the supervisor's answer is the result. */
+int smolvm_sv_egress(const char *dir, const smolvm_egress_policy *policy, int64_t deadline,
+                     smolvm_error **err);
+/* Network "nat": add (add = true) or remove a forward of the running VM: NAT rules for
+ * other addresses, the supervisor's proxy for loopback ones (both for 0.0.0.0). */
+int smolvm_sv_forward(const char *dir, bool add, const char *host_address, int host_port,
+                      int guest_port, int64_t deadline, smolvm_error **err);
 
 #endif

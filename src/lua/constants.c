@@ -8,6 +8,7 @@
  *   core.constants.accel    = { "auto", "kvm", "tcg" }
  *   core.constants.network  = { "auto", "nat", "user", "none" }
  *   core.constants.transport = { "auto", "agent", "ssh" }
+ *   core.constants.egress   = { "default", "internet", "none", "allow" }
  *   core.constants.limits   = { vcpus_min=, vcpus_max=, vcpus_default=, memory_min=, ... }
  */
 #include "binding.h"
@@ -34,6 +35,11 @@ static const char *net_name(int v)
 static const char *transport_name(int v)
 {
     return smolvm_transport_to_string((smolvm_transport)v);
+}
+
+static const char *egress_name(int v)
+{
+    return smolvm_egress_mode_to_string((smolvm_egress_mode)v);
 }
 
 static void push_names(lua_State *L, const char *field, enum_name name)
@@ -63,6 +69,7 @@ void smolvm_lua_open_constants(lua_State *L)
     push_names(L, "accel", accel_name);
     push_names(L, "network", net_name);
     push_names(L, "transport", transport_name);
+    push_names(L, "egress", egress_name);
     lua_newtable(L);
     set_int(L, "vcpus_min", SMOLVM_VCPUS_MIN);
     set_int(L, "vcpus_max", SMOLVM_VCPUS_MAX);
@@ -81,6 +88,8 @@ void smolvm_lua_open_constants(lua_State *L)
     set_int(L, "label", SMOLVM_LABEL_MAX);
     set_int(L, "image_packages", SMOLVM_IMAGE_PACKAGES_MAX);
     set_int(L, "package_name", SMOLVM_PACKAGE_NAME_MAX);
+    set_int(L, "egress_allow", SMOLVM_EGRESS_ALLOW_MAX);
+    set_int(L, "events", SMOLVM_EVENTS_MAX);
     lua_setfield(L, -2, "limits");
     lua_setfield(L, -2, "constants");
 }

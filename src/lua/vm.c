@@ -18,6 +18,9 @@
  *   vm:attach(pid) -> proc         vm:processes() -> { {pid=, cmd=, ...}, ... }
  *   vm:keep() vm:owned() vm:closed() vm:close()
  *   vm:job(op, ...) -> job          (job.c: a blocking call on a thread; VMs made by jobs)
+ *   vm:set_egress(policy) -> true | nil, msg, code   (policy as in opts.egress)
+ *   vm:events([kind]) -> { { time=, kind=, dst=, port=, protocol=, name=, detail= }, ... }
+ *   core.egress_check(entry) -> true | nil, msg      (one allow-list entry)
  *
  * Ownership: a VM made by vm_create is "owned" by its handle. Closing an owned handle
  * (close(), __close, __gc, lua_close at exit) stops the VM (5 s) and deletes it, unless
@@ -266,6 +269,51 @@ static const char *const *opt_env(lua_State *L, int t)
     return opt_pairs(L, t, "env");
 }
 
+/*
+ * An egress policy at idx: nil (the default), "internet" | "none", or { allow = { entry,
+ * ... } }. Fills *e and pushes one value that anchors what *e points to (the entries stay
+ * in the table at idx, which the caller keeps). The library checks the entries.
+ */
+static void push_egress(lua_State *L, int idx, smolvm_egress *e)
+{
+    const char **allow;
+    size_t n, i;
+
+    idx = lua_absindex(L, idx);
+    e->mode = SMOLVM_EGRESS_DEFAULT;
+    e->allow = NULL;
+    if (lua_isnoneornil(L, idx)) {
+        lua_pushnil(L);
+        return;
+    }
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        e->mode = smolvm_egress_mode_from_string(lua_tostring(L, idx));
+        if (e->mode != SMOLVM_EGRESS_INTERNET && e->mode != SMOLVM_EGRESS_NONE)
+            luaL_error(L,
+                       "egress: expected \"internet\", \"none\" or { allow = { ... } }, got '%s'",
+                       lua_tostring(L, idx));
+        lua_pushnil(L);
+        return;
+    }
+    if (!lua_istable(L, idx) || smolvm_getfield(L, idx, "allow") != LUA_TTABLE)
+        luaL_error(L, "egress: expected \"internet\", \"none\" or { allow = { ... } }");
+    n = lua_rawlen(L, -1);
+    if (n > SMOLVM_EGRESS_ALLOW_MAX)
+        luaL_error(L, "egress.allow: at most %d entries", SMOLVM_EGRESS_ALLOW_MAX);
+    allow = lua_newuserdata(L, sizeof(*allow) * (n + 1));
+    for (i = 0; i < n; i++) {
+        lua_rawgeti(L, -2, (lua_Integer)i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "egress.allow[%d]: expected string", (int)i + 1);
+        allow[i] = lua_tostring(L, -1); /* anchored by the allow table */
+        lua_pop(L, 1);
+    }
+    allow[n] = NULL;
+    lua_remove(L, -2); /* the allow table stays referenced by the table at idx */
+    e->mode = SMOLVM_EGRESS_ALLOW;
+    e->allow = allow;
+}
+
 /* core.vm_create(opts [, async]) -> vm | nil, msg, code. opts is the facade's
  * normalized table. async: a job that creates it instead (job.c). */
 static int l_vm_create(lua_State *L)
@@ -321,7 +369,9 @@ static int l_vm_create(lua_State *L)
         o.n_forwards = n;
     }
     lua_settop(L, 5);
-    o.labels = opt_pairs(L, 1, "labels"); /* stack 6, 7 */
+    o.labels = opt_pairs(L, 1, "labels");  /* stack 6, 7 */
+    (void)smolvm_getfield(L, 1, "egress"); /* stack 8 */
+    push_egress(L, 8, &o.egress);          /* stack 9 */
 
     if (async)
         return smolvm_lua_job_create(L, &o);
@@ -777,6 +827,51 @@ static int l_vm_processes(lua_State *L)
     return smolvm_lua_push_json_text(L, box);
 }
 
+/* vm:set_egress(policy) -> true | nil, msg, code */
+static int l_vm_set_egress(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    smolvm_egress e;
+    smolvm_lua_box *box;
+
+    lua_settop(L, 2);
+    luaL_argcheck(L, !lua_isnil(L, 2), 2, "expected an egress policy");
+    push_egress(L, 2, &e);
+    box = smolvm_lua_box_new(L);
+    if (smolvm_vm_set_egress(vm, &e, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return push_ok(L);
+}
+
+/* vm:events([kind]) -> { event, ... } | nil, msg, code */
+static int l_vm_events(lua_State *L)
+{
+    smolvm_vm *vm = check_vm(L);
+    const char *kind = luaL_optstring(L, 2, NULL);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_vm_events_json(&box->text, vm, kind, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return smolvm_lua_push_json_text(L, box);
+}
+
+/* core.egress_check(entry) -> true | nil, msg: one allow-list entry, as the library
+ * checks it (the schema's validation uses this, so Lua and C agree). */
+static int l_egress_check(lua_State *L)
+{
+    const char *entry = luaL_checkstring(L, 1);
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    if (smolvm_egress_entry_check(entry, &box->err) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, smolvm_error_message(box->err));
+        smolvm_lua_box_clear(box);
+        return 2;
+    }
+    smolvm_lua_box_clear(box);
+    return push_ok(L);
+}
+
 static int l_vm_tostring(lua_State *L)
 {
     lvm *u = luaL_checkudata(L, 1, SMOLVM_LUA_VM_MT);
@@ -810,6 +905,8 @@ static const luaL_Reg vm_methods[] = {
     {"attach", l_vm_attach},
     {"processes", l_vm_processes},
     {"job", smolvm_lua_vm_job},
+    {"set_egress", l_vm_set_egress},
+    {"events", l_vm_events},
     {"keep", l_vm_keep},
     {"pause", l_vm_pause},
     {"resume", l_vm_resume},
@@ -843,4 +940,6 @@ void smolvm_lua_open_vm(lua_State *L)
     lua_setfield(L, -2, "vm_create");
     lua_pushcfunction(L, l_vm_open);
     lua_setfield(L, -2, "vm_open");
+    lua_pushcfunction(L, l_egress_check);
+    lua_setfield(L, -2, "egress_check");
 }

@@ -132,7 +132,8 @@ int main(int argc, char **argv)
     }
     (void)sv_loop_add(s.loop, s.signal_fd, EPOLLIN, signal_io, &s);
     /* Clients may connect as soon as the launcher hears "ok": listen first. */
-    if (sv_relay_listen(&s) < 0 || sv_guest_start(&s) < 0)
+    /* The network's services before the guest: its first query finds its resolver. */
+    if (sv_relay_listen(&s) < 0 || sv_net_start(&s) < 0 || sv_guest_start(&s) < 0)
         return 1;
     if (sv_lifetime_start(&s) < 0)
         return 1;

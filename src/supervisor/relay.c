@@ -251,7 +251,20 @@ static bool local_op(sv_client *cl, uint32_t id, const char *op, json_t *req)
         if (r != 0)
             return true;
     }
-    return false;
+    {
+        smolvm_error *e = NULL;
+        json_t *reply = NULL;
+
+        if (!sv_net_op(s, op, req, &reply, &e))
+            return false;
+        if (reply)
+            (void)sv_fconn_send_json(cl->conn, SMOLVM_AGENT_REPLY, SMOLVM_AGENT_FIN, id, reply);
+        else
+            reply_error(cl, id, smolvm_error_name(e ? smolvm_error_code(e) : SMOLVM_EIO),
+                        e ? smolvm_error_message(e) : "failed");
+        smolvm_error_free(e);
+        return true;
+    }
 }
 
 static void request(sv_client *cl, const smolvm_agent_header *h, const uint8_t *p)

@@ -23,6 +23,7 @@ typedef enum sv_state {
 } sv_state;
 
 typedef struct sv_client sv_client;
+typedef struct sv_net sv_net;
 
 typedef struct sv {
     sv_loop *loop;
@@ -64,6 +65,9 @@ typedef struct sv {
     uint32_t identity_stream; /* a restored guest's identity request, until answered */
     int64_t identity_sent_ms;
 
+    /* Network "nat" (net.c); NULL otherwise. */
+    sv_net *net;
+
     /* Lifetime. */
     int owner_pidfd;
     int64_t ttl_timer;
@@ -96,6 +100,14 @@ void sv_identity_send(sv *s);  /* ask the agent to take its fresh identity */
 bool sv_identity_frame(sv *s, const smolvm_agent_header *h, const uint8_t *p);
 /* pause, resume, snapshot: 1 done (*reply set), 0 not such an op, < 0 failed. */
 int sv_vm_op(sv *s, const char *op, json_t *req, json_t **reply, smolvm_error **err);
+
+/* net.c: network "nat": the DNS filter, the loopback proxy, denied attempts, the
+ * periodic repair of the rules. Started before the VMM (failures are reported on the
+ * status fd); nothing to do for other networks. */
+int sv_net_start(sv *s);
+/* The operations "egress", "forward" and "unforward": true when op is one of them,
+ * with *reply (the REPLY's payload) or *err set. */
+bool sv_net_op(sv *s, const char *op, json_t *req, json_t **reply, smolvm_error **err);
 
 /* lifetime.c: owner, ttl, the end. */
 int sv_lifetime_start(sv *s);

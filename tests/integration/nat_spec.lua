@@ -1,7 +1,8 @@
 -- SPDX-License-Identifier: MIT
 -- network = "nat" with real guests. Run by nat-netns.sh inside namespaces it made:
--- this process is the "host" (uplink up0 10.99.0.1, default route to the outside
--- namespace 10.99.0.2, which serves HTTP on :8000 and tells who called).
+-- this process is the "host" (uplink up0 198.51.100.1, default route to the outside
+-- namespace 198.51.100.2, which serves HTTP on :8000 and tells who called; see
+-- nat-netns.sh for its other hosts and its resolver).
 local smolvm = require "smolvm"
 
 local OUT = assert(os.getenv("SMOLVM_NAT_OUTSIDE_NS"), "run through nat-netns.sh")
@@ -52,19 +53,25 @@ describe("network nat", function()
   end)
 
   it("reaches the outside world through masquerade", function()
-    local r = assert(a:run("curl -s --max-time 5 http://10.99.0.2:8000/"))
+    local r = assert(a:run("curl -s --max-time 5 http://198.51.100.2:8000/"))
     assert.are.equal(0, r.exit_code, r.stderr)
-    assert.are.equal("client=10.99.0.1\n", r.stdout) -- the uplink, not the guest
+    assert.are.equal("client=198.51.100.1 host=198.51.100.2\n", r.stdout) -- the uplink, not the guest
   end)
 
-  it("forwards 127.0.0.1:18080 to the guest for the host itself", function()
+  it("forwards 127.0.0.1:18080 to the guest for the host itself, through the supervisor's proxy", function()
     local out = sh("curl -s --max-time 5 http://127.0.0.1:18080/index.html")
     assert.are.equal("guest:nat-a\n", out)
+    -- no DNAT of loopback (it would need route_localnet): the supervisor listens there
+    assert.falsy(nft_rules():find("fwd:127.0.0.1:18080", 1, true))
+    local listeners = sh("ss -Hltnp 'sport = :18080'")
+    assert.truthy(listeners:find("127.0.0.1:18080", 1, true), listeners)
+    assert.truthy(listeners:find("smolvm-supervis", 1, true), listeners)
+    assert.are.equal("0\n", sh("cat /proc/sys/net/ipv4/conf/sv-nat-a/route_localnet"))
   end)
 
   it("adds a forward on the uplink address that the outside can use, and removes it", function()
-    assert(a:forward(18081, 8080, "10.99.0.1"))
-    local cmd = ("ip netns exec %s curl -s --max-time 5 http://10.99.0.1:18081/index.html"):format(OUT)
+    assert(a:forward(18081, 8080, "198.51.100.1"))
+    local cmd = ("ip netns exec %s curl -s --max-time 5 http://198.51.100.1:18081/index.html"):format(OUT)
     assert.are.equal("guest:nat-a\n", (sh(cmd)))
     assert(a:unforward(18081))
     local out, code = sh(cmd)
@@ -72,7 +79,7 @@ describe("network nat", function()
   end)
 
   it("keeps 127.0.0.1 forwards unreachable from outside", function()
-    local out, code = sh(("ip netns exec %s curl -s --max-time 3 http://10.99.0.1:18080/"):format(OUT))
+    local out, code = sh(("ip netns exec %s curl -s --max-time 3 http://198.51.100.1:18080/"):format(OUT))
     assert.are_not.equal(0, code, out)
   end)
 
@@ -86,9 +93,10 @@ describe("network nat", function()
 
   it("keeps guests from the host's own services and from link-local metadata", function()
     local pid = sh("python3 -m http.server 9999 --bind 0.0.0.0 >/dev/null 2>&1 & echo $!"):match("%d+")
-    sh("sleep 0.5")
+    assert(h.wait_for(function() return sh("ss -Hltn 'sport = :9999'"):find("9999", 1, true) end, 20),
+           "the host's server did not come up")
     assert.truthy(sh("curl -s --max-time 3 -o /dev/null -w '%{http_code}' http://127.0.0.1:9999/"):find("200"))
-    for _, target in ipairs({ "172.16.0.1:9999", "10.99.0.1:9999", "169.254.169.254:80" }) do
+    for _, target in ipairs({ "172.16.0.1:9999", "198.51.100.1:9999", "169.254.169.254:80" }) do
       local r = assert(a:run("curl -s --max-time 3 http://" .. target .. "/"))
       assert.are_not.equal(0, r.exit_code, target .. " was reachable")
     end
@@ -109,7 +117,7 @@ describe("network nat cleanup", function()
     -- the other VM keeps everything
     assert.truthy(links():find("sv-nat-d", 1, true))
     assert.truthy(nft_rules():find('comment "vm:nat-d"', 1, true))
-    assert.are.equal(0, assert(d:run("curl -s --max-time 5 http://10.99.0.2:8000/")).exit_code)
+    assert.are.equal(0, assert(d:run("curl -s --max-time 5 http://198.51.100.2:8000/")).exit_code)
     assert(d:stop())
     assert.falsy(links():find("sv-nat-d", 1, true)) -- stopped: no TAP, no rules
     assert.falsy(nft_rules():find("vm:nat-d", 1, true))

@@ -71,3 +71,13 @@ add_test(NAME integration/templates
 set_tests_properties(integration/templates PROPERTIES LABELS "integration;vm;root"
   SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 1200
   ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")
+
+# Egress policies, the DNS filter, denied attempts and what fails closed, with real
+# guests inside namespaces the test makes (needs root; dnsmasq for its resolver).
+add_test(NAME integration/egress
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integration/nat-netns.sh ${SMOLVM_IT_LUA}
+          ${CMAKE_CURRENT_SOURCE_DIR}/integration/egress_spec.lua
+  WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/integration)
+set_tests_properties(integration/egress PROPERTIES LABELS "integration;vm;root"
+  SKIP_RETURN_CODE 77 RUN_SERIAL ON TIMEOUT 1200
+  ENVIRONMENT "${SMOLVM_TEST_ENV};LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;\;;LUA_CPATH=${CMAKE_BINARY_DIR}/lua54/?.so\;\;")

@@ -234,6 +234,56 @@ describe("VM objects (no boot)", function()
       bad(function() vm:forward(8080, 80, "example.com") end, "host_address")
       bad(function() vm:write_file("/x", 42) end, "data")
       bad(function() vm:read_file(nil) end, "path")
+      bad(function() vm:set_egress("open") end, 'set_egress: egress: expected "internet", "none"')
+      bad(function() vm:set_egress({ allow = { "10.0.0.1/8" } }) end,
+          "set_egress: egress.allow[1]: '10.0.0.1/8' has host bits set")
+      bad(function() vm:set_egress() end, "set_egress: egress: expected")
+      bad(function() vm:events{ kind = 7 } end, "events: kind")
+      bad(function() vm:events{ knd = "x" } end, 'did you mean "kind"')
+      vm:close()
+      print("done")
+    ]])
+    if out then assert.truthy(out:find("done", 1, true), out) end
+  end)
+
+  it("refuses egress policies a network cannot enforce, and keeps what it can", function()
+    local out = run([[
+      local vm, msg, code = smolvm.VM{ network = "user", egress = "internet" }
+      assert(vm == nil and code == "EINVAL", tostring(code))
+      assert(msg:find("egress: 'internet' needs network 'nat'", 1, true), msg)
+      assert(msg:find('use network = "nat"', 1, true), msg)
+      vm, msg, code = smolvm.VM{ network = "user", egress = { allow = { "pypi.org" } } }
+      assert(vm == nil and code == "EINVAL" and msg:find("an allow list needs network 'nat'", 1, true), msg)
+      vm, msg, code = smolvm.VM{ network = "none", egress = "internet" }
+      assert(vm == nil and code == "EINVAL" and msg:find("has no NIC", 1, true), tostring(msg))
+      assert(#smolvm.VM.list() == 0, "a refused create left a record")
+      -- user networking: "none" is what it has, and what it shows
+      local u = assert(smolvm.VM{ network = "user", egress = "none" })
+      assert(u:info().config.egress == "none")
+      local ok, m2, c2 = u:set_egress("internet")
+      assert(ok == nil and c2 == "EINVAL" and m2:find("needs network 'nat'", 1, true), tostring(m2))
+      assert(u:set_egress("none") == true)
+      u:close()
+      local d = assert(smolvm.VM{ network = "user" })
+      assert(d:info().config.egress == "none", "user networking defaults to none")
+      d:close()
+      print("done")
+    ]])
+    if out then assert.truthy(out:find("done", 1, true), out) end
+  end)
+
+  it("holds at most 64 forwards when they are added, and lists the VM's events", function()
+    local out = run([[
+      local vm = assert(smolvm.VM{ network = "user" })
+      for i = 1, 64 do assert(vm:forward(30000 + i, 80)) end
+      local ok, msg, code = vm:forward(30100, 80)
+      assert(ok == nil and code == "ENOSPC", tostring(code))
+      assert(msg:find("has 64 forwards (at most 64)", 1, true), msg)
+      assert(vm:unforward(30001))
+      assert(vm:forward(30100, 80))
+      local ev = assert(vm:events())
+      assert(#ev >= 1 and ev[1].kind == "create" and type(ev[1].time) == "number", tostring(ev[1] and ev[1].kind))
+      assert(#assert(vm:events{ kind = "egress-denied" }) == 0)
       vm:close()
       print("done")
     ]])

@@ -171,4 +171,21 @@ describe("smolvm.cli", function()
     assert.equal("0s ago", require("smolvm.cli").fmt_age((now + 3) * 1000, now)) -- clock skew
     assert.equal("", require("smolvm.cli").fmt_age(nil, now))
   end)
+
+  it("formats events, denied attempts with what was refused", function()
+    local fmt = require("smolvm.cli").fmt_event
+    assert.equal("2023-11-14T22:13:20.042Z  egress-denied  tcp 198.51.100.3:8000",
+      fmt{ time = 1700000000042, kind = "egress-denied", dst = "198.51.100.3", port = 8000,
+           protocol = "tcp" })
+    assert.equal("2023-11-14T22:13:20.000Z  egress-denied  udp 172.16.0.1:53 name=denied.test",
+      fmt{ time = 1700000000000, kind = "egress-denied", dst = "172.16.0.1", port = 53,
+           protocol = "udp", name = "denied.test" })
+    assert.equal("2023-11-14T22:13:20.000Z  egress-denied  icmp 10.1.0.1",
+      fmt{ time = 1700000000000, kind = "egress-denied", dst = "10.1.0.1", port = 0,
+           protocol = "icmp" })
+    assert.equal("2023-11-14T22:13:20.000Z  network-repaired  table vm-rules",
+      fmt{ time = 1700000000000, kind = "network-repaired", detail = "table vm-rules" })
+    assert.equal("2023-11-14T22:13:20.000Z  start", fmt{ time = 1700000000000, kind = "start" })
+    assert.equal("2023-11-14T22:13:20.000Z  x  a b", fmt{ time = 1700000000000, kind = "x", detail = "a\nb" })
+  end)
 end)

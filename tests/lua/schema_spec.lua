@@ -64,6 +64,16 @@ describe("schema.validate_vm", function()
     { { env = { ["1X"] = "a" } }, 'env: bad key: expected NAME matching [A-Za-z_][A-Za-z0-9_]*, got string "1X"' },
     { { env = { A = {} } }, "env.A: expected string or number, got table" },
     { "opts", 'expected table of options, got string "opts"' },
+    { { egress = "internt" }, 'egress: expected "internet", "none" or table { allow = { entries } }, got string "internt" (did you mean "internet"?)' },
+    { { egress = true }, "egress: expected \"internet\", \"none\" or table { allow = { entries } }, got boolean true" },
+    { { egress = {} }, "egress.allow: required field missing" },
+    { { egress = { allow = "pypi.org" } }, 'egress.allow: expected list (table), got string "pypi.org"' },
+    { { egress = { alow = {} } }, 'egress.alow: unknown field (did you mean "allow"?)' },
+    { { egress = { allow = { "pypi.org", 7 } } }, "egress.allow[2]: expected a domain name" },
+    { { egress = { allow = { "10.0.0.1/8" } } },
+      "egress.allow[1]: '10.0.0.1/8' has host bits set (did you mean '10.0.0.0/8'?)" },
+    { { egress = { allow = { "http://pypi.org" } } },
+      "egress.allow[1]: expected a domain name ('pypi.org'), '*.suffix', '*' or an IPv4 address or CIDR ('198.51.100.0/24'), got 'http://pypi.org'" },
   }
   for _, c in ipairs(cases) do
     it("rejects " .. c[2], function()
@@ -71,6 +81,23 @@ describe("schema.validate_vm", function()
       assert.truthy(all:find(c[2], 1, true), "got: " .. all)
     end)
   end
+
+  it("takes egress policies and normalizes names to lowercase", function()
+    assert.equal("none", assert(schema.validate_vm{ egress = "none" }).egress)
+    assert.equal("internet", assert(schema.validate_vm{ egress = "internet" }).egress)
+    assert.is_nil(assert(schema.validate_vm{}).egress) -- the library's default for the network
+    local o = assert(schema.validate_vm{ egress = { allow = { "PyPI.org", "*.pythonhosted.org",
+                                                                "198.51.100.0/24", "*" } } })
+    assert.same({ allow = { "pypi.org", "*.pythonhosted.org", "198.51.100.0/24", "*" } }, o.egress)
+    local many = {}
+    for i = 1, 257 do many[i] = "h" .. i .. ".example" end
+    local all = errs_of{ egress = { allow = many } }
+    assert.truthy(all:find("egress.allow: too many items: at most 256, got 257", 1, true), all)
+    assert.same({ allow = {} }, schema.check_egress{ allow = {} })
+    local bad, msg = schema.check_egress("open")
+    assert.is_nil(bad)
+    assert.truthy(msg:find('egress: expected "internet"', 1, true), msg)
+  end)
 
   it("limits forwards to 64 and env to 256", function()
     local fw, env = {}, {}

@@ -752,6 +752,66 @@ static void test_json(void **state)
     free(text);
 }
 
+/* The forward limit holds at add time; events are listed per VM and kind, newest kept. */
+static void test_forward_limit_and_events(void **state)
+{
+    fixture *f = *state;
+    smolvm_error *err = NULL;
+    smolvm_event_row *rows = NULL;
+    const char *details[3] = {"{\"dst\":\"198.51.100.9\"}", "{\"dst\":\"198.51.100.10\"}", NULL};
+    const int64_t at[1] = {1234567};
+    size_t n = 0;
+
+    vm_new(f->s, "a");
+    vm_new(f->s, "b");
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(smolvm_store_forward_add(f->s, "a", "127.0.0.1", 9000 + i, 80, 3, NULL),
+                         0);
+    assert_int_equal(smolvm_store_forward_add(f->s, "a", "127.0.0.1", 9010, 80, 3, &err),
+                     SMOLVM_ENOSPC);
+    assert_string_equal(smolvm_error_message(err), "vm 'a' has 3 forwards (at most 3)");
+    err = smolvm_error_free(err);
+    /* another VM's forwards are its own; a taken port is still taken */
+    assert_int_equal(smolvm_store_forward_add(f->s, "b", "127.0.0.1", 9010, 80, 3, NULL), 0);
+    assert_int_equal(smolvm_store_forward_add(f->s, "b", "127.0.0.1", 9000, 80, 3, NULL),
+                     SMOLVM_EEXIST);
+
+    assert_int_equal(smolvm_store_event(f->s, "a", "start", NULL, NULL), 0);
+    for (int round = 0; round < 3; round++)
+        assert_int_equal(
+            smolvm_store_events_append(f->s, "a", "egress-denied", NULL, details, 2, 3, NULL), 0);
+    assert_int_equal(
+        smolvm_store_events_append(f->s, "b", "egress-denied", at, details, 1, 3, NULL), 0);
+    /* a's: the newest 3 of its 6 denied attempts, oldest first; its start event stays */
+    assert_int_equal(smolvm_store_events_list(&rows, &n, f->s, "a", "egress-denied", 100, NULL), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(rows[0].detail, details[1]);
+    assert_string_equal(rows[2].detail, details[1]);
+    assert_true(rows[0].id < rows[1].id && rows[1].id < rows[2].id);
+    assert_true(rows[0].at > 0);
+    rows = smolvm_event_rows_free(rows, n);
+    assert_int_equal(smolvm_store_events_list(&rows, &n, f->s, "a", NULL, 100, NULL), 0);
+    assert_int_equal(n, 4);
+    assert_string_equal(rows[0].kind, "start");
+    assert_null(rows[0].detail);
+    rows = smolvm_event_rows_free(rows, n);
+    /* the limit takes the newest */
+    assert_int_equal(smolvm_store_events_list(&rows, &n, f->s, "a", NULL, 2, NULL), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(rows[1].kind, "egress-denied");
+    rows = smolvm_event_rows_free(rows, n);
+    assert_int_equal(smolvm_store_events_list(&rows, &n, f->s, "b", "egress-denied", 10, NULL), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(rows[0].at, 1234567); /* the time given, not the time written */
+    rows = smolvm_event_rows_free(rows, n);
+    assert_int_equal(smolvm_store_events_append(f->s, "a", "", NULL, details, 1, 3, NULL),
+                     SMOLVM_EINVAL);
+
+    /* the stored config can be replaced */
+    assert_int_equal(smolvm_store_vm_set_config(f->s, "a", "{\"x\":1}", NULL), 0);
+    assert_int_equal(smolvm_store_vm_set_config(f->s, "ghost", "{}", NULL), SMOLVM_ENOENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -772,6 +832,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ports, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_delete_cascades, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_json, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_forward_limit_and_events, setup_open, teardown),
     };
 
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);

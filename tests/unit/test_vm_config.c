@@ -12,6 +12,7 @@
 
 #include "error.h"
 #include "util.h"
+#include "egress.h"
 #include "vm-config.h"
 
 static void test_enum_names(void **state)
@@ -298,13 +299,151 @@ static void test_json_bad(void **state)
     smolvm_vm_config_free(c);
 }
 
+/* ---- egress policies: entries, resolution against the network, the stored form */
+
+static void expect_entry_bad(const char *entry, const char *needle)
+{
+    smolvm_error *e = NULL;
+
+    assert_int_equal(smolvm_egress_entry_check(entry, &e), SMOLVM_EINVAL);
+    if (!strstr(smolvm_error_message(e), needle))
+        fail_msg("'%s': '%s' lacks '%s'", entry, smolvm_error_message(e), needle);
+    smolvm_error_free(e);
+}
+
+static void test_egress_entries(void **state)
+{
+    static const char *const good[] = {"pypi.org",
+                                       "*.pythonhosted.org",
+                                       "*",
+                                       "198.51.100.0/24",
+                                       "198.51.100.7",
+                                       "0.0.0.0/0",
+                                       "A-B.Example.COM",
+                                       "_dmarc.example.org",
+                                       "localhost",
+                                       "x.1a"};
+    char long_name[300];
+
+    (void)state;
+    for (size_t i = 0; i < SMOLVM_ARRAY_SIZE(good); i++)
+        if (smolvm_egress_entry_check(good[i], NULL) != 0)
+            fail_msg("'%s' refused", good[i]);
+    expect_entry_bad("10.0.0.1/8", "'10.0.0.1/8' has host bits set (did you mean '10.0.0.0/8'?)");
+    expect_entry_bad("198.51.100.0/33", "invalid address '198.51.100.0/33'");
+    expect_entry_bad("1.2.3", "invalid address '1.2.3'");
+    expect_entry_bad("300.1.1.1", "invalid address");
+    expect_entry_bad("pypi.org.", "without the final dot");
+    expect_entry_bad("foo bar", "a space, a control or a non-ASCII character");
+    expect_entry_bad("a\nb", "a space, a control");
+    expect_entry_bad("", "got an empty string");
+    expect_entry_bad("a..b", "expected a domain name ('pypi.org'), '*.suffix', '*' or an IPv4");
+    expect_entry_bad("-a.org", "got '-a.org'");
+    expect_entry_bad("a.*.org", "got 'a.*.org'");
+    expect_entry_bad("**", "got '**'");
+    expect_entry_bad("http://pypi.org", "got 'http://pypi.org'");
+    expect_entry_bad("example.123", "got 'example.123'");
+    memset(long_name, 'a', sizeof(long_name) - 1);
+    long_name[sizeof(long_name) - 1] = '\0';
+    expect_entry_bad(long_name, "is longer than 253 bytes");
+}
+
+static void test_egress_options(void **state)
+{
+    smolvm_vm_options o = SMOLVM_VM_OPTIONS_INIT, checked;
+    const char *allow[] = {"PyPI.org", "*.pythonhosted.org", "198.51.100.0/24", NULL};
+    const char *bad[] = {"pypi.org", "10.0.0.1/8", NULL};
+    smolvm_vm_placement w = {"/s/vms/x",    "default",   "/i/vmlinux", "/i/rootfs.ext4",
+                             "10.9.0.0/16", "10.0.2.15", false,        NULL};
+    smolvm_vm_host_facts facts = {NULL, NULL};
+    smolvm_backend b;
+    smolvm_net_mode n;
+    smolvm_vm_config *c = NULL, *back = NULL;
+    smolvm_error *e = NULL;
+    char *text = NULL;
+    const char **cidrs = NULL, **names = NULL;
+    size_t nc = 0, nn = 0;
+
+    (void)state;
+    o.egress.mode = SMOLVM_EGRESS_ALLOW;
+    o.egress.allow = bad;
+    expect_bad(&o, "egress.allow[2]: '10.0.0.1/8' has host bits set");
+    o.egress.mode = SMOLVM_EGRESS_INTERNET;
+    expect_bad(&o, "egress.allow: only with mode 'allow', not 'internet'");
+    o.egress.mode = (smolvm_egress_mode)9;
+    o.egress.allow = NULL;
+    expect_bad(&o, "egress: invalid mode '9'");
+
+    /* user networking takes only "none"; the message says to use nat */
+    o.egress.mode = SMOLVM_EGRESS_INTERNET;
+    o.network = SMOLVM_NET_USER;
+    assert_int_equal(smolvm_vm_resolve(&b, &n, &o, &facts, &e), SMOLVM_EINVAL);
+    assert_non_null(strstr(smolvm_error_message(e), "egress: 'internet' needs network 'nat'"));
+    assert_non_null(strstr(smolvm_error_message(e), "use network = \"nat\""));
+    e = smolvm_error_free(e);
+    o.egress.mode = SMOLVM_EGRESS_NONE;
+    assert_int_equal(smolvm_vm_resolve(&b, &n, &o, &facts, NULL), 0);
+    /* auto that falls back to user: the policy decides */
+    o.network = SMOLVM_NET_AUTO;
+    o.egress.mode = SMOLVM_EGRESS_ALLOW;
+    o.egress.allow = allow;
+    facts.nat = (smolvm_err(&e, SMOLVM_ENET, "no nat"), e);
+    assert_int_equal(smolvm_vm_resolve(&b, &n, &o, &facts, NULL), SMOLVM_EINVAL);
+    facts.nat = NULL;
+    e = smolvm_error_free(e);
+
+    /* nat: the allow list normalised, stored and read back */
+    o.network = SMOLVM_NET_NAT;
+    assert_int_equal(smolvm_vm_options_check(&checked, &o, NULL), 0);
+    assert_int_equal(
+        smolvm_vm_config_new(&c, &checked, SMOLVM_BACKEND_QEMU, SMOLVM_NET_NAT, &w, NULL), 0);
+    assert_int_equal(c->egress.mode, SMOLVM_EGRESS_ALLOW);
+    assert_int_equal(c->egress.n_allow, 3);
+    assert_string_equal(c->egress.allow[0], "pypi.org");
+    assert_int_equal(smolvm_vm_config_to_json(&text, c, NULL), 0);
+    assert_non_null(strstr(
+        text, "\"egress\":{\"allow\":[\"pypi.org\",\"*.pythonhosted.org\",\"198.51.100.0/24\"]}"));
+    assert_int_equal(smolvm_vm_config_from_json(&back, text, NULL), 0);
+    assert_int_equal(back->egress.mode, SMOLVM_EGRESS_ALLOW);
+    assert_string_equal(back->egress.allow[2], "198.51.100.0/24");
+    assert_int_equal(smolvm_egress_policy_split(&back->egress, &cidrs, &nc, &names, &nn, NULL), 0);
+    assert_int_equal(nc, 1);
+    assert_int_equal(nn, 2);
+    assert_string_equal(cidrs[0], "198.51.100.0/24");
+    assert_null(cidrs[1]);
+    assert_string_equal(names[1], "*.pythonhosted.org");
+    assert_null(names[2]);
+    free(cidrs);
+    free(names);
+    free(text);
+    smolvm_vm_config_free(c);
+    smolvm_vm_config_free(back);
+
+    /* the default: internet with nat, none otherwise */
+    o.egress.mode = SMOLVM_EGRESS_DEFAULT;
+    o.egress.allow = NULL;
+    assert_int_equal(smolvm_vm_options_check(&checked, &o, NULL), 0);
+    assert_int_equal(
+        smolvm_vm_config_new(&c, &checked, SMOLVM_BACKEND_QEMU, SMOLVM_NET_NAT, &w, NULL), 0);
+    assert_int_equal(c->egress.mode, SMOLVM_EGRESS_INTERNET);
+    assert_int_equal(smolvm_vm_config_to_json(&text, c, NULL), 0);
+    assert_non_null(strstr(text, "\"egress\":\"internet\""));
+    free(text);
+    smolvm_vm_config_free(c);
+    assert_int_equal(
+        smolvm_vm_config_new(&c, &checked, SMOLVM_BACKEND_QEMU, SMOLVM_NET_USER, &w, NULL), 0);
+    assert_int_equal(c->egress.mode, SMOLVM_EGRESS_NONE);
+    smolvm_vm_config_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_enum_names),    cmocka_unit_test(test_zero_means_default),
-        cmocka_unit_test(test_bad_options),   cmocka_unit_test(test_resolve_table),
-        cmocka_unit_test(test_resolve_needs), cmocka_unit_test(test_json_round_trip),
-        cmocka_unit_test(test_json_bad),
+        cmocka_unit_test(test_enum_names),     cmocka_unit_test(test_zero_means_default),
+        cmocka_unit_test(test_bad_options),    cmocka_unit_test(test_resolve_table),
+        cmocka_unit_test(test_resolve_needs),  cmocka_unit_test(test_json_round_trip),
+        cmocka_unit_test(test_json_bad),       cmocka_unit_test(test_egress_entries),
+        cmocka_unit_test(test_egress_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -234,6 +234,11 @@ unsigned smolvm_net_log_group(const char *guest_ip)
     return g ? g : 0xffff; /* 0 means "default" in smolvm_net_egress */
 }
 
+int smolvm_net_default_uplink(char out[SMOLVM_NET_IFNAMSIZ], smolvm_error **err)
+{
+    return smolvm_link_default_uplink(out, err);
+}
+
 bool smolvm_net_forward_proxied(const char *host_addr)
 {
     struct in_addr a;

@@ -116,6 +116,11 @@ int smolvm_net_available(smolvm_error **err);
  * "sv-<first 3>.<8 hex of a hash of the id>". Deterministic, at most 15 characters. */
 void smolvm_net_tap_name(const char *vm_id, char out[SMOLVM_NET_IFNAMSIZ]);
 
+/* The interface of this namespace's IPv4 default route (lowest metric): what setup
+ * uses when smolvm_net_vm.uplink is NULL. Resolve it once and pass the name to every
+ * call of a VM. SMOLVM_ENET when there is no default route. */
+int smolvm_net_default_uplink(char out[SMOLVM_NET_IFNAMSIZ], smolvm_error **err);
+
 /* From a pool CIDR ("172.16.0.0/16"): the gateway (first host, the host side of every
  * VM link), the prefix length and the dotted netmask for the guest's ip= argument.
  * Any out may be NULL. SMOLVM_EINVAL for a malformed CIDR or a prefix outside 8..30. */

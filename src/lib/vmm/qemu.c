@@ -271,11 +271,11 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, bool incoming, arg
         }
         if (!fwds)
             return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-        /* restrict=on (the default): the guest cannot open any connection to the
-         * outside, only answer forwarded ones. Egress is opt-in (user_egress). */
+        /* restrict=on, always: the guest cannot open any connection, only answer
+         * forwarded ones (restrict=off would also open the host's loopback services
+         * through 10.0.2.2). Egress policies need network "nat". */
         argv_push(a, "-netdev");
-        argv_pushf(a, "user,id=" NETDEV_ID ",restrict=%s,ipv6=off%s", c->user_egress ? "off" : "on",
-                   fwds);
+        argv_pushf(a, "user,id=" NETDEV_ID ",restrict=on,ipv6=off%s", fwds);
         argv_push(a, "-device");
         if (c->mac)
             argv_pushf(a, "virtio-net-device,netdev=" NETDEV_ID ",mac=%s", c->mac);

@@ -40,7 +40,6 @@ typedef struct smolvm_vmm_config {
     const char *mac;                    /* guest MAC, "52:54:00:xx:xx:xx" */
     const smolvm_vmm_hostfwd *hostfwds; /* USER: index 0 is ssh (guest 22) */
     size_t n_hostfwds;
-    int user_egress; /* USER: let the guest open outbound connections */
     /* Appended for backends without qcow2 (firecracker; QEMU ignores them). When set,
      * 'disk' (raw) is attached read-only as the lower layer and this raw ext4 file as
      * the writable upper layer of an overlayfs root (the guest init mounts it, see
