@@ -191,6 +191,7 @@ static int start_failed(smolvm_vm *vm, int r, smolvm_error **err)
     _cleanup_free_ char *tail = NULL, *reason = NULL;
     (void)smolvm_vm_refresh(vm, NULL);
     smolvm_vm_kill_vmm(vm->row);
+    smolvm_vm_cgroup_remove(vm->ctx, vm->id);
     smolvm_vm_ssh_drop(vm);
     smolvm_vm_agent_drop(vm);
     if (vm->cfg->network == SMOLVM_NET_NAT)
@@ -325,6 +326,7 @@ static int stop_locked(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
     r = do_stop(vm, timeout_ms, &net_done, err);
     if (r < 0)
         return r;
+    smolvm_vm_cgroup_remove(vm->ctx, vm->id);
     if (!net_done && vm->cfg->network == SMOLVM_NET_NAT)
         smolvm_vm_net_down(vm->ctx, vm->id);
     if ((r = smolvm_store_vm_set_pid(vm->ctx->store, vm->id, 0, 0, err)) < 0 ||

@@ -341,6 +341,10 @@ int sv_guest_start(sv *s)
             return fail_start(s, e);
         cfg->vsock_uds = vsock;
     }
+    if (s->spec->backend == SMOLVM_BACKEND_QEMU && sv_confine_prepare(s, &e) < 0) {
+        sv_confine_release(s);
+        return fail_start(s, e);
+    }
     r = ops->spawn(cfg, &pid, &s->vmm_start, sv_now_ms() + SPAWN_TIMEOUT_MS, &e);
     /* The VMM holds its ends now (or failed): ours only from here. */
     (void)close(console[1]);
@@ -349,9 +353,17 @@ int sv_guest_start(sv *s)
     if (agent[1] >= 0)
         (void)close(agent[1]);
     cfg->console_fd = cfg->ctl_fd = cfg->agent_fd = -1;
-    if (r < 0)
+    if (r < 0) {
+        sv_confine_release(s);
         return fail_start(s, e);
+    }
     s->vmm_pid = (pid_t)pid;
+    if (s->spec->backend == SMOLVM_BACKEND_QEMU && sv_confine_spawned(s, &e) < 0) {
+        /* Fail closed: a supervisor that kept full privileges does not serve a guest. */
+        sv_guest_kill(s);
+        sv_confine_release(s);
+        return fail_start(s, (smolvm_err_wrap(&e, "confine the supervisor"), e));
+    }
     s->console_rd = console[0];
     (void)fcntl(s->console_rd, F_SETFL, O_NONBLOCK);
     (void)sv_loop_add(s->loop, s->console_rd, EPOLLIN, console_io, s);

@@ -90,6 +90,8 @@ int main(int argc, char **argv)
             .console_fd = -1,
             .vsock_listen = -1,
             .listen_fd = -1,
+            .uid_lock = -1,
+            .lifeline_wr = -1,
             .owner_pidfd = -1};
     smolvm_error *e = NULL;
     sigset_t mask;

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cgroup.h"
+#include "confine.h"
 #include "fconn.h"
 #include "loop.h"
 #include "sv-spec.h"
@@ -58,6 +60,14 @@ typedef struct sv {
     sv_client *clients;
     uint32_t next_agent_stream;
 
+    /* Confinement (confine.c). */
+    smolvm_vmm_confine confine;
+    smolvm_cgroup_layout *cg_layout;
+    smolvm_cgroup *cg;
+    int uid_lock;    /* holds confine.uid while we live */
+    int lifeline_wr; /* the VMM dies when this closes */
+    char *chroot_dir;
+
     /* Lifetime. */
     int owner_pidfd;
     int64_t ttl_timer;
@@ -80,6 +90,11 @@ void sv_relay_agent_drained(sv *s); /* the guest channel's queue is empty again 
 void sv_relay_ready(sv *s);         /* send the hello clients are waiting for */
 void sv_relay_goaway_all(sv *s, const char *code, const char *why);
 size_t sv_relay_clients(const sv *s);
+
+/* confine.c: the VMM's confinement, the supervisor's privileges. */
+int sv_confine_prepare(sv *s, smolvm_error **err); /* before the spawn: sets spec->vmm.confine */
+int sv_confine_spawned(sv *s, smolvm_error **err); /* the VMM runs: drop what is not needed */
+void sv_confine_release(sv *s); /* the VMM is gone (or never came): remove its cgroup */
 
 /* lifetime.c: owner, ttl, the end. */
 int sv_lifetime_start(sv *s);
