@@ -24,6 +24,7 @@ struct smolvm_ctx {
     uint64_t console_max;
     uint64_t download_max;
     char *supervisor; /* $SMOLVM_SUPERVISOR, or NULL: found by vm-supervisor.c */
+    bool tcg_warned; /* the first start under TCG said what that means */
 };
 
 #define SMOLVM_DOWNLOAD_MAX_DEFAULT (1ULL << 30)

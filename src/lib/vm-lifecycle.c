@@ -2,6 +2,7 @@
 /* Start, stop and delete: the VM's life against the store. */
 #include "util.h"
 
+#include <fcntl.h>
 #include <jansson.h>
 #include <string.h>
 
@@ -25,6 +26,24 @@
 #define STOP_TIMEOUT_DEFAULT_MS 5000
 #define SUPERVISOR_EXIT_MS 2000 /* a supervisor exits at once after its vmm */
 #define SUPERVISOR_CALL_MS 5000
+
+/* What the sandbox's boundary is not, said at the first start under TCG of a state
+ * directory (whoever creates the marker says it), not at every start after. Doctor
+ * says it every time. */
+static void warn_tcg(smolvm_ctx *ctx)
+{
+    _cleanup_free_ char *marker = NULL;
+    _cleanup_close_ int fd = -1;
+
+    /* Nobody listening (no log callback) does not use the state directory's turn. */
+    if (ctx->tcg_warned || !ctx->log || ctx->log_level < SMOLVM_LOG_WARN)
+        return;
+    ctx->tcg_warned = true;
+    marker = smolvm_strdupf("%s/" SMOLVM_TCG_MARKER, ctx->state_dir);
+    fd = marker ? open(marker, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600) : -1;
+    if (fd >= 0)
+        smolvm_log(ctx, SMOLVM_LOG_WARN, "%s", SMOLVM_TCG_WARNING);
+}
 
 /* Everything up to a running VMM: network, command line, the supervisor (which spawns
  * the VMM). */
@@ -52,6 +71,8 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
         return r;
     smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': accel %s (%s)", vm->id,
                smolvm_accel_to_string(accel), accel_note);
+    if (accel == SMOLVM_ACCEL_TCG)
+        warn_tcg(vm->ctx);
     /* "starting" before anything is made: from here on a concurrent reconcile leaves
      * this VM's network alone, and a dead controller is recognised. */
     if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "starting", NULL, err)) < 0)
