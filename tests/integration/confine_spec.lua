@@ -247,6 +247,10 @@ describe("an ordinary user", function()
 
   it("still runs a sandbox with user networking: no uid change, no cgroup", function()
     local base = assert(io.popen("mktemp -d /tmp/smolvm-rootless.XXXXXX")):read("l")
+    finally(function()
+      -- "[/]tmp/...": the pattern must not match the shell that runs pkill.
+      h.sh("pkill -9 -f -- " .. q("[/]" .. base:sub(2) .. "/") .. "; rm -rf " .. q(base))
+    end)
     local paths = require("smolvm.core").paths()
     local img = paths.image_dir .. "/default"
     -- The image through hard links (root's home is closed to others).
@@ -272,7 +276,6 @@ describe("an ordinary user", function()
       .. "LUA_PATH=%s LUA_CPATH=%s setpriv --reuid=65534 --regid=65534 --clear-groups lua5.4 -e %s")
       :format(q(base), q(base), q(base), q(os.getenv("LUA_PATH") or ""),
         q(os.getenv("LUA_CPATH") or ""), q(code)))
-    h.sh("pkill -9 -f -- " .. q(base .. "/") .. "; rm -rf " .. q(base))
     assert.truthy(out:find("VMMUID 65534\n", 1, true), out)
     assert.truthy(out:find("NNP 1\n", 1, true), out)
     assert.truthy(out:find("SVCAP 0000000000000000\n", 1, true), out)
