@@ -21,7 +21,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # src/lib modules, lowest layer first. A module is a file stem or a directory; a file
 # belongs to the longest-matching entry.
 LIB_LAYERS = [
-    "error", "util", "enums", "sock", "proc", "tool", "store", "context", "host", "image",
+    "error", "util", "enums", "sock", "proc", "tool", "store", "context", "host", "cgroup", "confine", "image",
     "guest-config", "ssh", "agent-client", "net/", "egress", "vmm/", "sv-spec", "vm-config", "template",
     "image-remove",
     "vm-ports", "vm-net",

@@ -36,6 +36,10 @@ local function load_smolvm()
     return nil, fail("cannot load the smolvm Lua binding: " .. tostring(smolvm):match("^[^\n]*"),
       "run through smolvm-lua, or build it first: cmake --build build", EXIT_HOST)
   end
+  -- The library's warnings on stderr (the first start under TCG says what it means).
+  if smolvm.configure then
+    smolvm.configure{ log = function(level, msg) eprint("smolvm: ", level, ": ", msg) end }
+  end
   return smolvm
 end
 

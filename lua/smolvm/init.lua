@@ -79,6 +79,65 @@ function M.doctor()
   return core.doctor()
 end
 
+------------------------------------------------------------------------ context
+
+local function check_quota(name, v)
+  if v == nil then return end
+  if type(v) ~= "number" or v ~= v or v < 0 or v % 1 ~= 0 or v > 2 ^ 40 then
+    error("configure: " .. name .. ": expected integer >= 0 (0: no limit), got "
+      .. schema.describe(v), 3)
+  end
+end
+
+-- What configure set so far: each call changes only the fields it names.
+local config = {}
+
+--- smolvm.configure{ max_vms=, max_memory_mib=, log= } -> true
+-- Options of the state's context from now on (VMs already open keep theirs); a field
+-- left out keeps its current value:
+--   max_vms, max_memory_mib: host-wide quotas over every VM of the state directory
+--     (0: $SMOLVM_MAX_VMS / $SMOLVM_MAX_MEMORY_MIB, else none); creating a VM past one
+--     fails with nil, message, "ENOSPC", the message naming the quota and its use;
+--   log: function(level, message) called with the library's warnings and errors
+--     ("warn", "error") after the call that logged them, e.g. the first start under TCG
+--     of a state directory saying that software emulation is not a hardware security
+--     boundary; false: no more.
+-- Unknown fields and wrong types raise.
+function M.configure(opts)
+  if type(opts) ~= "table" then
+    error("configure: expected table of options, got " .. schema.describe(opts), 2)
+  end
+  local known = { "max_vms", "max_memory_mib", "log" }
+  for k in pairs(opts) do
+    local found = false
+    for _, n in ipairs(known) do found = found or k == n end
+    if not found then
+      local s = type(k) == "string" and schema.suggest(k, known) or nil
+      error("configure: " .. tostring(k) .. ": unknown option"
+        .. (s and (" (did you mean \"" .. s .. "\"?)") or ""), 2)
+    end
+  end
+  check_quota("max_vms", opts.max_vms)
+  check_quota("max_memory_mib", opts.max_memory_mib)
+  if opts.log ~= nil and opts.log ~= false and type(opts.log) ~= "function" then
+    error("configure: log: expected function(level, message) or false, got "
+      .. schema.describe(opts.log), 2)
+  end
+  for _, k in ipairs(known) do
+    if opts[k] ~= nil then config[k] = opts[k] end
+  end
+  if config.log == false then config.log = nil end
+  vm.set_log_handler(config.log)
+  return core.configure{ max_vms = config.max_vms, max_memory_mib = config.max_memory_mib,
+                         log = config.log ~= nil }
+end
+
+--- smolvm.usage() -> { vms=, memory_mib=, max_vms=, max_memory_mib= } | nil, msg, code
+-- What the state directory holds against its quotas (a quota of 0: none).
+function M.usage()
+  return core.usage()
+end
+
 --- smolvm.reconcile() -> number of VMs whose state changed | nil, msg, code
 function M.reconcile()
   return core.reconcile()

@@ -431,6 +431,16 @@ local function load_binding(ctx, out)
     return M.EXIT_HOST
   end
   ctx.smolvm = smolvm
+  -- The library's warnings (the first start under TCG says what that boundary is not).
+  if smolvm.configure then
+    smolvm.configure{ log = function(level, msg)
+      if out.pending_shown then -- a line of its own, not the end of "booting ..."
+        out.err:write("\n")
+        out.pending_shown = false
+      end
+      out:line("smolvm: " .. level .. ": " .. msg)
+    end }
+  end
   return nil
 end
 

@@ -121,11 +121,33 @@ VM_mt.__close = function(self)
   pcall(methods.close, self)
 end
 
+-- The log handler smolvm.configure{ log = fn } set (nil: the library's lines are not
+-- asked for). Lines logged during a call are passed on once it returns.
+local log_handler
+
+function M.set_log_handler(fn)
+  log_handler = fn
+end
+
+local function flush_log(u)
+  if not log_handler then return end
+  for _, e in ipairs(u:take_log()) do
+    pcall(log_handler, e.level, e.message)
+  end
+end
+
+-- Call u[name](u, ...) and pass its log lines on; its results unchanged.
+local function logged(u, name, ...)
+  local r = pack(u[name](u, ...))
+  flush_log(u)
+  return unpack(r, 1, r.n)
+end
+
 --- vm:start{ timeout = 60 } -> true | nil, msg, code
 function methods.start(self, opts)
   local u = ud(self)
   opts = check_opts("start", opts, { "timeout" }, 2)
-  return u:start(check_timeout("start", opts.timeout, DEFAULT_START_TIMEOUT, 2))
+  return logged(u, "start", check_timeout("start", opts.timeout, DEFAULT_START_TIMEOUT, 2))
 end
 
 --- vm:start_begin{ timeout = 60 } -> true | nil, msg, code
@@ -136,11 +158,12 @@ end
 function methods.start_begin(self, opts)
   local u = ud(self)
   opts = check_opts("start_begin", opts, { "timeout" }, 2)
-  return u:start_begin(check_timeout("start_begin", opts.timeout, DEFAULT_START_TIMEOUT, 2))
+  return logged(u, "start_begin",
+                check_timeout("start_begin", opts.timeout, DEFAULT_START_TIMEOUT, 2))
 end
 
 function methods.start_finish(self)
-  return ud(self):start_finish()
+  return logged(ud(self), "start_finish")
 end
 
 --- vm:stop{ timeout = 5 } -> true | nil, msg, code

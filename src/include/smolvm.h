@@ -115,12 +115,19 @@ typedef struct smolvm_ctx_options {
     uint64_t console_max;  /* console log kept per VM; $SMOLVM_CONSOLE_MAX, else 4 MiB */
     uint64_t download_max; /* bytes download/read_file take from a guest; 1 GiB (read_file:
                             * at most SMOLVM_READ_FILE_MAX) */
+    /* ---- version 3: host-wide quotas over every VM of the state directory, whatever
+     * its status (each can be started at any time). Checked in the transaction that
+     * records a new VM, so concurrent creators cannot both pass; past a quota create
+     * fails with SMOLVM_ENOSPC naming it. 0: $SMOLVM_MAX_VMS / $SMOLVM_MAX_MEMORY_MIB,
+     * else no limit. */
+    unsigned max_vms;        /* most VMs */
+    uint64_t max_memory_mib; /* most guest memory, summed over the VMs */
 } smolvm_ctx_options;
-#define SMOLVM_CTX_OPTIONS_VERSION 2
+#define SMOLVM_CTX_OPTIONS_VERSION 3
 #define SMOLVM_CTX_OPTIONS_INIT                                                                    \
     {                                                                                              \
         SMOLVM_CTX_OPTIONS_VERSION, NULL, NULL, NULL, NULL, SMOLVM_LOG_INFO, NULL, NULL, NULL, 0,  \
-            0                                                                                      \
+            0, 0, 0                                                                                \
     }
 
 /* Fill opts with the defaults of `version` (for bindings, which cannot use the macro).
@@ -139,6 +146,11 @@ SMOLVM_EXTERN const char *smolvm_ctx_image_dir(const smolvm_ctx *ctx);
  * else ~/.local/share/smolvm/templates. */
 SMOLVM_EXTERN const char *smolvm_ctx_template_dir(const smolvm_ctx *ctx);
 SMOLVM_EXTERN const char *smolvm_ctx_db_path(const smolvm_ctx *ctx);
+
+/* What the state directory holds against the quotas, as JSON:
+ * {"vms":N, "memory_mib":M, "max_vms":Q, "max_memory_mib":Q} (a quota of 0: none).
+ * Caller frees. */
+SMOLVM_EXTERN int smolvm_ctx_usage_json(char **out, smolvm_ctx *ctx, smolvm_error **err);
 
 /* Resolve the default state directory without creating anything. Caller frees. */
 SMOLVM_EXTERN int smolvm_default_state_dir(char **out, smolvm_error **err);

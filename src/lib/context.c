@@ -4,10 +4,14 @@
 #include <errno.h>
 #include <pwd.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "context.h"
 #include "error.h"
+#include "store.h"
 
 /* $ENV_VAR, else $XDG_VAR/suffix, else ~/fallback/suffix (XDG base directory spec:
  * relative XDG paths are invalid and ignored). */
@@ -79,15 +83,48 @@ static int policy_str(char **out, const char *option, const char *env_var)
     return *out ? 0 : SMOLVM_ENOMEM;
 }
 
+/* A quota: the option, else the environment variable (digits only), else 0 (none). */
+static int policy_quota(uint64_t *out, uint64_t option, const char *env_var, uint64_t max,
+                        smolvm_error **err)
+{
+    const char *v = option ? NULL : secure_getenv(env_var);
+    char *end;
+
+    *out = option;
+    if (option > max)
+        return smolvm_err(err, SMOLVM_EINVAL, "ctx options: quota %llu is over %llu",
+                          (unsigned long long)option, (unsigned long long)max);
+    if (!v || !*v)
+        return 0;
+    errno = 0;
+    *out = strtoull(v, &end, 10);
+    if (errno || *end || v[0] < '0' || v[0] > '9' || *out > max)
+        return smolvm_err(err, SMOLVM_EINVAL, "%s: expected a number 0..%llu, got '%.40s'", env_var,
+                          (unsigned long long)max, v);
+    return 0;
+}
+
 /* Network policy, resolved once: the options, then the documented environment. */
 static int resolve_policy(smolvm_ctx *ctx, const smolvm_ctx_options *o, smolvm_error **err)
 {
     smolvm_ctx_options v2 = SMOLVM_CTX_OPTIONS_INIT;
     const char *console;
+    uint64_t q;
+    int r;
 
-    /* Fields after log_level exist only in version 2 structs. */
-    if (o->version >= 2)
+    /* Fields after log_level exist only in version 2 structs, the quotas only in
+     * version 3: an older caller's struct is shorter, so only its part is read. */
+    if (o->version >= 3)
         v2 = *o;
+    else if (o->version == 2)
+        memcpy(&v2, o, offsetof(smolvm_ctx_options, max_vms));
+    v2.version = SMOLVM_CTX_OPTIONS_VERSION;
+    if ((r = policy_quota(&q, v2.max_vms, "SMOLVM_MAX_VMS", 1000000, err)) < 0)
+        return r;
+    ctx->max_vms = (unsigned)q;
+    if ((r = policy_quota(&ctx->max_memory_mib, v2.max_memory_mib, "SMOLVM_MAX_MEMORY_MIB",
+                          UINT64_C(1) << 40, err)) < 0)
+        return r;
     if (policy_str(&ctx->nat_cidr, v2.nat_cidr, "SMOLVM_NET_CIDR") < 0 ||
         policy_str(&ctx->nat_uplink, v2.nat_uplink, "SMOLVM_NET_UPLINK") < 0 ||
         policy_str(&ctx->nat_dns, v2.nat_dns, "SMOLVM_DNS") < 0)
@@ -173,6 +210,23 @@ smolvm_ctx *smolvm_ctx_free(smolvm_ctx *ctx)
     free(ctx->supervisor);
     free(ctx);
     return NULL;
+}
+
+int smolvm_ctx_usage_json(char **out, smolvm_ctx *ctx, smolvm_error **err)
+{
+    uint64_t mib = 0;
+    unsigned vms = 0;
+    json_t *o;
+    int r;
+
+    if ((r = smolvm_store_usage(ctx->store, &vms, &mib, err)) < 0)
+        return r;
+    o = json_pack("{s:I, s:I, s:I, s:I}", "vms", (json_int_t)vms, "memory_mib", (json_int_t)mib,
+                  "max_vms", (json_int_t)ctx->max_vms, "max_memory_mib",
+                  (json_int_t)ctx->max_memory_mib);
+    *out = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return *out ? 0 : smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
 }
 
 const char *smolvm_ctx_state_dir(const smolvm_ctx *ctx)

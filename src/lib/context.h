@@ -24,6 +24,9 @@ struct smolvm_ctx {
     uint64_t console_max;
     uint64_t download_max;
     char *supervisor; /* $SMOLVM_SUPERVISOR, or NULL: found by vm-supervisor.c */
+    unsigned max_vms; /* quotas, 0: none (smolvm_ctx_options) */
+    uint64_t max_memory_mib;
+    bool tcg_warned; /* the first start under TCG said what that means */
 };
 
 #define SMOLVM_DOWNLOAD_MAX_DEFAULT (1ULL << 30)

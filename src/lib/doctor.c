@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cgroup.h"
+#include "confine.h"
 #include "context.h"
 #include "error.h"
 #include "host.h"
@@ -79,6 +81,52 @@ static void check_firecracker(json_t *list)
     add(list, "firecracker", 1, 0, detail ? detail : path, NULL);
 }
 
+/* What confines a VMM started from this process (docs/security.md). */
+static void check_confinement(json_t *list)
+{
+    _cleanup_free_ char *detail = NULL;
+    smolvm_cgroup_layout *l = NULL;
+    const char *why = NULL;
+    char cg[128] = "", clash[256];
+    int uid = smolvm_confine_uid_possible(&why);
+    bool cg_ok;
+
+    if (smolvm_cgroup_layout_detect(&l, NULL) == 0 && l->usable)
+        smolvm_cgroup_layout_describe(l, cg, sizeof(cg));
+    cg_ok = cg[0] != '\0';
+    smolvm_confine_uid_conflicts(clash, sizeof(clash));
+    if (uid)
+        detail = smolvm_strdupf(
+            "vmm: a uid of its own (from %u), chroot, no capabilities, no_new_privs, seccomp, "
+            "oom_score_adj %d; cgroup: %s; supervisor: root with only CAP_KILL, "
+            "CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, no_new_privs",
+            SMOLVM_VMM_UID_BASE, SMOLVM_VMM_OOM_SCORE_ADJ,
+            cg_ok ? cg
+            : l   ? l->why
+                  : "none");
+    else
+        detail = smolvm_strdupf("vmm: runs as uid %u (%s), no chroot; seccomp, no_new_privs, "
+                                "oom_score_adj %d; cgroup: %s",
+                                (unsigned)geteuid(), why, SMOLVM_VMM_OOM_SCORE_ADJ,
+                                cg_ok ? cg
+                                : l   ? l->why
+                                      : "none");
+    if (uid && clash[0]) {
+        _cleanup_free_ char *d = smolvm_strdupf(
+            "%s; but the vmm uid range %u..%u is in use: %s", detail ? detail : "",
+            SMOLVM_VMM_UID_BASE, SMOLVM_VMM_UID_BASE + SMOLVM_VMM_UID_COUNT - 1, clash);
+
+        add(list, "confinement", 0, 0, d ? d : "vmm uid range in use",
+            "free the vmm uid range (docs/security.md): a vmm would share its uid");
+    } else {
+        add(list, "confinement", uid && cg_ok, 0, detail ? detail : "out of memory",
+            uid ? "the cgroup mounts are not writable: vmms run without memory and pids limits"
+                : "run as root for a uid and a chroot per vmm and cgroup limits; as a user, "
+                  "a cgroup applies only where one is delegated (docs/security.md)");
+    }
+    smolvm_cgroup_layout_free(l);
+}
+
 int smolvm_doctor_json(char **out, smolvm_ctx *ctx, smolvm_error **err)
 {
     json_t *list = json_array();
@@ -100,6 +148,13 @@ int smolvm_doctor_json(char **out, smolvm_ctx *ctx, smolvm_error **err)
     detail = smolvm_strdupf("accel \"auto\" uses %s: %s", accel == SMOLVM_ACCEL_KVM ? "kvm" : "tcg",
                             note ? note : "");
     add(list, "accel", 1, 1, detail, NULL);
+    add(list, "isolation", accel == SMOLVM_ACCEL_KVM, 0,
+        accel == SMOLVM_ACCEL_KVM
+            ? "guests run under KVM: hardware virtualization separates them from the host"
+            : "guests run under TCG: software emulation is not a hardware security boundary",
+        "run untrusted code on a host with VT-x/AMD-V and KVM; accel = \"kvm\" refuses to "
+        "start rather than fall back to tcg");
+    check_confinement(list);
 
     check_binary(list, "SMOLVM_QEMU", "qemu-system-x86_64", 1,
                  "install QEMU: apt-get install qemu-system-x86 (scripts/install-deps.sh)");

@@ -9,6 +9,14 @@
  * text, e.g. PVM-backed or no permission). */
 int smolvm_host_kvm_usable(const char **why);
 
+/* One line, for doctor and the first start under TCG of a state directory (which then
+ * holds this file; docs/security.md). */
+#define SMOLVM_TCG_MARKER "tcg-warned"
+#define SMOLVM_TCG_WARNING                                                                         \
+    "no usable KVM: guests run under TCG, and software emulation is not a hardware security "      \
+    "boundary (run untrusted code on a host with VT-x/AMD-V and KVM; accel = \"kvm\" refuses "     \
+    "to start rather than fall back)"
+
 /* Resolve requested SMOLVM_ACCEL_* to KVM or TCG. Explicit "kvm" on a host that
  * cannot use it is SMOLVM_EHOST naming the cause. *note (may be NULL) receives a
  * static sentence saying why this accel was chosen. */

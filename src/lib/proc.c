@@ -238,6 +238,64 @@ static void cloexec_all_but(const int *keep, size_t n_keep)
             (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
+/* The child's own confinement (smolvm_spawn_confine): only async-signal-safe calls. */
+static int confine_child(const smolvm_spawn_confine *c)
+{
+    size_t i;
+    int cap;
+
+    for (i = 0; i < c->n_cgroup_procs_fds; i++) {
+        ssize_t w = write(c->cgroup_procs_fds[i], "0", 1);
+
+        if (w != 1)
+            return w < 0 ? errno : EIO;
+    }
+    if (c->set_oom_score_adj) {
+        char buf[16];
+        int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC), e = 0;
+        ssize_t n, w;
+        int v = c->oom_score_adj < 0 ? -c->oom_score_adj : c->oom_score_adj;
+        char *p = buf + sizeof(buf);
+
+        if (fd < 0)
+            return errno;
+        /* No snprintf between fork and exec: the digits by hand. */
+        do
+            *--p = (char)('0' + v % 10);
+        while ((v /= 10) > 0);
+        if (c->oom_score_adj < 0)
+            *--p = '-';
+        n = buf + sizeof(buf) - p;
+        w = write(fd, p, (size_t)n);
+        if (w != n)
+            e = w < 0 ? errno : EIO;
+        (void)close(fd);
+        if (e)
+            return e;
+    }
+    if (c->lifeline_fd >= 0) {
+        int fl = fcntl(c->lifeline_fd, F_GETFL);
+
+        if (fl < 0 || fcntl(c->lifeline_fd, F_SETOWN, getpid()) < 0 ||
+            fcntl(c->lifeline_fd, F_SETSIG, SIGKILL) < 0 ||
+            fcntl(c->lifeline_fd, F_SETFL, fl | O_ASYNC) < 0)
+            return errno;
+    }
+    if (c->bounding_keep)
+        for (cap = 0; cap < 64; cap++) {
+            if (c->bounding_keep & (UINT64_C(1) << cap))
+                continue;
+            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+                if (errno == EINVAL)
+                    break; /* past the kernel's last capability */
+                return errno;
+            }
+        }
+    if (c->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        return errno;
+    return 0;
+}
+
 static _Noreturn void exec_child(const smolvm_spawn_req *req, int msg_fd, int null_fd, int log_fd)
 {
     sigset_t none;
@@ -265,6 +323,14 @@ static _Noreturn void exec_child(const smolvm_spawn_req *req, int msg_fd, int nu
 
         if (flags < 0 || fcntl(req->keep_fds[i], F_SETFD, flags & ~FD_CLOEXEC) < 0) {
             send_msg(msg_fd, MSG_SETUP_ERRNO, errno);
+            _exit(127);
+        }
+    }
+    if (req->confine) {
+        int e = confine_child(req->confine);
+
+        if (e) {
+            send_msg(msg_fd, MSG_SETUP_ERRNO, e);
             _exit(127);
         }
     }

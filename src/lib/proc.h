@@ -29,6 +29,27 @@ int smolvm_pid_wait_exit(pid_t pid, uint64_t start_time, int64_t deadline, smolv
  * be gone (bounded by deadline). */
 int smolvm_pid_kill(pid_t pid, uint64_t start_time, int64_t deadline, smolvm_error **err);
 
+/* What the child does to itself between fork and exec, in this order (each failure
+ * fails the spawn with its errno): join cgroups, set its oom_score_adj, arm the
+ * lifeline, shrink its capability bounding set, set no_new_privs. */
+typedef struct smolvm_spawn_confine {
+    /* Open cgroup.procs files (v1: one per hierarchy; v2: one): "0" is written to each,
+     * so the program runs in the cgroups from its first instruction. */
+    const int *cgroup_procs_fds;
+    size_t n_cgroup_procs_fds;
+    bool set_oom_score_adj;
+    int oom_score_adj; /* -1000..1000 */
+    /* The read end of a pipe whose write end only the caller holds: armed (O_ASYNC,
+     * F_SETOWN the child, F_SETSIG SIGKILL) so that the kernel SIGKILLs the program when
+     * the last writer closes, i.e. when the caller dies. Unlike PR_SET_PDEATHSIG it
+     * survives the program changing its own uid. List it in keep_fds too; -1: none. */
+    int lifeline_fd;
+    /* Capabilities kept in the bounding set (bit n = capability n); every other one is
+     * dropped (needs CAP_SETPCAP). 0: untouched. */
+    uint64_t bounding_keep;
+    bool no_new_privs;
+} smolvm_spawn_confine;
+
 /* How smolvm_spawn starts a program. stdin is /dev/null; stdout and stderr go to
  * log_path (appended, created 0600), stdout to stdout_fd instead when it is >= 0; every
  * other fd is closed except keep_fds, passed through at the same numbers. */
@@ -42,6 +63,8 @@ typedef struct smolvm_spawn_req {
      * false: the caller's child in its own session, SIGKILLed when the caller dies
      * (PR_SET_PDEATHSIG); the caller reaps it. */
     bool detached;
+    /* Appended: NULL for none. Borrowed for the call. */
+    const smolvm_spawn_confine *confine;
 } smolvm_spawn_req;
 
 /* Returns the program's pid once it has exec'd (an exec failure is reported as an error

@@ -119,12 +119,73 @@ static int insert_vm(smolvm_store *s, const smolvm_vm_row *row, const char *conf
     return store_fail(s, rc, "insert vm", err);
 }
 
+/* Rows and their guest memory ("memory" of each config), inside the caller's
+ * transaction when there is one. */
+static int usage(smolvm_store *s, unsigned *vms, uint64_t *memory_mib, smolvm_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int rc, r;
+
+    r = prep(s, &st,
+             "SELECT count(*), COALESCE(SUM(CAST(json_extract(config, '$.memory') AS INTEGER)), "
+             "0) FROM vms",
+             err);
+    if (r < 0)
+        return r;
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+        return store_fail(s, rc, "count vms", err);
+    *vms = (unsigned)sqlite3_column_int64(st, 0);
+    *memory_mib = (uint64_t)sqlite3_column_int64(st, 1);
+    return 0;
+}
+
+int smolvm_store_usage(smolvm_store *s, unsigned *vms, uint64_t *memory_mib, smolvm_error **err)
+{
+    return usage(s, vms, memory_mib, err);
+}
+
+static int check_quota(smolvm_store *s, const smolvm_store_quota *q, uint64_t want_mib,
+                       smolvm_error **err)
+{
+    uint64_t mib = 0;
+    unsigned vms = 0;
+    int r;
+
+    if (!q || (!q->max_vms && !q->max_memory_mib))
+        return 0;
+    if ((r = usage(s, &vms, &mib, err)) < 0)
+        return r;
+    if (q->max_vms && vms >= q->max_vms) {
+        smolvm_err(err, SMOLVM_ENOSPC, "quota 'max_vms' reached: %u of %u vms exist", vms,
+                   q->max_vms);
+        return smolvm_err_hint(err, "delete a vm, or raise max_vms ($SMOLVM_MAX_VMS)");
+    }
+    if (q->max_memory_mib && mib + want_mib > q->max_memory_mib) {
+        smolvm_err(err, SMOLVM_ENOSPC,
+                   "quota 'max_memory_mib' reached: %llu MiB more would make %llu of %llu MiB "
+                   "(%u vms hold %llu MiB)",
+                   (unsigned long long)want_mib, (unsigned long long)(mib + want_mib),
+                   (unsigned long long)q->max_memory_mib, vms, (unsigned long long)mib);
+        return smolvm_err_hint(err, "delete a vm, ask for less memory, or raise max_memory_mib "
+                                    "($SMOLVM_MAX_MEMORY_MIB)");
+    }
+    return 0;
+}
+
 int smolvm_store_vm_insert(smolvm_store *s, smolvm_vm_row *row, smolvm_error **err)
+{
+    return smolvm_store_vm_insert_quota(s, row, NULL, err);
+}
+
+int smolvm_store_vm_insert_quota(smolvm_store *s, smolvm_vm_row *row,
+                                 const smolvm_store_quota *quota, smolvm_error **err)
 {
     _cleanup_txn_ smolvm_store *txn = NULL;
     _cleanup_free_ char *generated = NULL;
     const char *config = row->config_json ? row->config_json : "{}";
     int64_t now = smolvm_wall_ms();
+    json_int_t want_mib = 0;
     json_t *parsed;
     int r;
 
@@ -140,6 +201,7 @@ int smolvm_store_vm_insert(smolvm_store *s, smolvm_vm_row *row, smolvm_error **e
                           STORE_CONFIG_MAX);
     parsed = json_loads(config, JSON_REJECT_DUPLICATES, NULL);
     r = json_is_object(parsed);
+    want_mib = json_integer_value(json_object_get(parsed, "memory"));
     json_decref(parsed);
     if (!r)
         return smolvm_err(err, SMOLVM_EINVAL, "vm config is not a JSON object");
@@ -148,6 +210,10 @@ int smolvm_store_vm_insert(smolvm_store *s, smolvm_vm_row *row, smolvm_error **e
     if (r < 0)
         return r;
     txn = s;
+    /* Inside the IMMEDIATE transaction: no other writer between the count and the
+     * insert. */
+    if ((r = check_quota(s, quota, want_mib > 0 ? (uint64_t)want_mib : 0, err)) < 0)
+        return r;
     if (row->id) {
         r = insert_vm(s, row, config, now, err);
     } else {

@@ -46,6 +46,21 @@ const char *smolvm_vm_status_canonical(const char *status);
  * clash, and store the generated id in row->id. A given id already in use:
  * SMOLVM_EEXIST. created_at/updated_at are set here. */
 int smolvm_store_vm_insert(smolvm_store *s, smolvm_vm_row *row, smolvm_error **err);
+
+/* Host-wide quotas over every VM row (any status); 0: no limit. */
+typedef struct smolvm_store_quota {
+    unsigned max_vms;
+    uint64_t max_memory_mib; /* summed over the rows' config "memory" */
+} smolvm_store_quota;
+
+/* smolvm_store_vm_insert within quota (NULL: none), checked in the same transaction
+ * as the insert, so two inserts cannot both pass it. Past a quota: SMOLVM_ENOSPC,
+ * naming the quota and the current use; nothing is inserted. */
+int smolvm_store_vm_insert_quota(smolvm_store *s, smolvm_vm_row *row,
+                                 const smolvm_store_quota *quota, smolvm_error **err);
+
+/* How many VM rows there are and their guest memory summed (MiB). */
+int smolvm_store_usage(smolvm_store *s, unsigned *vms, uint64_t *memory_mib, smolvm_error **err);
 int smolvm_store_vm_get(smolvm_store *s, const char *id, smolvm_vm_row **out, smolvm_error **err);
 int smolvm_store_vm_list(smolvm_store *s, smolvm_vm_row ***out, size_t *n, smolvm_error **err);
 /* Update status (and reason, may be NULL), touching updated_at. */

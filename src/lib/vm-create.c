@@ -222,7 +222,11 @@ static int insert(smolvm_vm_row *row, smolvm_ctx *ctx, const smolvm_vm_options *
         if (o->ephemeral && smolvm_pid_start_time(getpid(), &row->owner_start, err) < 0)
             return r = SMOLVM_EIO;
         row->expires_at = o->ttl_ms > 0 ? smolvm_wall_ms() + o->ttl_ms : 0;
-        r = smolvm_store_vm_insert(ctx->store, row, err);
+        {
+            smolvm_store_quota q = {.max_vms = ctx->max_vms, .max_memory_mib = ctx->max_memory_mib};
+
+            r = smolvm_store_vm_insert_quota(ctx->store, row, &q, err);
+        }
         row->status = row->backend = NULL;
         if (r == SMOLVM_EEXIST && !o->id && attempt < CREATE_ID_ATTEMPTS) {
             if (err)
@@ -231,6 +235,8 @@ static int insert(smolvm_vm_row *row, smolvm_ctx *ctx, const smolvm_vm_options *
         }
         if (r == SMOLVM_EEXIST)
             smolvm_err_hint(err, "pick another id, or delete the existing vm '%s'", id);
+        if (r == SMOLVM_ENOSPC)
+            smolvm_err_wrap(err, "create");
         return r;
     }
 }

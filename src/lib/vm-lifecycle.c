@@ -3,6 +3,7 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <string.h>
 
@@ -93,6 +94,24 @@ static json_t *clone_identity(smolvm_vm *vm, const smolvm_vm_net *nat, bool susp
     return id;
 }
 
+/* What the sandbox's boundary is not, said at the first start under TCG of a state
+ * directory (whoever creates the marker says it), not at every start after. Doctor
+ * says it every time. */
+static void warn_tcg(smolvm_ctx *ctx)
+{
+    _cleanup_free_ char *marker = NULL;
+    _cleanup_close_ int fd = -1;
+
+    /* Nobody listening (no log callback) does not use the state directory's turn. */
+    if (ctx->tcg_warned || !ctx->log || ctx->log_level < SMOLVM_LOG_WARN)
+        return;
+    ctx->tcg_warned = true;
+    marker = smolvm_strdupf("%s/" SMOLVM_TCG_MARKER, ctx->state_dir);
+    fd = marker ? open(marker, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600) : -1;
+    if (fd >= 0)
+        smolvm_log(ctx, SMOLVM_LOG_WARN, "%s", SMOLVM_TCG_WARNING);
+}
+
 /* Everything up to a running VMM: network, command line, the supervisor (which spawns
  * the VMM). */
 static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
@@ -129,6 +148,8 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
         return r;
     smolvm_log(vm->ctx, SMOLVM_LOG_DEBUG, "vm '%s': accel %s (%s)", vm->id,
                smolvm_accel_to_string(accel), accel_note);
+    if (accel == SMOLVM_ACCEL_TCG)
+        warn_tcg(vm->ctx);
     /* "starting" before anything is made: from here on a concurrent reconcile leaves
      * this VM's network alone, and a dead controller is recognised. */
     if ((r = smolvm_store_vm_set_status(vm->ctx->store, vm->id, "starting", NULL, err)) < 0)
@@ -306,6 +327,7 @@ static int start_failed(smolvm_vm *vm, int r, smolvm_error **err)
     _cleanup_free_ char *tail = NULL, *reason = NULL;
     (void)smolvm_vm_refresh(vm, NULL);
     smolvm_vm_kill_vmm(vm->row);
+    smolvm_vm_cgroup_remove(vm->ctx, vm->id);
     smolvm_vm_ssh_drop(vm);
     smolvm_vm_agent_drop(vm);
     if (vm->cfg->network == SMOLVM_NET_NAT)
@@ -474,6 +496,7 @@ static int stop_locked(smolvm_vm *vm, int timeout_ms, smolvm_error **err)
     r = do_stop(vm, timeout_ms, &net_done, err);
     if (r < 0)
         return r;
+    smolvm_vm_cgroup_remove(vm->ctx, vm->id);
     if (!net_done && vm->cfg->network == SMOLVM_NET_NAT)
         smolvm_vm_net_down(vm->ctx, vm->id);
     if ((r = smolvm_store_vm_set_pid(vm->ctx->store, vm->id, 0, 0, err)) < 0 ||

@@ -8,6 +8,7 @@
 #include <sys/file.h>
 #include <time.h>
 
+#include "cgroup.h"
 #include "error.h"
 #include "proc.h"
 #include "sv-spec.h"
@@ -85,6 +86,18 @@ void smolvm_vm_kill_vmm(const smolvm_vm_row *row)
         (void)smolvm_pid_kill(pid, start, smolvm_now_ms() + KILL_TIMEOUT_MS, NULL);
     /* Its supervisor exits once the VMM is gone; waited for briefly, then killed. */
     smolvm_vm_reap_supervisor(row, smolvm_now_ms() + KILL_TIMEOUT_MS);
+}
+
+void smolvm_vm_cgroup_remove(smolvm_ctx *ctx, const char *id)
+{
+    smolvm_cgroup_layout *l = NULL;
+    smolvm_error *e = NULL;
+
+    if (smolvm_cgroup_layout_detect(&l, NULL) == 0 && l->usable &&
+        smolvm_cgroup_remove(l, ctx->state_dir, id, &e) < 0)
+        smolvm_log(ctx, SMOLVM_LOG_WARN, "vm '%s': %s", id, smolvm_error_message(e));
+    smolvm_error_free(e);
+    smolvm_cgroup_layout_free(l);
 }
 
 /* Did the guest power itself off (said so on its control channel, as its supervisor
@@ -165,6 +178,7 @@ static int end_vm(smolvm_ctx *ctx, const smolvm_vm_row *row, smolvm_error **err)
     int r;
 
     smolvm_vm_kill_vmm(row);
+    smolvm_vm_cgroup_remove(ctx, row->id);
     if (row_is_nat(row))
         smolvm_vm_net_down(ctx, row->id);
     if ((r = smolvm_rm_rf(row->dir, err)) < 0 ||
@@ -263,6 +277,8 @@ int smolvm_vm_reconcile_row(int *changed, smolvm_ctx *ctx, const smolvm_vm_row *
         r = smolvm_store_vm_set_supervisor(ctx->store, row->id, 0, 0, err);
     if (r == 0 && row_is_nat(row))
         smolvm_vm_net_down(ctx, row->id);
+    if (r == 0)
+        smolvm_vm_cgroup_remove(ctx, row->id);
     if (r == 0) {
         (void)smolvm_store_event(ctx->store, row->id, "reconcile", row->status, NULL);
         if (changed)
@@ -272,6 +288,34 @@ int smolvm_vm_reconcile_row(int *changed, smolvm_ctx *ctx, const smolvm_vm_row *
             r = end_vm(ctx, row, err);
     }
     return r;
+}
+
+/* A group is kept while its VM may have a VMM: asked of the store after the group was
+ * seen, so a start (recorded before its supervisor makes the group) is never undone. */
+static bool cgroup_in_use(const char *vm_id, void *payload)
+{
+    smolvm_ctx *ctx = payload;
+    smolvm_vm_row *row = NULL;
+    bool live;
+
+    if (smolvm_store_vm_get(ctx->store, vm_id, &row, NULL) < 0)
+        return false;
+    live = row->status &&
+           (strcmp(row->status, "running") == 0 || strcmp(row->status, "starting") == 0 ||
+            strcmp(row->status, "stopping") == 0);
+    smolvm_vm_row_free(row);
+    return live;
+}
+
+static void cgroup_gc(smolvm_ctx *ctx)
+{
+    smolvm_cgroup_layout *l = NULL;
+    int n;
+
+    if (smolvm_cgroup_layout_detect(&l, NULL) == 0 && l->usable &&
+        (n = smolvm_cgroup_gc(l, ctx->state_dir, cgroup_in_use, ctx)) > 0)
+        smolvm_log(ctx, SMOLVM_LOG_DEBUG, "reconcile: removed %d stale cgroup(s)", n);
+    smolvm_cgroup_layout_free(l);
 }
 
 int smolvm_reconcile(int *changed, smolvm_ctx *ctx, smolvm_error **err)
@@ -299,6 +343,7 @@ int smolvm_reconcile(int *changed, smolvm_ctx *ctx, smolvm_error **err)
     smolvm_vm_rows_free(rows, n);
     if (any_nat)
         smolvm_vm_net_gc(ctx);
+    cgroup_gc(ctx);
     if (changed)
         *changed = total;
     return 0;

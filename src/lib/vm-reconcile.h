@@ -31,6 +31,8 @@ void smolvm_vm_kill_vmm(const smolvm_vm_row *row);
 /* Wait (until deadline) for the row's supervisor to exit, then kill it. Never the
  * calling process. */
 void smolvm_vm_reap_supervisor(const smolvm_vm_row *row, int64_t deadline);
+/* Remove the VM's cgroups (docs/security.md), once its VMM is gone. */
+void smolvm_vm_cgroup_remove(smolvm_ctx *ctx, const char *id);
 /* The last lines of the VM's console log, "|"-joined, "" when there are none. Caller
  * frees. */
 char *smolvm_vm_console_tail(const char *dir);

@@ -19,13 +19,25 @@
 /* The default smolvm_ctx of a Lua state, reference counted: the registry sentinel
  * holds one reference, every VM userdata one more, so the context outlives every VM
  * whatever order __gc runs in (lua_close finalizes everything at once). */
+#define SMOLVM_LUA_LOG_MAX 16  /* log lines kept until taken; later ones are counted */
+#define SMOLVM_LUA_LOG_LEN 512 /* bytes of one (cut beyond) */
 typedef struct smolvm_lua_ctx {
     smolvm_ctx *ctx;
     int refs;
+    /* Warnings and errors the library logged (when configure{log=} asked for them),
+     * kept until smolvm_lua_push_log takes them: the library logs from inside a call,
+     * where no Lua function may run. */
+    struct {
+        int level;
+        char msg[SMOLVM_LUA_LOG_LEN];
+    } log[SMOLVM_LUA_LOG_MAX];
+    unsigned n_log, dropped;
 } smolvm_lua_ctx;
 
 void smolvm_lua_ctx_ref(smolvm_lua_ctx *c);
 void smolvm_lua_ctx_unref(smolvm_lua_ctx *c);
+/* Push { {level="warn", message=}, ... } of c's kept log lines and forget them. */
+void smolvm_lua_push_log(lua_State *L, smolvm_lua_ctx *c);
 
 /*
  * Owns what a C call hands back until it is converted, so that a Lua error raised by

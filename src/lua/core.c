@@ -14,6 +14,7 @@
  *    absent key in an object; a hole in an array — the library does not put null in
  *    arrays).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,8 +25,10 @@
 #define BOX_MT "smolvm.box"
 #define CTX_MT "smolvm.ctx"
 
-/* Registry key of the state's default context sentinel. */
+/* Registry keys: the state's default context sentinel; the options it is made with
+ * (a table set by configure). */
 static const char ctx_key = 0;
+static const char config_key = 0;
 
 /* ---------------------------------------------------------------- box */
 
@@ -87,8 +90,79 @@ static int ctx_gc(lua_State *L)
     return 0;
 }
 
+static void queue_log(int level, const char *msg, void *payload)
+{
+    smolvm_lua_ctx *c = payload;
+
+    if (c->n_log == SMOLVM_LUA_LOG_MAX) {
+        c->dropped++;
+        return;
+    }
+    c->log[c->n_log].level = level;
+    (void)snprintf(c->log[c->n_log].msg, sizeof(c->log[c->n_log].msg), "%s", msg);
+    c->n_log++;
+}
+
+void smolvm_lua_push_log(lua_State *L, smolvm_lua_ctx *c)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    unsigned i;
+
+    lua_createtable(L, (int)c->n_log + (c->dropped ? 1 : 0), 0);
+    for (i = 0; i < c->n_log; i++) {
+        int lv = c->log[i].level;
+
+        lua_createtable(L, 0, 2);
+        lua_pushstring(L, lv >= 0 && lv <= 3 ? names[lv] : "info");
+        lua_setfield(L, -2, "level");
+        lua_pushstring(L, c->log[i].msg);
+        lua_setfield(L, -2, "message");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    if (c->dropped) {
+        lua_createtable(L, 0, 2);
+        lua_pushstring(L, "warn");
+        lua_setfield(L, -2, "level");
+        lua_pushfstring(L, "%d more log lines were dropped", (int)c->dropped);
+        lua_setfield(L, -2, "message");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    c->n_log = c->dropped = 0;
+}
+
+/* An integer field of the configure table at the top of the stack (0 when absent). */
+static lua_Integer config_int(lua_State *L, const char *field)
+{
+    lua_Integer v;
+
+    lua_getfield(L, -1, field);
+    v = lua_isnumber(L, -1) ? lua_tointeger(L, -1) : 0;
+    lua_pop(L, 1);
+    return v > 0 ? v : 0;
+}
+
+/* The options of the next default context, from configure's table. */
+static void config_options(lua_State *L, smolvm_lua_ctx *c, smolvm_ctx_options *o)
+{
+    (void)smolvm_ctx_options_init(o, SMOLVM_CTX_OPTIONS_VERSION);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &config_key);
+    if (lua_istable(L, -1)) {
+        o->max_vms = (unsigned)config_int(L, "max_vms");
+        o->max_memory_mib = (uint64_t)config_int(L, "max_memory_mib");
+        lua_getfield(L, -1, "log");
+        if (lua_toboolean(L, -1)) {
+            o->log = queue_log;
+            o->log_payload = c;
+            o->log_level = SMOLVM_LOG_WARN;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 smolvm_lua_ctx *smolvm_lua_ctx_get(lua_State *L, smolvm_lua_box *box)
 {
+    smolvm_ctx_options o;
     ctx_sentinel *s;
     smolvm_lua_ctx *c;
 
@@ -112,7 +186,8 @@ smolvm_lua_ctx *smolvm_lua_ctx_get(lua_State *L, smolvm_lua_box *box)
     }
     c->refs = 1;
     s->c = c;
-    if (smolvm_ctx_new(&c->ctx, NULL, &box->err) < 0) {
+    config_options(L, c, &o);
+    if (smolvm_ctx_new(&c->ctx, &o, &box->err) < 0) {
         lua_pop(L, 1); /* the sentinel's __gc frees c */
         return NULL;
     }
@@ -245,6 +320,49 @@ static int l_reconcile(lua_State *L)
     if (!c || smolvm_reconcile(&changed, c->ctx, &box->err) < 0)
         return smolvm_lua_fail(L, box, SMOLVM_EIO);
     lua_pushinteger(L, changed);
+    return 1;
+}
+
+/* configure{ max_vms=, max_memory_mib=, log= } -> true: the options of the default
+ * context from now on (the facade checked them). The current one is let go: VMs
+ * opened from it keep it until they are closed. */
+static int l_configure(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_createtable(L, 0, 3);
+    lua_getfield(L, 1, "max_vms");
+    lua_setfield(L, -2, "max_vms");
+    lua_getfield(L, 1, "max_memory_mib");
+    lua_setfield(L, -2, "max_memory_mib");
+    lua_getfield(L, 1, "log");
+    lua_setfield(L, -2, "log");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &config_key);
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ctx_key);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* usage() -> { vms=, memory_mib=, max_vms=, max_memory_mib= } | nil, msg, code */
+static int l_usage(lua_State *L)
+{
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+    smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
+
+    if (!c || smolvm_ctx_usage_json(&box->text, c->ctx, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    return smolvm_lua_push_json_text(L, box);
+}
+
+/* take_log() -> { {level=, message=}, ... }: what the default context logged. */
+static int l_take_log(lua_State *L)
+{
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+    smolvm_lua_ctx *c = smolvm_lua_ctx_get(L, box);
+
+    if (!c)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    smolvm_lua_push_log(L, c);
     return 1;
 }
 
@@ -385,6 +503,9 @@ static const luaL_Reg core_funcs[] = {
     {"paths", l_paths},
     {"templates", l_templates},
     {"template_delete", l_template_delete},
+    {"configure", l_configure},
+    {"usage", l_usage},
+    {"take_log", l_take_log},
     {"error_name", l_error_name},
     {"isatty", l_isatty},
     {"monotonic_ms", l_monotonic_ms},

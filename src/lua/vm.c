@@ -885,7 +885,17 @@ static int l_vm_tostring(lua_State *L)
     return 1;
 }
 
+/* vm:take_log() -> { {level=, message=}, ... }: what the VM's context logged. */
+static int l_vm_take_log(lua_State *L)
+{
+    lvm *u = smolvm_lua_check_vm(L, 1);
+
+    smolvm_lua_push_log(L, u->c);
+    return 1;
+}
+
 static const luaL_Reg vm_methods[] = {
+    {"take_log", l_vm_take_log},
     {"id", l_vm_id},
     {"status", l_vm_status},
     {"info", l_vm_info},

@@ -350,11 +350,15 @@ int sv_guest_start(sv *s)
             return fail_start(s, e);
         cfg->vsock_uds = vsock;
     }
+    if (s->spec->backend == SMOLVM_BACKEND_QEMU && sv_confine_prepare(s, &e) < 0) {
+        sv_confine_release(s);
+        return fail_start(s, e);
+    }
     if (s->spec->shared_memory && !(rs->set && rs->mem_private)) {
-        if (sv_mem_create(s, &e) < 0)
-            return fail_start(s, e);
-        if (rs->set && rs->mem && sv_mem_load(s, rs->mem, &e) < 0)
-            return fail_start(s, (smolvm_err_wrap(&e, "restore"), e));
+        if (sv_mem_create(s, &e) < 0 || (rs->set && rs->mem && sv_mem_load(s, rs->mem, &e) < 0)) {
+            sv_confine_release(s);
+            return fail_start(s, (smolvm_err_wrap(&e, "guest memory"), e));
+        }
         cfg->mem_fd = s->mem_fd;
     }
     if (rs->set) {
@@ -376,9 +380,17 @@ int sv_guest_start(sv *s)
     if (agent[1] >= 0)
         (void)close(agent[1]);
     cfg->console_fd = cfg->ctl_fd = cfg->agent_fd = -1;
-    if (r < 0)
+    if (r < 0) {
+        sv_confine_release(s);
         return fail_start(s, e);
+    }
     s->vmm_pid = (pid_t)pid;
+    if (s->spec->backend == SMOLVM_BACKEND_QEMU && sv_confine_spawned(s, &e) < 0) {
+        /* Fail closed: a supervisor that kept full privileges does not serve a guest. */
+        sv_guest_kill(s);
+        sv_confine_release(s);
+        return fail_start(s, (smolvm_err_wrap(&e, "confine the supervisor"), e));
+    }
     s->console_rd = console[0];
     (void)fcntl(s->console_rd, F_SETFL, O_NONBLOCK);
     (void)sv_loop_add(s->loop, s->console_rd, EPOLLIN, console_io, s);

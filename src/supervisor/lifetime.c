@@ -106,6 +106,7 @@ void sv_delete_sandbox(sv *s, const char *why)
     (void)snprintf(msg, sizeof(msg), "the sandbox was deleted: %s", why);
     sv_relay_goaway_all(s, "EVMM", msg);
     sv_guest_kill(s);
+    sv_confine_release(s);
     ctx = open_ctx(s);
     if (ctx && smolvm_vm_open(&vm, ctx, s->spec->vm_id, &e) == 0 && smolvm_vm_delete(vm, &e) < 0)
         sv_log(s, "delete: %s", smolvm_error_message(e));
@@ -126,6 +127,7 @@ void sv_vmm_gone(sv *s, int status)
     char why[sizeof(((sv *)0)->failure)];
 
     s->vmm_exited = true;
+    sv_confine_release(s);
     ex.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     ex.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
     ex.guest_poweroff = s->guest_poweroff;

@@ -91,6 +91,8 @@ int main(int argc, char **argv)
             .vsock_listen = -1,
             .listen_fd = -1,
             .mem_fd = -1,
+            .uid_lock = -1,
+            .lifeline_wr = -1,
             .owner_pidfd = -1};
     smolvm_error *e = NULL;
     sigset_t mask;

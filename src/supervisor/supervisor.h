@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cgroup.h"
+#include "confine.h"
 #include "fconn.h"
 #include "loop.h"
 #include "sv-spec.h"
@@ -68,6 +70,14 @@ typedef struct sv {
     /* Network "nat" (net.c); NULL otherwise. */
     sv_net *net;
 
+    /* Confinement (confine.c). */
+    smolvm_vmm_confine confine;
+    smolvm_cgroup_layout *cg_layout;
+    smolvm_cgroup *cg;
+    int uid_lock;    /* holds confine.uid while we live */
+    int lifeline_wr; /* the VMM dies when this closes */
+    char *chroot_dir;
+
     /* Lifetime. */
     int owner_pidfd;
     int64_t ttl_timer;
@@ -108,6 +118,11 @@ int sv_net_start(sv *s);
 /* The operations "egress", "forward" and "unforward": true when op is one of them,
  * with *reply (the REPLY's payload) or *err set. */
 bool sv_net_op(sv *s, const char *op, json_t *req, json_t **reply, smolvm_error **err);
+
+/* confine.c: the VMM's confinement, the supervisor's privileges. */
+int sv_confine_prepare(sv *s, smolvm_error **err); /* before the spawn: sets spec->vmm.confine */
+int sv_confine_spawned(sv *s, smolvm_error **err); /* the VMM runs: drop what is not needed */
+void sv_confine_release(sv *s); /* the VMM is gone (or never came): remove its cgroup */
 
 /* lifetime.c: owner, ttl, the end. */
 int sv_lifetime_start(sv *s);

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -182,6 +184,136 @@ static void test_missing_pid(void **state)
     assert_int_equal(smolvm_pid_kill(1 << 23, 1, smolvm_now_ms() + 10, &err), 0);
 }
 
+/* ---------------------------------------------------------------- confinement */
+
+/* Spawn argv as our child with confine c, stdout to log_path; wait for it. */
+static void spawn_confined_wait(char *const argv[], const smolvm_spawn_confine *c)
+{
+    smolvm_error *err = NULL;
+    smolvm_spawn_req req = {
+        .argv = argv,
+        .log_path = log_path,
+        .stdout_fd = -1,
+        .confine = c,
+    };
+    pid_t pid = 0;
+    int status = 0;
+
+    (void)unlink(log_path);
+    if (smolvm_spawn(&req, &pid, &err) < 0)
+        fail_msg("spawn: %s", smolvm_error_message(err));
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_confine_oom_nnp_bounding(void **state)
+{
+    char *argv[] = {"sh", "-c", "cat /proc/self/status; echo oom=$(cat /proc/self/oom_score_adj)",
+                    NULL};
+    smolvm_spawn_confine c = {
+        .set_oom_score_adj = true, .oom_score_adj = 1000, .lifeline_fd = -1, .no_new_privs = true};
+    _cleanup_free_ char *text = NULL;
+    bool root = geteuid() == 0;
+
+    (void)state;
+    /* Bounding set: only CAP_NET_ADMIN and CAP_KILL kept (dropping needs CAP_SETPCAP). */
+    if (root)
+        c.bounding_keep = (UINT64_C(1) << CAP_NET_ADMIN) | (UINT64_C(1) << CAP_KILL);
+    spawn_confined_wait(argv, &c);
+    assert_int_equal(smolvm_read_file(log_path, 65536, &text, NULL, NULL), 0);
+    assert_non_null(strstr(text, "NoNewPrivs:\t1\n"));
+    assert_non_null(strstr(text, "oom=1000\n"));
+    if (root)
+        assert_non_null(strstr(text, "CapBnd:\t0000000000001020\n"));
+}
+
+/* A stand-in supervisor: spawns argv (our module, as the real one does) passing
+ * ready_fd through, writes the child's pid and start time to report_fd, then waits to
+ * be killed. */
+static _Noreturn void stand_in_supervisor(char *const argv[], bool lifeline, int ready_fd,
+                                          int report_fd)
+{
+    int pipefd[2] = {-1, -1}, keep[2] = {ready_fd, -1};
+    smolvm_spawn_confine c = {.lifeline_fd = -1};
+    smolvm_spawn_req req = {
+        .argv = argv, .log_path = log_path, .keep_fds = keep, .n_keep = 1, .stdout_fd = -1};
+    pid_t pid = 0;
+    uint64_t start = 0;
+    long long msg[2];
+
+    if (lifeline) {
+        if (pipe2(pipefd, O_CLOEXEC) < 0)
+            _exit(2);
+        c.lifeline_fd = keep[1] = pipefd[0];
+        req.n_keep = 2;
+        req.confine = &c;
+    }
+    if (smolvm_spawn(&req, &pid, NULL) < 0 || smolvm_pid_start_time(pid, &start, NULL) < 0)
+        _exit(3);
+    if (lifeline)
+        (void)close(pipefd[0]);
+    msg[0] = pid;
+    msg[1] = (long long)start;
+    if (write(report_fd, msg, sizeof(msg)) != (ssize_t)sizeof(msg))
+        _exit(4);
+    for (;;)
+        pause();
+}
+
+/* Kill a stand-in supervisor whose child changed its uid (as QEMU's -runas does, which
+ * clears PR_SET_PDEATHSIG): does the child die? Returns whether it did; a survivor is
+ * killed here. */
+static bool child_dies_with_supervisor(bool lifeline)
+{
+    char cmd[64];
+    char *argv[] = {
+        "setpriv", "--reuid=1879113727", "--regid=1879113727", "--clear-groups", "sh", "-c", cmd,
+        NULL};
+    int report[2], ready[2], status;
+    long long msg[2] = {0, 0};
+    char buf[8] = "";
+    pid_t sv;
+    bool died;
+
+    assert_int_equal(pipe(report), 0);
+    assert_int_equal(pipe(ready), 0);
+    /* "ready" once the uid is the new one, then the process lives on as sleep. */
+    (void)snprintf(cmd, sizeof(cmd), "echo ready >&%d; exec sleep 30", ready[1]);
+    sv = fork();
+    assert_true(sv >= 0);
+    if (sv == 0) {
+        (void)close(report[0]);
+        (void)close(ready[0]);
+        stand_in_supervisor(argv, lifeline, ready[1], report[1]);
+    }
+    (void)close(report[1]);
+    (void)close(ready[1]);
+    assert_int_equal(read(report[0], msg, sizeof(msg)), (ssize_t)sizeof(msg));
+    assert_int_equal(read(ready[0], buf, sizeof(buf) - 1), 6);
+    assert_string_equal(buf, "ready\n");
+    (void)close(report[0]);
+    (void)close(ready[0]);
+    assert_int_equal(kill(sv, SIGKILL), 0);
+    assert_int_equal(waitpid(sv, &status, 0), sv);
+    died = smolvm_pid_wait_exit((pid_t)msg[0], (uint64_t)msg[1], smolvm_now_ms() + 1500, NULL) == 0;
+    if (!died)
+        (void)smolvm_pid_kill((pid_t)msg[0], (uint64_t)msg[1], smolvm_now_ms() + 3000, NULL);
+    return died;
+}
+
+static void test_confine_lifeline(void **state)
+{
+    (void)state;
+    if (geteuid() != 0 || access("/usr/bin/setpriv", X_OK) != 0) {
+        print_message("skipped: needs root and setpriv to change the child's uid\n");
+        skip();
+    }
+    /* The premise: after its uid change the child outlives a SIGKILLed parent... */
+    assert_false(child_dies_with_supervisor(false));
+    /* ...unless the lifeline is armed: then the kernel kills it. */
+    assert_true(child_dies_with_supervisor(true));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -191,6 +323,8 @@ int main(void)
         cmocka_unit_test(test_exec_failure),
         cmocka_unit_test(test_start_time_weird_comm),
         cmocka_unit_test(test_missing_pid),
+        cmocka_unit_test(test_confine_oom_nnp_bounding),
+        cmocka_unit_test(test_confine_lifeline),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -812,6 +812,75 @@ static void test_forward_limit_and_events(void **state)
     assert_int_equal(smolvm_store_vm_set_config(f->s, "ghost", "{}", NULL), SMOLVM_ENOENT);
 }
 
+/* ---------------------------------------------------------------- quotas */
+
+static int insert_mib(smolvm_store *s, const char *id, unsigned mib, const smolvm_store_quota *q,
+                      smolvm_error **err)
+{
+    _cleanup_free_ char *config = smolvm_strdupf("{\"memory\": %u, \"vcpus\": 1}", mib);
+    smolvm_vm_row row = {.id = (char *)id, .config_json = config, .dir = (char *)"/x"};
+    int r = smolvm_store_vm_insert_quota(s, &row, q, err);
+
+    if (r == 0)
+        free(row.status);
+    return r;
+}
+
+static void test_quota_vms(void **state)
+{
+    fixture *f = *state;
+    smolvm_store_quota q = {.max_vms = 2};
+    smolvm_error *err = NULL;
+
+    assert_int_equal(insert_mib(f->s, "a", 512, &q, &err), 0);
+    assert_int_equal(insert_mib(f->s, "b", 512, &q, &err), 0);
+    assert_int_equal(insert_mib(f->s, "c", 512, &q, &err), SMOLVM_ENOSPC);
+    /* Named, with the use, and a hint. */
+    assert_string_equal(smolvm_error_message(err),
+                        "quota 'max_vms' reached: 2 of 2 vms exist (delete a vm, or raise max_vms "
+                        "($SMOLVM_MAX_VMS))");
+    err = smolvm_error_free(err);
+    /* Nothing of the refused one was recorded. */
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM vms"), 2);
+    assert_int_equal(smolvm_store_vm_get(f->s, "c", &(smolvm_vm_row *){NULL}, &err), SMOLVM_ENOENT);
+    err = smolvm_error_free(err);
+    /* A deleted VM frees its place. */
+    assert_int_equal(smolvm_store_vm_delete(f->s, "a", &err), 0);
+    assert_int_equal(insert_mib(f->s, "c", 512, &q, &err), 0);
+    /* No quota: no limit. */
+    assert_int_equal(insert_mib(f->s, "d", 512, NULL, &err), 0);
+}
+
+static void test_quota_memory(void **state)
+{
+    fixture *f = *state;
+    smolvm_store_quota q = {.max_memory_mib = 1024};
+    smolvm_error *err = NULL;
+    uint64_t mib = 0;
+    unsigned vms = 0;
+
+    assert_int_equal(insert_mib(f->s, "a", 512, &q, &err), 0);
+    assert_int_equal(insert_mib(f->s, "b", 256, &q, &err), 0);
+    assert_int_equal(insert_mib(f->s, "c", 512, &q, &err), SMOLVM_ENOSPC);
+    assert_string_equal(smolvm_error_message(err),
+                        "quota 'max_memory_mib' reached: 512 MiB more would make 1280 of 1024 MiB "
+                        "(2 vms hold 768 MiB) (delete a vm, ask for less memory, or raise "
+                        "max_memory_mib ($SMOLVM_MAX_MEMORY_MIB))");
+    err = smolvm_error_free(err);
+    /* Exactly up to the quota is within it. */
+    assert_int_equal(insert_mib(f->s, "c", 256, &q, &err), 0);
+    assert_int_equal(smolvm_store_usage(f->s, &vms, &mib, &err), 0);
+    assert_int_equal(vms, 3);
+    assert_int_equal(mib, 1024);
+    assert_int_equal(insert_mib(f->s, "d", 128, &q, &err), SMOLVM_ENOSPC);
+    err = smolvm_error_free(err);
+    /* Both quotas: the count is checked first. */
+    q.max_vms = 3;
+    assert_int_equal(insert_mib(f->s, "d", 128, &q, &err), SMOLVM_ENOSPC);
+    assert_non_null(strstr(smolvm_error_message(err), "'max_vms'"));
+    err = smolvm_error_free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -833,6 +902,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_delete_cascades, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_json, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_forward_limit_and_events, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_quota_vms, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_quota_memory, setup_open, teardown),
     };
 
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);

@@ -226,10 +226,96 @@ static void test_parallel_allocations(void **state)
     sqlite3_close(db);
 }
 
+/* Creators racing for a quota: exactly the quota's worth pass, whatever the timing (a
+ * count outside the insert's transaction would let several through at the edge). */
+#define QUOTA_VMS 13
+
+static void quota_worker(const char *path, const smolvm_store_quota *q, int barrier_fd, int out_fd)
+{
+    smolvm_store *s = NULL;
+    char c, got[ROUNDS];
+    int n = 0;
+
+    while (read(barrier_fd, &c, 1) < 0 && errno == EINTR)
+        ;
+    if (smolvm_store_open(&s, path, NULL) < 0)
+        _exit(1);
+    for (int i = 0; i < ROUNDS; i++) {
+        smolvm_vm_row row = {.config_json = (char *)"{\"memory\":256}"};
+        smolvm_error *err = NULL;
+        int r = smolvm_store_vm_insert_quota(s, &row, q, &err);
+
+        if (r < 0 && r != SMOLVM_ENOSPC)
+            _exit(2);
+        got[n++] = r == 0 ? 'y' : 'n';
+        free(row.id);
+        free(row.status);
+        smolvm_error_free(err);
+    }
+    if (write(out_fd, got, (size_t)n) != n)
+        _exit(3);
+    smolvm_store_free(s);
+    _exit(0);
+}
+
+/* WORKERS processes insert ROUNDS VMs each against q; how many got in. */
+static int race_quota(const char *dir, const char *name, const smolvm_store_quota *q)
+{
+    char path[128], buf[WORKERS * ROUNDS];
+    int barrier[2], results[2], status, ok = 0;
+    pid_t pids[WORKERS];
+    size_t n = 0;
+
+    (void)snprintf(path, sizeof(path), "%s/%s.db", dir, name);
+    assert_int_equal(pipe(barrier), 0);
+    assert_int_equal(pipe(results), 0);
+    for (int i = 0; i < WORKERS; i++) {
+        pids[i] = fork();
+        assert_true(pids[i] >= 0);
+        if (pids[i] == 0) {
+            close(barrier[1]);
+            close(results[0]);
+            quota_worker(path, q, barrier[0], results[1]);
+        }
+    }
+    close(barrier[0]);
+    close(results[1]);
+    close(barrier[1]);
+    for (;;) {
+        ssize_t r = read(results[0], buf + n, sizeof(buf) - n);
+
+        if (r < 0 && errno == EINTR)
+            continue;
+        assert_true(r >= 0);
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    close(results[0]);
+    for (int i = 0; i < WORKERS; i++) {
+        assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    assert_int_equal(n, WORKERS * ROUNDS);
+    for (size_t i = 0; i < n; i++)
+        ok += buf[i] == 'y';
+    return ok;
+}
+
+static void test_parallel_quota(void **state)
+{
+    smolvm_store_quota vms = {.max_vms = QUOTA_VMS};
+    smolvm_store_quota mib = {.max_memory_mib = QUOTA_VMS * 256 + 255};
+
+    assert_int_equal(race_quota(*state, "vms", &vms), QUOTA_VMS);
+    assert_int_equal(race_quota(*state, "mib", &mib), QUOTA_VMS);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_parallel_allocations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_parallel_quota, setup, teardown),
     };
 
     return cmocka_run_group_tests_name("store_concurrency", tests, NULL, NULL);

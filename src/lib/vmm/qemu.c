@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <linux/capability.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -153,6 +154,10 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
     if ((c->mem_fd >= 3 && c->mem_file) || (c->mem_file && c->mem_file[0] != '/'))
         return smolvm_err(err, SMOLVM_EINVAL,
                           "vmm: guest memory is a memfd or an absolute memory file, not both");
+    if (c->confine && ((c->confine->chroot_dir && c->confine->chroot_dir[0] != '/') ||
+                       (c->confine->lifeline_fd >= 0 && c->confine->lifeline_fd < 3) ||
+                       c->confine->oom_score_adj < -1000 || c->confine->oom_score_adj > 1000))
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: invalid confinement");
     switch (c->network) {
     case SMOLVM_NET_NONE: break;
     case SMOLVM_NET_USER:
@@ -175,6 +180,55 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
     default: return smolvm_err(err, SMOLVM_EINVAL, "vmm: network must be resolved");
     }
     return 0;
+}
+
+/* ---------------------------------------------------------------- confinement */
+
+#define CAPBIT(c) (UINT64_C(1) << (c))
+/* What QEMU needs until it drops to its own uid: -runas, -chroot, and TUNSETIFF on the
+ * TAP the library made. Everything else leaves the bounding set before exec. */
+#define QEMU_START_CAPS                                                                            \
+    (CAPBIT(CAP_SETUID) | CAPBIT(CAP_SETGID) | CAPBIT(CAP_SYS_CHROOT) | CAPBIT(CAP_NET_ADMIN))
+
+/* The options that confine QEMU (docs/security.md): seccomp always; with a uid of its
+ * own, QEMU opens its files and devices as the caller, then chroots into an empty
+ * directory and changes uid and gid itself, which leaves it no capabilities. */
+static void confine_argv(const smolvm_vmm_config *c, argv_buf *a)
+{
+    const smolvm_vmm_confine *k = c->confine;
+    bool runas = k && k->uid;
+
+    /* elevateprivileges=deny would kill QEMU at its own -runas setuid(). Once it runs
+     * as a uid with nothing to gain and no_new_privs, set*id() can change nothing. */
+    argv_push(a, "-sandbox");
+    argv_pushf(a, "on,obsolete=deny,elevateprivileges=%s,spawn=deny,resourcecontrol=deny",
+               runas ? "allow" : "deny");
+    if (runas) {
+        argv_push(a, "-runas");
+        argv_pushf(a, "%u:%u", (unsigned)k->uid, (unsigned)k->uid);
+    }
+    if (runas && k->chroot_dir) {
+        argv_push(a, "-chroot");
+        argv_push(a, k->chroot_dir);
+    }
+}
+
+/* What the spawned process does to itself before exec: cgroups, oom score, lifeline,
+ * bounding set, no_new_privs (proc.h). */
+static void confine_spawn(const smolvm_vmm_config *c, smolvm_spawn_confine *sc)
+{
+    const smolvm_vmm_confine *k = c->confine;
+
+    *sc = (smolvm_spawn_confine){.lifeline_fd = -1, .no_new_privs = true};
+    if (!k)
+        return;
+    sc->cgroup_procs_fds = k->cgroup_procs_fds;
+    sc->n_cgroup_procs_fds = k->n_cgroup_procs_fds;
+    sc->set_oom_score_adj = k->oom_score_adj != 0;
+    sc->oom_score_adj = k->oom_score_adj;
+    sc->lifeline_fd = k->lifeline_fd;
+    if (k->uid)
+        sc->bounding_keep = QEMU_START_CAPS;
 }
 
 /* ---------------------------------------------------------------- command line */
@@ -220,7 +274,8 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, bool incoming, arg
          * 0x10a"); without it the guest assumes it is vulnerable and mitigates. */
         argv_push(a, "host,-arch-capabilities");
     } else {
-        argv_push(a, c->vcpus > 1 ? "tcg,thread=multi" : "tcg");
+        argv_pushf(a, "tcg,tb-size=%d%s", SMOLVM_VMM_TCG_TB_MIB,
+                   c->vcpus > 1 ? ",thread=multi" : "");
         argv_push(a, "-cpu");
         /* Everything TCG can emulate: wheels built for x86-64-v2 need SSE4.2/POPCNT,
          * which qemu64 lacks. */
@@ -234,8 +289,7 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, bool incoming, arg
     argv_push(a, "-no-user-config");
     argv_push(a, "-nographic");
     argv_push(a, "-no-reboot");
-    argv_push(a, "-sandbox");
-    argv_push(a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+    confine_argv(c, a);
     argv_push(a, "-kernel");
     argv_push(a, c->kernel);
     argv_push(a, "-append");
@@ -499,9 +553,10 @@ static int launch(const smolvm_vmm_config *cfg, bool incoming, launched *l, int6
     argv_buf argv = {0};
     struct stat st;
     pid_t held;
-    int keep[5], r;
+    int keep[6], r;
     size_t n_keep = 0;
     smolvm_spawn_req req = {0};
+    smolvm_spawn_confine confine;
 
     *l = (launched){0};
     if ((r = check_config(cfg, err)) < 0)
@@ -529,6 +584,7 @@ static int launch(const smolvm_vmm_config *cfg, bool incoming, launched *l, int6
         return r;
     }
     r = build_argv(cfg, listen_fd, incoming, &argv, err);
+    confine_spawn(cfg, &confine);
     keep[n_keep++] = listen_fd;
     keep[n_keep++] = cfg->console_fd;
     keep[n_keep++] = cfg->ctl_fd;
@@ -536,6 +592,8 @@ static int launch(const smolvm_vmm_config *cfg, bool incoming, launched *l, int6
         keep[n_keep++] = cfg->agent_fd;
     if (cfg->mem_fd >= 3)
         keep[n_keep++] = cfg->mem_fd;
+    if (confine.lifeline_fd >= 0)
+        keep[n_keep++] = confine.lifeline_fd;
     req = (smolvm_spawn_req){
         .argv = argv.v,
         .log_path = l->log_path,
@@ -543,6 +601,7 @@ static int launch(const smolvm_vmm_config *cfg, bool incoming, launched *l, int6
         .n_keep = n_keep,
         .stdout_fd = -1,
         .detached = false,
+        .confine = &confine,
     };
     if (r == 0)
         r = smolvm_spawn(&req, &l->pid, err);

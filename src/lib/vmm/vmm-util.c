@@ -6,6 +6,7 @@
 
 #include "error.h"
 #include "vmm/vmm-internal.h"
+#include "vmm/vmm.h"
 
 char *smolvm_vmm_path(const char *dir, const char *name)
 {
@@ -51,4 +52,13 @@ int smolvm_vmm_describe_text(char **out, json_t *obj, smolvm_error **err)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     *out = text;
     return 0;
+}
+
+uint64_t smolvm_vmm_memory_limit(unsigned memory_mib, int accel)
+{
+    uint64_t mib = (uint64_t)memory_mib + SMOLVM_VMM_OVERHEAD_MIB;
+
+    if (accel == SMOLVM_ACCEL_TCG)
+        mib += SMOLVM_VMM_TCG_TB_MIB;
+    return mib << 20;
 }

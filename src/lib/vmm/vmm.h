@@ -23,6 +23,20 @@ typedef struct smolvm_vmm_hostfwd {
     int guest_port;
 } smolvm_vmm_hostfwd;
 
+/* How the supervisor confines the VMM it spawns (docs/security.md). Prepared by the
+ * supervisor while it is still privileged; the backend applies it to the process it
+ * starts. Fds are the supervisor's and stay open through the spawn. */
+typedef struct smolvm_vmm_confine {
+    /* The VMM changes to this uid and gid (the same number) itself, after it opened its
+     * files and devices (QEMU -runas): no capabilities left. 0: it keeps the caller's. */
+    uint32_t uid;
+    const char *chroot_dir;      /* an empty directory the VMM chroots into; NULL: none */
+    const int *cgroup_procs_fds; /* joined before exec (proc.h smolvm_spawn_confine) */
+    size_t n_cgroup_procs_fds;
+    int oom_score_adj; /* SMOLVM_VMM_OOM_SCORE_ADJ */
+    int lifeline_fd;   /* read end of the supervisor's lifeline pipe; -1: none */
+} smolvm_vmm_confine;
+
 /* Everything a backend needs to boot one VM. Paths are absolute. */
 typedef struct smolvm_vmm_config {
     const char *vm_id;
@@ -62,6 +76,9 @@ typedef struct smolvm_vmm_config {
      * Neither (mem_fd 0 or -1, mem_file NULL): anonymous memory. */
     int mem_fd;
     const char *mem_file;
+    /* Appended: confinement of the VMM process; NULL: none (backends that do not
+     * support it ignore it). */
+    const smolvm_vmm_confine *confine;
 } smolvm_vmm_config;
 
 /* A saved VM (a template or a suspended VM). */
@@ -75,6 +92,24 @@ typedef struct smolvm_vmm_snapshot {
 } smolvm_vmm_snapshot;
 
 #define SMOLVM_VMM_OVERLAY_MIB 8192
+
+/* The kernel's first choice when the host runs out of memory: a sandbox, not the
+ * process that controls it (which keeps the default 0). */
+#define SMOLVM_VMM_OOM_SCORE_ADJ 1000
+/* QEMU under TCG keeps translated code in a buffer of this size (-accel tcg,tb-size),
+ * which fills over the VM's life and is never given back: bounded so the cgroup's
+ * memory limit holds (QEMU's default, 1 GiB, would have to be added to every VM). */
+#define SMOLVM_VMM_TCG_TB_MIB 256
+/* What QEMU uses beyond guest RAM and the TCG buffer, with room: measured ~70 MiB
+ * (heap, thread stacks, the kernel image's mapping, the binary) under TCG with 2 vCPUs
+ * after boot, python and 64 MiB of disk writes (docs/security.md). */
+#define SMOLVM_VMM_OVERHEAD_MIB 128
+/* Threads a VMM may have: QEMU's block I/O pool (64), one per vCPU, its own (~10). */
+#define SMOLVM_VMM_PIDS_BASE 96
+
+/* The memory limit (bytes) of the VMM of a VM with this much guest RAM: guest RAM +
+ * the TCG code buffer (under TCG) + SMOLVM_VMM_OVERHEAD_MIB. */
+uint64_t smolvm_vmm_memory_limit(unsigned memory_mib, int accel);
 
 /* Files a backend keeps in the VM dir (shared so generic code can find them). */
 #define SMOLVM_VMM_PIDFILE "vmm.pid"
