@@ -326,15 +326,16 @@ static void test_missing_kernel(void **state)
     assert_int_not_equal(access(pidfile, F_OK), 0);
     assert_int_not_equal(access(qmp, F_OK), 0);
 
-    /* A missing disk is reported the same way. */
+    /* A missing qcow2 disk is found before QEMU runs (its fds are opened for QEMU). */
     base_config(&c, dir, "/bin/sh", "/nonexistent/smolvm/disk.qcow2", "console=ttyS0");
     c.disk_format = "qcow2";
     c.console_fd = ch.vmm_console;
     c.ctl_fd = ch.vmm_ctl;
     c.agent_fd = ch.vmm_agent;
     assert_int_equal(smolvm_vmm_qemu.spawn(&c, &pid, &start, smolvm_now_ms() + 20000, &err),
-                     SMOLVM_EVMM);
+                     SMOLVM_ENOENT);
     assert_non_null(strstr(smolvm_error_message(err), "/nonexistent/smolvm/disk.qcow2"));
+    assert_int_not_equal(access(qmp, F_OK), 0);
     err = smolvm_error_free(err);
     assert_false(qemu_running_in(dir));
     chans_close(&ch);

@@ -29,6 +29,7 @@
 #define QMP_SOCK "qmp.sock"
 #define NETDEV_ID "n0"
 #define QEMU_CONSOLE_FDSET "1"
+#define QEMU_DISK_FDSET "2"
 #define MEM_ID "ram"
 #define STATE_FDNAME "smolvm-state"
 /* Migrations here are local file copies: QEMU's default bandwidth cap (for networks)
@@ -233,8 +234,9 @@ static void confine_spawn(const smolvm_vmm_config *c, smolvm_spawn_confine *sc)
 
 /* ---------------------------------------------------------------- command line */
 
-static int build_argv(const smolvm_vmm_config *c, int qmp_fd, bool incoming, argv_buf *a,
-                      smolvm_error **err)
+/* disk_fds: the root disk opened read-write and read-only (-1: QEMU opens the path). */
+static int build_argv(const smolvm_vmm_config *c, int qmp_fd, bool incoming, const int disk_fds[2],
+                      argv_buf *a, smolvm_error **err)
 {
     _cleanup_free_ char *disk = qemu_escape(c->disk);
     _cleanup_free_ char *config = c->config_disk ? qemu_escape(c->config_disk) : NULL;
@@ -298,9 +300,27 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, bool incoming, arg
     /* Root disk first: it becomes /dev/vda. cache=writeback (QEMU's default, stated
      * so it is a decision): guest flushes reach the host file, so a VMM killed after
      * the guest synced loses nothing and a qcow2 overlay stays consistent. */
-    argv_push(a, "-drive");
-    argv_pushf(a, "file=%s,format=%s,if=none,id=root,cache=writeback,discard=unmap", disk,
-               c->disk_format);
+    if (disk_fds[0] >= 0) {
+        /* Through an fd set holding the file both read-write and read-only: QEMU reopens
+         * the disk read-only when a migration ends (and read-write when the VM goes on),
+         * which a chrooted QEMU could not do by path. */
+        argv_push(a, "-add-fd");
+        argv_pushf(a, "fd=%d,set=" QEMU_DISK_FDSET, disk_fds[0]);
+        argv_push(a, "-add-fd");
+        argv_pushf(a, "fd=%d,set=" QEMU_DISK_FDSET, disk_fds[1]);
+        /* No image locks: the read-only and read-write descriptions would take them
+         * against each other when QEMU switches between them (one VMM per VM dir is
+         * the library's own rule: the pidfile lock). */
+        argv_push(a, "-drive");
+        argv_pushf(a,
+                   "file=/dev/fdset/" QEMU_DISK_FDSET
+                   ",format=%s,if=none,id=root,cache=writeback,discard=unmap,file.locking=off",
+                   c->disk_format);
+    } else {
+        argv_push(a, "-drive");
+        argv_pushf(a, "file=%s,format=%s,if=none,id=root,cache=writeback,discard=unmap", disk,
+                   c->disk_format);
+    }
     argv_push(a, "-device");
     argv_push(a, "virtio-blk-device,drive=root");
     if (config) {
@@ -549,11 +569,11 @@ static int launch(const smolvm_vmm_config *cfg, bool incoming, launched *l, int6
                   smolvm_error **err)
 {
     _cleanup_free_ char *qmp_path = NULL, *pid_path = NULL;
-    _cleanup_close_ int listen_fd = -1;
+    _cleanup_close_ int listen_fd = -1, disk_rw = -1, disk_ro = -1;
     argv_buf argv = {0};
     struct stat st;
     pid_t held;
-    int keep[6], r;
+    int keep[8], r;
     size_t n_keep = 0;
     smolvm_spawn_req req = {0};
     smolvm_spawn_confine confine;
@@ -583,8 +603,23 @@ static int launch(const smolvm_vmm_config *cfg, bool incoming, launched *l, int6
         launched_done(l);
         return r;
     }
-    r = build_argv(cfg, listen_fd, incoming, &argv, err);
+    /* A writable qcow2 overlay goes through an fd set (build_argv says why). */
+    if (strcmp(cfg->disk_format, "qcow2") == 0) {
+        disk_rw = open(cfg->disk, O_RDWR | O_CLOEXEC);
+        disk_ro = disk_rw >= 0 ? open(cfg->disk, O_RDONLY | O_CLOEXEC) : -1;
+        if (disk_ro < 0) {
+            r = smolvm_err_errno(err, errno, "open '%s'", cfg->disk);
+            (void)unlink(qmp_path);
+            launched_done(l);
+            return r;
+        }
+    }
+    r = build_argv(cfg, listen_fd, incoming, (int[2]){disk_rw, disk_ro}, &argv, err);
     confine_spawn(cfg, &confine);
+    if (disk_rw >= 0) {
+        keep[n_keep++] = disk_rw;
+        keep[n_keep++] = disk_ro;
+    }
     keep[n_keep++] = listen_fd;
     keep[n_keep++] = cfg->console_fd;
     keep[n_keep++] = cfg->ctl_fd;
