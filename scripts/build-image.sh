@@ -214,7 +214,7 @@ n_packages=$(wc -l <"$tmp/packages.tsv")
     # The guest agent (src/guest/agent-*.c) is in every image built here; the value is
     # the agent protocol version it speaks (docs/agent-protocol.md).
     echo "  \"agent\": \"1\","
-    echo "  \"kernel_cmdline_hint\": \"console=ttyS0 reboot=t panic=-1 acpi=off root=/dev/vda rw rootfstype=ext4 init=/sbin/smolvm-init quiet\","
+    echo "  \"kernel_cmdline_hint\": \"console=ttyS0 reboot=t panic=-1 acpi=off no_timer_check root=/dev/vda rw rootfstype=ext4 init=/sbin/smolvm-init quiet\","
     # What was asked for on top of the default set (validated names: no quoting needed).
     echo "  \"extra_packages\": [$extra_json],"
     echo "  \"files\": {"

@@ -32,7 +32,7 @@ static void test_cmdline(void **state)
                                            "255.255.0.0", "192.0.2.53", 2500000, NULL),
                      0);
     assert_string_equal(
-        s, "console=ttyS0 reboot=t panic=-1 acpi=off tsc_early_khz=2500000 "
+        s, "console=ttyS0 reboot=t panic=-1 acpi=off no_timer_check tsc_early_khz=2500000 "
            "tsc=reliable root=/dev/vda rw rootfstype=ext4 init=/sbin/smolvm-init quiet "
            "ip=172.16.0.2::172.16.0.1:255.255.0.0:vm-1:eth0:off "
            "smolvm.dns=192.0.2.53");
