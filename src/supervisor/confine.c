@@ -91,6 +91,17 @@ int sv_confine_prepare(sv *s, smolvm_error **err)
     int pipefd[2], r;
 
     s->confine = (smolvm_vmm_confine){.oom_score_adj = SMOLVM_VMM_OOM_SCORE_ADJ, .lifeline_fd = -1};
+    if (s->spec->backend == SMOLVM_BACKEND_FIRECRACKER) {
+        /* Firecracker's jailer does the rest (chroot, ids, cgroup, namespaces): it only
+         * needs the uid, which is the VMM's alone as QEMU's is (docs/firecracker.md). */
+        if (smolvm_confine_uid_possible(&why)) {
+            if ((r = smolvm_confine_uid_acquire(&s->confine.uid, &s->uid_lock, err)) < 0)
+                return r;
+            sv_log(s, "confinement: vmm uid %u (for the jailer)", (unsigned)s->confine.uid);
+        }
+        s->spec->vmm.confine = &s->confine;
+        return 0;
+    }
     /* The VMM dies when the supervisor does: the kernel SIGKILLs it when the last
      * writer of this pipe (only the supervisor holds it) closes. */
     if (pipe2(pipefd, O_CLOEXEC) < 0)

@@ -350,7 +350,7 @@ int sv_guest_start(sv *s)
             return fail_start(s, e);
         cfg->vsock_uds = vsock;
     }
-    if (s->spec->backend == SMOLVM_BACKEND_QEMU && sv_confine_prepare(s, &e) < 0) {
+    if (sv_confine_prepare(s, &e) < 0) {
         sv_confine_release(s);
         return fail_start(s, e);
     }

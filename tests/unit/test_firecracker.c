@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -37,6 +38,7 @@
 
 #include "agent-client.h"
 #include "agent-proto.h"
+#include "confine.h"
 #include "error.h"
 #include "host.h"
 #include "proc.h"
@@ -1609,6 +1611,7 @@ static void test_jailer_contract_checks(void **state)
  * without KVM), so the tests drive the supervisor from its spec, as the library does. */
 
 static pid_t sv_pid;
+static bool sv_overlay; /* the VM gets an upper layer of its own (a read-only base) */
 
 typedef struct sv_vm {
     char *dir;
@@ -1624,7 +1627,7 @@ static void sv_launch(sv_vm *v, char *dir, smolvm_sv_transport transport, char *
 {
     smolvm_sv_spec spec;
     smolvm_error *err = NULL;
-    char *log;
+    char *log, *upper;
     int st[2];
 
     v->dir = dir;
@@ -1639,8 +1642,14 @@ static void sv_launch(sv_vm *v, char *dir, smolvm_sv_transport transport, char *
     spec.console_max = SMOLVM_CONSOLE_MAX_DEFAULT;
     base_config(&spec.vmm, v->dir);
     spec.vmm.vm_id = spec.vm_id;
+    upper = sv_overlay ? path_in(v->dir, "upper.ext4") : NULL;
+    spec.vmm.overlay_disk = upper;
+    /* As root the supervisor jails firecracker by default (test_sv_jailed_by_default);
+     * the other tests run it unjailed. */
+    (void)setenv(SMOLVM_FC_JAILER_ENV, "0", 0);
     if (smolvm_sv_spec_write(&spec, &err) < 0)
         fail_msg("spec: %s", smolvm_error_message(err));
+    free(upper);
 
     assert_int_equal(pipe2(st, O_CLOEXEC), 0);
     sv_pid = fork();
@@ -1937,6 +1946,75 @@ static void test_sv_agent(void **state)
 
 /* transport "ssh": ready on the init's "smolvm: ready" line on the serial console; no
  * agent, so commands are refused with the reason; power-off is Ctrl-Alt-Del. */
+/* As root, with SMOLVM_JAILER unset, firecracker runs jailed as the uid the supervisor
+ * took for its VMM; without a jailer next to firecracker that is an error that says
+ * how to run unjailed, and nothing is left running. */
+static void test_sv_jailed_by_default(void **state)
+{
+    sv_vm v = {0};
+    smolvm_agent *a = NULL;
+    smolvm_error *err = NULL;
+    smolvm_fc_jail j;
+    char report[512], env[8192], *dir, *p, *environ_path;
+    const char *why = NULL;
+    cmd_result res;
+    size_t n = 0;
+    int fd;
+    unsigned long uid;
+
+    (void)state;
+    if (!smolvm_confine_uid_possible(&why)) {
+        print_message("skipped: %s\n", why);
+        skip();
+    }
+    /* The library's rule, unset: jailed when the VMM has a uid of its own... */
+    dir = new_vm("jail-default");
+    unjail_env();
+    assert_int_equal(smolvm_fc_jail_config(&j, fake, "vm-x", dir, 0, &err), 0);
+    assert_null(j.jailer); /* no uid of its own (not root): not jailed */
+    smolvm_fc_jail_done(&j);
+    assert_true(smolvm_fc_jail_config(&j, fake, "vm-x", dir, SMOLVM_VMM_UID_BASE, &err) < 0);
+    assert_err_contains(err, "as root firecracker runs jailed");
+    assert_err_contains(err, SMOLVM_FC_JAILER_ENV "=0 runs it unjailed");
+    err = smolvm_error_free(err);
+    smolvm_fc_jail_done(&j);
+    (void)setenv(SMOLVM_FC_JAILER_ENV, "0", 1);
+    assert_int_equal(smolvm_fc_jail_config(&j, fake, "vm-x", dir, SMOLVM_VMM_UID_BASE, &err), 0);
+    assert_null(j.jailer);
+    smolvm_fc_jail_done(&j);
+
+    /* ...and through the supervisor: the jailer is given the VMM's uid and gid. */
+    (void)setenv(SMOLVM_FC_JAILER_ENV, fake_jailer, 1);
+    (void)setenv("FAKE_FC_AGENT", SMOLVM_AGENT_HOST, 1);
+    sv_overlay = true; /* the base image is shared: read-only to the jail uid */
+    sv_launch(&v, dir, SMOLVM_SV_AGENT, report, sizeof(report));
+    sv_overlay = false;
+    if (!v.vmm)
+        fail_msg("supervisor: %s", report);
+    environ_path = smolvm_strdupf("/proc/%ld/environ", (long)v.vmm);
+    fd = open(environ_path, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    for (ssize_t k; n < sizeof(env) - 1 && (k = read(fd, env + n, sizeof(env) - 1 - n)) > 0;)
+        n += (size_t)k;
+    (void)close(fd);
+    env[n] = '\0';
+    for (p = env; p < env + n && strncmp(p, "FAKE_FC_UID=", 12) != 0; p += strlen(p) + 1)
+        ;
+    assert_true(p < env + n);
+    uid = strtoul(p + 12, NULL, 10);
+    assert_true(uid >= SMOLVM_VMM_UID_BASE && uid < SMOLVM_VMM_UID_BASE + SMOLVM_VMM_UID_COUNT);
+    if (smolvm_agent_connect(&a, v.sock, true, smolvm_now_ms() + 10000, &err) < 0)
+        fail_msg("connect: %s", smolvm_error_message(err));
+    assert_int_equal(run_cmd(a, "echo jailed", NULL, &res, &err), 0);
+    assert_string_equal(res.out[0], "jailed\n");
+    smolvm_agent_free(a);
+    (void)kill(sv_pid, SIGTERM);
+    sv_wait_exit(smolvm_now_ms() + 10000);
+    assert_false(smolvm_pid_alive(v.vmm, v.vmm_start));
+    free(environ_path);
+    sv_free(&v);
+}
+
 static void test_sv_ssh(void **state)
 {
     sv_vm v = {0};
@@ -2444,6 +2522,7 @@ int main(void)
         cmocka_unit_test_teardown(test_jailer_contract_checks, each_teardown),
         cmocka_unit_test_teardown(test_sv_agent, each_teardown),
         cmocka_unit_test_teardown(test_sv_ssh, each_teardown),
+        cmocka_unit_test_teardown(test_sv_jailed_by_default, each_teardown),
         cmocka_unit_test_teardown(test_sv_boot_errors, each_teardown),
         cmocka_unit_test_teardown(test_sv_hostile_agent, each_teardown),
     };

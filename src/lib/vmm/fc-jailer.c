@@ -12,6 +12,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
 #include <stdio.h>
@@ -61,20 +63,39 @@ static int valid_cgroup(const char *s)
            strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./") == n;
 }
 
+/* The jail's uid or gid: the variable when set, else the VMM's own uid. */
+static int jail_id(const char *name, uint32_t vmm_uid, unsigned *out, smolvm_error **err)
+{
+    const char *v = getenv(name);
+
+    if ((!v || !*v) && vmm_uid) {
+        *out = vmm_uid;
+        return 0;
+    }
+    return env_id(name, out, err);
+}
+
 int smolvm_fc_jail_config(smolvm_fc_jail *j, const char *fc_bin, const char *vm_id, const char *dir,
-                          smolvm_error **err)
+                          uint32_t vmm_uid, smolvm_error **err)
 {
     const char *v = getenv(SMOLVM_FC_JAILER_ENV), *cg = getenv(SMOLVM_FC_JAILER_CGROUP_ENV);
     _cleanup_free_ char *canon = NULL, *fc_dir = NULL;
+    bool by_default = !v || !*v;
     const char *name;
     size_t n;
     int r;
 
     *j = (smolvm_fc_jail){0};
-    if (!v || !*v || strcmp(v, "0") == 0)
+    /* Unset: jailed when the supervisor has a uid of its own for the VMM (it runs as
+     * root, docs/security.md), with the jailer next to firecracker. */
+    if (by_default && vmm_uid == 0)
         return 0;
-    if ((r = env_id(SMOLVM_FC_JAILER_UID_ENV, &j->uid, err)) < 0 ||
-        (r = env_id(SMOLVM_FC_JAILER_GID_ENV, &j->gid, err)) < 0)
+    if (by_default)
+        v = "1";
+    if (strcmp(v, "0") == 0)
+        return 0;
+    if ((r = jail_id(SMOLVM_FC_JAILER_UID_ENV, vmm_uid, &j->uid, err)) < 0 ||
+        (r = jail_id(SMOLVM_FC_JAILER_GID_ENV, vmm_uid, &j->gid, err)) < 0)
         return r;
     n = vm_id ? strlen(vm_id) : 0;
     if (n == 0 || n > 64 ||
@@ -122,9 +143,13 @@ int smolvm_fc_jail_config(smolvm_fc_jail *j, const char *fc_bin, const char *vm_
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     if (access(j->jailer, X_OK) < 0)
         return smolvm_err(err, SMOLVM_EHOST,
-                          "jailer: no jailer at '%s' (%s; 'smolvm install-firecracker' installs "
-                          "it next to firecracker, or set " SMOLVM_FC_JAILER_ENV " to its path)",
-                          j->jailer, strerror(errno));
+                          "jailer: %sno jailer at '%s' (%s; 'smolvm install-firecracker' installs "
+                          "it next to firecracker, or set " SMOLVM_FC_JAILER_ENV
+                          " to its path%s)",
+                          by_default ? "as root firecracker runs jailed, but there is " : "",
+                          j->jailer, strerror(errno),
+                          by_default ? "; " SMOLVM_FC_JAILER_ENV "=0 runs it unjailed, as root"
+                                     : "");
     return 0;
 }
 

@@ -9,6 +9,8 @@
 #ifndef SMOLVM_VMM_FC_JAILER_H
 #define SMOLVM_VMM_FC_JAILER_H
 
+#include <stdint.h>
+
 #include "smolvm.h"
 
 #define SMOLVM_FC_JAILER_UID_ENV "SMOLVM_JAILER_UID"
@@ -26,12 +28,15 @@ typedef struct smolvm_fc_jail {
     char id[65];
 } smolvm_fc_jail;
 
-/* Fill j from the environment for a VM (id, dir) whose firecracker is fc_bin. With
- * SMOLVM_JAILER unset, empty or "0", j->jailer stays NULL and 0 is returned. Refuses
- * (SMOLVM_EINVAL / SMOLVM_EHOST) a missing or root uid/gid, a vm id the jailer would
- * refuse, a jailer that is not there. Free with smolvm_fc_jail_done. */
+/* Fill j from the environment for a VM (id, dir) whose firecracker is fc_bin; vmm_uid
+ * is the uid the supervisor took for this VMM (0: none, it is not root). SMOLVM_JAILER
+ * "0": not jailed (j->jailer stays NULL, 0 returned). Unset or empty: jailed when
+ * vmm_uid is given, with the jailer next to firecracker, as vmm_uid (uid and gid),
+ * else not. Set: jailed, as SMOLVM_JAILER_UID/GID, or vmm_uid where one is unset.
+ * Refuses (SMOLVM_EINVAL / SMOLVM_EHOST) a missing or root uid/gid, a vm id the jailer
+ * would refuse, a jailer that is not there. Free with smolvm_fc_jail_done. */
 int smolvm_fc_jail_config(smolvm_fc_jail *j, const char *fc_bin, const char *vm_id, const char *dir,
-                          smolvm_error **err);
+                          uint32_t vmm_uid, smolvm_error **err);
 
 void smolvm_fc_jail_done(smolvm_fc_jail *j);
 

@@ -302,7 +302,8 @@ static int launch(const smolvm_vmm_config *cfg, int restoring, launched *l, int6
         return r;
     if ((r = smolvm_fc_find_binary(&bin, err)) < 0)
         return r;
-    if ((r = smolvm_fc_jail_config(&l->jail, bin, cfg->vm_id, cfg->dir, err)) < 0)
+    if ((r = smolvm_fc_jail_config(&l->jail, bin, cfg->vm_id, cfg->dir,
+                                   cfg->confine ? cfg->confine->uid : 0, err)) < 0)
         return r;
     if (l->jail.jailer && restoring)
         return smolvm_err(err, SMOLVM_EINVAL,
