@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The VM's DNS filter (dns.h): queries from the guest, the allow list, upstream
  * queries and the answers rebuilt for the guest. Messages through ldns only. */
-#define _GNU_SOURCE
 #include "dns.h"
 
 #include <arpa/inet.h>
@@ -15,7 +14,7 @@
 
 #include <ldns/ldns.h>
 
-#include "error-internal.h"
+#include "error.h"
 
 #define MSG_MAX 4096  /* largest message read from either side */
 #define GUEST_UDP 512 /* a guest without EDNS takes this much */

@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* The loopback forward proxy (proxy.h): listeners, connections, and the copy loop. */
-#define _GNU_SOURCE
 #include "proxy.h"
 
 #include <arpa/inet.h>
@@ -11,7 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "error-internal.h"
+#include "error.h"
 
 #define DEFAULT_MAX_CONNS 256
 #define DEFAULT_BUF (64 * 1024)

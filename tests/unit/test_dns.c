@@ -24,7 +24,7 @@
 #include <ldns/ldns.h>
 
 #include "dns.h"
-#include "error-internal.h"
+#include "error.h"
 #include "loop.h"
 #include "net/net.h"
 #include "netns-util.h"

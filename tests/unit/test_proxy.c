@@ -19,7 +19,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include "error-internal.h"
+#include "error.h"
 #include "loop.h"
 #include "net/net.h"
 #include "netns-util.h"

@@ -19,9 +19,9 @@
 #include <libnetfilter_log/linux_nfnetlink_log.h>
 #include <libnetfilter_log/libnetfilter_log.h>
 
-#include "error-internal.h"
+#include "error.h"
 #include "net/net-internal.h"
-#include "util-internal.h"
+#include "util.h"
 
 #define NFLOG_BUF 65536
 #define NFLOG_RCVBUF (1024 * 1024)
