@@ -352,5 +352,6 @@ SMOLVM_EXTERN int luaopen_smolvm_core(lua_State *L)
     smolvm_lua_open_vm(L);
     smolvm_lua_open_constants(L);
     smolvm_lua_open_proc(L);
+    smolvm_lua_open_hostio(L);
     return 1;
 }
