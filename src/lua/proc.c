@@ -249,9 +249,17 @@ static int l_tostring(lua_State *L)
 }
 
 static const luaL_Reg proc_methods[] = {
-    {"pid", l_pid},     {"fd", l_fd},         {"read", l_read},     {"write", l_write}, {"close_stdin", l_close_stdin},
-    {"kill", l_kill},   {"resize", l_resize}, {"wait", l_wait},   {"closed", l_closed},
-    {"close", l_close}, {NULL, NULL},
+    {"pid", l_pid},
+    {"fd", l_fd},
+    {"read", l_read},
+    {"write", l_write},
+    {"close_stdin", l_close_stdin},
+    {"kill", l_kill},
+    {"resize", l_resize},
+    {"wait", l_wait},
+    {"closed", l_closed},
+    {"close", l_close},
+    {NULL, NULL},
 };
 
 static const luaL_Reg proc_meta[] = {
