@@ -443,6 +443,13 @@ static int l_follow_read(lua_State *L)
                 continue;
             }
             if (follow_replaced(f)) {
+                /* The old file may have grown between the end read above and the
+                 * switch: take that first (nothing is written to it after). */
+                n = read(f->fd, buf, sizeof(buf));
+                if (n > 0) {
+                    lua_pushlstring(L, buf, (size_t)n);
+                    return 1;
+                }
                 (void)close(f->fd);
                 f->fd = -1;
                 follow_open_file(f);
