@@ -57,6 +57,7 @@ static const char *display_name(const char *chunk)
 /* ---------------------------------------------------------------- budget */
 
 typedef struct budget {
+    const char *chunk; /* the recipe's chunk name, to say where it is */
     size_t used, limit;
     unsigned long count, instructions;
     int mem_exceeded;   /* the allocator refused past the limit */
@@ -93,6 +94,23 @@ static budget *budget_of(lua_State *L)
     return ud;
 }
 
+/* Push "recipe.lua:LINE: ": the innermost line of the recipe itself on the stack
+ * (the hook may fire in a declaration function or a metamethod of smolvm.declare). */
+static void budget_where(lua_State *L, const budget *b)
+{
+    lua_Debug ar;
+    int level;
+
+    for (level = 0; lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 && b->chunk &&
+            strcmp(ar.source, b->chunk) == 0) {
+            lua_pushfstring(L, "%s:%d: ", display_name(b->chunk), ar.currentline);
+            return;
+        }
+    }
+    lua_pushfstring(L, "%s: ", b->chunk ? display_name(b->chunk) : "recipe");
+}
+
 /* Past the budget the hook raises at every instruction, so nothing the recipe does
  * (a pcall in a loop, an error handler, a finalizer) gets any further. */
 static void budget_hook(lua_State *L, lua_Debug *ar)
@@ -107,8 +125,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     }
     if (!b->instr_exceeded && !b->mem_exceeded)
         return;
-    /* Where the recipe is: level 0 inside a hook is the function running. */
-    luaL_where(L, 0);
+    budget_where(L, b);
     if (b->instr_exceeded)
         lua_pushfstring(L,
                         "the recipe ran more than %d million Lua instructions (the --safe "
@@ -405,7 +422,7 @@ static int eval_protected(lua_State *L)
 
 int safe_eval(const safe_input *in, const safe_limits *lim, char **out, size_t *outlen, char **err)
 {
-    budget b = {.limit = lim->memory, .instructions = lim->instructions};
+    budget b = {.chunk = in->name, .limit = lim->memory, .instructions = lim->instructions};
     eval ev = {.in = in, .enc = {.out = {.limit = lim->memory}}};
     lua_State *L = lua_newstate(budget_alloc, &b);
     int status;

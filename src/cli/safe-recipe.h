@@ -36,7 +36,7 @@ typedef struct safe_limits {
 } safe_limits;
 
 #define SAFE_MEMORY_DEFAULT (64u * 1024 * 1024)
-#define SAFE_INSTRUCTIONS_DEFAULT 100000000ul
+#define SAFE_INSTRUCTIONS_DEFAULT 10000000ul
 #define SAFE_CPU_SECONDS_DEFAULT 10u
 #define SAFE_WALL_SECONDS_DEFAULT 30u
 #define SAFE_LIMITS_INIT                                                                           \

@@ -77,7 +77,7 @@ static void init(void)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    safe_limits lim = {8u << 20, 2000000ul, 0, 0, NULL};
+    safe_limits lim = {8u << 20, 500000ul, 0, 0, NULL};
     safe_input in = {(const char *)data, size, "=fuzz", NULL, 0};
     char *out = NULL, *err = NULL;
     const char *derr = NULL;
