@@ -197,7 +197,7 @@ print(p.pid)]]))
         .. q("i=0; while [ $i -lt 9000 ]; do echo rot-$i; i=$((i+1)); done > /dev/console"))
       return o, st, h.wait_for(function()
         local s = readfile(file) or ""
-        return s:find("rot-8999\n", 1, true) and s
+        return s:find("rot%-8999\r?\n") and s -- the console's tty ends lines with \r\n
       end, 120)
     end)
     h.sh("kill -INT " .. pid)
@@ -216,7 +216,7 @@ print(p.pid)]]))
     assert.truthy(readfile(dir .. "/console.log.1"), "the log did not rotate")
     -- -n: only the last lines of what is there, then it follows.
     out = smolvm("logs -n 2 " .. id)
-    assert.truthy(out:find("rot-8999\n$"), out)
+    assert.truthy(out:find("rot%-8999\r?\n$"), out)
     local n = 0
     for _ in out:gmatch("\n") do n = n + 1 end
     assert.are.equal(2, n, out)
