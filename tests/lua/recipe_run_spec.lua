@@ -222,3 +222,39 @@ describe("recipe runner (stand-in smolvm)", function()
     assert.is_true(r.sandboxes[1].deleted)
   end)
 end)
+
+describe("recipe.load (--check) on " .. (jit and "LuaJIT" or _VERSION), function()
+  local h = require "helpers"
+  it("compiles the file where os.execute, io.popen and require raise, and reading works", function()
+    local dir = h.mktemp_dir()
+    local marker = dir .. "/marker"
+    h.write(dir .. "/data.txt", "from a file")
+    h.write(dir .. "/r.lua", 'local f = assert(io.open("' .. dir .. '/data.txt"))\n'
+      .. 'sandbox "a" { files = { ["/x"] = f:read("*a") } }\n'
+      .. 'os.execute("touch ' .. marker .. '")\n')
+    recipe.begin({ check = true })
+    local chunk = assert(recipe.load(dir .. "/r.lua"))
+    local ok, err = pcall(chunk)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("r.lua:3: os.execute is not available under --check", 1, true), err)
+    assert.is_false(h.exists(marker))
+    for _, src in ipairs({ "io.popen('true')", "require('os')", "load('x=1')", "dofile('/dev/null')" }) do
+      h.write(dir .. "/s.lua", src .. "\n")
+      local c = assert(recipe.load(dir .. "/s.lua"))
+      local okc, e = pcall(c)
+      assert.is_false(okc, src)
+      assert.truthy(tostring(e):find("is not available under --check", 1, true), src .. ": " .. tostring(e))
+    end
+    -- Precompiled chunks are not recipes.
+    h.write(dir .. "/b.lua", string.dump(function() return 1 end))
+    local c, e = recipe.load(dir .. "/b.lua")
+    assert.is_nil(c)
+    assert.truthy(tostring(e):find("binary", 1, true) or tostring(e):find("precompiled", 1, true), e)
+    local saved = io.stdout
+    io.stdout = io.tmpfile()
+    local status = recipe.finish() -- validates what r.lua declared (--check: a summary)
+    io.stdout = saved
+    assert.equal(0, status)
+    h.rm_rf(dir)
+  end)
+end)
