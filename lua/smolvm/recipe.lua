@@ -267,7 +267,9 @@ Out.__index = Out
 local COLORS = { "36", "33", "32", "35", "34", "96", "93", "92", "95", "94" }
 
 local function new_out(opts)
-  local o = setmetatable({ json = opts.json, quiet = opts.quiet, tty = sys.isatty(2),
+  local tty = opts.tty
+  if tty == nil then tty = sys.isatty(2) end
+  local o = setmetatable({ json = opts.json, quiet = opts.quiet, tty = tty,
                            err = io.stderr, pend = {}, shown = false, prefix_width = 0,
                            colors = {} }, Out)
   o.color = o.tty and os.getenv("NO_COLOR") == nil and os.getenv("TERM") ~= "dumb"

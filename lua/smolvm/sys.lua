@@ -83,7 +83,8 @@ M.poll = core and core.poll
 --- term_cols(fd) -> the width of the terminal on fd, or nil.
 function M.term_cols(fd)
   if not (core and core.tty_size) then return nil end
-  local _, cols = core.tty_size(fd)
+  local rows, cols = core.tty_size(fd)
+  if not rows then return nil end
   return cols
 end
 

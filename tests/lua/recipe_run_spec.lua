@@ -119,6 +119,17 @@ describe("recipe runner (stand-in smolvm)", function()
     assert.truthy(text:find("a   | one\n[a] step 1/2 echo one ok", 1, true), text)
   end)
 
+  it("keeps a status line of what runs on a terminal, erased before each line", function()
+    local status, _, text = run_recipe({
+      { "a", { steps = { "echo one" } } }, { "b", { steps = { "echo two" } } },
+    }, { tty = true })
+    assert.equal(0, status, text)
+    assert.truthy(text:find("[a] boot ...\r\27[K[a] boot ", 1, true), text)
+    assert.truthy(text:find("[a] step 1/1 echo one ...\r\27[K", 1, true), text)
+    -- A line of output erases the status line first (colors or not).
+    assert.truthy(text:find("\r\27%[K[^\n]-a |[^\n]- one\n"), text)
+  end)
+
   it("hides the live output with --quiet, and shows a failing step's output", function()
     local status, _, text = run_recipe({
       { "a", { steps = { "echo one", { run = "echo nope", expect = { stdout = "yes" } } } } },
