@@ -23,6 +23,7 @@
 
 #define MAGIC "SMR1"
 #define HOOK_EVERY 1000  /* instructions between two looks at the budget */
+#define ERROR_COST 1000  /* instructions an error caught by pcall counts for */
 #define ENCODE_DEPTH 128 /* tables nested (check_data allows 100 in a body) */
 #define DECODE_DEPTH 200
 #define DECODE_VALUES 4000000ul
@@ -113,6 +114,21 @@ static void budget_where(lua_State *L, const budget *b)
 
 /* Past the budget the hook raises at every instruction, so nothing the recipe does
  * (a pcall in a loop, an error handler, a finalizer) gets any further. */
+/* Push the message of the spent budget: where the recipe is, and which budget. */
+static void budget_message(lua_State *L, const budget *b)
+{
+    budget_where(L, b);
+    if (b->instr_exceeded)
+        lua_pushfstring(L,
+                        "the recipe ran more than %d million Lua instructions (the --safe "
+                        "budget; an endless loop?)",
+                        (int)(b->instructions / 1000000));
+    else
+        lua_pushfstring(L, "the recipe needed more than %d MiB of memory (the --safe budget)",
+                        (int)(b->limit >> 20));
+    lua_concat(L, 2);
+}
+
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     budget *b = budget_of(L);
@@ -125,24 +141,29 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     }
     if (!b->instr_exceeded && !b->mem_exceeded)
         return;
-    budget_where(L, b);
-    if (b->instr_exceeded)
-        lua_pushfstring(L,
-                        "the recipe ran more than %d million Lua instructions (the --safe "
-                        "budget; an endless loop?)",
-                        (int)(b->instructions / 1000000));
-    else
-        lua_pushfstring(L, "the recipe needed more than %d MiB of memory (the --safe budget)",
-                        (int)(b->limit >> 20));
-    lua_concat(L, 2);
+    budget_message(L, b);
     lua_error(L);
 }
 
-static int exceeded(lua_State *L)
+/* An error caught by pcall/xpcall: it costs ERROR_COST instructions of the budget (an
+ * error is work in C that the count hook does not see, a thousand instructions' worth
+ * or more), so a loop that raises and catches cannot outlast the budget by much.
+ * True when the budget is gone: the caller raises again instead of returning. */
+static int caught_error(lua_State *L, int status)
 {
     budget *b = budget_of(L);
 
-    return b->instr_exceeded || b->mem_exceeded;
+    b->count += ERROR_COST;
+    if (b->count > b->instructions && !b->instr_exceeded) {
+        b->instr_exceeded = 1;
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    }
+    if (b->instr_exceeded || b->mem_exceeded) {
+        lua_pop(L, 1); /* what was caught: the budget's message goes up instead */
+        budget_message(L, b);
+        return 1;
+    }
+    return status == LUA_ERRMEM;
 }
 
 /* pcall and xpcall of the recipe's environment: an exhausted budget is not theirs to
@@ -153,7 +174,7 @@ static int safe_pcall(lua_State *L)
 
     luaL_checkany(L, 1);
     status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-    if (status != LUA_OK && (exceeded(L) || status == LUA_ERRMEM))
+    if (status != LUA_OK && caught_error(L, status))
         return lua_error(L);
     lua_pushboolean(L, status == LUA_OK);
     lua_insert(L, 1);
@@ -168,7 +189,7 @@ static int safe_xpcall(lua_State *L)
     lua_pushvalue(L, 1); /* f, handler, args..., f */
     lua_rotate(L, 3, 1); /* f, handler, f, args... */
     status = lua_pcall(L, n - 2, LUA_MULTRET, 2);
-    if (status != LUA_OK && (exceeded(L) || status == LUA_ERRMEM))
+    if (status != LUA_OK && caught_error(L, status))
         return lua_error(L);
     lua_pushboolean(L, status == LUA_OK);
     lua_replace(L, 1); /* true/false, handler, results... */
