@@ -285,6 +285,9 @@ function(args)
     ["--tty"] = "tty", ["-it"] = "tty", ["-ti"] = "tty",
   }, true)
   if not o then return usage_error(rest, "exec") end
+  if o.timeout and not tonumber(o.timeout) then
+    return usage_error("-t expects seconds > 0, got '" .. o.timeout .. "' (a terminal is -it or --tty)", "exec")
+  end
   local id = table.remove(rest, 1)
   if rest[1] == "--" then table.remove(rest, 1) end
   if not id or #rest == 0 then

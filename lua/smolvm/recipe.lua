@@ -778,8 +778,10 @@ local function wait_jobs(ctx, out, jobs, limit)
     if wait == nil or left < wait then wait = left end
   end
   if wait < 0 then wait = 0 end
+  -- A signal ends the wait early ("EINTR"): look at the jobs, then wait again. Under
+  -- smolvm-lua a SIGINT/SIGTERM raises "interrupted" at the next instruction.
   local ok, msg, code = sys.poll(fds, math.floor(wait * 1000 + 0.5))
-  if not ok and code == "EINTR" then error(msg or "interrupted", 0) end
+  if not ok and code ~= "EINTR" then error("poll: " .. tostring(msg), 0) end
   for _, run in ipairs(jobs) do
     if run.job then pump_job(out, run) end
     if run.job and now() > run.job.deadline then
