@@ -3,20 +3,12 @@
 #define _GNU_SOURCE
 #include "safe-recipe.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -27,7 +19,6 @@
 #define ENCODE_DEPTH 128 /* tables nested (check_data allows 100 in a body) */
 #define DECODE_DEPTH 200
 #define DECODE_VALUES 4000000ul
-#define RESULT_SLACK (1u << 20) /* bytes of a forked result beyond the memory budget */
 
 __attribute__((format(printf, 1, 0))) static char *vstrdupf(const char *fmt, va_list ap)
 {
@@ -479,175 +470,6 @@ int safe_eval(const safe_input *in, const safe_limits *lim, char **out, size_t *
     if (!*err)
         *err = strdup("not enough memory");
     return -1;
-}
-
-/* ---------------------------------------------------------------- the child */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    (void)clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* In the child: confine, evaluate, write 'D' + data or 'E' + message to fd 3. */
-static void __attribute__((noreturn))
-child(int fd, pid_t parent, const safe_input *in, const safe_limits *lim)
-{
-    struct rlimit cpu = {lim->cpu_seconds, lim->cpu_seconds + 1}, none = {0, 0}, files = {4, 4};
-    char *out = NULL, *err = NULL;
-    size_t len = 0;
-    int null, r;
-
-    (void)signal(SIGINT, SIG_DFL);
-    (void)signal(SIGTERM, SIG_DFL);
-    (void)signal(SIGPIPE, SIG_DFL);
-    (void)signal(SIGWINCH, SIG_DFL);
-    (void)prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-        _exit(127);
-    (void)prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-    if (fd != 3) {
-        if (dup2(fd, 3) < 0)
-            _exit(127);
-    }
-    null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (null >= 0) {
-        (void)dup2(null, 0);
-        (void)dup2(null, 1);
-        (void)dup2(null, 2);
-    }
-    closefrom(4);
-    (void)setrlimit(RLIMIT_CPU, &cpu);
-    (void)setrlimit(RLIMIT_FSIZE, &none);
-    (void)setrlimit(RLIMIT_CORE, &none);
-    (void)setrlimit(RLIMIT_NOFILE, &files);
-    r = safe_eval(in, lim, &out, &len, &err);
-    if (r == 0)
-        r = write_all(3, "D", 1) || write_all(3, out, len);
-    else
-        r = write_all(3, "E", 1) || write_all(3, err, strlen(err));
-    _exit(r == 0 ? 0 : 126);
-}
-
-int safe_eval_forked(const safe_input *in, const safe_limits *lim, char **out, size_t *outlen,
-                     char **err)
-{
-    const char *name = display_name(in->name);
-    int64_t deadline = now_ms() + (int64_t)lim->wall_seconds * 1000;
-    size_t cap = lim->memory + RESULT_SLACK, len = 0, size = 0;
-    pid_t parent = getpid(), pid;
-    char *buf = NULL, *why = NULL;
-    int p[2], status = 0, timed_out = 0, stopped = 0;
-
-    if (pipe2(p, O_CLOEXEC) < 0) {
-        *err = strdupf("%s: --safe: pipe: %s", name, strerror(errno));
-        return -1;
-    }
-    fflush(NULL); /* nothing buffered is written twice */
-    pid = fork();
-    if (pid < 0) {
-        *err = strdupf("%s: --safe: fork: %s", name, strerror(errno));
-        close(p[0]);
-        close(p[1]);
-        return -1;
-    }
-    if (pid == 0) {
-        close(p[0]);
-        child(p[1], parent, in, lim);
-    }
-    close(p[1]);
-    for (;;) {
-        struct pollfd pf = {.fd = p[0], .events = POLLIN};
-        int64_t left = deadline - now_ms();
-        ssize_t n;
-        int w;
-
-        if (left <= 0) {
-            timed_out = 1;
-            break;
-        }
-        w = poll(&pf, 1, (int)(left > 60000 ? 60000 : left));
-        if (w < 0 && errno == EINTR) {
-            if (lim->stop && *lim->stop) {
-                stopped = 1;
-                break;
-            }
-            continue;
-        }
-        if (w <= 0)
-            continue;
-        if (len == size) {
-            size_t nsize = size ? size * 2 : 65536;
-            char *nb;
-
-            if (size >= cap || !(nb = realloc(buf, nsize > cap ? cap : nsize))) {
-                why = strdupf("%s: the --safe result is larger than its budget", name);
-                break;
-            }
-            buf = nb;
-            size = nsize > cap ? cap : nsize;
-        }
-        n = read(p[0], buf + len, size - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-    }
-    close(p[0]);
-    if (timed_out || stopped || why)
-        (void)kill(pid, SIGKILL);
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    if (stopped)
-        why = strdupf("%s: interrupted", name);
-    else if (timed_out)
-        why = strdupf("%s: the recipe ran longer than %u s (the --safe deadline)", name,
-                      lim->wall_seconds);
-    else if (!why && WIFSIGNALED(status)) {
-        int sig = WTERMSIG(status);
-
-        if (sig == SIGXCPU || sig == SIGKILL)
-            why = strdupf("%s: the recipe used more than %u s of CPU time (the --safe budget)",
-                          name, lim->cpu_seconds);
-        else
-            why = strdupf("%s: the --safe evaluation ended by signal %d", name, sig);
-    } else if (!why && (len == 0 || (buf[0] != 'D' && buf[0] != 'E')))
-        why = strdupf("%s: the --safe evaluation gave no result (exit status %d)", name,
-                      WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-    if (why) {
-        free(buf);
-        *err = why ? why : strdup("not enough memory");
-        return -1;
-    }
-    if (buf[0] == 'E') {
-        *err = strndup(buf + 1, len - 1);
-        free(buf);
-        if (!*err)
-            *err = strdup("not enough memory");
-        return -1;
-    }
-    memmove(buf, buf + 1, len - 1);
-    *out = buf;
-    *outlen = len - 1;
-    return 0;
 }
 
 /* ---------------------------------------------------------------- decoding */

@@ -7,9 +7,10 @@
  * environment holds the declarations (sandbox), string, table, math, utf8,
  * os.getenv and os.time and nothing else (lua/smolvm/declare.lua, "safe"); the state
  * has a memory budget (its allocator refuses past it) and an instruction budget (a
- * count hook), and pcall cannot catch either. safe_eval_forked() does this in a
- * child process that also has a CPU-time limit and a wall-clock deadline (a Lua
- * pattern can run long inside one instruction), and no descriptor but its pipe.
+ * count hook), and pcall cannot catch either. safe_eval_forked() (safe-child.c) does
+ * this in a child process that also has a CPU-time limit and a wall-clock deadline (a
+ * Lua pattern can run long inside one instruction), no descriptor but its pipe and a
+ * seccomp filter that allows computing and writing the result only.
  * What leaves that state is data only: the declarations, encoded by this file and
  * decoded into the caller's state by safe_decode().
  *
@@ -60,8 +61,8 @@ typedef struct safe_input {
  * "recipe.lua:3: os.execute is not available in --safe recipes". */
 int safe_eval(const safe_input *in, const safe_limits *lim, char **out, size_t *outlen, char **err);
 
-/* The same in a child process: adds the CPU limit, the deadline, PR_SET_PDEATHSIG
- * and PR_SET_NO_NEW_PRIVS. */
+/* The same in a child process (safe-child.c): adds the CPU limit, the deadline,
+ * PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, rlimits and the seccomp filter. */
 int safe_eval_forked(const safe_input *in, const safe_limits *lim, char **out, size_t *outlen,
                      char **err);
 

@@ -144,6 +144,21 @@ sandbox "db" { steps = { "echo db" } }
   end)
 
   it("--safe stops a pattern that backtracks for ever inside one call (CPU time)", function()
+    -- While it runs, the child that evaluates it is confined: look at it from /proc.
+    h.write(dir .. "/bomb.lua", "local s = ('a'):rep(40) s:find(('a*'):rep(40) .. 'b')")
+    local p = assert(io.popen("cd " .. q(dir) .. " && " .. q(bin) .. " --safe bomb.lua >/dev/null 2>&1 & "
+      .. "parent=$!; child=; for i in $(seq 1 100); do child=$(pgrep -P $parent | head -n1); "
+      .. "[ -n \"$child\" ] && break; sleep 0.1; done; sleep 0.5; "
+      .. "grep -E '^(Seccomp|NoNewPrivs):' /proc/$child/status; ls /proc/$child/fd | tr '\\n' ' '; echo; "
+      .. "grep -E '^Max (cpu time|open files|core file size)' /proc/$child/limits; kill -9 $child $parent"))
+    local seen = p:read("*a")
+    p:close()
+    assert.truthy(seen:find("Seccomp:%s+2"), "no seccomp filter: " .. seen)
+    assert.truthy(seen:find("NoNewPrivs:%s+1"), seen)
+    assert.truthy(seen:find("\n0 1 2 3 \n", 1, true), "descriptors beyond its pipe: " .. seen)
+    assert.truthy(seen:find("Max cpu time%s+10%s"), seen)
+    assert.truthy(seen:find("Max open files%s+4%s"), seen)
+    assert.truthy(seen:find("Max core file size%s+0%s"), seen)
     local _, err, rc, secs = run("--safe", "local s = ('a'):rep(40) s:find(('a*'):rep(40) .. 'b')")
     assert.equal(2, rc, err)
     assert.truthy(err:find("recipe.lua: the recipe used more than 10 s of CPU time (the --safe budget)", 1, true)
