@@ -175,8 +175,9 @@ end
 -- NODE_DIR/smolvm-slurm-JOBID on the node: where a task keeps its recipe and result.
 local function job_dir(jobid) return M.NODE_DIR .. "/smolvm-slurm-" .. jobid end
 
---- The batch script of one job array: the task id picks the sandbox.
-function M.job_script(sbs, recipe_b64, exe, label)
+--- The batch script of one job array: the task id picks the sandbox. safe: the
+-- recipe came with --safe, and is evaluated so on the nodes too.
+function M.job_script(sbs, recipe_b64, exe, label, safe)
   local lines = {
     "#!/bin/sh",
     "# smolvm-lua --slurm: one sandbox of " .. label .. " per array task (generated; see",
@@ -207,7 +208,7 @@ function M.job_script(sbs, recipe_b64, exe, label)
     'echo "smolvm job $SLURM_JOB_ID: sandbox $name on ${SLURMD_NODENAME:-?},'
       .. ' restart ${SLURM_RESTART_COUNT:-0}, state ${SMOLVM_STATE_DIR:-default}" >&2',
     -- SIGTERM (scancel, the time limit) reaches smolvm-lua, which tears its VM down.
-    '"$lua" --json --only "$name" "$dir/recipe.lua" >"$dir/result.json"',
+    '"$lua" --json ' .. (safe and "--safe " or "") .. '--only "$name" "$dir/recipe.lua" >"$dir/result.json"',
     "status=$?",
     'if [ -n "$terminated" ]; then',
     '  echo "smolvm job: signalled; smolvm-lua exited $status after its teardown" >&2',
@@ -302,7 +303,7 @@ function Ctl:submit(sandboxes)
   for gi, g in ipairs(groups_of(sandboxes)) do
     local script = self.tmp .. "/job-" .. gi .. ".sh"
     local f = assert(io.open(script, "w"))
-    f:write(M.job_script(g.sbs, b64, exe, label))
+    f:write(M.job_script(g.sbs, b64, exe, label, self.opts.safe))
     f:close()
     local args = { "env", "-u", "SMOLVM_STATE_DIR", "sbatch", "--parsable", "--requeue",
       "--array=0-" .. (#g.sbs - 1), "--job-name=smolvm-" .. label:gsub("%.lua$", ""),

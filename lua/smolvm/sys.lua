@@ -74,4 +74,18 @@ function M.now()
   return M.monotonic_ms() / 1000
 end
 
+--- poll(fds, timeout_ms) -> { ready, ... } | nil, msg, code: wait until one of the
+-- descriptors is readable (or hung up), at most timeout_ms (< 0: without limit);
+-- ready[i] says whether fds[i] is. A signal ends the wait early: nil, "interrupted",
+-- "EINTR". nil (the function) where the binding is not loaded.
+M.poll = core and core.poll
+
+--- term_cols(fd) -> the width of the terminal on fd, or nil.
+function M.term_cols(fd)
+  if not (core and core.tty_size) then return nil end
+  local rows, cols = core.tty_size(fd)
+  if not rows then return nil end
+  return cols
+end
+
 return M

@@ -483,6 +483,14 @@ SMOLVM_EXTERN int smolvm_proc_wait(smolvm_exit *out, smolvm_proc *p, int timeout
 /* Free the handle: a process spawned without keep is killed; with keep, or attached,
  * it runs on. */
 SMOLVM_EXTERN smolvm_proc *smolvm_proc_free(smolvm_proc *p);
+/* For an event loop that waits on several processes (or on a process and a terminal)
+ * at once: the descriptor that becomes readable when output, an exit or an error may
+ * have arrived for p, or -1 when p has no connection. Borrowed: valid until p is freed;
+ * do not read it or change its flags. Output already received is held by p and makes
+ * no descriptor readable, so read with smolvm_proc_read(timeout_ms = 0) until it
+ * returns SMOLVM_ETIMEDOUT before each wait on the descriptor. The connection is
+ * shared by every handle made from the same smolvm_vm. */
+SMOLVM_EXTERN int smolvm_proc_fd(const smolvm_proc *p);
 
 /* ---------------------------------------------------------------- files */
 

@@ -413,5 +413,6 @@ SMOLVM_EXTERN int luaopen_smolvm_core(lua_State *L)
     smolvm_lua_open_proc(L);
     smolvm_lua_open_job(L);
     smolvm_lua_open_image(L);
+    smolvm_lua_open_hostio(L);
     return 1;
 }
