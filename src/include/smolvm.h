@@ -143,6 +143,13 @@ SMOLVM_EXTERN const char *smolvm_ctx_db_path(const smolvm_ctx *ctx);
 
 /* Resolve the default state directory without creating anything. Caller frees. */
 SMOLVM_EXTERN int smolvm_default_state_dir(char **out, smolvm_error **err);
+/* The image directory a context made without options uses: $SMOLVM_IMAGE_DIR, else
+ * $XDG_DATA_HOME/smolvm/images, else ~/.local/share/smolvm/images. Nothing is created.
+ * Caller frees. */
+SMOLVM_EXTERN int smolvm_default_image_dir(char **out, smolvm_error **err);
+/* The template directory a context uses (see smolvm_ctx_template_dir), without making
+ * a context: nothing is created. Caller frees. */
+SMOLVM_EXTERN int smolvm_default_template_dir(char **out, smolvm_error **err);
 
 /* ---------------------------------------------------------------- store */
 
