@@ -1,6 +1,7 @@
 -- SPDX-License-Identifier: MIT
 --- smolvm.declare: what a recipe file calls while it loads (`sandbox "x" { ... }`,
--- `image "x" { ... }`, `host_check`) and the restricted environments it loads in.
+-- `image "x" { ... }`, `template "x" { ... }`, `host_check`) and the restricted
+-- environments it loads in.
 --
 -- Pure: this module requires nothing and uses only the standard string and table
 -- functions, so smolvm-lua can load it into the separate, budgeted Lua state that
@@ -19,13 +20,13 @@
 
 local M = {}
 
---- The kinds of declaration, in the order a run makes them (images first, then the
--- sandboxes made from them).
-M.KINDS = { "image", "sandbox" }
+--- The kinds of declaration, in the order a run makes them (images, then the templates
+-- booted from them, then the sandboxes).
+M.KINDS = { "image", "template", "sandbox" }
 
 --- A new declaration collector: { declared = { d, ... }, checks = { c, ... } }, the
 -- declarations of every kind in the order they were made.
--- A declaration d is { kind = "sandbox"|"image", name =, body =, line =, source =,
+-- A declaration d is { kind = "sandbox"|"image"|"template", name =, body =, line =, source =,
 -- extra_args = bool, body_line =, body_extra = bool, body_bad = true (the body is not
 -- a table), twice = { line, ... } (the body was given again) }.
 function M.collector()
@@ -183,7 +184,7 @@ end
 -- ("safe").
 -- @param kind "check" or "safe"
 -- @param g the standard globals to take the allowed functions from (_G)
--- @param decl { sandbox = fn, image = fn (M.functions), host_check = fn (check
+-- @param decl { sandbox =, image =, template = (M.functions), host_check = fn (check
 --   only), pcall =, xpcall = (the budget-aware versions in the --safe state),
 --   print = fn(...) (check only) }
 function M.env(kind, g, decl)

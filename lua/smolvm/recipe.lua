@@ -47,7 +47,8 @@ local sanitize = text.sanitize
 local getinfo = debug and debug.getinfo
 
 -- The recipe being declared: { opts, declared = { d, ... } (every kind, in order;
--- smolvm.declare), checks = { ... }, decl = { sandbox = fn, image = fn }, host_check }
+-- smolvm.declare), checks = { ... }, decl = { sandbox =, image =, template = },
+-- host_check }
 local state
 
 local function new_state(opts)
@@ -74,6 +75,14 @@ function M.image(name, ...)
   return state.decl.image(name, ...)
 end
 
+--- The global `template`: `template "name" { image =, memory =, steps = { ... } }`, a
+-- VM booted once, its steps run, snapshotted as template "name" and deleted; cached by
+-- its definition and its image, before the sandboxes (`template = "name"`) made from it.
+function M.template(name, ...)
+  state = state or new_state()
+  return state.decl.template(name, ...)
+end
+
 --- Register a host-side check: `fn(vms)` runs after every sandbox met all its steps,
 -- before teardown (forwards are still up), with `vms[name] = vm`. It returns true,
 -- or false/nil and a message (the recipe then exits 1). Not run under --check, not
@@ -83,7 +92,8 @@ function M.host_check(label, fn)
   return state.host_check(label, fn) -- a tail call: a bad argument blames the caller
 end
 
---- Start a recipe: remember the flags and install the globals `sandbox` and `image`.
+--- Start a recipe: remember the flags and install the globals `sandbox`, `image` and
+-- `template`.
 -- @param opts { check = bool, json = bool, keep = bool, quiet = bool, safe = bool,
 --   only = name, slurm = bool, partition =, account =, time =, wait = (strings, for
 --   --slurm), file = the recipe's path, exe = the smolvm-lua binary }
@@ -91,12 +101,14 @@ function M.begin(opts)
   state = new_state(opts)
   _G.sandbox = state.decl.sandbox
   _G.image = state.decl.image
+  _G.template = state.decl.template
 end
 
 -- What each kind's body looks like, for the messages below.
 local FORMS = {
   sandbox = { "sandbox", '{ ... }' },
   image = { "image", '{ packages = { ... } }' },
+  template = { "template", '{ image = "default", steps = { ... } }' },
 }
 
 -- The kind of a declaration (what --safe hands over is checked like any data).
@@ -159,7 +171,8 @@ function M.load(path)
   local env
   if state.opts.check then
     env = declare.env("check", _G, {
-      sandbox = state.decl.sandbox, image = state.decl.image, host_check = M.host_check,
+      sandbox = state.decl.sandbox, image = state.decl.image, template = state.decl.template,
+      host_check = M.host_check,
       print = function(...)
         local t = {}
         for i = 1, select("#", ...) do t[i] = tostring((select(i, ...))) end
@@ -238,12 +251,148 @@ local function interrupt_status(err)
   return M.EXIT_SIGINT
 end
 
+------------------------------------------------------------------------ templates
+-- A template block's cache (docs/templates.md, "Templates from recipes"): the library
+-- stores nothing of recipes, so the run that makes a template writes its record next
+-- to the library's template.json, in the template's own directory:
+--   <template dir>/<name>/recipe.json
+--   { "format": 1, "template": NAME, "definition": sha256 of the block's definition,
+--     "image": { "name":, "built":, "inputs_hash": } (its image's manifest) }
+-- It goes with the directory when the template is removed. A template is up to date
+-- when that record's definition is the block's, its image is the one on disk now
+-- (the manifest's built and inputs_hash, as in template.json) and the library does not
+-- call it stale. A template without the record was not made by a template block: a
+-- run does not remove it.
+
+M.TEMPLATE_RECORD = "recipe.json"
+local read_json = sys.read_json
+
+local function core_module()
+  local ok, core = pcall(require, "smolvm.core")
+  return ok and type(core) == "table" and core or nil
+end
+
+local function str_or_nil(v) return type(v) == "string" and v or nil end
+
+--- The definition of a normalized template, as the text its hash is taken of: every
+-- field the block gives (defaults filled), JSON with sorted keys.
+function M.template_definition(t)
+  return json.encode({ format = 1, image = t.vm.image, vcpus = t.vm.vcpus, memory = t.vm.memory,
+                       network = t.vm.network, env = json.object(t.vm.env or {}),
+                       files = json.object(t.files or {}), steps = json.array(t.steps or {}) })
+end
+
+--- sha256 (hex) of M.template_definition(t).
+function M.template_hash(t)
+  local core = core_module()
+  if not core or type(core.sha256) ~= "function" then
+    error("the smolvm binding has no sha256 (rebuild it)", 0)
+  end
+  return core.sha256(M.template_definition(t))
+end
+
+--- The identity of image `name` now: { name =, built =, inputs_hash = } from its
+-- manifest, or nil when it has none.
+function M.image_identity(image_dir, name)
+  local m = read_json(image_dir .. "/" .. name .. "/manifest.json")
+  if not m then return nil end
+  return { name = name, built = str_or_nil(m.built), inputs_hash = str_or_nil(m.inputs_hash) }
+end
+
+local function same_image(a, b)
+  return type(a) == "table" and type(b) == "table" and a.built ~= nil and a.built == b.built
+    and a.inputs_hash ~= nil and a.inputs_hash == b.inputs_hash
+end
+
+--- What is on disk for template block t: { state = "missing" | "up-to-date" | "stale"
+-- | "foreign", reason = (stale, foreign), created_at = ms (when it exists), record = }.
+-- @param dirs { template_dir =, image_dir = }
+-- @param hash M.template_hash(t)
+-- @param image the image's identity (M.image_identity), or nil when it is not built
+--   or will be built first (then an existing template is stale)
+-- @param no_image why image is nil (default: the image is not built)
+function M.template_status(dirs, t, hash, image, no_image)
+  local dir = dirs.template_dir .. "/" .. t.name
+  local tj = read_json(dir .. "/template.json")
+  if not tj then
+    if file_exists(dir) then -- a directory opens for reading too
+      return { state = "foreign", reason = "'" .. dir .. "' holds no readable template.json" }
+    end
+    return { state = "missing" }
+  end
+  local created = type(tj.created_ms) == "number" and tj.created_ms or nil
+  local rec = read_json(dir .. "/" .. M.TEMPLATE_RECORD)
+  if not rec or rec.format ~= 1 or type(rec.definition) ~= "string" then
+    return { state = "foreign", created_at = created,
+             reason = "it was not made by a template block (it has no " .. M.TEMPLATE_RECORD .. ")" }
+  end
+  local st = { state = "stale", created_at = created, record = rec }
+  local tj_image = type(tj.image) == "table" and tj.image or {}
+  if rec.definition ~= hash then
+    st.reason = "its definition changed"
+  elseif tj_image.name ~= t.vm.image then
+    st.reason = "it was made from image " .. schema.quote(tostring(tj_image.name))
+      .. ", the block says " .. schema.quote(t.vm.image)
+  elseif not image then
+    st.reason = no_image or ("its image " .. schema.quote(t.vm.image) .. " is not built")
+  elseif not same_image(rec.image, image) or not same_image(tj_image, image) then
+    st.reason = "its image " .. schema.quote(t.vm.image) .. " was rebuilt since (built "
+      .. tostring(image.built) .. ")"
+  else
+    st.state = "up-to-date"
+  end
+  return st
+end
+
+-- Write the record of template t (just made, as hash says) from its template.json.
+local function write_record(dirs, t, hash)
+  local dir = dirs.template_dir .. "/" .. t.name
+  local tj = read_json(dir .. "/template.json")
+  if not tj then return nil, "cannot read " .. dir .. "/template.json" end
+  local img = type(tj.image) == "table" and tj.image or {}
+  local text = json.encode({ format = 1, template = t.name, definition = hash,
+    image = { name = str_or_nil(img.name), built = str_or_nil(img.built),
+              inputs_hash = str_or_nil(img.inputs_hash) } }, { indent = "  " }) .. "\n"
+  local path = dir .. "/" .. M.TEMPLATE_RECORD
+  local f, err = io.open(path .. ".tmp", "wb")
+  if not f then return nil, tostring(err) end
+  local okw, werr = f:write(text)
+  local okc = f:close()
+  if not okw or not okc then
+    os.remove(path .. ".tmp")
+    return nil, "write " .. path .. ".tmp: " .. tostring(werr)
+  end
+  local okr, rerr = os.rename(path .. ".tmp", path)
+  if not okr then
+    os.remove(path .. ".tmp")
+    return nil, tostring(rerr)
+  end
+  return type(tj.created_ms) == "number" and tj.created_ms or true
+end
+
+--- The id of the VM that makes template `name` (deleted once it is snapshotted).
+function M.builder_id(name)
+  local id = "template-" .. name
+  if #id <= 63 then return id end
+  local core = core_module()
+  local tag = core and core.sha256 and core.sha256(name):sub(1, 8) or "x"
+  return "template-" .. name:sub(1, 44) .. "-" .. tag
+end
+
+local function iso_ms(ms)
+  if type(ms) ~= "number" then return "?" end
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(ms / 1000))
+end
+M.iso_ms = iso_ms
+
 ------------------------------------------------------------------------ checking
 
 -- Checks the schema cannot make: host files to upload must exist (or be produced
--- by an earlier download in the recipe).
-local function check_host_files(sandboxes, errs)
-  local produced = {}
+-- by an earlier download in the recipe: `produced`, shared by the templates, which run
+-- first, and the sandboxes). prefix: schema.sandbox_prefix or template_prefix.
+local function check_host_files(sandboxes, errs, prefix, produced)
+  produced = produced or {}
+  prefix = prefix or schema.sandbox_prefix
   for _, sb in ipairs(sandboxes) do
     for i, step in ipairs(sb.steps) do
       if step.kind == "download" then
@@ -251,7 +400,7 @@ local function check_host_files(sandboxes, errs)
       elseif step.kind == "upload" then
         local p = host_path(sb, step.from)
         if not produced[p] and not file_exists(p) then
-          errs[#errs + 1] = schema.sandbox_prefix(sb.name) .. "steps[" .. i
+          errs[#errs + 1] = prefix(sb.name) .. "steps[" .. i
             .. "].upload.from: no such host file " .. schema.quote(step.from)
             .. (p ~= step.from and (" (looked for " .. schema.quote(p) .. ")") or "")
         end
@@ -263,7 +412,7 @@ end
 --- Validate what was declared (no VM is touched).
 -- @return normalized sandboxes, or nil, the list of errors and the sandboxes that
 --   are valid on their own (for checks that add to the list)
-function M.validate(declared)
+function M.validate(declared, produced)
   local errs = {}
   for _, d in ipairs(declared) do declaration_facts(d) end
   local sandboxes, verrs = schema.validate_recipe(declared)
@@ -278,10 +427,10 @@ function M.validate(declared)
         partial[#partial + 1] = sb
       end
     end
-    check_host_files(partial, verrs)
+    check_host_files(partial, verrs, nil, produced)
     return nil, verrs, partial
   end
-  check_host_files(sandboxes, errs)
+  check_host_files(sandboxes, errs, nil, produced)
   if #errs > 0 then return nil, errs end
   return sandboxes
 end
@@ -559,19 +708,27 @@ local function fail_sandbox(out, run, msg)
 end
 
 -- Stop and delete what this recipe created, unless kept. Each call is protected:
--- a second Ctrl-C during teardown must not leave the other sandboxes behind.
+-- a second Ctrl-C during teardown must not leave the other sandboxes behind. The VMs
+-- that made templates are never kept; a template made without its record (the run
+-- was interrupted in between) is removed, so it is not taken for someone else's.
 local function teardown(ctx, out, interrupted)
-  for _, run in ipairs(ctx.runs) do
+  local all = {}
+  for _, run in ipairs(ctx.template_runs or {}) do all[#all + 1] = run end
+  for _, run in ipairs(ctx.runs) do all[#all + 1] = run end
+  for _, run in ipairs(all) do
     -- A command still running (the recipe was interrupted) is killed with its handle.
     if run.job then pcall(run.job.proc.close, run.job.proc) run.job = nil end
-    local keep = (run.sb.keep or ctx.opts.keep) and not interrupted
+    if run.snapshotted and not run.recorded and ctx.smolvm then
+      pcall(ctx.smolvm.template_delete, run.template.name)
+    end
+    local keep = (run.sb.keep or ctx.opts.keep) and not interrupted and not run.template
     if run.vm and keep then
       -- Without keep() the VM object would delete it when collected at exit.
       if run.vm.keep then pcall(run.vm.keep, run.vm) end
       run.kept = true
       out:line("[" .. run.sb.name .. "] kept as " .. run.sb.id .. ": smolvm exec " .. run.sb.id
         .. " -- sh   (remove with: smolvm rm -f " .. run.sb.id .. ")")
-    elseif run.vm or run.creating then
+    elseif (run.vm or run.creating) and not run.deleted then
       local vm = run.vm
       for _ = 1, 3 do
         local ok = pcall(function()
@@ -673,8 +830,8 @@ end
 
 -- 3. Create every VM (records, disks, keys; nothing runs yet). A sandbox that cannot
 -- be created fails alone; a host that cannot run sandboxes stops the run.
-local function create_all(ctx, out)
-  for _, run in ipairs(ctx.runs) do
+local function create_all(ctx, out, runs)
+  for _, run in ipairs(runs or ctx.runs) do
     local vmopts = {}
     for k, v in pairs(run.sb.vm) do vmopts[k] = v end
     vmopts.id = run.sb.id -- the sandbox name, so kept sandboxes are found by name
@@ -720,16 +877,20 @@ end
 -- 4. Boot them side by side: start_begin launches every VM, start_finish then waits
 -- for each (they boot meanwhile). A module without the two halves boots in turn.
 -- Each booted sandbox gets its files and becomes "running".
-local function boot_all(ctx, out)
+local function boot_all(ctx, out, runs)
+  runs = runs or ctx.runs
   local boot_t0 = now()
-  for _, run in ipairs(ctx.runs) do
+  for _, run in ipairs(runs) do
     if run.vm and run.vm.start_begin then
       run.begun = { op(run.vm.start_begin, run.vm, { timeout = M.BOOT_TIMEOUT }) }
     end
   end
-  for _, run in ipairs(ctx.runs) do
+  for _, run in ipairs(runs) do
     if run.vm then
-      local head = "[" .. run.sb.name .. "] boot"
+      -- A clone does not boot: it continues its template's memory.
+      local head = "[" .. run.sb.name .. "] "
+        .. (run.sb.vm.template and ("start (clone of template " .. schema.quote(run.sb.vm.template)
+          .. ")") or "boot")
       out:pending(head, run.sb.name)
       local okb, msg, code
       if run.begun then
@@ -867,10 +1028,11 @@ end
 -- command takes its next step (a streamed command starts and runs on; any other step
 -- runs to its end), then the runner waits for output of the commands in flight.
 -- Until no sandbox is running. Any sandbox not "ok" then fails the recipe.
-local function run_steps(ctx, out)
+local function run_steps(ctx, out, runs)
+  runs = runs or ctx.runs
   while true do
     local idle, jobs = false, {}
-    for _, run in ipairs(ctx.runs) do
+    for _, run in ipairs(runs) do
       if run.status == "running" and not run.job then
         local step = run.sb.steps[run.next]
         if not step then
@@ -893,9 +1055,172 @@ local function run_steps(ctx, out)
       break
     end
   end
-  for _, run in ipairs(ctx.runs) do
+  for _, run in ipairs(runs) do
     if run.status ~= "ok" then return M.EXIT_FAILED end
   end
+  return nil
+end
+
+-- The sandboxes made from template `name` fail with it.
+local function fail_clones(ctx, out, name, why)
+  for _, run in ipairs(ctx.runs) do
+    if run.sb.vm.template == name and run.status ~= "failed" then
+      fail_sandbox(out, run, "template " .. schema.quote(name) .. " " .. why)
+    end
+  end
+end
+
+-- One template's result: the line (unless `shown` already) and the record of it.
+local function template_failed(ctx, out, res, msg, code, shown)
+  res.ok, res.error, res.code = false, sanitize(tostring(msg)), code
+  res.elapsed = now() - res.t0
+  if not shown then
+    out:line("[template " .. res.name .. "] " .. out:paint("31", "FAILED") .. ": " .. res.error)
+  end
+  fail_clones(ctx, out, res.name, "could not be made")
+end
+
+-- 2c. Templates the recipe declares (and its sandboxes use), after the images they
+-- boot: each one up to date is reused; else the old one (out of date) is removed and
+-- a VM boots, runs the block's steps (live, like a sandbox's), is snapshotted as the
+-- template and deleted. The VMs of several templates boot side by side. A template
+-- that cannot be made fails the sandboxes made from it and stops the run.
+local function build_templates(ctx, out)
+  local list = ctx.opts.templates or {}
+  if #list == 0 then return nil end
+  ctx.template_results, ctx.template_runs = {}, {}
+  local dirs, derr = nil, "this smolvm module has no paths()"
+  if type(ctx.smolvm.paths) == "function" then dirs, derr = ctx.smolvm.paths() end
+  if type(dirs) ~= "table" then
+    local res = { name = list[1].name, image = list[1].vm.image, t0 = now() }
+    ctx.template_results[1] = res
+    template_failed(ctx, out, res, "where templates live: " .. tostring(derr))
+    return M.EXIT_FAILED
+  end
+  local lib = {} -- the library's view: stale, created_at
+  local okl, tl = pcall(ctx.smolvm.templates)
+  if okl and type(tl) == "table" then
+    for _, x in ipairs(tl) do if type(x) == "table" and x.name then lib[x.name] = x end end
+  end
+  local failed, builds = false, {}
+  for _, t in ipairs(list) do
+    local head = "[template " .. t.name .. "]"
+    local res = { name = t.name, image = t.vm.image, memory = t.vm.memory, t0 = now() }
+    ctx.template_results[#ctx.template_results + 1] = res
+    local okh, hash = pcall(M.template_hash, t)
+    if not okh then
+      failed = true
+      template_failed(ctx, out, res, hash)
+    else
+      res.definition = hash
+      local st = M.template_status(dirs, t, hash, M.image_identity(dirs.image_dir, t.vm.image))
+      local info = lib[t.name]
+      if st.state == "up-to-date" and info and info.stale then
+        st.state, st.reason = "stale", tostring(info.stale)
+      end
+      if st.state == "up-to-date" then
+        res.ok, res.status, res.created_at = true, "up-to-date", st.created_at
+        res.elapsed = now() - res.t0
+        out:line(head .. " " .. out:paint("32", "up to date") .. " (made " .. iso_ms(st.created_at)
+          .. ")")
+      elseif st.state == "foreign" then
+        failed = true
+        template_failed(ctx, out, res, "template " .. schema.quote(t.name) .. " exists and "
+          .. st.reason .. "; remove it with 'smolvm template rm " .. t.name
+          .. "', or give the block another name")
+      else
+        local okd, msg, code = true, nil, nil
+        if st.state == "stale" then
+          out:line(head .. " out of date (" .. st.reason .. "): removing the old one")
+          okd, msg, code = op(ctx.smolvm.template_delete, t.name)
+        end
+        if not okd then
+          failed = true
+          template_failed(ctx, out, res, "template " .. schema.quote(t.name) .. " is out of date ("
+            .. st.reason .. ") and cannot be removed: " .. tostring(msg), code)
+        else
+          res.replaced = st.state == "stale" or nil
+          builds[#builds + 1] = { t = t, res = res, hash = hash }
+        end
+      end
+    end
+  end
+  if failed then return M.EXIT_FAILED end
+  if #builds == 0 then return nil end
+
+  -- The VMs that make them: a sandbox each, of the block's machine, on QEMU with the
+  -- agent (what templates need), never kept.
+  local names = {}
+  for _, b in ipairs(builds) do
+    local t = b.t
+    local files = {}
+    for path in pairs(t.files) do files[#files + 1] = path end
+    table.sort(files)
+    local vm = { image = t.vm.image, vcpus = t.vm.vcpus, memory = t.vm.memory,
+                 network = t.vm.network, env = t.vm.env, backend = "qemu", transport = "agent" }
+    local run = { sb = { name = "template " .. t.name, id = M.builder_id(t.name), vm = vm,
+                         files = t.files, steps = t.steps, source = t.source, keep = false },
+                  status = "pending", next = 1, results = {}, bg = 0, files = files,
+                  template = t, res = b.res, hash = b.hash }
+    b.res.run = run
+    ctx.template_runs[#ctx.template_runs + 1] = run
+    names[#names + 1] = run.sb.name
+  end
+  out:set_names(names)
+  for _, run in ipairs(ctx.template_runs) do
+    if ctx.smolvm.VM.from_id(run.sb.id) then
+      failed = true
+      template_failed(ctx, out, run.res, "a VM with id " .. schema.quote(run.sb.id)
+        .. " exists: another run is making template " .. schema.quote(run.template.name)
+        .. " now (run again when it is done), or it was left behind (remove it with 'smolvm rm -f "
+        .. run.sb.id .. "')")
+      run.status = "failed"
+    end
+  end
+  if failed then return M.EXIT_FAILED end
+  local status = create_all(ctx, out, ctx.template_runs)
+  if status then return status end
+  status = boot_all(ctx, out, ctx.template_runs)
+  if status then return status end
+  run_steps(ctx, out, ctx.template_runs)
+  for _, run in ipairs(ctx.template_runs) do
+    local t, res = run.template, run.res
+    local head = "[template " .. t.name .. "]"
+    if run.status ~= "ok" then
+      failed = true
+      template_failed(ctx, out, res, run.error or "its VM could not be started", nil, true)
+    else
+      out:pending(head .. " snapshot", run.sb.name)
+      local oks, msg, code = op(run.vm.snapshot, run.vm, t.name)
+      if oks then
+        run.snapshotted = true
+        local made, rerr = write_record(dirs, t, run.hash)
+        if made then
+          run.recorded = true
+          res.created_at = type(made) == "number" and made or nil
+        else
+          pcall(ctx.smolvm.template_delete, t.name)
+          oks, msg = nil, "its record " .. M.TEMPLATE_RECORD .. ": " .. tostring(rerr)
+        end
+      end
+      -- Its VM is done either way: gone before the sandboxes boot.
+      pcall(function()
+        run.vm:stop{ timeout = M.STOP_TIMEOUT }
+        local d = run.vm:delete()
+        if d then run.deleted = true end
+      end)
+      if oks then
+        res.ok, res.status = true, "built"
+        res.elapsed = now() - res.t0
+        out:done(head .. " " .. out:paint("32", "built") .. " " .. fmt_secs(res.elapsed), run.sb.name)
+      else
+        out:done(head .. " snapshot " .. out:paint("31", "FAILED"), run.sb.name)
+        failed = true
+        template_failed(ctx, out, res, "snapshot: " .. with_code(msg, code), code)
+      end
+    end
+  end
+  if failed then return M.EXIT_FAILED end
   return nil
 end
 
@@ -921,8 +1246,8 @@ local function run_host_checks(ctx, out)
   return nil
 end
 
-local PHASES = { load_binding, check_ids, build_images, create_all, boot_all, run_steps,
-                 run_host_checks }
+local PHASES = { load_binding, check_ids, build_images, build_templates, create_all, boot_all,
+                 run_steps, run_host_checks }
 
 -- Run the phases in order; the first that returns a status ends the run with it.
 -- Teardown, the summary and the JSON result are M.run's, whatever happened here.
@@ -939,6 +1264,11 @@ local function summary(ctx, out, status)
   out:line("")
   for _, r in ipairs(ctx.image_results or {}) do
     out:line(string.format("  image %-10s %s  %s", r.name,
+      r.ok and out:paint("32", "ok    ") or out:paint("31", "FAILED"),
+      r.ok and (r.status == "built" and "built" or "up to date") or (r.error or "not finished")))
+  end
+  for _, r in ipairs(ctx.template_results or {}) do
+    out:line(string.format("  template %-7s %s  %s", r.name,
       r.ok and out:paint("32", "ok    ") or out:paint("31", "FAILED"),
       r.ok and (r.status == "built" and "built" or "up to date") or (r.error or "not finished")))
   end
@@ -970,22 +1300,27 @@ local function summary(ctx, out, status)
   end
 end
 
+-- A run's step results for --json. Guest text (and a --safe recipe's) sanitized:
+-- JSON readers get valid UTF-8 and nothing that drives a terminal when printed.
+local function json_steps(run)
+  local steps = json.array()
+  local function clean(v) return v ~= nil and sanitize(v) or nil end
+  for _, r in ipairs(run and run.results or {}) do
+    steps[#steps + 1] = {
+      index = r.index, kind = r.kind, label = clean(r.label), ok = r.ok,
+      elapsed = math.floor((r.elapsed or 0) * 1000 + 0.5) / 1000,
+      exit_code = r.exit_code, signal = clean(r.signal), stdout = clean(r.stdout),
+      stderr = clean(r.stderr), truncated = r.truncated, error = clean(r.error),
+      pid = r.pid, log = r.log,
+    }
+  end
+  return steps
+end
+
 local function json_result(ctx, status)
   local sbs = json.array()
   for _, run in ipairs(ctx.runs) do
-    local steps = json.array()
-    for _, r in ipairs(run.results) do
-      -- Guest text (and a --safe recipe's) sanitized: JSON readers get valid UTF-8
-      -- and nothing that drives a terminal when printed.
-      local function clean(v) return v ~= nil and sanitize(v) or nil end
-      steps[#steps + 1] = {
-        index = r.index, kind = r.kind, label = clean(r.label), ok = r.ok,
-        elapsed = math.floor((r.elapsed or 0) * 1000 + 0.5) / 1000,
-        exit_code = r.exit_code, signal = clean(r.signal), stdout = clean(r.stdout),
-        stderr = clean(r.stderr), truncated = r.truncated, error = clean(r.error),
-        pid = r.pid, log = r.log,
-      }
-    end
+    local steps = json_steps(run)
     local sb = {
       name = run.sb.name, id = run.sb.id, ok = run.status == "ok",
       status = run.status, error = run.error and sanitize(run.error), steps = steps,
@@ -1004,8 +1339,18 @@ local function json_result(ctx, status)
         elapsed = r.elapsed and math.floor(r.elapsed * 1000 + 0.5) / 1000 }
     end
   end
+  local templates
+  if ctx.template_results then
+    templates = json.array()
+    for _, r in ipairs(ctx.template_results) do
+      templates[#templates + 1] = { name = r.name, image = r.image, memory = r.memory, ok = r.ok,
+        status = r.status, error = r.error, code = r.code, definition = r.definition,
+        created_at = r.created_at, replaced = r.replaced, steps = json_steps(r.run),
+        elapsed = r.elapsed and math.floor(r.elapsed * 1000 + 0.5) / 1000 }
+    end
+  end
   return {
-    format = 1, status = status, ok = status == 0, images = images,
+    format = 1, status = status, ok = status == 0, images = images, templates = templates,
     interrupted = (status == M.EXIT_SIGINT or status == M.EXIT_SIGTERM),
     elapsed = math.floor((now() - ctx.t0) * 1000 + 0.5) / 1000,
     sandboxes = sbs, errors = json.array(ctx.errors or {}),
@@ -1085,6 +1430,42 @@ local function image_plan(images)
   return plan
 end
 
+-- What --check says about each template to make (reads the template and image
+-- directories where a context would look, creates nothing). iplan: image_plan's.
+local function template_plan(templates, iplan)
+  local plan = {}
+  if #(templates or {}) == 0 then return plan end
+  local rebuilt = {}
+  for _, p in ipairs(iplan) do if p.state ~= "up-to-date" then rebuilt[p.name] = true end end
+  local okm, smolvm = pcall(require, "smolvm")
+  local dirs = okm and type(smolvm.default_paths) == "function" and smolvm.default_paths() or nil
+  for _, t in ipairs(templates) do
+    local p = { name = t.name, image = t.vm.image, memory = t.vm.memory, vcpus = t.vm.vcpus,
+                steps = #t.steps, state = "unknown" }
+    local okh, hash = pcall(M.template_hash, t)
+    if type(dirs) ~= "table" or not okh then
+      p.detail = "cannot tell: the smolvm binding is not loaded"
+    else
+      p.definition = hash
+      local image = not rebuilt[t.vm.image] and M.image_identity(dirs.image_dir, t.vm.image) or nil
+      local st = M.template_status(dirs, t, hash, image, rebuilt[t.vm.image]
+        and ("its image " .. schema.quote(t.vm.image) .. " would be built first") or nil)
+      p.created_at = st.created_at
+      if st.state == "missing" then
+        p.state, p.detail = "out-of-date", "not made yet"
+      elseif st.state == "up-to-date" then
+        p.state, p.detail = "up-to-date", "made " .. iso_ms(st.created_at)
+      elseif st.state == "stale" then
+        p.state, p.detail = "out-of-date", st.reason
+      else
+        p.state, p.detail = "refused", "template " .. schema.quote(t.name) .. " exists and " .. st.reason
+      end
+    end
+    plan[#plan + 1] = p
+  end
+  return plan
+end
+
 -- A copy of v with every string sanitized (what a --safe recipe declared is
 -- untrusted text; JSON readers need valid UTF-8).
 local function clean_tree(v)
@@ -1095,8 +1476,9 @@ local function clean_tree(v)
   return setmetatable(c, getmetatable(v))
 end
 
-local function check_summary(sandboxes, opts, images)
+local function check_summary(sandboxes, opts, images, templates)
   local plan = image_plan(images)
+  local tplan = template_plan(templates, plan)
   if opts.json then
     local sbs = json.array()
     for _, sb in ipairs(sandboxes) do
@@ -1112,22 +1494,33 @@ local function check_summary(sandboxes, opts, images)
       imgs[#imgs + 1] = { name = p.name, packages = json.array(p.packages), state = p.state,
                           detail = p.detail }
     end
+    local tpls = json.array()
+    for _, p in ipairs(tplan) do
+      tpls[#tpls + 1] = { name = p.name, image = p.image, memory = p.memory, vcpus = p.vcpus,
+                          steps_total = p.steps, state = p.state, detail = p.detail,
+                          definition = p.definition, created_at = p.created_at }
+    end
     print_json({ format = 1, status = 0, ok = true, checked = true, sandboxes = sbs,
-                 images = imgs, errors = json.array() })
+                 images = imgs, templates = tpls, errors = json.array() })
     return
   end
   local nsteps = 0
   for _, sb in ipairs(sandboxes) do nsteps = nsteps + #sb.steps end
-  io.stdout:write(string.format("recipe ok: %d sandbox%s, %d step%s%s\n", #sandboxes,
+  io.stdout:write(string.format("recipe ok: %d sandbox%s, %d step%s%s%s\n", #sandboxes,
     #sandboxes == 1 and "" or "es", nsteps, nsteps == 1 and "" or "s",
-    #plan > 0 and (", " .. #plan .. " image" .. (#plan == 1 and "" or "s")) or ""))
+    #plan > 0 and (", " .. #plan .. " image" .. (#plan == 1 and "" or "s")) or "",
+    #tplan > 0 and (", " .. #tplan .. " template" .. (#tplan == 1 and "" or "s")) or ""))
   for _, sb in ipairs(sandboxes) do
     local fw = {}
     for _, f in ipairs(sb.vm.forwards) do
       fw[#fw + 1] = (f.address or "127.0.0.1") .. ":" .. f.host .. "->" .. f.guest
     end
-    io.stdout:write(string.format("  %-16s %d step%s, %d vcpu, %d MiB%s%s\n", sb.name, #sb.steps,
-      #sb.steps == 1 and "" or "s", sb.vm.vcpus, sb.vm.memory,
+    -- A clone has its template's machine (known when the recipe declares it).
+    local mvm = sb.clone_of and sb.clone_of.vm or sb.vm
+    local machine = mvm.vcpus and (string.format(", %d vcpu, %d MiB", mvm.vcpus, mvm.memory)) or ""
+    io.stdout:write(string.format("  %-16s %d step%s%s%s%s%s\n", sb.name, #sb.steps,
+      #sb.steps == 1 and "" or "s", machine,
+      sb.vm.template and (", clone of template " .. schema.quote(sb.vm.template)) or "",
       #fw > 0 and (", forwards " .. table.concat(fw, " ")) or "",
       sb.keep and ", kept" or ""))
   end
@@ -1137,6 +1530,13 @@ local function check_summary(sandboxes, opts, images)
     io.stdout:write(string.format("  image %-10s %s: %s%s\n", p.name,
       #p.packages > 0 and ("packages " .. table.concat(p.packages, ", ")) or "default packages",
       says[p.state] or p.state, p.detail and (" (" .. p.detail .. ")") or ""))
+  end
+  local tsays = { ["up-to-date"] = "up to date", ["out-of-date"] = "would be made",
+                  refused = "refused", unknown = "not known whether it would be made" }
+  for _, p in ipairs(tplan) do
+    io.stdout:write(string.format("  template %-7s image %s, %d vcpu, %d MiB, %d step%s: %s%s\n",
+      p.name, p.image, p.vcpus, p.memory, p.steps, p.steps == 1 and "" or "s",
+      tsays[p.state] or p.state, p.detail and (" (" .. p.detail .. ")") or ""))
   end
   io.stdout:flush()
 end
@@ -1181,11 +1581,30 @@ function M.validate_images(declared)
   return schema.validate_images(declared)
 end
 
---- The images a run builds, in declaration order: those its sandboxes use and, unless
--- only one sandbox runs (--only), every other declared image too.
-function M.images_to_build(images, sandboxes, only)
+--- The templates a run makes (or finds up to date), in declaration order: those its
+-- sandboxes are made from and, unless only one sandbox runs (--only), every other
+-- declared template too.
+function M.templates_to_build(templates, sandboxes, only)
   local used = {}
-  for _, sb in ipairs(sandboxes) do used[sb.vm.image] = true end
+  for _, sb in ipairs(sandboxes) do
+    if sb.vm.template then used[sb.vm.template] = true end
+  end
+  local out = {}
+  for _, t in ipairs(templates or {}) do
+    if used[t.name] or not only then out[#out + 1] = t end
+  end
+  return out
+end
+
+--- The images a run builds, in declaration order: those its sandboxes and the
+-- templates it makes boot and, unless only one sandbox runs (--only), every other
+-- declared image too.
+function M.images_to_build(images, sandboxes, only, templates)
+  local used = {}
+  for _, sb in ipairs(sandboxes) do
+    if sb.vm.image then used[sb.vm.image] = true end
+  end
+  for _, t in ipairs(templates or {}) do used[t.vm.image] = true end
   local out = {}
   for _, img in ipairs(images) do
     if used[img.name] or not only then out[#out + 1] = img end
@@ -1193,12 +1612,54 @@ function M.images_to_build(images, sandboxes, only)
   return out
 end
 
+--- Validate declared templates (no VM is touched).
+-- @return normalized templates (schema.validate_templates) or nil and every error
+-- @return normalized templates, or nil, every error and the templates valid on their own
+function M.validate_templates(declared, produced)
+  for _, d in ipairs(declared) do declaration_facts(d) end
+  local templates, errs, partial = schema.validate_templates(declared)
+  errs = errs or {}
+  check_host_files(templates or partial, errs, schema.template_prefix, produced)
+  if #errs > 0 then return nil, errs, templates or partial end
+  return templates
+end
+
+-- What a sandbox made from a template of this recipe must agree with: the clone has
+-- the template's machine (the library refuses the same at create; here it is an
+-- invalid recipe, found before anything runs).
+local function check_clones(sandboxes, templates, errs)
+  local by_name = {}
+  for _, t in ipairs(templates) do
+    if type(t.name) == "string" and not by_name[t.name] then by_name[t.name] = t end
+  end
+  for _, sb in ipairs(sandboxes) do
+    local t = sb.vm.template and by_name[sb.vm.template]
+    if t then
+      local at = schema.sandbox_prefix(sb.name)
+      for _, k in ipairs({ "image", "vcpus", "memory" }) do
+        local v = sb.vm[k]
+        if v ~= nil and v ~= t.vm[k] then
+          errs[#errs + 1] = at .. k .. ": a clone has its template's " .. k .. " ("
+            .. (type(t.vm[k]) == "string" and schema.quote(t.vm[k]) or tostring(t.vm[k]))
+            .. (k == "memory" and " MiB" or "") .. ", template " .. schema.quote(t.name)
+            .. "), got " .. (type(v) == "string" and schema.quote(v) or tostring(v))
+        end
+      end
+      local net = sb.vm.network
+      if net and net ~= "auto" and t.vm.network ~= "auto" and net ~= t.vm.network then
+        errs[#errs + 1] = at .. "network: template " .. schema.quote(t.name) .. " is made on "
+          .. schema.quote(t.vm.network) .. "; its clones are too, got " .. schema.quote(net)
+      end
+    end
+  end
+end
+
 --- Validate every declaration of a recipe, of every kind (no VM or image is touched).
 -- @param declared { d, ... } as smolvm.declare records them (d.kind nil: a sandbox)
--- @return { sandboxes =, images = } (normalized), or nil, every error and the
---   sandboxes that are valid on their own
+-- @return { sandboxes =, images =, templates = } (normalized), or nil, every error
+--   and the sandboxes that are valid on their own
 function M.validate_recipe(declared)
-  local lists, errs = { sandbox = {}, image = {} }, {}
+  local lists, errs = { sandbox = {}, image = {}, template = {} }, {}
   if type(declared) ~= "table" then
     return nil, { "recipe: expected a list of declarations, got " .. schema.describe(declared) }, {}
   end
@@ -1212,20 +1673,28 @@ function M.validate_recipe(declared)
       l[#l + 1] = d
     end
   end
-  local sandboxes, serrs, partial = M.validate(lists.sandbox)
+  local produced = {} -- host files that templates' downloads write, for sandboxes' uploads
   local images, ierrs = M.validate_images(lists.image)
+  local templates, terrs, tpartial = M.validate_templates(lists.template, produced)
+  local sandboxes, serrs, partial = M.validate(lists.sandbox, produced)
   for _, e in ipairs(serrs or {}) do errs[#errs + 1] = e end
   for _, e in ipairs(ierrs or {}) do errs[#errs + 1] = e end
+  for _, e in ipairs(terrs or {}) do errs[#errs + 1] = e end
+  check_clones(sandboxes or partial or {}, templates or tpartial or {}, errs)
   if #errs > 0 then return nil, errs, partial or sandboxes or {} end
-  return { sandboxes = sandboxes, images = images }
+  return { sandboxes = sandboxes, images = images, templates = templates }
 end
 
 -- What a --safe recipe may not declare although the schema allows it: host paths
 -- (upload reads a host file, download writes one) and forwards beyond loopback.
-local function safe_refusals(sandboxes)
+local function safe_refusals(sandboxes, templates)
   local errs = {}
-  for _, sb in ipairs(sandboxes) do
-    local prefix = schema.sandbox_prefix(sb.name)
+  local all = {}
+  for _, t in ipairs(templates or {}) do all[#all + 1] = { t, schema.template_prefix } end
+  for _, sb in ipairs(sandboxes) do all[#all + 1] = { sb, schema.sandbox_prefix } end
+  for _, entry in ipairs(all) do
+    local sb = entry[1]
+    local prefix = entry[2](sb.name)
     for i, step in ipairs(sb.steps) do
       if step.kind == "upload" or step.kind == "download" then
         errs[#errs + 1] = prefix .. "steps[" .. i .. "]." .. step.kind .. ": host files are not "
@@ -1233,7 +1702,7 @@ local function safe_refusals(sandboxes)
       end
     end
     for i, f in ipairs(sb.vm.forwards or {}) do
-      if f.address and f.address ~= "127.0.0.1" then
+      if type(f) == "table" and f.address and f.address ~= "127.0.0.1" then
         errs[#errs + 1] = prefix .. "forwards[" .. i .. "].address: --safe recipes forward on "
           .. "127.0.0.1 only, got " .. schema.quote(f.address)
       end
@@ -1249,7 +1718,7 @@ end
 function M.finish(declared)
   local st = state or new_state()
   state = nil
-  _G.sandbox, _G.image = nil, nil
+  _G.sandbox, _G.image, _G.template = nil, nil, nil
   if declared ~= nil then
     st.declared, st.checks = declared, {}
   end
@@ -1258,6 +1727,7 @@ function M.finish(declared)
   local file = type(first) == "table" and type(first.source) == "string" and first.source or nil
   local recipe, errs, partial = M.validate_recipe(st.declared)
   local sandboxes, images = recipe and recipe.sandboxes, recipe and recipe.images
+  local templates = recipe and recipe.templates
   if not recipe then
     -- what --slurm would refuse too, so every mistake shows at once
     if st.opts.slurm then
@@ -1268,8 +1738,14 @@ function M.finish(declared)
     report_invalid(errs, st.opts, file)
     return M.EXIT_INVALID
   end
+  -- A clone's machine is its template's: known here when the recipe declares it.
+  local by_name = {}
+  for _, t in ipairs(templates or {}) do by_name[t.name] = t end
+  for _, sb in ipairs(sandboxes) do
+    if sb.vm.template then sb.clone_of = by_name[sb.vm.template] end
+  end
   if st.opts.safe then
-    errs = safe_refusals(sandboxes)
+    errs = safe_refusals(sandboxes, templates)
     if #errs > 0 then
       report_invalid(errs, st.opts, file)
       return M.EXIT_INVALID
@@ -1287,7 +1763,7 @@ function M.finish(declared)
     -- Everything that cannot travel to a cluster node is an invalid recipe here,
     -- found before anything is submitted.
     local slurm = require "smolvm.slurm"
-    errs = slurm.validate(sandboxes, st.opts, st.checks)
+    errs = slurm.validate(sandboxes, st.opts, st.checks, templates)
     if #errs > 0 then
       report_invalid(errs, st.opts, file)
       return M.EXIT_INVALID
@@ -1299,15 +1775,17 @@ function M.finish(declared)
     end
     return slurm.run(sandboxes, st.opts)
   end
-  local build = M.images_to_build(images, sandboxes, st.opts.only)
+  local make = M.templates_to_build(templates, sandboxes, st.opts.only)
+  local build = M.images_to_build(images, sandboxes, st.opts.only, make)
   if st.opts.check then
-    check_summary(sandboxes, st.opts, build)
+    check_summary(sandboxes, st.opts, build, make)
     return M.EXIT_OK
   end
   local opts = {}
   for k, v in pairs(st.opts) do opts[k] = v end
   opts.host_checks = st.checks
   opts.images = build
+  opts.templates = make
   return M.run(sandboxes, opts)
 end
 

@@ -4,8 +4,8 @@
  * cannot touch the host (docs/smolvm-lua.md, "--safe").
  *
  * The recipe runs in a Lua state of its own, made for it and thrown away after: its
- * environment holds the declarations (sandbox, image), string, table, math, utf8,
- * os.getenv and os.time and nothing else (lua/smolvm/declare.lua, "safe"); the state
+ * environment holds the declarations (sandbox, image, template), string, table, math,
+ * utf8, os.getenv and os.time and nothing else (lua/smolvm/declare.lua, "safe"); the state
  * has a memory budget (its allocator refuses past it) and an instruction budget (a
  * count hook), and pcall cannot catch either. safe_eval_forked() (safe-child.c) does
  * this in a child process that also has a CPU-time limit and a wall-clock deadline (a
