@@ -3,7 +3,7 @@
 --
 -- Docker/podman habits: `smolvm ls`, `inspect`, `exec ID -- CMD...` (`-it`: on a
 -- terminal), `shell`, `ps ID`, `attach ID PID`, `cp` with ID:path, `logs [-f]`,
--- `stop`, `rm [-f]`, `prune`, `doctor`. Exit status: 0 done,
+-- `stop`, `rm [-f]`, `prune`, `image ...`, `template ...`, `doctor`. Exit status: 0 done,
 -- 1 the operation failed, 2 bad usage, 3 the host cannot run sandboxes; `exec`
 -- returns the command's own status, or 125 when smolvm itself failed (as docker).
 -- Every failure prints one line `smolvm: <what failed>` and, when the fix is known,
@@ -320,12 +320,13 @@ function(args)
   return emit_result(r)
 end)
 
-command("run", "run [--name ID] [-m MIB] [--cpus N] [--network MODE] [-e NAME=VALUE]... "
-  .. "[-w DIR] [-t SECONDS] [-i] [--keep] -- CMD [ARG...]",
-  "Run a command in a new sandbox, then delete it (--keep: leave it running)",
+command("run", "run [--name ID] [--template NAME] [-m MIB] [--cpus N] [--network MODE] "
+  .. "[-e NAME=VALUE]... [-w DIR] [-t SECONDS] [-i] [--keep] -- CMD [ARG...]",
+  "Run a command in a new sandbox (--template: a clone), then delete it (--keep: leave it running)",
 function(args)
   local o, rest = parse(args, {
-    ["--name"] = { "name" }, ["-m"] = { "memory" }, ["--memory"] = { "memory" },
+    ["--name"] = { "name" }, ["--template"] = { "template" },
+    ["-m"] = { "memory" }, ["--memory"] = { "memory" },
     ["--cpus"] = { "vcpus" }, ["--network"] = { "network" },
     ["-e"] = { "env", multi = true }, ["--env"] = { "env", multi = true },
     ["-w"] = { "cwd" }, ["--workdir"] = { "cwd" },
@@ -335,7 +336,7 @@ function(args)
   if not o then return usage_error(rest, "run") end
   if #rest == 0 then return usage_error("usage: smolvm run [OPTIONS] -- CMD [ARG...]", "run") end
   -- Not-a-number strings go through as given, so the schema names the field.
-  local vmopts = { id = o.name, network = o.network,
+  local vmopts = { id = o.name, network = o.network, template = o.template,
                    memory = o.memory and (tonumber(o.memory) or o.memory) or nil,
                    vcpus = o.vcpus and (tonumber(o.vcpus) or o.vcpus) or nil }
   local env, bad = parse_env(o.env, "run")
@@ -349,8 +350,10 @@ function(args)
     return usage_error((tostring(vm):gsub("^[^\n]-:%d+: ", "")), "run")
   end
   if not vm then
-    return fail("run: " .. tostring(err), code == "EHOST" and "see 'smolvm doctor'" or nil,
-      code == "EHOST" and EXIT_HOST or EXIT_EXEC)
+    if code == "EINVAL" then return usage_error("run: " .. tostring(err), "run") end
+    local hint = code == "EHOST" and "see 'smolvm doctor'"
+      or (o.template and code == "ENOENT") and "'smolvm template ls' lists the templates" or nil
+    return fail("run: " .. tostring(err), hint, code == "EHOST" and EXIT_HOST or EXIT_EXEC)
   end
   local stdin
   if o.stdin or not is_tty(0) then stdin = io.stdin:read("*a") end
@@ -852,6 +855,87 @@ commands.image.details = {
   "  smolvm image build NAME [--packages A,B] [--force] [--dry-run]",
   "                                       build from Debian packages (as root); up to date: nothing to do",
   "  smolvm image rm [-f] NAME...         refused while a VM or template uses it; -f for 'default'",
+}
+
+local template_commands = {}
+
+template_commands.ls = function(args, smolvm)
+  local o, rest = parse(args, { ["--json"] = "json", ["-q"] = "quiet", ["--quiet"] = "quiet" })
+  if not o then return usage_error(rest, "template") end
+  if #rest > 0 then return usage_error("template ls takes no arguments", "template") end
+  local list, err = smolvm.templates()
+  if not list then return fail("list templates: " .. tostring(err)) end
+  if o.json then
+    io.stdout:write(json.encode(json.array(list)), "\n")
+    return EXIT_OK
+  end
+  if o.quiet then
+    for _, t in ipairs(list) do io.stdout:write(tostring(t.name), "\n") end
+    return EXIT_OK
+  end
+  local rows = { { "NAME", "IMAGE", "MEMORY", "CREATED", "SIZE", "STALE" } }
+  for _, t in ipairs(list) do
+    rows[#rows + 1] = {
+      tostring(t.name), tostring(t.image or ""), tostring(t.memory or ""),
+      fmt_age(t.created_at), M.fmt_size(t.disk_bytes),
+      -- why clones are refused now (the library's words, one line)
+      t.stale and (tostring(t.stale):gsub("%s+", " ")) or "-",
+    }
+  end
+  local w = {}
+  for _, r in ipairs(rows) do
+    for i, c in ipairs(r) do w[i] = math.max(w[i] or 0, #c) end
+  end
+  for _, r in ipairs(rows) do
+    local cells = {}
+    for i, c in ipairs(r) do cells[i] = i < #r and (c .. string.rep(" ", w[i] - #c)) or c end
+    io.stdout:write((table.concat(cells, "   "):gsub("%s+$", "")), "\n")
+  end
+  return EXIT_OK
+end
+
+template_commands.rm = function(args, smolvm)
+  local o, rest = parse(args, {})
+  if not o then return usage_error(rest, "template") end
+  if #rest == 0 then return usage_error("template rm needs a template name", "template") end
+  local schema = require "smolvm.schema"
+  local status = EXIT_OK
+  for _, name in ipairs(rest) do
+    if not schema.valid_id(name) then
+      status = usage_error("invalid template name '" .. name .. "'", "template")
+    else
+      local ok, err, code = smolvm.template_delete(name)
+      -- the library's messages name the template (and, in use, its users)
+      if ok then print(name) else
+        status = fail(tostring(err), code == "ENOENT" and "'smolvm template ls' lists the templates" or nil)
+      end
+    end
+  end
+  return status
+end
+template_commands.remove, template_commands.list = template_commands.rm, template_commands.ls
+
+command("template", "template ls|rm [OPTIONS] [NAME...]",
+  "Templates (prepared VMs clones start from): list, remove",
+function(args)
+  local sub = table.remove(args, 1)
+  if sub == nil then
+    return usage_error("usage: smolvm template ls|rm ...", "template")
+  end
+  local fn = template_commands[sub]
+  if not fn then
+    local schema = require "smolvm.schema"
+    local s = schema.suggest(sub, { "ls", "rm" })
+    return usage_error("unknown template command '" .. sub .. "'"
+      .. (s and (" (did you mean '" .. s .. "'?)") or ""), "template")
+  end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  return fn(args, smolvm)
+end)
+commands.template.details = {
+  "  smolvm template ls [--json] [-q]     name, image, memory, created, size, why it is stale",
+  "  smolvm template rm NAME...           refused while a sandbox or template is made from it",
 }
 
 command("doctor", "doctor [--json]", "Check that this host can run sandboxes, with hints",

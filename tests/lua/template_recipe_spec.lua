@@ -489,3 +489,93 @@ describe("templates under --safe and --slurm", function()
     assert.equal(300 + slurm.VMM_OVERHEAD_MIB, mem)
   end)
 end)
+
+------------------------------------------------------------------------ the command
+
+describe("smolvm template (through smolvm-lua)", function()
+  local SMOLVM_LUA = os.getenv("SMOLVM_LUA")
+    or ((os.getenv("SMOLVM_BUILD_DIR") or "../../build") .. "/smolvm-lua")
+  local SRC = os.getenv("SMOLVM_SOURCE_DIR") or "../.."
+  local dir
+
+  local function smolvm(args)
+    local cmd = "env SMOLVM_STATE_DIR=" .. h.quote(dir .. "/state")
+      .. " SMOLVM_IMAGE_DIR=" .. h.quote(dir .. "/images")
+      .. " SMOLVM_TEMPLATE_DIR=" .. h.quote(dir .. "/templates") .. " "
+      .. h.quote(SMOLVM_LUA) .. " " .. h.quote(SRC .. "/scripts/smolvm") .. " " .. args
+      .. " </dev/null >" .. dir .. "/out 2>" .. dir .. "/err; echo $?"
+    local p = assert(io.popen(cmd))
+    local rc = tonumber(p:read("*a"):match("(%d+)%s*$"))
+    p:close()
+    return h.read(dir .. "/out"), h.read(dir .. "/err"), rc
+  end
+
+  -- A template directory as the library writes it (no guest state: nothing boots).
+  local function fake_template(name, image, built, record)
+    local d = dir .. "/templates/" .. name
+    os.execute("mkdir -p " .. h.quote(d))
+    h.write(d .. "/template.json", ([[{"format": 1, "name": %q, "created_ms": %d,
+      "source_vm": "vm-1", "ephemeral": false, "memory": "shared",
+      "image": {"name": %q, "built": %q, "inputs_hash": "i1"},
+      "vmm": {"backend": "qemu", "accel": "tcg", "vcpus": 1, "memory_mib": 256, "network": "none"},
+      "agent": {"hello": {}, "next_stream": 3}}]]):format(name, os.time() * 1000 - 120000, image, built))
+    h.write(d .. "/disk.qcow2", string.rep("d", 4096))
+    if record then h.write(d .. "/recipe.json", record) end
+  end
+
+  before_each(function()
+    if not h.exists(SMOLVM_LUA) then pending("smolvm-lua is not built") end
+    dir = h.mktemp_dir()
+    image_manifest(dir, "default", "2026-01-01T00:00:00Z", "i1")
+    h.write(dir .. "/images/default/vmlinux", "k")
+    h.write(dir .. "/images/default/rootfs.ext4", "r")
+  end)
+  after_each(function() if dir then h.rm_rf(dir) end end)
+
+  it("lists templates as a table, as JSON and as names, with why one is stale", function()
+    local out, err, rc = smolvm("template ls")
+    assert.equal(0, rc, err)
+    assert.equal("NAME   IMAGE   MEMORY   CREATED   SIZE   STALE\n", out)
+    fake_template("fresh", "default", "2026-01-01T00:00:00Z",
+      '{"format": 1, "template": "fresh", "definition": "abc", "image": {"name": "default"}}')
+    fake_template("old", "default", "2025-01-01T00:00:00Z")
+    out, err, rc = smolvm("template ls")
+    assert.equal(0, rc, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal(3, #lines, out)
+    assert.truthy(lines[2]:match("^fresh%s+default%s+256%s+2m ago%s+%d+ KiB%s+%-$"), lines[2])
+    assert.truthy(lines[3]:match("^old%s+default%s+256%s+2m ago%s+%d+ KiB%s+template 'old' was made from image 'default' as built 2025%-01%-01T00:00:00Z; the image was rebuilt"), lines[3])
+    out, err, rc = smolvm("template ls --json")
+    assert.equal(0, rc, err)
+    local list = core.json_decode(out)
+    assert.equal(2, #list)
+    assert.equal("fresh", list[1].name)
+    assert.equal("abc", list[1].recipe.definition)
+    assert.is_nil(list[1].stale)
+    assert.is_nil(list[2].recipe)
+    assert.truthy(list[2].stale:find("rebuilt", 1, true), list[2].stale)
+    out = smolvm("template ls -q")
+    assert.equal("fresh\nold\n", out)
+  end)
+
+  it("removes templates, and says what is wrong with a name", function()
+    fake_template("one", "default", "2026-01-01T00:00:00Z")
+    local out, err, rc = smolvm("template rm one")
+    assert.equal(0, rc, err)
+    assert.equal("one\n", out)
+    assert.is_false(h.exists(dir .. "/templates/one"))
+    _, err, rc = smolvm("template rm one")
+    assert.equal(1, rc)
+    assert.truthy(err:find("smolvm: template 'one' not found", 1, true), err)
+    assert.truthy(err:find("hint: 'smolvm template ls' lists the templates", 1, true), err)
+    _, err, rc = smolvm("template rm Bad")
+    assert.equal(2, rc)
+    assert.truthy(err:find("invalid template name 'Bad'", 1, true), err)
+    _, err, rc = smolvm("template")
+    assert.equal(2, rc)
+    _, err, rc = smolvm("template lss")
+    assert.equal(2, rc)
+    assert.truthy(err:find("unknown template command 'lss' (did you mean 'ls'?)", 1, true), err)
+  end)
+end)
