@@ -3,7 +3,8 @@
 --
 -- Docker/podman habits: `smolvm ls`, `inspect`, `exec ID -- CMD...` (`-it`: on a
 -- terminal), `shell`, `ps ID`, `attach ID PID`, `cp` with ID:path, `logs [-f]`,
--- `stop`, `rm [-f]`, `prune`, `image ...`, `template ...`, `doctor`. Exit status: 0 done,
+-- `start`, `stop`, `pause`, `resume`, `suspend`, `snapshot`, `rm [-f]`, `prune`,
+-- `image ...`, `template ...`, `doctor`. Exit status: 0 done,
 -- 1 the operation failed, 2 bad usage, 3 the host cannot run sandboxes; `exec`
 -- returns the command's own status, or 125 when smolvm itself failed (as docker).
 -- Every failure prints one line `smolvm: <what failed>` and, when the fix is known,
@@ -313,7 +314,9 @@ function(args)
                                                     cwd = o.cwd, stdin = stdin })
   if not r then
     local hint
-    if code == "ESTATE" then hint = "start it first, or check 'smolvm ls'"
+    if code == "ESTATE" and tostring(err):find("paused", 1, true) then
+      hint = "resume it first: smolvm resume " .. id
+    elseif code == "ESTATE" then hint = "start it first, or check 'smolvm ls'"
     elseif code == "ETIMEDOUT" then hint = "raise the limit with -t SECONDS" end
     return fail("exec in '" .. id .. "': " .. tostring(err), hint, EXIT_EXEC)
   end
@@ -665,6 +668,112 @@ function(args)
     end
   end
   return status
+end)
+
+-- "VERB 'ID': MSG", unless the library's message already starts so.
+local function about(verb, id, err)
+  local s, p = tostring(err), verb .. " '" .. id .. "'"
+  if s:sub(1, #p) == p then return s end
+  return p .. ": " .. s
+end
+
+-- `verb ID...` on each sandbox: fn(vm) -> true | nil, msg, code; prints each id done.
+local function each_vm(args, verb, fn, hint_for)
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local status = EXIT_OK
+  for _, id in ipairs(args) do
+    local vm, s = open_vm(smolvm, id)
+    if not vm then status = s else
+      local ok, err, code = fn(vm)
+      if ok then print(id) else
+        status = fail(about(verb, id, err), hint_for and hint_for(code, id, err))
+      end
+      vm:close()
+    end
+  end
+  return status
+end
+
+local function state_hint(code, id, err)
+  if code == "ESTATE" and tostring(err):find("paused", 1, true) then
+    return "resume it first: smolvm resume " .. id
+  elseif code == "ESTATE" and tostring(err):find("is stopped", 1, true) then
+    return "start it first: smolvm start " .. id
+  elseif code == "ESTATE" then
+    return "see its status with 'smolvm ls'"
+  elseif code == "EINVAL" and tostring(err):find("guest agent", 1, true) then
+    return "only sandboxes on the agent transport (the default) can be paused or saved"
+  end
+  return nil
+end
+
+command("start", "start [-t SECONDS] ID...",
+  "Start stopped sandboxes (a suspended one continues where it was)",
+function(args)
+  local o, rest = parse(args, { ["-t"] = { "timeout" }, ["--time"] = { "timeout" } })
+  if not o then return usage_error(rest, "start") end
+  if #rest == 0 then return usage_error("start needs a sandbox ID", "start") end
+  local timeout, bad = parse_timeout(o.timeout, "start")
+  if bad then return bad end
+  return each_vm(rest, "start", function(vm)
+    return vm:start{ timeout = timeout or 120 }
+  end, function(code, id, err)
+    if code == "ETIMEDOUT" then return "raise the limit with -t SECONDS; 'smolvm logs " .. id .. "'" end
+    return state_hint(code, id, err)
+  end)
+end)
+
+command("pause", "pause ID...", "Stop sandboxes' CPUs (no host CPU used; commands fail until resume)",
+function(args)
+  local o, rest = parse(args, {})
+  if not o then return usage_error(rest, "pause") end
+  if #rest == 0 then return usage_error("pause needs a sandbox ID", "pause") end
+  return each_vm(rest, "pause", function(vm) return vm:pause() end, state_hint)
+end)
+
+command("resume", "resume ID...", "Continue paused sandboxes",
+function(args)
+  local o, rest = parse(args, {})
+  if not o then return usage_error(rest, "resume") end
+  if #rest == 0 then return usage_error("resume needs a sandbox ID", "resume") end
+  return each_vm(rest, "resume", function(vm) return vm:resume() end, state_hint)
+end)
+
+command("suspend", "suspend ID...",
+  "Save running sandboxes to disk and end their VMM ('smolvm start' continues them)",
+function(args)
+  local o, rest = parse(args, {})
+  if not o then return usage_error(rest, "suspend") end
+  if #rest == 0 then return usage_error("suspend needs a sandbox ID", "suspend") end
+  return each_vm(rest, "suspend", function(vm) return vm:suspend() end, state_hint)
+end)
+
+command("snapshot", "snapshot ID NAME",
+  "Make template NAME of a running sandbox (it goes on running)",
+function(args)
+  local o, rest = parse(args, {})
+  if not o then return usage_error(rest, "snapshot") end
+  if #rest ~= 2 then return usage_error("usage: smolvm snapshot ID NAME", "snapshot") end
+  local schema = require "smolvm.schema"
+  local id, name = rest[1], rest[2]
+  if not schema.valid_id(name) then
+    return usage_error("invalid template name '" .. name .. "' (expected " .. schema.ID_DESC .. ")",
+      "snapshot")
+  end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local vm, s = open_vm(smolvm, id)
+  if not vm then return s end
+  local ok, err, code = vm:snapshot(name)
+  vm:close()
+  if not ok then
+    return fail(about("snapshot", id, err), code == "EEXIST"
+      and ("remove the old one with 'smolvm template rm " .. name .. "', or pick another name")
+      or state_hint(code, id, err))
+  end
+  print(name)
+  return EXIT_OK
 end)
 
 command("rm", "rm [-f] ID...", "Delete sandboxes (-f: also running ones)",

@@ -578,4 +578,23 @@ describe("smolvm template (through smolvm-lua)", function()
     assert.equal(2, rc)
     assert.truthy(err:find("unknown template command 'lss' (did you mean 'ls'?)", 1, true), err)
   end)
+
+  it("checks the arguments of pause, resume, suspend, start and snapshot before anything runs", function()
+    for _, c in ipairs({ { "pause", "pause needs a sandbox ID" }, { "resume", "resume needs a sandbox ID" },
+                         { "suspend", "suspend needs a sandbox ID" }, { "start", "start needs a sandbox ID" },
+                         { "snapshot web", "usage: smolvm snapshot ID NAME" },
+                         { "snapshot web Bad", "invalid template name 'Bad'" },
+                         { "start -t soon web", "-t expects seconds > 0" },
+                         { "pause -f web", "unknown option '-f'" },
+                         { "snapshot --all web t", "unknown option '--all'" } }) do
+      local _, err, rc = smolvm(c[1])
+      assert.equal(2, rc, c[1] .. ": " .. err)
+      assert.truthy(err:find(c[2], 1, true), c[1] .. ": " .. err)
+    end
+    for _, verb in ipairs({ "pause", "resume", "suspend", "start" }) do
+      local _, err, rc = smolvm(verb .. " no-such-vm")
+      assert.equal(1, rc, verb)
+      assert.truthy(err:find("no such sandbox 'no-such-vm'", 1, true), err)
+    end
+  end)
 end)
