@@ -1504,6 +1504,15 @@ local function check_summary(sandboxes, opts, images, templates)
                  images = imgs, templates = tpls, errors = json.array() })
     return
   end
+  -- A clone of a template no block of this recipe makes: is it there now?
+  local okm, smolvm = pcall(require, "smolvm")
+  local dirs = okm and type(smolvm.default_paths) == "function" and smolvm.default_paths() or nil
+  local function missing(sb)
+    if not sb.vm.template or sb.clone_of or type(dirs) ~= "table" then return false end
+    local f = io.open(dirs.template_dir .. "/" .. sb.vm.template .. "/template.json", "rb")
+    if f then f:close() return false end
+    return true
+  end
   local nsteps = 0
   for _, sb in ipairs(sandboxes) do nsteps = nsteps + #sb.steps end
   io.stdout:write(string.format("recipe ok: %d sandbox%s, %d step%s%s%s\n", #sandboxes,
@@ -1520,7 +1529,8 @@ local function check_summary(sandboxes, opts, images, templates)
     local machine = mvm.vcpus and (string.format(", %d vcpu, %d MiB", mvm.vcpus, mvm.memory)) or ""
     io.stdout:write(string.format("  %-16s %d step%s%s%s%s%s\n", sb.name, #sb.steps,
       #sb.steps == 1 and "" or "s", machine,
-      sb.vm.template and (", clone of template " .. schema.quote(sb.vm.template)) or "",
+      sb.vm.template and (", clone of template " .. schema.quote(sb.vm.template)
+        .. (missing(sb) and " (not there now, and no template block makes it)" or "")) or "",
       #fw > 0 and (", forwards " .. table.concat(fw, " ")) or "",
       sb.keep and ", kept" or ""))
   end

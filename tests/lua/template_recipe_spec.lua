@@ -422,6 +422,23 @@ describe("a recipe's templates (stand-in smolvm)", function()
     assert.equal(64, #r.templates[1].definition)
   end)
 
+  it("--check says when a clone's template is neither there nor made by a block", function()
+    local function declare(sandbox)
+      sandbox "c" { template = "elsewhere", steps = { "true" } }
+    end
+    local status, log, text, stdout = finish(dir, declare, { check = true })
+    assert.equal(0, status, text)
+    assert.same({}, log.created)
+    assert.truthy(stdout:find('clone of template "elsewhere" (not there now, and no template block makes it)', 1, true), stdout)
+    os.execute("mkdir -p " .. h.quote(dir .. "/templates/elsewhere"))
+    h.write(dir .. "/templates/elsewhere/template.json", "{}")
+    _, _, _, stdout = finish(dir, declare, { check = true })
+    assert.truthy(stdout:find('clone of template "elsewhere"\n', 1, true), stdout)
+    -- a block's template that is not made yet is not "missing": the run makes it
+    _, _, _, stdout = finish(dir, decl(), { check = true })
+    assert.is_nil(stdout:find("not there now", 1, true), stdout)
+  end)
+
   it("makes only the templates of the sandbox --only runs", function()
     local d = function(sandbox, template)
       template "one" { steps = { "echo 1" } }
