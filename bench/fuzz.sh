@@ -6,7 +6,8 @@
 #   bench/fuzz.sh SECONDS
 #
 # New inputs go to build-fuzz/corpus/<target>/ (seeded from tests/fuzz/corpus/<target>/),
-# crashes to build-fuzz/crash-<target>-*; copy a crash into tests/fuzz/corpus/<target>/
+# crashes to build-fuzz/crash-<target>-*; tests/fuzz/<target>.dict, when there is one,
+# is passed as the libFuzzer dictionary. Copy a crash into tests/fuzz/corpus/<target>/
 # once it is fixed, so the unit/fuzz-replay-* tests keep it fixed. Exit 1 if a target
 # found a crash.
 set -eu
@@ -35,8 +36,11 @@ for t in $targets; do
     mkdir -p "$build/corpus/$name"
     echo "fuzz: $t for ${secs}s"
     start=$(date +%s)
+    dict=
+    [ -f "$top/tests/fuzz/$name.dict" ] && dict="-dict=$top/tests/fuzz/$name.dict"
+    # shellcheck disable=SC2086
     if "$build/$t" -max_total_time="$secs" -max_len=200000 -timeout=10 -rss_limit_mb=2048 \
-        -print_final_stats=1 -artifact_prefix="$build/crash-$name-" \
+        -print_final_stats=1 -artifact_prefix="$build/crash-$name-" $dict \
         "$build/corpus/$name" "$top/tests/fuzz/corpus/$name" >"$build/$t.log" 2>&1; then
         result=ok
     else

@@ -8,7 +8,7 @@ BUILD="build-essential cmake pkg-config git ca-certificates clang-format
   liblua5.4-dev lua5.4 libluajit2-5.1-dev luajit2 lua-busted
   libsqlite3-dev sqlite3 libssh2-1-dev libnl-3-dev libnl-route-3-dev
   libnftnl-dev libmnl-dev libnetfilter-log-dev libldns-dev libcurl4-openssl-dev libjansson-dev libcmocka-dev
-  libcap-ng-dev"
+  libcap-ng-dev libseccomp-dev"
 RUNTIME="qemu-system-x86 qemu-utils nftables iproute2 openssh-client procps"
 IMAGE="linux-source-6.1 bc bison flex libelf-dev libssl-dev xz-utils cpio kmod
   mmdebstrap e2fsprogs fakeroot"

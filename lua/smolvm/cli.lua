@@ -1,8 +1,10 @@
 -- SPDX-License-Identifier: MIT
 --- `smolvm`: the command line for what users do between recipes (scripts/smolvm).
 --
--- Docker/podman habits: `smolvm ls`, `inspect`, `exec ID -- CMD...`, `shell`, `cp`
--- with ID:path, `logs`, `stop`, `rm [-f]`, `prune`, `doctor`. Exit status: 0 done,
+-- Docker/podman habits: `smolvm ls`, `inspect`, `exec ID -- CMD...` (`-it`: on a
+-- terminal), `shell`, `ps ID`, `attach ID PID`, `cp` with ID:path, `logs [-f]`,
+-- `start`, `stop`, `pause`, `resume`, `suspend`, `snapshot`, `rm [-f]`, `prune`,
+-- `image ...`, `template ...`, `doctor`. Exit status: 0 done,
 -- 1 the operation failed, 2 bad usage, 3 the host cannot run sandboxes; `exec`
 -- returns the command's own status, or 125 when smolvm itself failed (as docker).
 -- Every failure prints one line `smolvm: <what failed>` and, when the fix is known,
@@ -281,16 +283,54 @@ local function emit_result(r)
   return r.exit_code
 end
 
-command("exec", "exec [-e NAME=VALUE]... [-w DIR] [-t SECONDS] [-i] ID -- CMD [ARG...]",
-  "Run a command in a running sandbox; exits with its status",
+-- The transport a VM's commands use ("agent" or "ssh"), from its info.
+local function transport_of(info)
+  return type(info.config) == "table" and info.config.transport or "ssh"
+end
+
+local function is_running(id, info)
+  if info.status ~= "running" then
+    return nil, fail("sandbox '" .. id .. "' is " .. tostring(info.status),
+      "it must be running; kept recipe sandboxes stay running until 'smolvm stop'")
+  end
+  return true
+end
+
+local ssh_session -- below: an interactive ssh session (transport "ssh")
+local SHELL_CMD = "if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"
+
+-- `exec -it` and `shell`: a terminal session on a PTY in the guest.
+local function terminal_session(vm, id, cmd, opts, failure_status)
+  local info = info_of(vm)
+  local ok, st = is_running(id, info)
+  if not ok then return failure_status or st end
+  if transport_of(info) == "ssh" then
+    return ssh_session(info, id, cmd, failure_status)
+  end
+  local session = require "smolvm.session"
+  -- bash when the image has it (people want it), else sh; a login shell either way.
+  local status, err, code = session.terminal(vm, cmd or SHELL_CMD, opts)
+  if not status then
+    return fail((cmd and "exec" or "shell") .. " in '" .. id .. "': " .. tostring(err),
+      code == "ESTATE" and "start it first, or check 'smolvm ls'" or nil, failure_status)
+  end
+  return status
+end
+
+command("exec", "exec [-e NAME=VALUE]... [-w DIR] [-t SECONDS] [-i] [--tty|-it] ID -- CMD [ARG...]",
+  "Run a command in a running sandbox; exits with its status (-it: on a terminal)",
 function(args)
   local o, rest = parse(args, {
     ["-e"] = { "env", multi = true }, ["--env"] = { "env", multi = true },
     ["-w"] = { "cwd" }, ["--workdir"] = { "cwd" },
     ["-t"] = { "timeout" }, ["--timeout"] = { "timeout" },
     ["-i"] = "stdin", ["--interactive"] = "stdin",
+    ["--tty"] = "tty", ["-it"] = "tty", ["-ti"] = "tty",
   }, true)
   if not o then return usage_error(rest, "exec") end
+  if o.timeout and not tonumber(o.timeout) then
+    return usage_error("-t expects seconds > 0, got '" .. o.timeout .. "' (a terminal is -it or --tty)", "exec")
+  end
   local id = table.remove(rest, 1)
   if rest[1] == "--" then table.remove(rest, 1) end
   if not id or #rest == 0 then
@@ -300,29 +340,38 @@ function(args)
   if bad then return bad end
   local timeout, badt = parse_timeout(o.timeout, "exec")
   if badt then return badt end
+  if o.tty and timeout then
+    return usage_error("-t SECONDS (a timeout) does not apply to a terminal session (-it)", "exec")
+  end
   local smolvm = load_smolvm()
   if not smolvm then return EXIT_EXEC end
   local vm = open_vm(smolvm, id)
   if not vm then return EXIT_EXEC end
+  if o.tty then
+    return terminal_session(vm, id, command_line(rest), { env = env, cwd = o.cwd }, EXIT_EXEC)
+  end
   local stdin
   if o.stdin or not is_tty(0) then stdin = io.stdin:read("*a") end
   local r, err, code = vm:run(command_line(rest), { timeout = timeout, env = env,
                                                     cwd = o.cwd, stdin = stdin })
   if not r then
     local hint
-    if code == "ESTATE" then hint = "start it first, or check 'smolvm ls'"
+    if code == "ESTATE" and tostring(err):find("paused", 1, true) then
+      hint = "resume it first: smolvm resume " .. id
+    elseif code == "ESTATE" then hint = "start it first, or check 'smolvm ls'"
     elseif code == "ETIMEDOUT" then hint = "raise the limit with -t SECONDS" end
     return fail("exec in '" .. id .. "': " .. tostring(err), hint, EXIT_EXEC)
   end
   return emit_result(r)
 end)
 
-command("run", "run [--name ID] [-m MIB] [--cpus N] [--network MODE] [-e NAME=VALUE]... "
-  .. "[-w DIR] [-t SECONDS] [-i] [--keep] -- CMD [ARG...]",
-  "Run a command in a new sandbox, then delete it (--keep: leave it running)",
+command("run", "run [--name ID] [--template NAME] [-m MIB] [--cpus N] [--network MODE] "
+  .. "[-e NAME=VALUE]... [-w DIR] [-t SECONDS] [-i] [--keep] -- CMD [ARG...]",
+  "Run a command in a new sandbox (--template: a clone), then delete it (--keep: leave it running)",
 function(args)
   local o, rest = parse(args, {
-    ["--name"] = { "name" }, ["-m"] = { "memory" }, ["--memory"] = { "memory" },
+    ["--name"] = { "name" }, ["--template"] = { "template" },
+    ["-m"] = { "memory" }, ["--memory"] = { "memory" },
     ["--cpus"] = { "vcpus" }, ["--network"] = { "network" },
     ["-e"] = { "env", multi = true }, ["--env"] = { "env", multi = true },
     ["-w"] = { "cwd" }, ["--workdir"] = { "cwd" },
@@ -332,7 +381,7 @@ function(args)
   if not o then return usage_error(rest, "run") end
   if #rest == 0 then return usage_error("usage: smolvm run [OPTIONS] -- CMD [ARG...]", "run") end
   -- Not-a-number strings go through as given, so the schema names the field.
-  local vmopts = { id = o.name, network = o.network,
+  local vmopts = { id = o.name, network = o.network, template = o.template,
                    memory = o.memory and (tonumber(o.memory) or o.memory) or nil,
                    vcpus = o.vcpus and (tonumber(o.vcpus) or o.vcpus) or nil }
   local env, bad = parse_env(o.env, "run")
@@ -346,8 +395,10 @@ function(args)
     return usage_error((tostring(vm):gsub("^[^\n]-:%d+: ", "")), "run")
   end
   if not vm then
-    return fail("run: " .. tostring(err), code == "EHOST" and "see 'smolvm doctor'" or nil,
-      code == "EHOST" and EXIT_HOST or EXIT_EXEC)
+    if code == "EINVAL" then return usage_error("run: " .. tostring(err), "run") end
+    local hint = code == "EHOST" and "see 'smolvm doctor'"
+      or (o.template and code == "ENOENT") and "'smolvm template ls' lists the templates" or nil
+    return fail("run: " .. tostring(err), hint, code == "EHOST" and EXIT_HOST or EXIT_EXEC)
   end
   local stdin
   if o.stdin or not is_tty(0) then stdin = io.stdin:read("*a") end
@@ -373,12 +424,15 @@ function(args)
   return emit_result(r)
 end)
 
--- The ssh command line for a VM, from its info: the installation's client key
--- (`key`, `id_ed25519` in the state directory), the VM's pinned host key (`host_key`,
--- written to a private known_hosts file, never trust on first use) and where its sshd
+-- The ssh command line for a VM, from its info (transport "ssh"): the installation's
+-- client key (`key`, `id_ed25519` in the state directory), the VM's pinned host key
+-- (`host_key`, written to a private known_hosts file in `tmpdir`, never trust on first
+-- use: a host key that cannot be read refuses the session) and where its sshd
 -- answers: with the user network a host forward on 127.0.0.1 (`ssh_port`, also the
--- `ports` entry of kind "ssh"), else the VM's `ip`, port 22.
-function M.ssh_command(info, key, tmpdir, interactive)
+-- `ports` entry of kind "ssh"), else the VM's `ip`, port 22. The user's ssh_config is
+-- not read (-F /dev/null) and nothing is forwarded (agent, X11, ports): the guest is
+-- untrusted. cmd: the command to run on a terminal (nil: a login shell).
+function M.ssh_command(info, key, tmpdir, cmd)
   local host, port = "127.0.0.1", info.ssh_port
   for _, p in ipairs(type(info.ports) == "table" and info.ports or {}) do
     if type(p) == "table" and p.kind == "ssh" then
@@ -388,25 +442,31 @@ function M.ssh_command(info, key, tmpdir, interactive)
   if not port then host, port = info.ip, 22 end
   if not host then return nil, "no address to reach its sshd (is it running?)" end
   if not key then return nil, "no ssh key for this installation" end
-  local args = { "ssh", "-t", "-i", shell_quote(key), "-o", "IdentitiesOnly=yes",
-                 "-o", "LogLevel=ERROR", "-p", tostring(port) }
-  if info.host_key and tmpdir then
-    local f = io.open(info.host_key, "r")
-    local line = f and f:read("*l") or nil
-    if f then f:close() end
-    if line then
-      local kh = tmpdir .. "/known_hosts"
-      local k = assert(io.open(kh, "w"))
-      local name = (tonumber(port) == 22) and host or ("[" .. host .. "]:" .. port)
-      k:write(name, " ", line:match("^(%S+%s+%S+)") or line, "\n")
-      k:close()
-      args[#args + 1] = "-o UserKnownHostsFile=" .. shell_quote(kh)
-      args[#args + 1] = "-o StrictHostKeyChecking=yes"
-    end
+  if not tmpdir then return nil, "no private directory for its known_hosts file" end
+  local f = info.host_key and io.open(info.host_key, "r")
+  local line = f and f:read("*l") or nil
+  if f then f:close() end
+  local keytext = line and line:match("^(%S+%s+%S+)")
+  if not keytext then
+    return nil, "cannot read its pinned host key " .. (info.host_key and ("'" .. info.host_key .. "'")
+      or "(its info has no host_key)")
   end
-  args[#args + 1] = "root@" .. host
+  local alias = "smolvm-" .. tostring(info.id or "vm")
+  local kh = tmpdir .. "/known_hosts"
+  local k, kerr = io.open(kh, "w")
+  if not k then return nil, "write " .. kh .. ": " .. tostring(kerr) end
+  k:write(alias, " ", keytext, "\n")
+  k:close()
+  local args = { "ssh", "-F", "/dev/null", "-t", "-i", shell_quote(key),
+                 "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+                 "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes",
+                 "-o", "PermitLocalCommand=no", "-o", "StrictHostKeyChecking=yes",
+                 "-o", "UserKnownHostsFile=" .. shell_quote(kh), "-o", "GlobalKnownHostsFile=/dev/null",
+                 "-o", "UpdateHostKeys=no", "-o", "HostKeyAlias=" .. shell_quote(alias),
+                 "-o", "LogLevel=ERROR", "-p", tostring(math.floor(tonumber(port) or 22)),
+                 "root@" .. shell_quote(host) }
   -- root's login shell is /bin/sh (fast for commands); people want bash
-  if interactive then args[#args + 1] = "exec /bin/bash -l" end
+  args[#args + 1] = shell_quote(cmd or "exec /bin/bash -l")
   return table.concat(args, " ")
 end
 
@@ -417,30 +477,119 @@ local function client_key()
   return paths and paths.state_dir and (paths.state_dir .. "/id_ed25519") or nil
 end
 
-command("shell", "shell ID", "Open an interactive shell in a running sandbox (ssh)",
+-- A private temporary directory (mkdtemp: no name race), or nil and why.
+local function private_dir()
+  local ok, core = pcall(require, "smolvm.core")
+  if not ok or type(core.mkdtemp) ~= "function" then return nil, "no mkdtemp in the binding" end
+  local base = os.getenv("TMPDIR")
+  if not base or base == "" or not base:match("^/") then base = "/tmp" end
+  return core.mkdtemp(base .. "/smolvm-ssh.")
+end
+
+ssh_session = function(info, id, cmd, failure_status)
+  local tmp, terr = private_dir()
+  if not tmp then return fail("shell '" .. id .. "': " .. tostring(terr), nil, failure_status) end
+  local line, err = M.ssh_command(info, client_key(), tmp, cmd)
+  local function cleanup()
+    os.remove(tmp .. "/known_hosts")
+    os.remove(tmp)
+  end
+  if not line then
+    cleanup()
+    return fail("shell '" .. id .. "': " .. err, "use 'smolvm exec " .. id .. " -- CMD' instead",
+      failure_status)
+  end
+  local ok, how, code = os.execute(line)
+  cleanup()
+  if type(ok) == "number" then return ok == 0 and 0 or math.floor(ok / 256) end
+  if how == "signal" then return 128 + (code or 9) end
+  return (how == "exit" and code) or 1
+end
+
+command("shell", "shell ID", "Open an interactive shell in a running sandbox (on a terminal)",
 function(args)
   if #args ~= 1 then return usage_error("usage: smolvm shell ID", "shell") end
   local smolvm, st = load_smolvm()
   if not smolvm then return st end
   local vm, s = open_vm(smolvm, args[1])
   if not vm then return s end
+  return terminal_session(vm, args[1], nil, nil)
+end)
+
+command("ps", "ps [--json] [ID]", "Processes started in a sandbox (without ID: same as ls)",
+function(args)
+  local o, rest = parse(args, { ["--json"] = "json", ["-q"] = "quiet", ["--quiet"] = "quiet",
+                                ["-a"] = "all", ["--all"] = "all" })
+  if not o then return usage_error(rest, "ps") end
+  if #rest == 0 then return commands.ls.fn(args) end
+  if #rest > 1 then return usage_error("usage: smolvm ps [--json] ID", "ps") end
+  local id = rest[1]
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local vm, s = open_vm(smolvm, id)
+  if not vm then return s end
   local info = info_of(vm)
-  if info.status ~= "running" then
-    return fail("sandbox '" .. args[1] .. "' is " .. tostring(info.status),
-      "it must be running; kept recipe sandboxes stay running until 'smolvm stop'")
+  local ok, rs = is_running(id, info)
+  if not ok then return rs end
+  if transport_of(info) ~= "agent" then
+    return fail("ps '" .. id .. "': needs the agent transport (this sandbox uses '"
+      .. tostring(transport_of(info)) .. "')", "use 'smolvm exec " .. id .. " -- ps ax'")
   end
-  local tmp = os.tmpname()
-  os.remove(tmp)
-  os.execute("mkdir -m 700 " .. shell_quote(tmp))
-  local cmd, err = M.ssh_command(info, client_key(), tmp, true)
-  if not cmd then
-    os.execute("rm -rf " .. shell_quote(tmp))
-    return fail("shell '" .. args[1] .. "': " .. err, "use 'smolvm exec " .. args[1] .. " -- CMD' instead")
+  local list, err = vm:processes()
+  if not list then return fail("ps '" .. id .. "': " .. tostring(err)) end
+  table.sort(list, function(a, b) return (tonumber(a.pid) or 0) < (tonumber(b.pid) or 0) end)
+  local text = require "smolvm.text"
+  if o.json then
+    local out = json.array()
+    for i, p in ipairs(list) do
+      out[i] = { pid = p.pid, cmd = p.cmd and text.sanitize(p.cmd), running = p.running,
+                 exit_code = p.exit_code, signal = p.signal and text.sanitize(p.signal),
+                 started_ms = p.started_ms }
+    end
+    io.stdout:write(json.encode(out), "\n")
+    return EXIT_OK
   end
-  local ok, how, code = os.execute(cmd)
-  os.execute("rm -rf " .. shell_quote(tmp))
-  if type(ok) == "number" then return ok == 0 and 0 or math.floor(ok / 256) end
-  return (how == "exit" and code) or 1
+  io.stdout:write(string.format("%-7s %-12s %-9s %s\n", "PID", "STATUS", "STARTED", "COMMAND"))
+  for _, p in ipairs(list) do
+    local status = p.running and "running"
+      or (p.signal and ("killed " .. text.sanitize(p.signal)))
+      or ("exited " .. tostring(p.exit_code))
+    local cmd = text.sanitize(tostring(p.cmd or ""))
+    if #cmd > 200 then cmd = cmd:sub(1, 197) .. "..." end
+    io.stdout:write(string.format("%-7s %-12s %-9s %s\n", tostring(p.pid), status,
+      fmt_age(p.started_ms), cmd))
+  end
+  return EXIT_OK
+end)
+
+command("attach", "attach ID PID", "Follow a sandbox process's output (kept output first); Ctrl-C detaches",
+function(args)
+  if #args ~= 2 then return usage_error("usage: smolvm attach ID PID", "attach") end
+  local id, pid = args[1], tonumber(args[2])
+  if not pid or pid < 1 or pid ~= math.floor(pid) then
+    return usage_error("PID must be a positive integer, got '" .. args[2] .. "'", "attach")
+  end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local vm, s = open_vm(smolvm, id)
+  if not vm then return s end
+  local info = info_of(vm)
+  local ok, rs = is_running(id, info)
+  if not ok then return rs end
+  local session = require "smolvm.session"
+  local okf, status, err, code = pcall(session.follow_proc, vm, pid)
+  if not okf then
+    if tostring(status):find("interrupted", 1, true) then
+      eprint("smolvm: detached from process " .. pid .. " in '" .. id .. "' (it keeps running)")
+      return tostring(status):find("SIGTERM", 1, true) and 143 or 130
+    end
+    error(status, 0)
+  end
+  if not status then
+    return fail("attach to " .. pid .. " in '" .. id .. "': " .. tostring(err),
+      code == "ENOENT" and "'smolvm ps " .. id .. "' lists its processes" or nil)
+  end
+  return status
 end)
 
 -- "ID:/path" names a guest file; anything else (including "./a:b") a host file.
@@ -480,12 +629,19 @@ function(args)
   return EXIT_OK
 end)
 
-command("logs", "logs [-f] [-n LINES] ID", "Show a sandbox's console log (kernel and init)",
+command("logs", "logs [-f] [-n LINES] ID", "Show a sandbox's console log (kernel and init); -f follows",
 function(args)
   local o, rest = parse(args, { ["-f"] = "follow", ["--follow"] = "follow",
                                 ["-n"] = { "tail" }, ["--tail"] = { "tail" } })
   if not o then return usage_error(rest, "logs") end
   if #rest ~= 1 then return usage_error("usage: smolvm logs [-f] [-n LINES] ID", "logs") end
+  local tail
+  if o.tail then
+    tail = tonumber(o.tail)
+    if not tail or tail < 0 or tail ~= math.floor(tail) then
+      return usage_error("-n expects a number of lines", "logs")
+    end
+  end
   local smolvm, st = load_smolvm()
   if not smolvm then return st end
   local vm, s = open_vm(smolvm, rest[1])
@@ -493,21 +649,48 @@ function(args)
   local info = info_of(vm)
   local path = info.console_log
   if not path then return fail("logs '" .. rest[1] .. "': its info has no console log path") end
-  if o.follow or o.tail then
-    if o.tail and not tonumber(o.tail) then return usage_error("-n expects a number", "logs") end
-    local cmd = "tail" .. (o.follow and " -F" or "") .. " -n " .. (o.tail and tostring(tonumber(o.tail)) or "+1")
-      .. " " .. shell_quote(path)
-    local ok = os.execute(cmd)
-    return (ok == true or ok == 0) and EXIT_OK or EXIT_FAIL
+  -- The guest writes this text: on a terminal it is shown sanitized, line by line;
+  -- into a pipe or file it goes as it is.
+  local text = require "smolvm.text"
+  local emit
+  if is_tty(1) then
+    local lines = text.lines(function(l) io.stdout:write(text.display_line(l), "\n") end)
+    emit = function(chunk) lines.feed(chunk) io.stdout:flush() end
+  else
+    emit = function(chunk) io.stdout:write(chunk) io.stdout:flush() end
   end
-  local f, err = io.open(path, "rb")
-  if not f then return fail("logs '" .. rest[1] .. "': " .. tostring(err), "the log appears once the sandbox has booted") end
-  while true do
-    local chunk = f:read(65536)
-    if not chunk then break end
-    io.stdout:write(chunk)
+  -- What the bound rotated out (console.log.1) comes first, unless -n says how much.
+  local function read_all(p)
+    local f = io.open(p, "rb")
+    if not f then return nil end
+    local data = f:read("*a")
+    f:close()
+    return data
   end
-  f:close()
+  if o.follow then
+    if not tail then
+      local old = read_all(path .. ".1")
+      if old then emit(old) end
+    end
+    local session = require "smolvm.session"
+    local ok, err, code = session.follow_log(path, emit, tail)
+    if not ok then return fail("logs '" .. rest[1] .. "': " .. tostring(err)) end
+    io.stdout:flush()
+    eprint("smolvm: the sandbox's directory is gone (deleted)")
+    return EXIT_OK
+  end
+  local cur = read_all(path)
+  if not cur then
+    return fail("logs '" .. rest[1] .. "': cannot read " .. path, "the log appears once the sandbox has booted")
+  end
+  local all = (read_all(path .. ".1") or "") .. cur
+  if tail then
+    local lines = {}
+    for l in all:gmatch("[^\n]*\n?") do if l ~= "" then lines[#lines + 1] = l end end
+    all = table.concat(lines, "", math.max(1, #lines - tail + 1))
+  end
+  emit(all)
+  if is_tty(1) and all ~= "" and all:sub(-1) ~= "\n" then io.stdout:write("\n") end
   return EXIT_OK
 end)
 
@@ -527,6 +710,112 @@ function(args)
     end
   end
   return status
+end)
+
+-- "VERB 'ID': MSG", unless the library's message already starts so.
+local function about(verb, id, err)
+  local s, p = tostring(err), verb .. " '" .. id .. "'"
+  if s:sub(1, #p) == p then return s end
+  return p .. ": " .. s
+end
+
+-- `verb ID...` on each sandbox: fn(vm) -> true | nil, msg, code; prints each id done.
+local function each_vm(args, verb, fn, hint_for)
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local status = EXIT_OK
+  for _, id in ipairs(args) do
+    local vm, s = open_vm(smolvm, id)
+    if not vm then status = s else
+      local ok, err, code = fn(vm)
+      if ok then print(id) else
+        status = fail(about(verb, id, err), hint_for and hint_for(code, id, err))
+      end
+      vm:close()
+    end
+  end
+  return status
+end
+
+local function state_hint(code, id, err)
+  if code == "ESTATE" and tostring(err):find("paused", 1, true) then
+    return "resume it first: smolvm resume " .. id
+  elseif code == "ESTATE" and tostring(err):find("is stopped", 1, true) then
+    return "start it first: smolvm start " .. id
+  elseif code == "ESTATE" then
+    return "see its status with 'smolvm ls'"
+  elseif code == "EINVAL" and tostring(err):find("guest agent", 1, true) then
+    return "only sandboxes on the agent transport (the default) can be paused or saved"
+  end
+  return nil
+end
+
+command("start", "start [-t SECONDS] ID...",
+  "Start stopped sandboxes (a suspended one continues where it was)",
+function(args)
+  local o, rest = parse(args, { ["-t"] = { "timeout" }, ["--time"] = { "timeout" } })
+  if not o then return usage_error(rest, "start") end
+  if #rest == 0 then return usage_error("start needs a sandbox ID", "start") end
+  local timeout, bad = parse_timeout(o.timeout, "start")
+  if bad then return bad end
+  return each_vm(rest, "start", function(vm)
+    return vm:start{ timeout = timeout or 120 }
+  end, function(code, id, err)
+    if code == "ETIMEDOUT" then return "raise the limit with -t SECONDS; 'smolvm logs " .. id .. "'" end
+    return state_hint(code, id, err)
+  end)
+end)
+
+command("pause", "pause ID...", "Stop sandboxes' CPUs (no host CPU used; commands fail until resume)",
+function(args)
+  local o, rest = parse(args, {})
+  if not o then return usage_error(rest, "pause") end
+  if #rest == 0 then return usage_error("pause needs a sandbox ID", "pause") end
+  return each_vm(rest, "pause", function(vm) return vm:pause() end, state_hint)
+end)
+
+command("resume", "resume ID...", "Continue paused sandboxes",
+function(args)
+  local o, rest = parse(args, {})
+  if not o then return usage_error(rest, "resume") end
+  if #rest == 0 then return usage_error("resume needs a sandbox ID", "resume") end
+  return each_vm(rest, "resume", function(vm) return vm:resume() end, state_hint)
+end)
+
+command("suspend", "suspend ID...",
+  "Save running sandboxes to disk and end their VMM ('smolvm start' continues them)",
+function(args)
+  local o, rest = parse(args, {})
+  if not o then return usage_error(rest, "suspend") end
+  if #rest == 0 then return usage_error("suspend needs a sandbox ID", "suspend") end
+  return each_vm(rest, "suspend", function(vm) return vm:suspend() end, state_hint)
+end)
+
+command("snapshot", "snapshot ID NAME",
+  "Make template NAME of a running sandbox (it goes on running)",
+function(args)
+  local o, rest = parse(args, {})
+  if not o then return usage_error(rest, "snapshot") end
+  if #rest ~= 2 then return usage_error("usage: smolvm snapshot ID NAME", "snapshot") end
+  local schema = require "smolvm.schema"
+  local id, name = rest[1], rest[2]
+  if not schema.valid_id(name) then
+    return usage_error("invalid template name '" .. name .. "' (expected " .. schema.ID_DESC .. ")",
+      "snapshot")
+  end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  local vm, s = open_vm(smolvm, id)
+  if not vm then return s end
+  local ok, err, code = vm:snapshot(name)
+  vm:close()
+  if not ok then
+    return fail(about("snapshot", id, err), code == "EEXIST"
+      and ("remove the old one with 'smolvm template rm " .. name .. "', or pick another name")
+      or state_hint(code, id, err))
+  end
+  print(name)
+  return EXIT_OK
 end)
 
 command("rm", "rm [-f] ID...", "Delete sandboxes (-f: also running ones)",
@@ -719,6 +1008,87 @@ commands.image.details = {
   "  smolvm image rm [-f] NAME...         refused while a VM or template uses it; -f for 'default'",
 }
 
+local template_commands = {}
+
+template_commands.ls = function(args, smolvm)
+  local o, rest = parse(args, { ["--json"] = "json", ["-q"] = "quiet", ["--quiet"] = "quiet" })
+  if not o then return usage_error(rest, "template") end
+  if #rest > 0 then return usage_error("template ls takes no arguments", "template") end
+  local list, err = smolvm.templates()
+  if not list then return fail("list templates: " .. tostring(err)) end
+  if o.json then
+    io.stdout:write(json.encode(json.array(list)), "\n")
+    return EXIT_OK
+  end
+  if o.quiet then
+    for _, t in ipairs(list) do io.stdout:write(tostring(t.name), "\n") end
+    return EXIT_OK
+  end
+  local rows = { { "NAME", "IMAGE", "MEMORY", "CREATED", "SIZE", "STALE" } }
+  for _, t in ipairs(list) do
+    rows[#rows + 1] = {
+      tostring(t.name), tostring(t.image or ""), tostring(t.memory or ""),
+      fmt_age(t.created_at), M.fmt_size(t.disk_bytes),
+      -- why clones are refused now (the library's words, one line)
+      t.stale and (tostring(t.stale):gsub("%s+", " ")) or "-",
+    }
+  end
+  local w = {}
+  for _, r in ipairs(rows) do
+    for i, c in ipairs(r) do w[i] = math.max(w[i] or 0, #c) end
+  end
+  for _, r in ipairs(rows) do
+    local cells = {}
+    for i, c in ipairs(r) do cells[i] = i < #r and (c .. string.rep(" ", w[i] - #c)) or c end
+    io.stdout:write((table.concat(cells, "   "):gsub("%s+$", "")), "\n")
+  end
+  return EXIT_OK
+end
+
+template_commands.rm = function(args, smolvm)
+  local o, rest = parse(args, {})
+  if not o then return usage_error(rest, "template") end
+  if #rest == 0 then return usage_error("template rm needs a template name", "template") end
+  local schema = require "smolvm.schema"
+  local status = EXIT_OK
+  for _, name in ipairs(rest) do
+    if not schema.valid_id(name) then
+      status = usage_error("invalid template name '" .. name .. "'", "template")
+    else
+      local ok, err, code = smolvm.template_delete(name)
+      -- the library's messages name the template (and, in use, its users)
+      if ok then print(name) else
+        status = fail(tostring(err), code == "ENOENT" and "'smolvm template ls' lists the templates" or nil)
+      end
+    end
+  end
+  return status
+end
+template_commands.remove, template_commands.list = template_commands.rm, template_commands.ls
+
+command("template", "template ls|rm [OPTIONS] [NAME...]",
+  "Templates (prepared VMs clones start from): list, remove",
+function(args)
+  local sub = table.remove(args, 1)
+  if sub == nil then
+    return usage_error("usage: smolvm template ls|rm ...", "template")
+  end
+  local fn = template_commands[sub]
+  if not fn then
+    local schema = require "smolvm.schema"
+    local s = schema.suggest(sub, { "ls", "rm" })
+    return usage_error("unknown template command '" .. sub .. "'"
+      .. (s and (" (did you mean '" .. s .. "'?)") or ""), "template")
+  end
+  local smolvm, st = load_smolvm()
+  if not smolvm then return st end
+  return fn(args, smolvm)
+end)
+commands.template.details = {
+  "  smolvm template ls [--json] [-q]     name, image, memory, created, size, why it is stale",
+  "  smolvm template rm NAME...           refused while a sandbox or template is made from it",
+}
+
 command("doctor", "doctor [--json]", "Check that this host can run sandboxes, with hints",
 function(args)
   local o, rest = parse(args, { ["--json"] = "json" })
@@ -798,7 +1168,7 @@ function M.main(argv)
     M.help()
     return name == nil and EXIT_USAGE or EXIT_OK
   end
-  local aliases = { ps = "ls", list = "ls", delete = "rm", remove = "rm", ssh = "shell" }
+  local aliases = { list = "ls", delete = "rm", remove = "rm", ssh = "shell" }
   name = aliases[name] or name
   local c = commands[name]
   if not c then
@@ -809,7 +1179,9 @@ function M.main(argv)
   if args[1] == "-h" or args[1] == "--help" then return M.help(name) end
   local ok, status = pcall(c.fn, args)
   if not ok then
-    if tostring(status):find("interrupted", 1, true) then return 130 end
+    if tostring(status):find("interrupted", 1, true) then
+      return tostring(status):find("SIGTERM", 1, true) and 143 or 130
+    end
     return fail(tostring(status))
   end
   return status

@@ -16,6 +16,7 @@ local core = require "smolvm.core"
 local vm = require "smolvm.vm"
 local schema = require "smolvm.schema"
 local image = require "smolvm.image"
+local sys = require "smolvm.sys"
 
 local M = {}
 
@@ -157,17 +158,40 @@ M.image_delete = image.remove
 --- smolvm.list() is VM.list(): every VM's info.
 M.list = vm.VM.list
 
+--- smolvm.paths() -> { state_dir=, image_dir=, template_dir=, db= } | nil, msg, code:
+-- the directories of this process's context (made, with its database, if need be).
+function M.paths()
+  return core.paths()
+end
+
+--- smolvm.default_paths() -> { image_dir=, template_dir= } | nil, msg, code: where a
+-- context would look, without making one (nothing is created).
+function M.default_paths()
+  return core.default_paths()
+end
+
 ------------------------------------------------------------------------ templates
 
 --- smolvm.templates() -> { { name=, image=, memory=, vcpus=, created_at=, source_vm=,
---- ephemeral=, disk_bytes=, stale= }, ... } | nil, msg, code
+--- ephemeral=, disk_bytes=, stale=, recipe= }, ... } | nil, msg, code
 -- created_at: wall-clock milliseconds. stale: nil, or why clones of it are refused now
 -- (its image was rebuilt). ephemeral: made by vm:fork, removed with its last clone.
+-- recipe: for a template made by a recipe's template block, its record (recipe.json
+-- in the template's directory): { definition = sha256 of the block, image = { name=,
+-- built=, inputs_hash= } }; nil otherwise.
 function M.templates()
   local list, msg, code = core.templates()
   if not list then return nil, msg, code end
+  local paths = core.paths()
   for _, t in ipairs(list) do
     t.created_at, t.created_at_ms = t.created_at_ms, nil
+    local rec = paths and sys.read_json(paths.template_dir .. "/" .. t.name .. "/recipe.json")
+    if rec and type(rec.definition) == "string" then
+      local img = type(rec.image) == "table" and rec.image or {}
+      local function s(v) return type(v) == "string" and v or nil end
+      t.recipe = { definition = rec.definition,
+                   image = { name = s(img.name), built = s(img.built), inputs_hash = s(img.inputs_hash) } }
+    end
   end
   return list
 end

@@ -28,8 +28,9 @@ local function ud(self)
   return u
 end
 
--- { timeout = seconds } -> milliseconds, or nil (the library's limit).
-local function timeout_ms(where, opts)
+-- { timeout = seconds } -> milliseconds, or nil (the library's limit). `zero_ok`:
+-- timeout 0 means "do not wait".
+local function timeout_ms(where, opts, zero_ok)
   if opts == nil then return nil end
   if type(opts) ~= "table" then
     argerror(3, "%s: expected table of options, got %s", where, schema.describe(opts))
@@ -39,19 +40,30 @@ local function timeout_ms(where, opts)
   end
   local t = opts.timeout
   if t == nil then return nil end
+  if zero_ok and t == 0 then return 0 end
   if type(t) ~= "number" or t ~= t or t <= 0 or t > MAX_TIMEOUT then
-    argerror(3, "%s: timeout: expected number of seconds > 0 and <= %d, got %s", where,
-             MAX_TIMEOUT, schema.describe(t))
+    argerror(3, "%s: timeout: expected number of seconds %s and <= %d, got %s", where,
+             zero_ok and ">= 0" or "> 0", MAX_TIMEOUT, schema.describe(t))
   end
   local ms = math.floor(t * 1000 + 0.5)
   return ms < 1 and 1 or ms
 end
 
 --- proc:read{ timeout= } -> stream, chunk | nil (both streams ended) | nil, msg, code
--- stream is "stdout" or "stderr"; chunk the bytes as they came.
+-- stream is "stdout" or "stderr"; chunk the bytes as they came. timeout = 0 takes
+-- what has arrived without waiting (nil, msg, "ETIMEDOUT" when nothing has).
 function methods.read(self, opts)
   local u = ud(self)
-  return u:read(timeout_ms("read", opts))
+  return u:read(timeout_ms("read", opts, true))
+end
+
+--- proc:fd() -> integer: for an event loop that waits on several processes (or on a
+-- process and a terminal): the descriptor that becomes readable when more may be
+-- read, -1 without a connection. Read with { timeout = 0 } until "ETIMEDOUT" before
+-- each wait: what has arrived already makes no descriptor readable. Shared by the
+-- processes of one VM object.
+function methods.fd(self)
+  return ud(self):fd()
 end
 
 --- proc:lines() -> iterator over stdout lines as they arrive (without "\n"); stderr is

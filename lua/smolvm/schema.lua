@@ -30,6 +30,7 @@ M.LIMITS = {
   files = 1024,
   steps = 1000,
   sandboxes = 64,
+  templates = 64,
   string = 1024 * 1024, -- a command, a name or a path
   content = 64 * 1024 * 1024,
   timeout = 24 * 3600,
@@ -203,6 +204,27 @@ M.image_fields = {
                                 pattern = M.PACKAGE_PATTERN, pattern_desc = M.PACKAGE_DESC } },
         nil, "Debian packages installed on top of the default set (" .. M.DEFAULT_PACKAGES
           .. " and their dependencies); order and duplicates do not matter."),
+}
+
+--- Template declarations: `template "name" { image =, memory =, steps = { ... } }`,
+--- booted once, its steps run, then snapshotted as template "name" (docs/templates.md).
+local function with_desc(list, name, desc, default)
+  for _, f in ipairs(list) do
+    if f.name == name then
+      return field(name, f.node, default == nil and f.default or default, desc or f.desc)
+    end
+  end
+  error("schema: no field " .. name)
+end
+
+M.template_fields = {
+  with_desc(M.vm_fields, "image", "Guest image the template boots (a recipe's `image \"NAME\"` block is built first); its clones have it too."),
+  with_desc(M.vm_fields, "vcpus", "Virtual CPUs of the template and of every clone."),
+  with_desc(M.vm_fields, "memory", "Guest memory in MiB of the template and of every clone."),
+  with_desc(M.vm_fields, "network", "Network of the template; its clones have the same kind (\"auto\": resolved when the template is made)."),
+  with_desc(M.vm_fields, "env", "Environment for the template's steps (a sandbox made from it sets its own)."),
+  with_desc(M.recipe_fields, "files", "Guest files written before the first step; they are in every clone."),
+  with_desc(M.recipe_fields, "steps", "Steps run once, before the snapshot; what they leave running (background steps) runs on in every clone."),
 }
 
 ------------------------------------------------------------------------ helpers
@@ -749,6 +771,66 @@ function M.validate_images(list)
     end
   end
   if #errs > 0 then return nil, errs end
+  return out
+end
+
+--- Validate one template body. Paths in errors are relative to the template.
+-- @return normalized { vm = { image, vcpus, memory, network, env }, files =, steps = }
+--         or nil, errs
+function M.validate_template(body)
+  local errs = {}
+  local out = vm_record(body, errs, "", M.template_fields)
+  if not out or #errs > 0 then return nil, errs end
+  local t = { files = out.files or {}, steps = out.steps or {} }
+  out.files, out.steps = nil, nil
+  out.env = out.env or {}
+  t.vm = out
+  return t
+end
+
+local function template_prefix(name, line)
+  if type(name) == "string" then return "template " .. quote(name) .. ": " end
+  if name == nil and line then return "template at line " .. line .. ": " end
+  return "template " .. M.describe(name) .. ": "
+end
+M.template_prefix = template_prefix
+
+--- Validate the templates a recipe declared (same shape as validate_recipe's list).
+-- @return list of normalized templates { name, line, source, vm, files, steps } or nil,
+--         every error (each prefixed `template "name": `) and the templates that are
+--         valid on their own.
+function M.validate_templates(list)
+  local errs, out, names = {}, {}, {}
+  list = list or {}
+  if #list > M.LIMITS.templates then
+    errs[#errs + 1] = "recipe: too many templates: at most " .. M.LIMITS.templates .. ", got " .. #list
+  end
+  for _, d in ipairs(list) do
+    local prefix = template_prefix(d.name, d.line)
+    local where = d.line and (" (line " .. d.line .. ")") or ""
+    for _, e in ipairs(d.errors or {}) do errs[#errs + 1] = prefix .. e end
+    if d.name == nil and d.errors and #d.errors > 0 then
+      -- the declaration error already says the name is missing
+    elseif type(d.name) ~= "string" or not valid_id(d.name) then
+      errs[#errs + 1] = prefix .. "name: expected string matching " .. M.ID_DESC
+        .. ", got " .. M.describe(d.name)
+    elseif names[d.name] then
+      errs[#errs + 1] = prefix .. "duplicate template name" .. where .. ", first declared"
+        .. (names[d.name].line and (" at line " .. names[d.name].line) or " earlier")
+    else
+      names[d.name] = d
+    end
+    if d.body ~= nil then
+      local t, e = M.validate_template(d.body)
+      if not t then
+        for _, m in ipairs(e) do errs[#errs + 1] = prefix .. m end
+      else
+        t.name, t.line, t.source = d.name, d.line, d.source
+        out[#out + 1] = t
+      end
+    end
+  end
+  if #errs > 0 then return nil, errs, out end
   return out
 end
 

@@ -58,7 +58,10 @@ end
 
 --- Errors for what a cluster run cannot do (the list is empty when all is well).
 -- Host files (upload/download), host checks and kept sandboxes stay on the nodes.
-function M.validate(sandboxes, opts, checks)
+-- Templates: each node makes the ones its sandbox is made from (its job runs the
+-- recipe with --only); so a template must be declared by the recipe, and used by one
+-- sandbox only (two jobs on one node would make it at once).
+function M.validate(sandboxes, opts, checks, templates)
   local errs = {}
   local function add(s) errs[#errs + 1] = s end
   if not opts.file then
@@ -98,12 +101,34 @@ function M.validate(sandboxes, opts, checks)
     add("host_check " .. schema.quote(c.label) .. ": host checks need every VM on this host;"
       .. " they do not run with --slurm")
   end
+  local declared, users = {}, {}
+  for _, t in ipairs(templates or {}) do declared[t.name] = t end
+  for _, sb in ipairs(sandboxes) do
+    local name = sb.vm.template
+    if name and not declared[name] then
+      add(schema.sandbox_prefix(sb.name) .. "template: " .. schema.quote(name) .. " is not declared"
+        .. " in the recipe; under --slurm each node makes the templates its sandbox needs, from"
+        .. " a template block (add template " .. schema.quote(name) .. " { ... })")
+    elseif name then
+      users[name] = users[name] or {}
+      table.insert(users[name], sb.name)
+    end
+  end
+  for _, t in ipairs(templates or {}) do
+    local u = users[t.name]
+    if u and #u > 1 then
+      add("template " .. schema.quote(t.name) .. ": used by sandboxes " .. table.concat(u, ", ")
+        .. "; under --slurm each node makes its own templates, and two jobs on one node would"
+        .. " make it at once: give each sandbox its own template block, or run without --slurm")
+    end
+  end
   return errs
 end
 
 --- cpus, MiB that a sandbox's job requests.
 function M.resources(sb)
-  return sb.vm.vcpus, sb.vm.memory + M.VMM_OVERHEAD_MIB
+  local vm = sb.clone_of and sb.clone_of.vm or sb.vm -- a clone: its template's machine
+  return vm.vcpus, vm.memory + M.VMM_OVERHEAD_MIB
 end
 
 -- Sandboxes grouped by resource shape, in recipe order: { { cpus=, mem=, sbs={...} } }
@@ -175,8 +200,9 @@ end
 -- NODE_DIR/smolvm-slurm-JOBID on the node: where a task keeps its recipe and result.
 local function job_dir(jobid) return M.NODE_DIR .. "/smolvm-slurm-" .. jobid end
 
---- The batch script of one job array: the task id picks the sandbox.
-function M.job_script(sbs, recipe_b64, exe, label)
+--- The batch script of one job array: the task id picks the sandbox. safe: the
+-- recipe came with --safe, and is evaluated so on the nodes too.
+function M.job_script(sbs, recipe_b64, exe, label, safe)
   local lines = {
     "#!/bin/sh",
     "# smolvm-lua --slurm: one sandbox of " .. label .. " per array task (generated; see",
@@ -207,7 +233,7 @@ function M.job_script(sbs, recipe_b64, exe, label)
     'echo "smolvm job $SLURM_JOB_ID: sandbox $name on ${SLURMD_NODENAME:-?},'
       .. ' restart ${SLURM_RESTART_COUNT:-0}, state ${SMOLVM_STATE_DIR:-default}" >&2',
     -- SIGTERM (scancel, the time limit) reaches smolvm-lua, which tears its VM down.
-    '"$lua" --json --only "$name" "$dir/recipe.lua" >"$dir/result.json"',
+    '"$lua" --json ' .. (safe and "--safe " or "") .. '--only "$name" "$dir/recipe.lua" >"$dir/result.json"',
     "status=$?",
     'if [ -n "$terminated" ]; then',
     '  echo "smolvm job: signalled; smolvm-lua exited $status after its teardown" >&2',
@@ -302,7 +328,7 @@ function Ctl:submit(sandboxes)
   for gi, g in ipairs(groups_of(sandboxes)) do
     local script = self.tmp .. "/job-" .. gi .. ".sh"
     local f = assert(io.open(script, "w"))
-    f:write(M.job_script(g.sbs, b64, exe, label))
+    f:write(M.job_script(g.sbs, b64, exe, label, self.opts.safe))
     f:close()
     local args = { "env", "-u", "SMOLVM_STATE_DIR", "sbatch", "--parsable", "--requeue",
       "--array=0-" .. (#g.sbs - 1), "--job-name=smolvm-" .. label:gsub("%.lua$", ""),

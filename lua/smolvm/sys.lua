@@ -1,6 +1,6 @@
 -- SPDX-License-Identifier: MIT
 --- smolvm.sys: what the facade needs from the operating system: shell quoting,
--- terminal detection and a monotonic clock. One copy, used by the recipe runner, the
+-- terminal detection, a monotonic clock and reading small JSON files. One copy, used by the recipe runner, the
 -- `smolvm` command, the Slurm controller and the thread-pool worker.
 --
 -- Where the binding is loaded, terminal detection and the clock come from smolvm.core
@@ -72,6 +72,35 @@ end
 --- now() -> monotonic_ms() in seconds (a float), for timings shown to users.
 function M.now()
   return M.monotonic_ms() / 1000
+end
+
+--- poll(fds, timeout_ms) -> { ready, ... } | nil, msg, code: wait until one of the
+-- descriptors is readable (or hung up), at most timeout_ms (< 0: without limit);
+-- ready[i] says whether fds[i] is. A signal ends the wait early: nil, "interrupted",
+-- "EINTR". nil (the function) where the binding is not loaded.
+M.poll = core and core.poll
+
+--- read_json(path [, max]) -> the JSON object or array in the file, or nil (no file,
+-- more than max bytes (default 256 KiB), not JSON, or no binding to decode it).
+function M.read_json(path, max)
+  max = max or 256 * 1024
+  if not (core and core.json_decode) then return nil end
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local text = f:read(max + 1)
+  f:close()
+  if type(text) ~= "string" or #text > max then return nil end
+  local ok, v = pcall(core.json_decode, text)
+  if ok and type(v) == "table" then return v end
+  return nil
+end
+
+--- term_cols(fd) -> the width of the terminal on fd, or nil.
+function M.term_cols(fd)
+  if not (core and core.tty_size) then return nil end
+  local rows, cols = core.tty_size(fd)
+  if not rows then return nil end
+  return cols
 end
 
 return M

@@ -4,7 +4,9 @@
  *
  *   smolvm-lua [options] [script [args]]
  *     -e stat   execute string 'stat'          -v        print version
- *     --check / --json / --keep                recipe options (smolvm.recipe)
+ *     --check / --json / --keep / --quiet      recipe options (smolvm.recipe)
+ *     --safe    recipe from an untrusted source: evaluated in a budgeted, restricted
+ *               Lua state in a child process (safe-recipe.c); only its data returns
  *     --only NAME                              recipe: run that sandbox alone
  *     --slurm [--partition P] [--account A] [--time T] [--wait S]
  *                                              recipe: one Slurm job per sandbox
@@ -17,12 +19,18 @@
  * package.path, the source tree's when running from the build tree, else the
  * installed one.
  *
- * Recipes: before a script runs, smolvm.recipe's begin{check=, json=, keep=, only=,
- * slurm=, partition=, account=, time=, wait=, file=, exe=} installs the `sandbox`
- * declaration function (file: the script's path, exe: this binary's, both for the
- * Slurm jobs that rerun the recipe on other nodes); after it returns, finish() runs what was
- * declared and gives the exit status. A script that does not load (syntax error) then
- * exits 2, the "invalid recipe" status.
+ * Recipes: before a script runs, smolvm.recipe's begin{check=, json=, keep=, quiet=,
+ * safe=, only=, slurm=, partition=, account=, time=, wait=, file=, exe=} installs the
+ * declaration functions `sandbox` and `image` (file: the script's path, exe: this
+ * binary's, both for the Slurm jobs that rerun the recipe on other nodes); after it
+ * returns, finish() runs what was declared and gives the exit status. A script that
+ * does not load (syntax error) then exits 2, the "invalid recipe" status.
+ *
+ * Trust: without --safe the file is host code (every standard library). --check loads
+ * it with recipe.load, in an environment with no host side effect; a file that raises
+ * there (os.execute is not available under --check) is an invalid recipe. --safe
+ * never runs the file in this state: safe_eval_forked() evaluates it and returns its
+ * declarations as data, which recipe.finish(declared) validates and runs.
  *
  * SIGINT/SIGTERM make libsmolvm's blocking waits give up (smolvm_interrupt) and raise
  * the Lua error "interrupted" at the next Lua instruction (lua.c's laction), so
@@ -30,6 +38,7 @@
  * object are deleted when the state is closed. The exit status is then 128 + signal.
  * A second signal kills the process at once.
  */
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -38,6 +47,7 @@
 #include <unistd.h>
 
 #include "binding.h"
+#include "safe-recipe.h"
 
 #define PROGNAME "smolvm-lua"
 
@@ -52,9 +62,13 @@ static void usage(FILE *f)
                "Available options are:\n"
                "  -e stat   execute string 'stat'\n"
                "  -v        show version information\n"
-               "  --check   recipe: validate only, run nothing\n"
+               "  --check   recipe: validate only, run nothing (no host side effect)\n"
                "  --json    recipe: print a machine-readable result on stdout\n"
                "  --keep    recipe: keep every sandbox when done\n"
+               "  --quiet   recipe: do not show the steps' output as it comes\n"
+               "  --safe    recipe from an untrusted source: declarations and data only,\n"
+               "            in a restricted, budgeted Lua state (without it a recipe is\n"
+               "            host code)\n"
                "  --only NAME  recipe: run only the sandbox NAME\n"
                "  --slurm   recipe: run each sandbox as a Slurm job (docs/cluster.md)\n"
                "  --partition P, --account A, --time T\n"
@@ -84,7 +98,8 @@ static void on_signal(int sig)
     lua_State *L = signal_state;
 
     got_signal = sig;
-    signal(sig, SIG_DFL); /* a second one terminates at once */
+    signal(sig, SIG_DFL);     /* a second one terminates at once */
+    smolvm_lua_tty_restore(); /* a raw terminal (smolvm shell) is itself again now */
     if (L) {
         /* A wait inside libsmolvm (boot, command) gives up with SMOLVM_EINTR, killing
          * a running command in the guest, so control returns to Lua promptly. */
@@ -211,7 +226,7 @@ static const char recipe_begin_lua[] =
 
 /* The recipe options of the command line (strings borrowed from argv). */
 typedef struct recipe_opts {
-    int check, json, keep, slurm;
+    int check, json, keep, slurm, quiet, safe;
     const char *only, *partition, *account, *time, *wait;
 } recipe_opts;
 
@@ -230,7 +245,11 @@ static int recipe_begin(lua_State *L, const recipe_opts *o, const char *fname)
 
     if (r != LUA_OK)
         return r;
-    lua_createtable(L, 0, 11);
+    lua_createtable(L, 0, 13);
+    lua_pushboolean(L, o->quiet);
+    lua_setfield(L, -2, "quiet");
+    lua_pushboolean(L, o->safe);
+    lua_setfield(L, -2, "safe");
     lua_pushboolean(L, o->check);
     lua_setfield(L, -2, "check");
     lua_pushboolean(L, o->json);
@@ -251,18 +270,21 @@ static int recipe_begin(lua_State *L, const recipe_opts *o, const char *fname)
     return docall(L, 1, 1);
 }
 
-/* recipe.finish() -> exit status (integer; nil/true 0, false 1). */
-static int recipe_finish(lua_State *L, int recipe_idx, int *status)
+/* recipe.finish([declared]) -> exit status (integer; nil/true 0, false 1). narg: 1
+ * when the declarations (--safe) are on top of the stack. */
+static int recipe_finish(lua_State *L, int recipe_idx, int narg, int *status)
 {
     int r;
 
     lua_getfield(L, recipe_idx, "finish");
     if (!lua_isfunction(L, -1)) {
-        lua_pop(L, 1);
+        lua_pop(L, 1 + narg);
         *status = 0;
         return LUA_OK;
     }
-    r = docall(L, 0, 1);
+    if (narg)
+        lua_insert(L, -2); /* finish, declared */
+    r = docall(L, narg, 1);
     if (r != LUA_OK)
         return r;
     if (lua_isinteger(L, -1))
@@ -301,6 +323,131 @@ static int recipe_load_error(lua_State *L, int recipe_idx)
     return status;
 }
 
+/* The whole of a file (or stdin for "-"), at most max bytes: malloc'd, or NULL with
+ * a message on the Lua stack. */
+static char *read_whole(lua_State *L, const char *fname, size_t max, size_t *len)
+{
+    int stdin_ = strcmp(fname, "-") == 0;
+    FILE *f = stdin_ ? stdin : fopen(fname, "rb");
+    size_t n = 0, cap = 0;
+    char *buf = NULL;
+
+    if (!f) {
+        lua_pushfstring(L, "cannot open %s: %s", fname, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        size_t got;
+
+        if (n == cap) {
+            char *nb;
+
+            cap = cap ? cap * 2 : 65536;
+            if (cap > max + 1)
+                cap = max + 1;
+            if (n == cap || !(nb = realloc(buf, cap))) {
+                lua_pushfstring(L, "%s is larger than %d MiB", fname, (int)(max >> 20));
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+        }
+        got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) {
+            if (ferror(f)) {
+                lua_pushfstring(L, "cannot read %s: %s", fname, strerror(errno));
+                free(buf);
+                buf = NULL;
+            }
+            break;
+        }
+    }
+    if (!stdin_)
+        fclose(f);
+    if (buf && n > max) {
+        lua_pushfstring(L, "%s is larger than %d MiB", fname, (int)(max >> 20));
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+/* --safe: evaluate the file elsewhere, then recipe.finish(its declarations). */
+static int run_safe(lua_State *L, const char *fname, int recipe_idx)
+{
+    static const char find_declare[] = "return package.searchpath('smolvm.declare', package.path)";
+    safe_limits lim = SAFE_LIMITS_INIT;
+    safe_input in = {0};
+    char *src = NULL, *dsrc = NULL, *out = NULL, *err = NULL;
+    const char *derr, *dpath;
+    size_t len = 0, dlen = 0, outlen = 0;
+    int status;
+
+    if (!(src = read_whole(L, fname, SAFE_MEMORY_DEFAULT, &len)))
+        return recipe_load_error(L, recipe_idx);
+    if (luaL_loadstring(L, find_declare) != LUA_OK || docall(L, 0, 1) != LUA_OK ||
+        !(dpath = lua_tostring(L, -1))) {
+        free(src);
+        lua_pushliteral(L, "--safe: smolvm.declare not found on package.path");
+        return recipe_load_error(L, recipe_idx);
+    }
+    dsrc = read_whole(L, dpath, 1 << 20, &dlen);
+    lua_remove(L, dsrc ? -1 : -2); /* the path */
+    if (!dsrc) {
+        free(src);
+        return recipe_load_error(L, recipe_idx);
+    }
+    lua_pushfstring(L, strcmp(fname, "-") == 0 ? "=stdin" : "@%s", fname);
+    in = (safe_input){src, len, lua_tostring(L, -1), dsrc, dlen};
+    lim.stop = &got_signal;
+    status = safe_eval_forked(&in, &lim, &out, &outlen, &err);
+    lua_pop(L, 1); /* the chunk name */
+    free(src);
+    free(dsrc);
+    if (status < 0) {
+        lua_pushstring(L, err ? err : "--safe: not enough memory");
+        free(err);
+        return recipe_load_error(L, recipe_idx);
+    }
+    if (safe_decode(L, out, outlen, &derr) < 0) {
+        free(out);
+        lua_pushfstring(L, "--safe: a malformed result from the evaluation (%s)", derr);
+        return recipe_load_error(L, recipe_idx);
+    }
+    free(out);
+    if (recipe_finish(L, recipe_idx, 1, &status) != LUA_OK) {
+        report(L);
+        return EXIT_FAILURE;
+    }
+    return status;
+}
+
+/* --check: recipe.load(fname) compiles the file in its restricted environment. */
+static int load_checked(lua_State *L, int recipe_idx, const char *fname)
+{
+    lua_getfield(L, recipe_idx, "load");
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return luaL_loadfile(L, strcmp(fname, "-") == 0 ? NULL : fname);
+    }
+    lua_pushstring(L, fname);
+    if (docall(L, 1, 2) != LUA_OK)
+        return LUA_ERRRUN;
+    if (lua_isfunction(L, -2)) {
+        lua_pop(L, 1);
+        return LUA_OK;
+    }
+    lua_remove(L, -2);
+    if (!lua_isstring(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushliteral(L, "recipe.load failed");
+    }
+    return LUA_ERRSYNTAX;
+}
+
 static int run_script(lua_State *L, const char *fname, char **args, int nargs, const recipe_opts *o)
 {
     int r, i, status = 0, recipe_idx;
@@ -311,8 +458,18 @@ static int run_script(lua_State *L, const char *fname, char **args, int nargs, c
         return EXIT_FAILURE;
     }
     recipe_idx = lua_gettop(L);
+    if ((o->safe || o->check) && lua_isnil(L, recipe_idx)) {
+        fprintf(stderr, "%s: --%s needs the recipe engine (smolvm.recipe) on package.path\n",
+                PROGNAME, o->safe ? "safe" : "check");
+        return EXIT_LOAD_RECIPE;
+    }
+    if (o->safe)
+        return run_safe(L, fname, recipe_idx);
 
-    r = luaL_loadfile(L, strcmp(fname, "-") == 0 ? NULL : fname);
+    if (o->check)
+        r = load_checked(L, recipe_idx, fname);
+    else
+        r = luaL_loadfile(L, strcmp(fname, "-") == 0 ? NULL : fname);
     if (r != LUA_OK) {
         if (lua_isnil(L, recipe_idx)) {
             report(L);
@@ -323,13 +480,24 @@ static int run_script(lua_State *L, const char *fname, char **args, int nargs, c
     luaL_checkstack(L, nargs + 1, "too many arguments to script");
     for (i = 0; i < nargs; i++)
         lua_pushstring(L, args[i]);
-    if (docall(L, nargs, 0) != LUA_OK) {
+    if (o->check) {
+        /* What the file does that --check refuses is a mistake of the recipe: exit 2,
+         * with the message alone (where it happened is in it). */
+        signal_state = L;
+        if (lua_pcall(L, nargs, 0, 0) != LUA_OK) {
+            if (got_signal) {
+                report(L);
+                return EXIT_FAILURE;
+            }
+            return recipe_load_error(L, recipe_idx);
+        }
+    } else if (docall(L, nargs, 0) != LUA_OK) {
         report(L);
         return EXIT_FAILURE;
     }
     if (lua_isnil(L, recipe_idx))
         return EXIT_SUCCESS;
-    if (recipe_finish(L, recipe_idx, &status) != LUA_OK) {
+    if (recipe_finish(L, recipe_idx, 0, &status) != LUA_OK) {
         report(L);
         return EXIT_FAILURE;
     }
@@ -397,6 +565,10 @@ int main(int argc, char **argv)
             ro.json = 1;
         } else if (strcmp(a, "--keep") == 0) {
             ro.keep = 1;
+        } else if (strcmp(a, "--quiet") == 0) {
+            ro.quiet = 1;
+        } else if (strcmp(a, "--safe") == 0) {
+            ro.safe = 1;
         } else if (strcmp(a, "--slurm") == 0) {
             ro.slurm = 1;
         } else if (option_value(argc, argv, &i, "--only", &ro.only) ||

@@ -154,6 +154,13 @@ SMOLVM_EXTERN int smolvm_ctx_usage_json(char **out, smolvm_ctx *ctx, smolvm_erro
 
 /* Resolve the default state directory without creating anything. Caller frees. */
 SMOLVM_EXTERN int smolvm_default_state_dir(char **out, smolvm_error **err);
+/* The image directory a context made without options uses: $SMOLVM_IMAGE_DIR, else
+ * $XDG_DATA_HOME/smolvm/images, else ~/.local/share/smolvm/images. Nothing is created.
+ * Caller frees. */
+SMOLVM_EXTERN int smolvm_default_image_dir(char **out, smolvm_error **err);
+/* The template directory a context uses (see smolvm_ctx_template_dir), without making
+ * a context: nothing is created. Caller frees. */
+SMOLVM_EXTERN int smolvm_default_template_dir(char **out, smolvm_error **err);
 
 /* ---------------------------------------------------------------- store */
 
@@ -530,6 +537,14 @@ SMOLVM_EXTERN int smolvm_proc_wait(smolvm_exit *out, smolvm_proc *p, int timeout
 /* Free the handle: a process spawned without keep is killed; with keep, or attached,
  * it runs on. */
 SMOLVM_EXTERN smolvm_proc *smolvm_proc_free(smolvm_proc *p);
+/* For an event loop that waits on several processes (or on a process and a terminal)
+ * at once: the descriptor that becomes readable when output, an exit or an error may
+ * have arrived for p, or -1 when p has no connection. Borrowed: valid until p is freed;
+ * do not read it or change its flags. Output already received is held by p and makes
+ * no descriptor readable, so read with smolvm_proc_read(timeout_ms = 0) until it
+ * returns SMOLVM_ETIMEDOUT before each wait on the descriptor. The connection is
+ * shared by every handle made from the same smolvm_vm. */
+SMOLVM_EXTERN int smolvm_proc_fd(const smolvm_proc *p);
 
 /* ---------------------------------------------------------------- files */
 

@@ -527,6 +527,11 @@ smolvm_agent_stream *smolvm_agent_stream_free(smolvm_agent_stream *st)
     return NULL;
 }
 
+int smolvm_agent_stream_fd(const smolvm_agent_stream *st)
+{
+    return st && st->a && !st->a->broken ? st->a->fd : -1;
+}
+
 int smolvm_agent_call(json_t **reply, smolvm_agent *a, json_t *req, int64_t deadline,
                       smolvm_error **err)
 {

@@ -75,6 +75,8 @@ int smolvm_agent_control(smolvm_agent_stream *st, json_t *obj, smolvm_error **er
 void smolvm_agent_set_send_window(smolvm_agent_stream *st, uint64_t window);
 
 smolvm_agent_stream *smolvm_agent_stream_free(smolvm_agent_stream *st);
+/* The socket of the stream's connection (to poll for POLLIN), or -1 once it is gone. */
+int smolvm_agent_stream_fd(const smolvm_agent_stream *st);
 
 /* One request whose answer is a single REPLY (FIN): *reply receives it (caller
  * decrefs). */

@@ -31,12 +31,6 @@ struct smolvm_ctx {
 
 #define SMOLVM_DOWNLOAD_MAX_DEFAULT (1ULL << 30)
 
-/* The image directory a context made without options uses: $SMOLVM_IMAGE_DIR, else
- * $XDG_DATA_HOME/smolvm/images, else ~/.local/share/smolvm/images. Caller frees. */
-int smolvm_default_image_dir(char **out, smolvm_error **err);
-
-/* Where templates live: $SMOLVM_TEMPLATE_DIR, else $XDG_DATA_HOME/smolvm/templates, else
- * ~/.local/share/smolvm/templates. Caller frees. */
-int smolvm_default_template_dir(char **out, smolvm_error **err);
+/* smolvm_default_image_dir and smolvm_default_template_dir: public (smolvm.h). */
 
 #endif

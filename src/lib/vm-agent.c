@@ -358,6 +358,11 @@ int smolvm_proc_wait(smolvm_exit *out, smolvm_proc *p, int timeout_ms, smolvm_er
     return 0;
 }
 
+int smolvm_proc_fd(const smolvm_proc *p)
+{
+    return p ? smolvm_agent_stream_fd(p->st) : -1;
+}
+
 smolvm_proc *smolvm_proc_free(smolvm_proc *p)
 {
     if (!p)

@@ -114,6 +114,11 @@ void smolvm_lua_open_constants(lua_State *L);
 void smolvm_lua_open_proc(lua_State *L);
 void smolvm_lua_open_job(lua_State *L);
 void smolvm_lua_open_image(lua_State *L); /* functions into the module table */
+/* Host terminal, poll, log following (hostio.c): functions added to the module table. */
+void smolvm_lua_open_hostio(lua_State *L);
+/* Put back the terminal mode that core.tty_raw() changed, if any. Async-signal-safe:
+ * smolvm-lua's SIGINT/SIGTERM handler calls it. */
+void smolvm_lua_tty_restore(void);
 
 /* Check that a method is called on an object: the object or a closed one raises. */
 void smolvm_lua_closed_error(lua_State *L, const char *what);

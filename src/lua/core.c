@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "binding.h"
 
 #define BOX_MT "smolvm.box"
@@ -386,6 +388,48 @@ static int l_paths(lua_State *L)
     return 1;
 }
 
+/* default_paths() -> { image_dir=, template_dir= } | nil, msg, code: where a context
+ * would look, without making one (no state directory or database is created; for
+ * smolvm-lua --check). */
+static int l_default_paths(lua_State *L)
+{
+    smolvm_lua_box *box = smolvm_lua_box_new(L);
+
+    lua_createtable(L, 0, 2);
+    if (smolvm_default_image_dir(&box->text, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    lua_pushstring(L, box->text);
+    lua_setfield(L, -2, "image_dir");
+    free(box->text);
+    box->text = NULL;
+    if (smolvm_default_template_dir(&box->text, &box->err) < 0)
+        return smolvm_lua_fail(L, box, SMOLVM_EIO);
+    lua_pushstring(L, box->text);
+    lua_setfield(L, -2, "template_dir");
+    smolvm_lua_box_clear(box);
+    return 1;
+}
+
+/* sha256(data) -> 64 lowercase hex digits (a recipe's cache keys). */
+static int l_sha256(lua_State *L)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t len;
+    const char *data = luaL_checklstring(L, 1, &len);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    char out[2 * EVP_MAX_MD_SIZE];
+
+    if (EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
+        return luaL_error(L, "sha256: EVP_Digest failed");
+    for (unsigned int i = 0; i < mdlen; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    lua_pushlstring(L, out, 2 * mdlen);
+    return 1;
+}
+
 /* templates() -> { {name=, image=, vcpus=, memory=, created_at_ms=, source_vm=,
  * ephemeral=, disk_bytes=, stale=}, ... } | nil, msg, code */
 static int l_templates(lua_State *L)
@@ -501,6 +545,8 @@ static const luaL_Reg core_funcs[] = {
     {"firecracker_download", l_firecracker_download},
     {"reconcile", l_reconcile},
     {"paths", l_paths},
+    {"default_paths", l_default_paths},
+    {"sha256", l_sha256},
     {"templates", l_templates},
     {"template_delete", l_template_delete},
     {"configure", l_configure},
@@ -534,5 +580,6 @@ SMOLVM_EXTERN int luaopen_smolvm_core(lua_State *L)
     smolvm_lua_open_proc(L);
     smolvm_lua_open_job(L);
     smolvm_lua_open_image(L);
+    smolvm_lua_open_hostio(L);
     return 1;
 }

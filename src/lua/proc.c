@@ -4,7 +4,7 @@
  * Units are the C API's (milliseconds); lua/smolvm/proc.lua gives it the contract's
  * shape (seconds, proc:lines()).
  *
- *   proc:pid()
+ *   proc:pid()   proc:fd()  (the descriptor to poll, smolvm_proc_fd)
  *   proc:read(timeout_ms) -> stream, chunk | nil (both streams ended) | nil, msg, code
  *   proc:write(data, timeout_ms) proc:close_stdin() proc:kill(sig) proc:resize(rows, cols)
  *                                               -> true | nil, msg, code
@@ -111,6 +111,13 @@ static int push_ok(lua_State *L)
 static int l_pid(lua_State *L)
 {
     lua_pushinteger(L, smolvm_proc_pid(check_proc(L)->p));
+    return 1;
+}
+
+/* The descriptor to poll before reading with timeout 0 (smolvm_proc_fd). */
+static int l_fd(lua_State *L)
+{
+    lua_pushinteger(L, smolvm_proc_fd(check_proc(L)->p));
     return 1;
 }
 
@@ -242,9 +249,17 @@ static int l_tostring(lua_State *L)
 }
 
 static const luaL_Reg proc_methods[] = {
-    {"pid", l_pid},     {"read", l_read},     {"write", l_write}, {"close_stdin", l_close_stdin},
-    {"kill", l_kill},   {"resize", l_resize}, {"wait", l_wait},   {"closed", l_closed},
-    {"close", l_close}, {NULL, NULL},
+    {"pid", l_pid},
+    {"fd", l_fd},
+    {"read", l_read},
+    {"write", l_write},
+    {"close_stdin", l_close_stdin},
+    {"kill", l_kill},
+    {"resize", l_resize},
+    {"wait", l_wait},
+    {"closed", l_closed},
+    {"close", l_close},
+    {NULL, NULL},
 };
 
 static const luaL_Reg proc_meta[] = {

@@ -189,3 +189,70 @@ describe("smolvm.cli", function()
     assert.equal("2023-11-14T22:13:20.000Z  x  a b", fmt{ time = 1700000000000, kind = "x", detail = "a\nb" })
   end)
 end)
+
+describe("smolvm.cli ssh_command (transport = \"ssh\" sandboxes)", function()
+  local cli = require "smolvm.cli"
+  local dir
+  before_each(function() dir = mktemp_dir() end)
+  after_each(function() os.execute("rm -rf " .. sh_quote(dir)) end)
+
+  local function info(extra)
+    local i = { id = "web", ip = "172.16.0.5", ssh_port = 2222, host_key = dir .. "/host.pub",
+                ports = { { kind = "ssh", host_address = "127.0.0.1", host_port = 2222 } } }
+    for k, v in pairs(extra or {}) do i[k] = v end
+    return i
+  end
+
+  it("ignores the user's ssh_config, forwards nothing and pins the host key", function()
+    write(dir .. "/host.pub", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample root@web\n")
+    local cmd = assert(cli.ssh_command(info(), "/state/id_ed25519", dir, nil))
+    for _, want in ipairs({ "ssh -F /dev/null ", "-o ForwardAgent=no", "-o ForwardX11=no",
+                            "-o ClearAllForwardings=yes", "-o IdentityAgent=none",
+                            "-o IdentitiesOnly=yes", "-o PermitLocalCommand=no",
+                            "-o StrictHostKeyChecking=yes", "-o GlobalKnownHostsFile=/dev/null",
+                            "-o UserKnownHostsFile=" .. dir .. "/known_hosts",
+                            "-o HostKeyAlias=smolvm-web", "-p 2222", "root@127.0.0.1",
+                            "-i /state/id_ed25519" }) do
+      assert.truthy(cmd:find(want, 1, true), "missing " .. want .. " in " .. cmd)
+    end
+    -- The known_hosts file holds the pinned key under the alias, nothing else.
+    local f = assert(io.open(dir .. "/known_hosts", "rb"))
+    assert.equal("smolvm-web ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample\n", f:read("*a"))
+    f:close()
+    -- A command runs on a terminal instead of the login shell.
+    cmd = assert(cli.ssh_command(info(), "/k", dir, "tty; exit 3"))
+    assert.truthy(cmd:find("'tty; exit 3'$"), cmd)
+  end)
+
+  it("refuses when the host key cannot be read, instead of trusting the guest", function()
+    local cmd, err = cli.ssh_command(info(), "/k", dir, nil)
+    assert.is_nil(cmd)
+    assert.truthy(err:find("cannot read its pinned host key '" .. dir .. "/host.pub'", 1, true), err)
+    cmd, err = cli.ssh_command(info({ host_key = false }), "/k", dir, nil)
+    assert.is_nil(cmd)
+    assert.truthy(err:find("no host_key", 1, true), err)
+  end)
+
+  it("makes its private directory with mkdtemp (mode 0700)", function()
+    local core = require "smolvm.core"
+    local d = assert(core.mkdtemp(dir .. "/x."))
+    assert.truthy(d:find("^" .. dir:gsub("%p", "%%%0") .. "/x%.......$"), d)
+    local p = assert(io.popen("stat -c %a " .. sh_quote(d)))
+    assert.equal("700", p:read("*l"))
+    p:close()
+    local again = assert(core.mkdtemp(dir .. "/x."))
+    assert.are_not.equal(d, again)
+  end)
+end)
+
+describe("smolvm exec flags", function()
+  it("says how to ask for a terminal when -t is given something else than seconds", function()
+    local script = (os.getenv("SMOLVM_SOURCE_DIR") or "../..") .. "/scripts/smolvm"
+    local _, err, rc = run(sh_quote(script) .. " exec -i -t web sh")
+    assert.are.equal(2, rc, err)
+    assert.truthy(err:find("-t expects seconds > 0, got 'web' (a terminal is -it or --tty)", 1, true), err)
+    _, err, rc = run(sh_quote(script) .. " exec -it -t 5 web -- sh")
+    assert.are.equal(2, rc, err)
+    assert.truthy(err:find("does not apply to a terminal session", 1, true), err)
+  end)
+end)

@@ -26,13 +26,24 @@ local function fake_smolvm(opts)
     function vm:write_file() return true end
     function vm:upload() return true end
     function vm:download() return true end
-    function vm:run(cmd)
+    function vm:run(cmd, ropts)
       log.runs[#log.runs + 1] = self.id .. ":" .. cmd
       if cmd == "INT" then error("interrupted", 0) end
       local code = cmd:match("^exit (%d+)") or "0"
       local out = cmd:match("^echo (.*)$")
-      return { exit_code = tonumber(code), stdout = out and (out .. "\n") or "", stderr = "",
-               ok = code == "0" }
+      local err = cmd:match("^warn (.*)$")
+      out = out and (out:gsub("\\e", "\27"):gsub("\\xff", "\255") .. "\n") or ""
+      err = err and (err .. "\n") or ""
+      -- Output as it comes (the agent transport), in two chunks to test the line
+      -- splitting.
+      if ropts and ropts.on_output then
+        if #out > 0 then
+          ropts.on_output("stdout", out:sub(1, 2))
+          ropts.on_output("stdout", out:sub(3))
+        end
+        if #err > 0 then ropts.on_output("stderr", err) end
+      end
+      return { exit_code = tonumber(code), stdout = out, stderr = err, ok = code == "0" }
     end
     return vm
   end
@@ -89,8 +100,61 @@ describe("recipe runner (stand-in smolvm)", function()
     assert.same({ "a:echo nope", "b:echo b1", "b:echo b2" }, log.runs)
     assert.same({ "a", "b" }, log.deleted)
     assert.truthy(text:find('stdout does not contain "yes"', 1, true), text)
-    assert.truthy(text:find("--- stdout ---\n  nope", 1, true), text)
+    assert.truthy(text:find("a | nope\n", 1, true), text) -- shown as it came
+    assert.is_nil(text:find("--- stdout ---", 1, true), text) -- not shown twice
     assert.truthy(text:find("recipe failed: 1 of 2 sandboxes failed", 1, true), text)
+  end)
+
+  it("shows each line of output as it comes, prefixed with its sandbox", function()
+    local status, _, text = run_recipe({
+      { "a", { steps = { "echo one", "warn careful" } } },
+      { "web", { steps = { "echo two" } } },
+    })
+    assert.equal(0, status, text)
+    -- Whole lines (the fake sends "on" and "e\n"), names padded to line up.
+    assert.truthy(text:find("\na   | one\n", 1, true), text)
+    assert.truthy(text:find("\na   | careful\n", 1, true), text)
+    assert.truthy(text:find("\nweb | two\n", 1, true), text)
+    -- Before the step's result line.
+    assert.truthy(text:find("a   | one\n[a] step 1/2 echo one ok", 1, true), text)
+  end)
+
+  it("keeps a status line of what runs on a terminal, erased before each line", function()
+    local status, _, text = run_recipe({
+      { "a", { steps = { "echo one" } } }, { "b", { steps = { "echo two" } } },
+    }, { tty = true })
+    assert.equal(0, status, text)
+    assert.truthy(text:find("[a] boot ...\r\27[K[a] boot ", 1, true), text)
+    assert.truthy(text:find("[a] step 1/1 echo one ...\r\27[K", 1, true), text)
+    -- A line of output erases the status line first (colors or not).
+    assert.truthy(text:find("\r\27%[K[^\n]-a |[^\n]- one\n"), text)
+  end)
+
+  it("hides the live output with --quiet, and shows a failing step's output", function()
+    local status, _, text = run_recipe({
+      { "a", { steps = { "echo one", { run = "echo nope", expect = { stdout = "yes" } } } } },
+    }, { quiet = true })
+    assert.equal(1, status)
+    assert.is_nil(text:find("a | ", 1, true), text)
+    assert.truthy(text:find("[a] step 1/2 echo one ok", 1, true), text)
+    assert.truthy(text:find("--- stdout ---\n  nope", 1, true), text)
+  end)
+
+  it("sanitizes guest text on the terminal and in JSON", function()
+    -- The fake turns \e into ESC and \xff into an invalid UTF-8 byte.
+    local status, _, text, out = run_recipe({
+      { "a", { steps = { [[echo \e]0;owned\a \xff end]], { run = [[echo \e[2J]], expect = { exit = 1 } } } } },
+    }, { json = true })
+    assert.equal(1, status)
+    assert.is_nil(text:find("\27", 1, true), "raw ESC on stderr: " .. text)
+    assert.is_nil(out:find("\27", 1, true), "raw ESC in JSON: " .. out)
+    assert.is_nil(out:find("\255", 1, true), "invalid UTF-8 in JSON: " .. out)
+    assert.truthy(text:find("a | \\x1b]0;owned\\a \239\191\189 end", 1, true), text)
+    local ok, dkjson = pcall(require, "dkjson")
+    if not ok then pending("dkjson not installed") return end
+    local r = assert(dkjson.decode(out))
+    assert.equal("\\x1b]0;owned\\a \239\191\189 end\n", r.sandboxes[1].steps[1].stdout)
+    assert.equal("\\x1b[2J\n", r.sandboxes[1].steps[2].stdout)
   end)
 
   it("checks the exit status", function()
@@ -164,7 +228,44 @@ describe("recipe runner (stand-in smolvm)", function()
     assert.is_false(r.ok)
     assert.equal("a", r.sandboxes[1].name)
     assert.equal("hi\n", r.sandboxes[1].steps[1].stdout)
+    assert.equal("", r.sandboxes[1].steps[1].stderr)
     assert.equal(1, r.sandboxes[1].steps[2].exit_code)
     assert.is_true(r.sandboxes[1].deleted)
+  end)
+end)
+
+describe("recipe.load (--check) on " .. (jit and "LuaJIT" or _VERSION), function()
+  local h = require "helpers"
+  it("compiles the file where os.execute, io.popen and require raise, and reading works", function()
+    local dir = h.mktemp_dir()
+    local marker = dir .. "/marker"
+    h.write(dir .. "/data.txt", "from a file")
+    h.write(dir .. "/r.lua", 'local f = assert(io.open("' .. dir .. '/data.txt"))\n'
+      .. 'sandbox "a" { files = { ["/x"] = f:read("*a") } }\n'
+      .. 'os.execute("touch ' .. marker .. '")\n')
+    recipe.begin({ check = true })
+    local chunk = assert(recipe.load(dir .. "/r.lua"))
+    local ok, err = pcall(chunk)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("r.lua:3: os.execute is not available under --check", 1, true), err)
+    assert.is_false(h.exists(marker))
+    for _, src in ipairs({ "io.popen('true')", "require('os')", "load('x=1')", "dofile('/dev/null')" }) do
+      h.write(dir .. "/s.lua", src .. "\n")
+      local c = assert(recipe.load(dir .. "/s.lua"))
+      local okc, e = pcall(c)
+      assert.is_false(okc, src)
+      assert.truthy(tostring(e):find("is not available under --check", 1, true), src .. ": " .. tostring(e))
+    end
+    -- Precompiled chunks are not recipes.
+    h.write(dir .. "/b.lua", string.dump(function() return 1 end))
+    local c, e = recipe.load(dir .. "/b.lua")
+    assert.is_nil(c)
+    assert.truthy(tostring(e):find("binary", 1, true) or tostring(e):find("precompiled", 1, true), e)
+    local saved = io.stdout
+    io.stdout = io.tmpfile()
+    local status = recipe.finish() -- validates what r.lua declared (--check: a summary)
+    io.stdout = saved
+    assert.equal(0, status)
+    h.rm_rf(dir)
   end)
 end)
