@@ -144,8 +144,7 @@ int smolvm_fc_jail_config(smolvm_fc_jail *j, const char *fc_bin, const char *vm_
     if (access(j->jailer, X_OK) < 0)
         return smolvm_err(err, SMOLVM_EHOST,
                           "jailer: %sno jailer at '%s' (%s; 'smolvm install-firecracker' installs "
-                          "it next to firecracker, or set " SMOLVM_FC_JAILER_ENV
-                          " to its path%s)",
+                          "it next to firecracker, or set " SMOLVM_FC_JAILER_ENV " to its path%s)",
                           by_default ? "as root firecracker runs jailed, but there is " : "",
                           j->jailer, strerror(errno),
                           by_default ? "; " SMOLVM_FC_JAILER_ENV "=0 runs it unjailed, as root"
