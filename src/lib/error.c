@@ -83,6 +83,8 @@ int smolvm_err_errno(smolvm_error **err, int errnum, const char *fmt, ...)
 }
 
 static int rewrite(smolvm_error **err, const char *fmt, va_list ap, int prefix)
+    __attribute__((format(printf, 2, 0)));
+static int rewrite(smolvm_error **err, const char *fmt, va_list ap, int prefix)
 {
     char *extra = NULL, *msg = NULL;
     int r;
