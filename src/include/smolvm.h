@@ -113,8 +113,9 @@ typedef struct smolvm_ctx_options {
                              * nameserver */
     /* Host resources a guest may use (0: the default). */
     uint64_t console_max;  /* console log kept per VM; $SMOLVM_CONSOLE_MAX, else 4 MiB */
-    uint64_t download_max; /* bytes download/read_file take from a guest; 1 GiB (read_file:
-                            * at most SMOLVM_READ_FILE_MAX) */
+    uint64_t download_max; /* bytes download/read_file take from a guest; past it they fail
+                            * with SMOLVM_ENOSPC and leave no file. $SMOLVM_DOWNLOAD_MAX,
+                            * else 1 GiB (read_file: at most SMOLVM_READ_FILE_MAX) */
     /* ---- version 3: host-wide quotas over every VM of the state directory, whatever
      * its status (each can be started at any time). Checked in the transaction that
      * records a new VM, so concurrent creators cannot both pass; past a quota create

@@ -136,7 +136,11 @@ static int resolve_policy(smolvm_ctx *ctx, const smolvm_ctx_options *o, smolvm_e
         ctx->console_max = strtoull(console, NULL, 10);
     if (!ctx->console_max)
         ctx->console_max = 4u * 1024 * 1024;
-    ctx->download_max = v2.download_max ? v2.download_max : SMOLVM_DOWNLOAD_MAX_DEFAULT;
+    if ((r = policy_quota(&ctx->download_max, v2.download_max, "SMOLVM_DOWNLOAD_MAX",
+                          UINT64_C(1) << 50, err)) < 0)
+        return r;
+    if (!ctx->download_max)
+        ctx->download_max = SMOLVM_DOWNLOAD_MAX_DEFAULT;
     if (policy_str(&ctx->supervisor, NULL, "SMOLVM_SUPERVISOR") < 0)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     return 0;
