@@ -43,6 +43,15 @@ static bool call_over(const smolvm_ssh *s)
     return s->call_deadline && smolvm_now_ms() >= s->call_deadline;
 }
 
+/* A wait that ended at the call's deadline: said as such (not as an idle timeout). */
+static int deadline_fail(smolvm_ssh *s, smolvm_error **err, const char *ctx)
+{
+    s->broken = true; /* a request is left outstanding */
+    return smolvm_err(err, SMOLVM_ETIMEDOUT,
+                      "%s: timed out: not done within the call's deadline (%lld ms)",
+                      ctx ? ctx : "sftp", (long long)(s->call_deadline - s->call_start));
+}
+
 /* "<context>: no such file" and friends for SFTP status codes; transport failures
  * as smolvm_ssh_fail. */
 static int sftp_fail(smolvm_ssh *s, int rc, smolvm_error **err, const char *fmt, ...)
@@ -61,9 +70,7 @@ static int sftp_fail(smolvm_ssh *s, int rc, smolvm_error **err, const char *fmt,
         if (rc == SMOLVM_SSH_RC_TIMEOUT)
             s->broken = true; /* a request is left outstanding */
         if (rc == SMOLVM_SSH_RC_TIMEOUT && call_over(s))
-            return smolvm_err(err, SMOLVM_ETIMEDOUT,
-                              "%s: timed out: not done within the call's deadline (%lld ms)",
-                              ctx ? ctx : "sftp", (long long)(s->call_deadline - s->call_start));
+            return deadline_fail(s, err, ctx);
         return smolvm_ssh_fail(s, rc, err, "%s", ctx ? ctx : "sftp");
     }
     fx = libssh2_sftp_last_error(s->sftp);
@@ -104,6 +111,8 @@ static int sftp_start(smolvm_ssh *s, smolvm_error **err)
             /* A refused subsystem leaves the transport fine; anything else does not. */
             if (r != LIBSSH2_ERROR_CHANNEL_FAILURE && r != LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED)
                 s->broken = true;
+            if (r == SMOLVM_SSH_RC_TIMEOUT && call_over(s))
+                return deadline_fail(s, err, "start sftp in guest");
             return smolvm_ssh_fail(s, r, err, "start sftp in guest");
         }
     }
