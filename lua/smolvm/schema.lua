@@ -86,7 +86,7 @@ M.vm_fields = {
   field("memory", { kind = "integer", min = C.limits.memory_min, max = C.limits.memory_max },
         C.limits.memory_default, "Guest memory in MiB."),
   field("disk", { kind = "enum", values = C.disk }, C.disk[1],
-        "\"isolated\": writes go to a per-VM overlay; \"shared\": boot the base image itself."),
+        "\"isolated\": writes go to a per-VM overlay; \"shared\": boot the base image itself, read-only (writes fail; /tmp and /run are tmpfs)."),
   field("image", { kind = "string", max_len = C.limits.id, pattern = "^[a-z0-9][a-z0-9_-]*$",
                    pattern_desc = "an image name ([a-z0-9][a-z0-9_-]{0,62})" }, "default",
         "Guest image name under the image directory; a recipe's `image \"NAME\" { ... }` declaration is built first."),
