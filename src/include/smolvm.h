@@ -254,6 +254,9 @@ SMOLVM_EXTERN smolvm_egress_mode smolvm_egress_mode_from_string(const char *s);
 #define SMOLVM_MEMORY_DEFAULT 512
 #define SMOLVM_ENV_MAX 256        /* entries in env */
 #define SMOLVM_ENV_ENTRY_MAX 4096 /* bytes of one "NAME=value" */
+/* bytes of all of env, each entry counted as its length + 5 (its config disk line);
+ * values are printable: no byte below 0x20, no 0x7f (what the guest's init takes) */
+#define SMOLVM_ENV_TOTAL_MAX (48 * 1024)
 #define SMOLVM_FORWARDS_MAX 64
 #define SMOLVM_ID_MAX 63                         /* [a-z0-9][a-z0-9_-]{0,62} */
 #define SMOLVM_TTL_MAX (30LL * 24 * 3600 * 1000) /* ms: 30 days */
