@@ -1,9 +1,10 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 # Build the libFuzzer targets (clang, ASan + UBSan) in build-fuzz/ and run every
-# fuzz-* target for SECONDS each, one after the other.
+# fuzz-* target (or only the NAMEs given: qmp for fuzz-qmp) for SECONDS each, one after
+# the other.
 #
-#   bench/fuzz.sh SECONDS
+#   bench/fuzz.sh SECONDS [NAME...]
 #
 # New inputs go to build-fuzz/corpus/<target>/ (seeded from tests/fuzz/corpus/<target>/),
 # crashes to build-fuzz/crash-<target>-*; tests/fuzz/<target>.dict, when there is one,
@@ -14,8 +15,9 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-[ $# -eq 1 ] && [ "$1" -gt 0 ] 2>/dev/null || { echo "usage: bench/fuzz.sh SECONDS" >&2; exit 2; }
+[ $# -ge 1 ] && [ "$1" -gt 0 ] 2>/dev/null || { echo "usage: bench/fuzz.sh SECONDS [NAME...]" >&2; exit 2; }
 secs=$1
+shift
 build="$top/build-fuzz"
 command -v clang >/dev/null 2>&1 ||
     { echo "fuzz: clang not found (packages 'clang' and 'libclang-rt-14-dev'; run scripts/install-deps.sh)" >&2; exit 1; }
@@ -25,7 +27,16 @@ mkdir -p "$build"
 cmake -S "$top" -B "$build" -DCMAKE_C_COMPILER=clang -DSMOLVM_FUZZ=ON \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$log" 2>&1 ||
     { tail -n 20 "$log" >&2; echo "fuzz: configuring failed (log: $log)" >&2; exit 1; }
-targets=$(cd "$top/tests/fuzz" && ls fuzz-*.c | sed 's/\.c$//')
+if [ $# -gt 0 ]; then
+    targets=
+    for name in "$@"; do
+        [ -f "$top/tests/fuzz/fuzz-$name.c" ] ||
+            { echo "fuzz: no target '$name' (tests/fuzz/fuzz-$name.c)" >&2; exit 2; }
+        targets="$targets fuzz-$name"
+    done
+else
+    targets=$(cd "$top/tests/fuzz" && ls fuzz-*.c | sed 's/\.c$//')
+fi
 # shellcheck disable=SC2086
 cmake --build "$build" -j2 --target $targets >>"$log" 2>&1 ||
     { tail -n 30 "$log" >&2; echo "fuzz: building failed (log: $log)" >&2; exit 1; }

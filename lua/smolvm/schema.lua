@@ -60,6 +60,15 @@ local ENV_MAP = {
   max = M.LIMITS.env,
 }
 
+-- The VM's own env goes to the guest's init at boot, which takes printable values
+-- only (the C check at create also counts the name in env_entry, L3).
+local BOOT_ENV_MAP = {
+  kind = "map",
+  key = ENV_MAP.key,
+  value = { kind = "env_value", printable = true, max_len = C.limits.env_entry },
+  max = M.LIMITS.env,
+}
+
 local FORWARD = {
   kind = "record",
   fields = {
@@ -87,7 +96,7 @@ M.vm_fields = {
   field("memory", { kind = "integer", min = C.limits.memory_min, max = C.limits.memory_max },
         C.limits.memory_default, "Guest memory in MiB."),
   field("disk", { kind = "enum", values = C.disk }, C.disk[1],
-        "\"isolated\": writes go to a per-VM overlay; \"shared\": boot the base image itself."),
+        "\"isolated\": writes go to a per-VM overlay; \"shared\": boot the base image itself, read-only (writes fail; /tmp and /run are tmpfs)."),
   field("image", { kind = "string", max_len = C.limits.id, pattern = "^[a-z0-9][a-z0-9_-]*$",
                    pattern_desc = "an image name ([a-z0-9][a-z0-9_-]{0,62})" }, "default",
         "Guest image name under the image directory; a recipe's `image \"NAME\" { ... }` declaration is built first."),
@@ -99,8 +108,8 @@ M.vm_fields = {
         "\"nat\" (own address, egress by policy, masqueraded; TAP + nftables, needs root), \"user\" (rootless; no outbound connections at all, forwards only), \"none\" (no NIC; commands still reach the guest through the agent); \"auto\": nat where it can work (root and an uplink), else user."),
   field("forwards", { kind = "list", items = FORWARD, max = M.LIMITS.forwards, forwards = true },
         nil, "Port forwards { host=, guest=, address= }; at most 64, host ports unique."),
-  field("env", ENV_MAP, nil,
-        "Environment for every command: NAME = string or number; at most 256 entries."),
+  field("env", BOOT_ENV_MAP, nil,
+        "Environment for every command: NAME = string or number (printable, no control characters); at most 256 entries."),
   field("transport", { kind = "enum", values = C.transport }, C.transport[1],
         "How commands and files reach the guest: \"agent\" (our guest agent over a virtio-serial or vsock channel; works with network \"none\"), \"ssh\" (sshd over the network); \"auto\": the agent when the image has it."),
   field("ttl", { kind = "number", gt = 0, max = C.limits.ttl_ms / 1000 }, nil,
@@ -556,7 +565,12 @@ function check(node, v, path, errs)
     return nil
   elseif k == "env_value" then
     if type(v) == "string" then
-      if #v > M.LIMITS.string then add(errs, path, "too long: at most " .. M.LIMITS.string .. " bytes") return nil end
+      local max = node.max_len or M.LIMITS.string
+      if #v > max then add(errs, path, "too long: at most " .. max .. " bytes") return nil end
+      if node.printable and v:find("%c") then
+        add(errs, path, "control characters are not allowed (the guest's boot environment is printable text)")
+        return nil
+      end
       return v
     end
     if type(v) == "number" and v == v then return num_str(v) end

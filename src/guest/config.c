@@ -145,6 +145,18 @@ int config_parse(struct guest_config *cfg, char *buf, size_t len, char *err, siz
     return 0;
 }
 
+int config_parse_disk(struct guest_config *cfg, char *buf, size_t len, char *err, size_t errlen)
+{
+    if (len < sizeof(MAGIC) || memcmp(buf, MAGIC "\n", sizeof(MAGIC)) != 0)
+        return 1;
+    buf[len] = '\0';
+    /* Stop at the zero padding so it is not mistaken for a NUL in a line. */
+    char *z = memchr(buf, '\0', len);
+    if (z)
+        len = (size_t)(z - buf);
+    return config_parse(cfg, buf, len, err, errlen);
+}
+
 int config_load(struct guest_config *cfg, char *err, size_t errlen)
 {
     char dev[] = "/dev/vdb";
@@ -162,14 +174,10 @@ int config_load(struct guest_config *cfg, char *err, size_t errlen)
         while (len < GUEST_CONFIG_MAX && (n = read(fd, disk + len, GUEST_CONFIG_MAX - len)) > 0)
             len += (size_t)n;
         close(fd);
-        if (len < sizeof(MAGIC) || memcmp(disk, MAGIC "\n", sizeof(MAGIC)) != 0)
+        int r = config_parse_disk(cfg, disk, len, err, errlen);
+        if (r > 0)
             continue; /* some other disk (a scratch disk, a data volume) */
-        disk[len] = '\0';
-        /* Stop at the zero padding so it is not mistaken for a NUL in a line. */
-        char *z = memchr(disk, '\0', len);
-        if (z)
-            len = (size_t)(z - disk);
-        if (config_parse(cfg, disk, len, err, errlen) < 0)
+        if (r < 0)
             return -1;
         guest_log("config from %s", dev);
         return 0;

@@ -37,6 +37,10 @@ int config_load(struct guest_config *cfg, char *err, size_t errlen);
 /* Parse a config disk image held in buf (modified in place, must outlive cfg). */
 int config_parse(struct guest_config *cfg, char *buf, size_t len, char *err, size_t errlen);
 
+/* A disk's first len bytes (buf has room for len + 1): 1 when it is not a config disk
+ * (no magic line), else config_parse of its text up to the zero padding. */
+int config_parse_disk(struct guest_config *cfg, char *buf, size_t len, char *err, size_t errlen);
+
 /* Write the host key and authorized_keys under /run and prepare the sshd argv. */
 int sshd_setup(const struct guest_config *cfg, char *err, size_t errlen);
 

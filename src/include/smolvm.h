@@ -113,8 +113,9 @@ typedef struct smolvm_ctx_options {
                              * nameserver */
     /* Host resources a guest may use (0: the default). */
     uint64_t console_max;  /* console log kept per VM; $SMOLVM_CONSOLE_MAX, else 4 MiB */
-    uint64_t download_max; /* bytes download/read_file take from a guest; 1 GiB (read_file:
-                            * at most SMOLVM_READ_FILE_MAX) */
+    uint64_t download_max; /* bytes download/read_file take from a guest; past it they fail
+                            * with SMOLVM_ENOSPC and leave no file. $SMOLVM_DOWNLOAD_MAX,
+                            * else 1 GiB (read_file: at most SMOLVM_READ_FILE_MAX) */
     /* ---- version 3: host-wide quotas over every VM of the state directory, whatever
      * its status (each can be started at any time). Checked in the transaction that
      * records a new VM, so concurrent creators cannot both pass; past a quota create
@@ -260,6 +261,9 @@ SMOLVM_EXTERN smolvm_egress_mode smolvm_egress_mode_from_string(const char *s);
 #define SMOLVM_MEMORY_DEFAULT 512
 #define SMOLVM_ENV_MAX 256        /* entries in env */
 #define SMOLVM_ENV_ENTRY_MAX 4096 /* bytes of one "NAME=value" */
+/* bytes of all of env, each entry counted as its length + 5 (its config disk line);
+ * values are printable: no byte below 0x20, no 0x7f (what the guest's init takes) */
+#define SMOLVM_ENV_TOTAL_MAX (48 * 1024)
 #define SMOLVM_FORWARDS_MAX 64
 #define SMOLVM_ID_MAX 63                         /* [a-z0-9][a-z0-9_-]{0,62} */
 #define SMOLVM_TTL_MAX (30LL * 24 * 3600 * 1000) /* ms: 30 days */

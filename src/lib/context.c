@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -136,9 +137,42 @@ static int resolve_policy(smolvm_ctx *ctx, const smolvm_ctx_options *o, smolvm_e
         ctx->console_max = strtoull(console, NULL, 10);
     if (!ctx->console_max)
         ctx->console_max = 4u * 1024 * 1024;
-    ctx->download_max = v2.download_max ? v2.download_max : SMOLVM_DOWNLOAD_MAX_DEFAULT;
+    if ((r = policy_quota(&ctx->download_max, v2.download_max, "SMOLVM_DOWNLOAD_MAX",
+                          UINT64_C(1) << 50, err)) < 0)
+        return r;
+    if (!ctx->download_max)
+        ctx->download_max = SMOLVM_DOWNLOAD_MAX_DEFAULT;
     if (policy_str(&ctx->supervisor, NULL, "SMOLVM_SUPERVISOR") < 0)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
+    return 0;
+}
+
+/* The state directory holds the database, keys and every VM's files, which processes
+ * of this user trust: nobody else may be able to change it (L5 in docs/security.md). */
+static int check_state_dir(const char *dir, smolvm_error **err)
+{
+    struct stat st;
+    uid_t me = geteuid();
+
+    if (stat(dir, &st) < 0)
+        return smolvm_err_errno(err, errno, "state directory '%s'", dir);
+    if (!S_ISDIR(st.st_mode))
+        return smolvm_err(err, SMOLVM_EINVAL, "state directory '%s' is not a directory", dir);
+    if (st.st_uid != me) {
+        smolvm_err(err, SMOLVM_EPERM,
+                   "state directory '%s' belongs to uid %u, not to this user (uid %u)", dir,
+                   (unsigned)st.st_uid, (unsigned)me);
+        return smolvm_err_hint(err, "use a state directory of your own: $SMOLVM_STATE_DIR or "
+                                    "smolvm_ctx_options.state_dir");
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        smolvm_err(err, SMOLVM_EPERM, "state directory '%s' is writable by %s (mode %04o)", dir,
+                   (st.st_mode & S_IWGRP) && (st.st_mode & S_IWOTH) ? "group and others"
+                   : st.st_mode & S_IWGRP                           ? "its group"
+                                                                    : "others",
+                   (unsigned)(st.st_mode & 07777));
+        return smolvm_err_hint(err, "chmod go-w '%s'", dir);
+    }
     return 0;
 }
 
@@ -183,6 +217,8 @@ int smolvm_ctx_new(smolvm_ctx **out, const smolvm_ctx_options *opts, smolvm_erro
         smolvm_err(err, r, "out of memory");
     if (r == 0)
         r = smolvm_mkdir_p(ctx->state_dir, 0700, err);
+    if (r == 0)
+        r = check_state_dir(ctx->state_dir, err);
     if (r == 0 && !(ctx->db_path = smolvm_strdupf("%s/smolvm.db", ctx->state_dir)))
         r = smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     if (r == 0)

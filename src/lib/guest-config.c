@@ -7,6 +7,12 @@
 #include "base64.h"
 #include "guest-config.h"
 
+/* The whole env the host takes at create (vm-config.c) fits the disk with room for
+ * the rest: the magic, a hostname, an authorized key and an ed25519 host key in base64
+ * (~600 bytes). */
+_Static_assert(SMOLVM_ENV_TOTAL_MAX + 8 * 1024 <= SMOLVM_CONFIG_DISK_MAX,
+               "the env a VM may have does not fit its config disk");
+
 /* One line of the config disk: no newline may hide inside a value. */
 static int append(char *buf, size_t *n, const char *key, const char *value, smolvm_error **err)
 {

@@ -17,6 +17,9 @@ struct smolvm_ssh {
     int fd;
     bool broken; /* transport failed or was left mid-request: reconnect */
     char *peer;  /* "host:port", for messages */
+    /* The SFTP call in progress: every wait ends by call_deadline (0: none), however
+     * many chunks arrive (ssh-sftp.c). */
+    int64_t call_deadline, call_start;
 };
 
 /* A libssh2 call that gave up because smolvm_ssh_wait hit the deadline. Never a

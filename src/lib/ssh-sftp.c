@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Files in the guest over SFTP, on the command session (started on first use).
  * Files are streamed in chunks, never loaded whole (except smolvm_ssh_read, bounded).
- * Each wait is bounded by an idle deadline that moves on with every chunk: a large
- * file may take long, a stalled transfer may not. */
+ * Each wait is bounded by an idle deadline that moves on with every chunk, and by the
+ * call's own deadline, which does not: a stalled transfer fails after the idle time, a
+ * trickling one at the call's deadline. */
 #include "ssh-internal.h"
 
 #include <errno.h>
@@ -21,9 +22,34 @@
 #define DEFAULT_WRITE_MODE 0644
 #define DIR_MODE 0755
 
-static int64_t idle_deadline(void)
+/* The next wait's end: the idle time from now, or the call's deadline if sooner. */
+static int64_t idle_deadline(const smolvm_ssh *s)
 {
-    return smolvm_now_ms() + SFTP_IDLE_MS;
+    int64_t d = smolvm_now_ms() + SFTP_IDLE_MS;
+
+    return s->call_deadline && s->call_deadline < d ? s->call_deadline : d;
+}
+
+static void begin_call(smolvm_ssh *s, int64_t deadline)
+{
+    s->call_start = smolvm_now_ms();
+    s->call_deadline = deadline ? deadline : s->call_start + SMOLVM_SSH_FILE_TIMEOUT_MS;
+}
+
+/* The call's deadline passed: checked between chunks too, since a peer that always has
+ * a little more ready never makes a wait time out. */
+static bool call_over(const smolvm_ssh *s)
+{
+    return s->call_deadline && smolvm_now_ms() >= s->call_deadline;
+}
+
+/* A wait that ended at the call's deadline: said as such (not as an idle timeout). */
+static int deadline_fail(smolvm_ssh *s, smolvm_error **err, const char *ctx)
+{
+    s->broken = true; /* a request is left outstanding */
+    return smolvm_err(err, SMOLVM_ETIMEDOUT,
+                      "%s: timed out: not done within the call's deadline (%lld ms)",
+                      ctx ? ctx : "sftp", (long long)(s->call_deadline - s->call_start));
 }
 
 /* "<context>: no such file" and friends for SFTP status codes; transport failures
@@ -43,6 +69,8 @@ static int sftp_fail(smolvm_ssh *s, int rc, smolvm_error **err, const char *fmt,
     if (rc != LIBSSH2_ERROR_SFTP_PROTOCOL) {
         if (rc == SMOLVM_SSH_RC_TIMEOUT)
             s->broken = true; /* a request is left outstanding */
+        if (rc == SMOLVM_SSH_RC_TIMEOUT && call_over(s))
+            return deadline_fail(s, err, ctx);
         return smolvm_ssh_fail(s, rc, err, "%s", ctx ? ctx : "sftp");
     }
     fx = libssh2_sftp_last_error(s->sftp);
@@ -67,7 +95,7 @@ static int sftp_fail(smolvm_ssh *s, int rc, smolvm_error **err, const char *fmt,
 
 static int sftp_start(smolvm_ssh *s, smolvm_error **err)
 {
-    int64_t deadline = idle_deadline();
+    int64_t deadline = idle_deadline(s);
     int r = smolvm_ssh_usable(s, err);
 
     if (r < 0)
@@ -83,6 +111,8 @@ static int sftp_start(smolvm_ssh *s, smolvm_error **err)
             /* A refused subsystem leaves the transport fine; anything else does not. */
             if (r != LIBSSH2_ERROR_CHANNEL_FAILURE && r != LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED)
                 s->broken = true;
+            if (r == SMOLVM_SSH_RC_TIMEOUT && call_over(s))
+                return deadline_fail(s, err, "start sftp in guest");
             return smolvm_ssh_fail(s, r, err, "start sftp in guest");
         }
     }
@@ -108,7 +138,7 @@ struct handle {
 
 static int handle_close(struct handle *hd)
 {
-    int64_t deadline = idle_deadline();
+    int64_t deadline = idle_deadline(hd->s);
     int rc = 0;
 
     if (!hd->h)
@@ -134,7 +164,7 @@ static void handle_closep(struct handle *hd)
 static int open_remote(struct handle *hd, const char *path, unsigned long flags, long mode,
                        smolvm_error **err, const char *what)
 {
-    int64_t deadline = idle_deadline();
+    int64_t deadline = idle_deadline(hd->s);
     int rc;
 
     for (;;) {
@@ -154,7 +184,7 @@ static int open_remote(struct handle *hd, const char *path, unsigned long flags,
 
 static int remote_stat(smolvm_ssh *s, const char *path, LIBSSH2_SFTP_ATTRIBUTES *st)
 {
-    int64_t deadline = idle_deadline();
+    int64_t deadline = idle_deadline(s);
     int rc;
 
     SMOLVM_SSH_RETRY(
@@ -199,7 +229,7 @@ static int make_parents(smolvm_ssh *s, const char *path, smolvm_error **err)
         return sftp_fail(s, rc, err, "create directory '%s' in guest", dir);
     for (p = dir + 1;; p++) {
         bool last = *p == '\0';
-        int64_t deadline = idle_deadline();
+        int64_t deadline = idle_deadline(s);
 
         if (*p != '/' && !last)
             continue;
@@ -233,9 +263,11 @@ static int write_all(struct handle *hd, const char *data, size_t len, const char
     size_t off = 0;
 
     while (off < len) {
-        int64_t deadline = idle_deadline();
+        int64_t deadline = idle_deadline(hd->s);
         ssize_t n;
 
+        if (call_over(hd->s))
+            return sftp_fail(hd->s, SMOLVM_SSH_RC_TIMEOUT, err, "write '%s' in guest", path);
         /* On EAGAIN libssh2 wants the same buffer again: it may have sent part. */
         while ((n = libssh2_sftp_write(hd->h, data + off, len - off)) == LIBSSH2_ERROR_EAGAIN) {
             int w = smolvm_ssh_wait(hd->s, deadline);
@@ -257,7 +289,7 @@ static int set_mode(struct handle *hd, unsigned mode, const char *path, smolvm_e
 {
     LIBSSH2_SFTP_ATTRIBUTES a = {.flags = LIBSSH2_SFTP_ATTR_PERMISSIONS,
                                  .permissions = mode & 07777};
-    int64_t deadline = idle_deadline();
+    int64_t deadline = idle_deadline(hd->s);
     int rc;
 
     SMOLVM_SSH_RETRY(hd->s, deadline, rc, libssh2_sftp_fsetstat(hd->h, &a));
@@ -277,11 +309,13 @@ static int finish_write(struct handle *hd, const char *path, smolvm_error **err)
 }
 
 int smolvm_ssh_write(smolvm_ssh *s, const char *remote, const void *data, size_t len, unsigned mode,
-                     smolvm_error **err)
+                     int64_t deadline, smolvm_error **err)
 {
     _cleanup_(handle_closep) struct handle hd = {.s = s};
     int r;
 
+    if (s)
+        begin_call(s, deadline);
     if ((r = check_remote_path(remote, err)) < 0)
         return r;
     if (!data && len)
@@ -308,7 +342,8 @@ int smolvm_ssh_write(smolvm_ssh *s, const char *remote, const void *data, size_t
     return finish_write(&hd, remote, err);
 }
 
-int smolvm_ssh_upload(smolvm_ssh *s, const char *local, const char *remote, smolvm_error **err)
+int smolvm_ssh_upload(smolvm_ssh *s, const char *local, const char *remote, int64_t deadline,
+                      smolvm_error **err)
 {
     _cleanup_(handle_closep) struct handle hd = {.s = s};
     _cleanup_free_ char *chunk = NULL;
@@ -316,6 +351,8 @@ int smolvm_ssh_upload(smolvm_ssh *s, const char *local, const char *remote, smol
     struct stat st;
     int r;
 
+    if (s)
+        begin_call(s, deadline);
     if ((r = check_remote_path(remote, err)) < 0)
         return r;
     if (!local || !*local)
@@ -367,7 +404,7 @@ static int open_for_read(struct handle *hd, const char *remote, LIBSSH2_SFTP_ATT
         return r;
     if ((r = open_remote(hd, remote, LIBSSH2_FXF_READ, 0, err, "read")) < 0)
         return r;
-    deadline = idle_deadline();
+    deadline = idle_deadline(hd->s);
     SMOLVM_SSH_RETRY(hd->s, deadline, rc, libssh2_sftp_fstat_ex(hd->h, st, 0));
     if (rc)
         return sftp_fail(hd->s, rc, err, "read '%s' in guest", remote);
@@ -380,9 +417,11 @@ static int open_for_read(struct handle *hd, const char *remote, LIBSSH2_SFTP_ATT
 static ssize_t read_chunk(struct handle *hd, char *buf, size_t size, const char *remote,
                           smolvm_error **err)
 {
-    int64_t deadline = idle_deadline();
+    int64_t deadline = idle_deadline(hd->s);
     ssize_t n;
 
+    if (call_over(hd->s))
+        return sftp_fail(hd->s, SMOLVM_SSH_RC_TIMEOUT, err, "read '%s' in guest", remote);
     while ((n = libssh2_sftp_read(hd->h, buf, size)) == LIBSSH2_ERROR_EAGAIN) {
         int w = smolvm_ssh_wait(hd->s, deadline);
 
@@ -396,8 +435,17 @@ static ssize_t read_chunk(struct handle *hd, char *buf, size_t size, const char 
     return n;
 }
 
+/* A file over its cap: the same error for what the size said and what arrived. */
+static int too_large(smolvm_error **err, const char *what, const char *remote, uint64_t max)
+{
+    return smolvm_err(err, SMOLVM_ENOSPC,
+                      "%s '%s' in guest: the file is larger than %llu bytes, the most a "
+                      "transfer from a guest may bring",
+                      what, remote, (unsigned long long)max);
+}
+
 int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, size_t *len,
-                    smolvm_error **err)
+                    int64_t deadline, smolvm_error **err)
 {
     _cleanup_(handle_closep) struct handle hd = {.s = s};
     _cleanup_free_ char *buf = NULL;
@@ -405,6 +453,8 @@ int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, 
     size_t used = 0, cap;
     int r;
 
+    if (s)
+        begin_call(s, deadline);
     if ((r = check_remote_path(remote, err)) < 0)
         return r;
     if (!data || !len)
@@ -414,9 +464,7 @@ int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, 
     if ((r = open_for_read(&hd, remote, &st, err)) < 0)
         return r;
     if ((st.flags & LIBSSH2_SFTP_ATTR_SIZE) && st.filesize > max)
-        return smolvm_err(err, SMOLVM_EINVAL,
-                          "read '%s' in guest: file is larger than %zu bytes (%llu)", remote, max,
-                          (unsigned long long)st.filesize);
+        return too_large(err, "read", remote, max);
     /* The size is a hint (files change); the limit is enforced on what arrives. */
     cap = (st.flags & LIBSSH2_SFTP_ATTR_SIZE) ? (size_t)st.filesize + 1 : 4096;
     if (cap > max + 1)
@@ -432,8 +480,7 @@ int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, 
             char *p;
 
             if (ncap <= cap)
-                return smolvm_err(err, SMOLVM_EINVAL,
-                                  "read '%s' in guest: file is larger than %zu bytes", remote, max);
+                return too_large(err, "read", remote, max);
             p = realloc(buf, ncap + 1);
             if (!p)
                 return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
@@ -448,8 +495,7 @@ int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, 
             break;
         used += (size_t)n;
         if (used > max)
-            return smolvm_err(err, SMOLVM_EINVAL,
-                              "read '%s' in guest: file is larger than %zu bytes", remote, max);
+            return too_large(err, "read", remote, max);
     }
     buf[used] = '\0';
     (void)handle_close(&hd);
@@ -458,24 +504,33 @@ int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, 
     return 0;
 }
 
-int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local, smolvm_error **err)
+int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local, uint64_t max,
+                        int64_t deadline, smolvm_error **err)
 {
     _cleanup_(handle_closep) struct handle hd = {.s = s};
     _cleanup_free_ char *chunk = NULL, *tmp = NULL, *dir = NULL;
     _cleanup_close_ int fd = -1;
     LIBSSH2_SFTP_ATTRIBUTES st;
+    uint64_t total = 0;
     unsigned mode;
     char *slash;
     int r;
 
+    if (s)
+        begin_call(s, deadline);
+    if (max == 0)
+        max = SMOLVM_SSH_DOWNLOAD_MAX;
     if ((r = check_remote_path(remote, err)) < 0)
         return r;
     if (!local || !*local)
         return smolvm_err(err, SMOLVM_EINVAL, "download: empty host path");
     if ((r = open_for_read(&hd, remote, &st, err)) < 0)
         return r;
-    mode = (st.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) ? (unsigned)(st.permissions & 07777)
-                                                      : DEFAULT_WRITE_MODE;
+    if ((st.flags & LIBSSH2_SFTP_ATTR_SIZE) && st.filesize > max)
+        return too_large(err, "download", remote, max);
+    mode = smolvm_guest_file_mode((st.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS)
+                                      ? (unsigned)(st.permissions & 07777)
+                                      : DEFAULT_WRITE_MODE);
     dir = strdup(local);
     chunk = malloc(SFTP_CHUNK);
     tmp = smolvm_strdupf("%s.smolvm-XXXXXX", local);
@@ -501,6 +556,12 @@ int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local, sm
         }
         if (n == 0)
             break;
+        /* The size was a hint: what arrives is what counts. */
+        total += (uint64_t)n;
+        if (total > max) {
+            r = too_large(err, "download", remote, max);
+            goto fail;
+        }
         while (off < (size_t)n) {
             ssize_t w = write(fd, chunk + off, (size_t)n - off);
 
@@ -513,7 +574,7 @@ int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local, sm
             off += (size_t)w;
         }
     }
-    /* Exactly the guest's mode, whatever our umask. */
+    /* The temporary file was private (0600) while it filled. */
     if (fchmod(fd, mode) < 0 || close(TAKE_FD(fd)) < 0) {
         r = smolvm_err_errno(err, errno, "download '%s' to '%s'", remote, local);
         goto fail;

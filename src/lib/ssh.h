@@ -29,12 +29,28 @@ smolvm_ssh *smolvm_ssh_free(smolvm_ssh *s);
 int smolvm_ssh_exec(smolvm_ssh *s, const char *cmd, const char *const *base_env,
                     const smolvm_run_options *opts, smolvm_run_result **out, smolvm_error **err);
 
-/* SFTP. Parent directories are created; mode preserved on upload/download. */
-int smolvm_ssh_upload(smolvm_ssh *s, const char *local, const char *remote, smolvm_error **err);
-int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local, smolvm_error **err);
+/* SFTP. Parent directories are created. Upload and write keep the mode given (the
+ * guest's umask does not apply); a download gets smolvm_guest_file_mode of the guest's.
+ *
+ * Every call ends by `deadline` (monotonic ms; 0: SMOLVM_SSH_FILE_TIMEOUT_MS from the
+ * call's start) however its transfer goes: a peer that keeps sending a trickle cannot
+ * hold it longer. Each wait is also bounded by an idle time (30 s) that moves on with
+ * every chunk. A call past its deadline is SMOLVM_ETIMEDOUT and leaves the session
+ * broken (a request is outstanding): the caller reconnects.
+ *
+ * download and read take at most `max` bytes (0: SMOLVM_READ_FILE_MAX for read,
+ * SMOLVM_SSH_DOWNLOAD_MAX for download): a larger file is SMOLVM_ENOSPC, found from
+ * its size before anything is read or from what arrives, and a download leaves no
+ * file (not even part of one) on the host. */
+#define SMOLVM_SSH_FILE_TIMEOUT_MS (10 * 60 * 1000)
+#define SMOLVM_SSH_DOWNLOAD_MAX (1ULL << 30)
+int smolvm_ssh_upload(smolvm_ssh *s, const char *local, const char *remote, int64_t deadline,
+                      smolvm_error **err);
+int smolvm_ssh_download(smolvm_ssh *s, const char *remote, const char *local, uint64_t max,
+                        int64_t deadline, smolvm_error **err);
 int smolvm_ssh_write(smolvm_ssh *s, const char *remote, const void *data, size_t len, unsigned mode,
-                     smolvm_error **err);
+                     int64_t deadline, smolvm_error **err);
 int smolvm_ssh_read(smolvm_ssh *s, const char *remote, size_t max, char **data, size_t *len,
-                    smolvm_error **err);
+                    int64_t deadline, smolvm_error **err);
 
 #endif

@@ -42,6 +42,8 @@ static json_t *vmm_to_json(const smolvm_vmm_config *c)
         smolvm_net_mode_to_string(c->network), "tap_name", jstr_or_null(c->tap_name), "mac",
         jstr_or_null(c->mac), "hostfwds", fwds ? fwds : json_array(), "overlay_disk",
         jstr_or_null(c->overlay_disk), "overlay_mib", (int)c->overlay_mib);
+    if (o && c->disk_read_only)
+        (void)json_object_set_new(o, "disk_read_only", json_true());
     return o;
 }
 
@@ -195,6 +197,7 @@ static int vmm_from_json(smolvm_sv_spec *s, json_t *v)
     c->vcpus = (unsigned)json_integer_value(json_object_get(v, "vcpus"));
     c->memory_mib = (unsigned)json_integer_value(json_object_get(v, "memory_mib"));
     c->overlay_mib = (unsigned)json_integer_value(json_object_get(v, "overlay_mib"));
+    c->disk_read_only = json_is_true(json_object_get(v, "disk_read_only"));
     c->accel = smolvm_accel_from_string(accel);
     c->network = smolvm_net_mode_from_string(network);
     if (c->accel < 0 || c->network < 0 || !json_is_array(fwds) ||

@@ -292,3 +292,32 @@ char *smolvm_file_tail(const char *path, long long from, size_t max_bytes, int m
     }
     return out;
 }
+
+/* The umask without changing it: /proc/self/status has it since Linux 4.7; umask()
+ * itself can only be read by setting it, which races with other threads. */
+static mode_t current_umask(void)
+{
+    char buf[4096];
+    ssize_t n;
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    const char *p;
+    mode_t m;
+
+    if (fd >= 0) {
+        n = read(fd, buf, sizeof(buf) - 1);
+        (void)close(fd);
+        if (n > 0) {
+            buf[n] = '\0';
+            if ((p = strstr(buf, "\nUmask:")))
+                return (mode_t)(strtoul(p + 7, NULL, 8) & 0777);
+        }
+    }
+    m = umask(022);
+    (void)umask(m);
+    return m;
+}
+
+unsigned smolvm_guest_file_mode(unsigned guest_mode)
+{
+    return guest_mode & 0775 & ~(unsigned)current_umask();
+}

@@ -68,6 +68,12 @@ int smolvm_mkdir_p(const char *path, unsigned mode, smolvm_error **err);
 /* Remove a directory tree (like rm -rf); missing is not an error. */
 int smolvm_rm_rf(const char *path, smolvm_error **err);
 
+/* The mode a file from a guest gets on the host: the guest's permission bits, but never
+ * setuid, setgid, sticky or world-writable, and no more than the process's umask lets
+ * through (guest_mode & 0775 & ~umask). A guest file is data, not a program the host
+ * should run as its owner. Thread-safe (the umask is read from /proc/self/status). */
+unsigned smolvm_guest_file_mode(unsigned guest_mode);
+
 /* Read a whole file (at most max bytes; larger is SMOLVM_EINVAL). NUL-terminated. */
 int smolvm_read_file(const char *path, size_t max, char **out, size_t *len, smolvm_error **err);
 

@@ -624,7 +624,6 @@ int smolvm_vm_agent_download(smolvm_vm *vm, const char *remote, const char *loca
     unsigned mode = 0644;
     uint32_t consumed = 0;
     size_t total = 0;
-    mode_t mask;
     int r;
 
     if (!tmp)
@@ -667,12 +666,9 @@ int smolvm_vm_agent_download(smolvm_vm *vm, const char *remote, const char *loca
         }
     }
     smolvm_agent_stream_free(st);
-    /* The guest's mode bits, but never setuid, setgid, sticky or more than the umask
-     * allows: a file from the guest is data, not a program the host should run as its
-     * owner. */
-    mask = umask(0);
-    (void)umask(mask);
-    if (r == 0 && fchmod(fd, (mode & 0777) & ~mask) < 0)
+    /* The guest's mode bits, but never setuid, setgid, sticky, world-writable or more
+     * than the umask allows. */
+    if (r == 0 && fchmod(fd, smolvm_guest_file_mode(mode)) < 0)
         r = smolvm_err_errno(err, errno, "chmod '%s'", local);
     if (r == 0 && rename(tmp, local) < 0)
         r = smolvm_err_errno(err, errno, "rename to '%s'", local);

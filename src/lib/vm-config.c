@@ -93,10 +93,37 @@ static int label_valid(const char *s)
     return 1;
 }
 
+/* The limits the guest's init holds its boot environment to (src/guest/config.c):
+ * refused here, at create, with the reason, rather than failing the guest's boot. */
+static int env_value_check(const char *entry, const char *eq, size_t *total, smolvm_error **err)
+{
+    int name_len = (int)(eq - entry) > 64 ? 64 : (int)(eq - entry);
+    size_t len = strlen(entry);
+
+    if (len > SMOLVM_ENV_ENTRY_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "env: '%.*s' is longer than %d bytes (%zu)", name_len,
+                          entry, SMOLVM_ENV_ENTRY_MAX, len);
+    for (const char *p = eq + 1; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            smolvm_err(err, SMOLVM_EINVAL,
+                       "env: value of '%.*s' has control character 0x%02x at byte %zu", name_len,
+                       entry, (unsigned)(unsigned char)*p, (size_t)(p - eq));
+            return smolvm_err_hint(err, "the boot environment takes printable text only; pass "
+                                        "other bytes per command (run's env) or in a file");
+        }
+    *total += len + 5; /* its "env=...\n" line on the config disk */
+    if (*total > SMOLVM_ENV_TOTAL_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL,
+                          "env: more than %d bytes in all (the guest's config disk holds them)",
+                          SMOLVM_ENV_TOTAL_MAX);
+    return 0;
+}
+
 int smolvm_vm_options_check(smolvm_vm_options *out, const smolvm_vm_options *in, smolvm_error **err)
 {
     smolvm_vm_options o = SMOLVM_VM_OPTIONS_INIT;
-    size_t i, n;
+    size_t i, n, total = 0;
+    int r;
 
     if (in->version < 1 || in->version > SMOLVM_VM_OPTIONS_VERSION)
         return smolvm_err(err, SMOLVM_EINVAL, "vm options: unknown version %u", in->version);
@@ -152,16 +179,13 @@ int smolvm_vm_options_check(smolvm_vm_options *out, const smolvm_vm_options *in,
                               "env: expected NAME=value with NAME [A-Za-z_][A-Za-z0-9_]*, "
                               "got '%.80s'",
                               o.env[n]);
-        if (strlen(o.env[n]) > SMOLVM_ENV_ENTRY_MAX || strchr(o.env[n], '\n'))
-            return smolvm_err(err, SMOLVM_EINVAL,
-                              "env: '%.*s' is longer than %d bytes or has a newline",
-                              (int)(eq - o.env[n]), o.env[n], SMOLVM_ENV_ENTRY_MAX);
+        if ((r = env_value_check(o.env[n], eq, &total, err)) < 0)
+            return r;
     }
     {
         smolvm_egress_policy e;
-        int r = smolvm_egress_policy_copy(&e, &o.egress, "egress", err);
 
-        if (r < 0)
+        if ((r = smolvm_egress_policy_copy(&e, &o.egress, "egress", err)) < 0)
             return r;
         smolvm_egress_policy_clear(&e);
     }

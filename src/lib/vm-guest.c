@@ -38,6 +38,21 @@ int smolvm_run_options_init(smolvm_run_options *opts, unsigned version)
     return 0;
 }
 
+/* After a file call over SSH: a timed-out transfer left a request outstanding, so its
+ * session is dropped too. */
+static int after_file(smolvm_vm *vm, int r)
+{
+    if (r == SMOLVM_ETIMEDOUT)
+        smolvm_vm_ssh_drop(vm);
+    return after(vm, r);
+}
+
+/* When an SFTP call must be over, whatever the guest does. */
+static int64_t file_deadline(void)
+{
+    return smolvm_now_ms() + SMOLVM_SSH_FILE_TIMEOUT_MS;
+}
+
 static bool agent(const smolvm_vm *vm)
 {
     return vm->cfg->transport == SMOLVM_TRANSPORT_AGENT;
@@ -100,8 +115,20 @@ int smolvm_vm_upload(smolvm_vm *vm, const char *local, const char *remote, smolv
     if ((r = ready(vm, "upload", remote, err)) < 0)
         return r;
     r = agent(vm) ? smolvm_vm_agent_upload(vm, local, remote, err)
-                  : after(vm, smolvm_ssh_upload(vm->ssh, local, remote, err));
+                  : after_file(vm, smolvm_ssh_upload(vm->ssh, local, remote, file_deadline(), err));
     return r < 0 ? smolvm_err_wrap(err, "upload to '%s'", vm->id) : 0;
+}
+
+/* A file over the cap: say where the cap comes from. */
+static int download_hint(smolvm_vm *vm, bool read_file, smolvm_error **err)
+{
+    if (read_file && vm->ctx->download_max >= SMOLVM_READ_FILE_MAX)
+        return smolvm_err_hint(err, "read_file returns at most %u bytes; download larger files",
+                               SMOLVM_READ_FILE_MAX);
+    return smolvm_err_hint(err,
+                           "the context's download_max is %llu bytes: raise it with "
+                           "smolvm_ctx_options.download_max or $SMOLVM_DOWNLOAD_MAX",
+                           (unsigned long long)vm->ctx->download_max);
 }
 
 int smolvm_vm_download(smolvm_vm *vm, const char *remote, const char *local, smolvm_error **err)
@@ -112,8 +139,12 @@ int smolvm_vm_download(smolvm_vm *vm, const char *remote, const char *local, smo
         return smolvm_err(err, SMOLVM_EINVAL, "download: local path is empty");
     if ((r = ready(vm, "download", remote, err)) < 0)
         return r;
-    r = agent(vm) ? smolvm_vm_agent_download(vm, remote, local, vm->ctx->download_max, err)
-                  : after(vm, smolvm_ssh_download(vm->ssh, remote, local, err));
+    r = agent(vm)
+            ? smolvm_vm_agent_download(vm, remote, local, vm->ctx->download_max, err)
+            : after_file(vm, smolvm_ssh_download(vm->ssh, remote, local, vm->ctx->download_max,
+                                                 file_deadline(), err));
+    if (r == SMOLVM_ENOSPC)
+        (void)download_hint(vm, false, err);
     return r < 0 ? smolvm_err_wrap(err, "download from '%s'", vm->id) : 0;
 }
 
@@ -127,7 +158,8 @@ int smolvm_vm_write_file(smolvm_vm *vm, const char *remote, const void *data, si
     if ((r = ready(vm, "write_file", remote, err)) < 0)
         return r;
     r = agent(vm) ? smolvm_vm_agent_write(vm, remote, data ? data : "", len, 0644, err)
-                  : after(vm, smolvm_ssh_write(vm->ssh, remote, data ? data : "", len, 0644, err));
+                  : after_file(vm, smolvm_ssh_write(vm->ssh, remote, data ? data : "", len, 0644,
+                                                    file_deadline(), err));
     return r < 0 ? smolvm_err_wrap(err, "write_file in '%s'", vm->id) : 0;
 }
 
@@ -141,7 +173,10 @@ int smolvm_vm_read_file(char **data, size_t *len, smolvm_vm *vm, const char *rem
     if ((r = ready(vm, "read_file", remote, err)) < 0)
         return r;
     r = agent(vm) ? smolvm_vm_agent_read(data, len, vm, remote, max, err)
-                  : after(vm, smolvm_ssh_read(vm->ssh, remote, max, data, len, err));
+                  : after_file(
+                        vm, smolvm_ssh_read(vm->ssh, remote, max, data, len, file_deadline(), err));
+    if (r == SMOLVM_ENOSPC)
+        (void)download_hint(vm, true, err);
     return r < 0 ? smolvm_err_wrap(err, "read_file in '%s'", vm->id) : 0;
 }
 

@@ -184,6 +184,7 @@ static int do_start_begin(smolvm_vm *vm, int64_t deadline, smolvm_error **err)
     cfg->disk = c->disk_path;
     cfg->disk_format = smolvm_disk_format_to_string(c->disk_format);
     cfg->overlay_disk = c->overlay_disk;
+    cfg->disk_read_only = c->disk == SMOLVM_DISK_SHARED; /* the base image itself */
     cfg->config_disk = cfgdisk;
     cfg->cmdline = cmdline;
     cfg->vcpus = c->vcpus;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "guest-lines.h"
 #include "sock.h"
 #include "util.h"
 
@@ -106,66 +107,39 @@ static void milestone(sv *s, const char *stage, int64_t ms)
                    ms);
 }
 
-/* One line from the guest's init (hvc0, or the serial console on firecracker). Text the
- * guest sends is bounded by the line buffer and only compared or copied, never used as
- * a format. */
-static void init_line(sv *s, const char *line, bool console)
-{
-    char stage[32];
-    int64_t ms;
+/* One line from the guest's init (hvc0, or the serial console on firecracker),
+ * read by guest-lines.c. */
+struct line_ctx {
+    sv *s;
+    bool console;
+};
 
-    if (sscanf(line, console ? "smolvm: ready %" SCNd64 : "smolvm-ready %" SCNd64, &ms) == 1) {
-        milestone(s, "ready", ms);
+static void init_line(const char *line, void *payload)
+{
+    const struct line_ctx *lc = payload;
+    sv *s = lc->s;
+    sv_line l;
+
+    sv_line_parse(&l, line, lc->console);
+    switch (l.kind) {
+    case SV_LINE_READY:
+        milestone(s, "ready", l.ms);
         if (s->spec->transport == SMOLVM_SV_SSH)
             sv_guest_ready(s);
-        return;
+        break;
+    case SV_LINE_FAILED: sv_guest_failed(s, l.text); break;
+    case SV_LINE_POWEROFF: s->guest_poweroff = true; break;
+    case SV_LINE_MILESTONE: milestone(s, l.stage, l.ms); break;
+    case SV_LINE_OTHER: break;
     }
-    if (!console && strncmp(line, "smolvm-error ", 13) == 0) {
-        const char *msg = line + 13;
-
-        msg += strspn(msg, "0123456789");
-        msg += strspn(msg, " ");
-        sv_guest_failed(s, msg);
-        return;
-    }
-    if (console && strncmp(line, "smolvm: error: ", 15) == 0) {
-        sv_guest_failed(s, line + 15);
-        return;
-    }
-    if (console && strstr(line, "Kernel panic - not syncing")) {
-        sv_guest_failed(s, line);
-        return;
-    }
-    if (!console && strncmp(line, "smolvm-poweroff", 15) == 0) {
-        s->guest_poweroff = true;
-        return;
-    }
-    if (sscanf(line, console ? "smolvm: %31s %" SCNd64 : "smolvm-boot %31s %" SCNd64, stage, &ms) ==
-        2)
-        milestone(s, stage, ms);
 }
 
-/* Split bytes into lines in buf (over-long lines are dropped whole). */
 static void feed_lines(sv *s, char *buf, size_t *len, size_t cap, const char *data, size_t n,
                        bool console)
 {
-    size_t i;
+    struct line_ctx lc = {s, console};
 
-    for (i = 0; i < n; i++) {
-        char c = data[i];
-
-        if (c == '\n') {
-            if (*len < cap) {
-                buf[*len] = '\0';
-                if (*len > 0 && buf[*len - 1] == '\r')
-                    buf[*len - 1] = '\0';
-                init_line(s, buf, console);
-            }
-            *len = 0;
-        } else if (*len < cap) {
-            buf[(*len)++] = c == '\0' ? ' ' : c;
-        } /* else the buffer is full: the line is over-long and is dropped at its '\n' */
-    }
+    sv_lines_feed(buf, len, cap, data, n, init_line, &lc);
 }
 
 static void console_milestones(sv *s, const char *data, size_t n)

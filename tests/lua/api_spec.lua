@@ -272,6 +272,21 @@ describe("VM objects (no boot)", function()
     if out then assert.truthy(out:find("done", 1, true), out) end
   end)
 
+  it("counts the forwards it was created with against the same 64 at run time", function()
+    local out = run([[
+      local fw = {}
+      for i = 1, 60 do fw[i] = { host = 31000 + i, guest = 80 } end
+      local vm = assert(smolvm.VM{ network = "user", forwards = fw })
+      for i = 1, 4 do assert(vm:forward(32000 + i, 80)) end
+      local ok, msg, code = vm:forward(32100, 80)
+      assert(ok == nil and code == "ENOSPC", tostring(code))
+      assert(msg:find("has 64 forwards (at most 64)", 1, true), msg)
+      vm:close()
+      print("done")
+    ]])
+    if out then assert.truthy(out:find("done", 1, true), out) end
+  end)
+
   it("holds at most 64 forwards when they are added, and lists the VM's events", function()
     local out = run([[
       local vm = assert(smolvm.VM{ network = "user" })

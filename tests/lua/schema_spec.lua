@@ -63,6 +63,8 @@ describe("schema.validate_vm", function()
     { { forwards = "8080:80" }, 'forwards: expected list (table), got string "8080:80"' },
     { { env = { ["1X"] = "a" } }, 'env: bad key: expected NAME matching [A-Za-z_][A-Za-z0-9_]*, got string "1X"' },
     { { env = { A = {} } }, "env.A: expected string or number, got table" },
+    { { env = { A = "red \27[31m" } }, "env.A: control characters are not allowed (the guest's boot environment is printable text)" },
+    { { env = { A = ("x"):rep(4097) } }, "env.A: too long: at most 4096 bytes" },
     { "opts", 'expected table of options, got string "opts"' },
     { { egress = "internt" }, 'egress: expected "internet", "none" or table { allow = { entries } }, got string "internt" (did you mean "internet"?)' },
     { { egress = true }, "egress: expected \"internet\", \"none\" or table { allow = { entries } }, got boolean true" },

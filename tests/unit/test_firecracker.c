@@ -671,6 +671,35 @@ static void test_lifecycle(void **state)
     free(dir);
 }
 
+/* disk = "shared": the base itself, attached read-only and mounted "ro", no overlay. */
+static void test_read_only_disk(void **state)
+{
+    char *dir = new_vm("shared");
+    smolvm_vmm_config c;
+    running r = {.console = -1};
+    json_t *reqs, *q;
+    const char *args;
+
+    (void)state;
+    base_config(&c, dir);
+    c.disk_read_only = true;
+    start_vm(&c, &r);
+    stop_vm(dir, &r);
+    reqs = requests(dir);
+    assert_no_violation(reqs);
+    q = find_request(reqs, "PUT", "/drives/rootfs");
+    assert_true(json_is_true(json_object_get(json_object_get(q, "body"), "is_read_only")));
+    assert_null(find_request(reqs, "PUT", "/drives/overlay"));
+    q = find_request(reqs, "PUT", "/boot-source");
+    args = json_string_value(json_object_get(json_object_get(q, "body"), "boot_args"));
+    assert_non_null(strstr(args, " root=/dev/vda ro "));
+    assert_null(strstr(args, " rw "));
+    assert_null(strstr(args, "smolvm.overlay="));
+    json_decref(reqs);
+    assert_no_children();
+    free(dir);
+}
+
 /* An isolated disk: read-only base, per-VM ext4 upper layer created in milliseconds. */
 static void test_overlay_disk(void **state)
 {
@@ -1456,7 +1485,8 @@ static void test_jailer_errors(void **state)
         c.kernel = kernel;
         free(k);
 
-        /* disk = "shared": the base is attached read-write, so the jail must write it. */
+        /* A root attached read-write (no overlay, not disk_read_only): the jail must
+         * be able to write it. */
         assert_int_equal(spawn_vm(&c, &r, smolvm_now_ms() + 5000, &err), SMOLVM_EPERM);
         assert_err_contains(err, "is attached read-write but not writable by the jail's uid");
         err = smolvm_error_free(err);
@@ -2510,6 +2540,7 @@ int main(void)
         cmocka_unit_test_teardown(test_available, each_teardown),
         cmocka_unit_test_teardown(test_lifecycle, each_teardown),
         cmocka_unit_test_teardown(test_overlay_disk, each_teardown),
+        cmocka_unit_test_teardown(test_read_only_disk, each_teardown),
         cmocka_unit_test_teardown(test_bad_config, each_teardown),
         cmocka_unit_test_teardown(test_config_errors, each_teardown),
         cmocka_unit_test_teardown(test_boot_errors, each_teardown),

@@ -28,6 +28,7 @@
 #include "error.h"
 #include "proc.h"
 #include "util.h"
+#include "vmm/qmp.h"
 #include "vmm/vmm.h"
 
 static char tmpdir[] = "/tmp/smolvm-test-qemu-XXXXXX";
@@ -501,6 +502,73 @@ static void test_runs_pause_forward_quit(void **state)
                   (long long)times[3], (long long)times[4], (long long)times[2]);
 }
 
+/* disk = "shared": the base image is opened read-only by QEMU (query-block says "ro"),
+ * the guest is told to mount it "ro", and its bytes are the same afterwards. */
+static void test_read_only_disk(void **state)
+{
+    _cleanup_free_ char *dir = make_vm_dir("ro");
+    _cleanup_free_ char *disk = path_in(dir, "base.img");
+    _cleanup_free_ char *kernel = path_in(image_dir, "vmlinux");
+    _cleanup_free_ char *qmp_path = path_in(dir, "qmp.sock");
+    _cleanup_free_ char *cmdline_path = NULL, *args = NULL;
+    smolvm_vmm_config c;
+    smolvm_error *err = NULL;
+    smolvm_qmp *q = NULL;
+    json_t *ret = NULL, *dev;
+    int64_t pid = 0;
+    uint64_t start = 0;
+    bool found = false;
+    size_t i, n = 0;
+    chans ch;
+
+    (void)state;
+    if (!have_qemu || !have_kernel) {
+        print_message("# skipped: no qemu or no kernel at '%s'\n", kernel);
+        skip();
+    }
+    assert_int_equal(
+        sh("head -c 1048576 /dev/urandom > '%s' && sha256sum '%s' > '%s.sum'", disk, disk, disk),
+        0);
+    base_config(&c, dir, kernel, disk, "console=ttyS0 acpi=off panic=0 root=/dev/vda rw quiet");
+    c.disk_read_only = true;
+    chans_open(&ch, &c);
+    if (smolvm_vmm_qemu.spawn(&c, &pid, &start, smolvm_now_ms() + 20000, &err) < 0)
+        fail_msg("spawn: %s", smolvm_error_message(err));
+    chans_vmm_has_them(&ch);
+
+    if (smolvm_qmp_connect(&q, qmp_path, smolvm_now_ms() + 5000, &err) < 0 ||
+        smolvm_qmp_execute(q, "query-block", NULL, &ret, smolvm_now_ms() + 5000, &err) < 0)
+        fail_msg("query-block: %s", smolvm_error_message(err));
+    json_array_foreach (ret, i, dev) {
+        json_t *ins = json_object_get(dev, "inserted");
+        const char *file = json_string_value(json_object_get(ins, "file"));
+
+        if (file && strcmp(file, disk) == 0) {
+            found = true;
+            assert_true(json_is_true(json_object_get(ins, "ro")));
+        }
+    }
+    assert_true(found);
+    json_decref(ret);
+    q = smolvm_qmp_free(q);
+
+    /* The kernel is told to mount it read-only too. */
+    cmdline_path = smolvm_strdupf("/proc/%lld/cmdline", (long long)pid);
+    assert_int_equal(smolvm_read_file(cmdline_path, 65536, &args, &n, NULL), 0);
+    for (i = 0; i + 1 < n; i++)
+        if (!args[i])
+            args[i] = ' ';
+    assert_non_null(strstr(args, " root=/dev/vda ro quiet"));
+    assert_null(strstr(args, " rw "));
+    assert_non_null(strstr(args, ",readonly=on"));
+
+    if (smolvm_vmm_qemu.quit(dir, smolvm_now_ms() + 5000, &err) < 0)
+        fail_msg("quit: %s", smolvm_error_message(err));
+    assert_int_equal(waitpid((pid_t)pid, NULL, 0), (pid_t)pid);
+    chans_close(&ch);
+    assert_int_equal(sh("cd '%s' && sha256sum -c --quiet base.img.sum", dir), 0);
+}
+
 static void test_boot_ready_poweroff(void **state)
 {
     _cleanup_free_ char *dir = make_vm_dir("boot");
@@ -577,9 +645,9 @@ static void test_boot_ready_poweroff(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_available),           cmocka_unit_test(test_missing_kernel),
-        cmocka_unit_test(test_bad_config),          cmocka_unit_test(test_runs_pause_forward_quit),
-        cmocka_unit_test(test_boot_ready_poweroff),
+        cmocka_unit_test(test_available),      cmocka_unit_test(test_missing_kernel),
+        cmocka_unit_test(test_bad_config),     cmocka_unit_test(test_runs_pause_forward_quit),
+        cmocka_unit_test(test_read_only_disk), cmocka_unit_test(test_boot_ready_poweroff),
     };
     int r;
 

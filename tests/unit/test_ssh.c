@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -20,6 +21,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -573,7 +575,7 @@ static void test_upload_download(void **state)
     assert_int_equal(fchmod(fd, 0767), 0);
     close(fd);
 
-    if (smolvm_ssh_upload(ssh, src, remote, &err) < 0)
+    if (smolvm_ssh_upload(ssh, src, remote, 0, &err) < 0)
         fail_msg("upload: %s", smolvm_error_message(err));
     assert_int_equal(stat(remote, &st), 0);
     assert_int_equal(st.st_mode & 07777, 0767);
@@ -583,8 +585,10 @@ static void test_upload_download(void **state)
     assert_memory_equal(got, data, len);
     free(got);
 
+    /* The guest's mode within the umask (022 here). */
     assert_int_equal(chmod(remote, 0741), 0);
-    if (smolvm_ssh_download(ssh, remote, back, &err) < 0)
+    (void)umask(022);
+    if (smolvm_ssh_download(ssh, remote, back, 0, 0, &err) < 0)
         fail_msg("download: %s", smolvm_error_message(err));
     assert_int_equal(stat(back, &st), 0);
     assert_int_equal(st.st_mode & 07777, 0741);
@@ -595,11 +599,297 @@ static void test_upload_download(void **state)
     free(data);
 
     /* Overwrite keeps working and replaces the content. */
-    assert_int_equal(smolvm_ssh_write(ssh, remote, "x", 1, 0600, &err), 0);
-    assert_int_equal(smolvm_ssh_download(ssh, remote, back, &err), 0);
+    assert_int_equal(smolvm_ssh_write(ssh, remote, "x", 1, 0600, 0, &err), 0);
+    assert_int_equal(smolvm_ssh_download(ssh, remote, back, 0, 0, &err), 0);
     assert_int_equal(stat(back, &st), 0);
     assert_int_equal(st.st_size, 1);
     assert_int_equal(st.st_mode & 07777, 0600);
+}
+
+/* Files from the guest never bring setuid, setgid, sticky or world-writable bits onto
+ * the host, whatever the guest's mode and our umask (H1 in docs/security.md). */
+static void test_download_modes(void **state)
+{
+    static const struct {
+        unsigned guest, umask, host;
+    } cases[] = {
+        {04755, 022, 0755}, /* a setuid copy of a shell: just an executable */
+        {06777, 022, 0755}, {06777, 0, 0775},  {01777, 0, 0775}, /* never o+w, not even umask 0 */
+        {02750, 027, 0750}, {0640, 077, 0600}, {0444, 022, 0444},
+    };
+    smolvm_error *err = NULL;
+    char *remote = path_in("modes/sh"), *back = path_in("modes-back/sh");
+    mode_t old = umask(022);
+    struct stat st;
+
+    (void)state;
+    assert_int_equal(smolvm_mkdir_p(path_in("modes"), 0755, &err), 0);
+    assert_int_equal(smolvm_copy_file("/bin/sh", remote, 0755, &err), 0);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(chmod(remote, cases[i].guest), 0);
+        (void)umask(cases[i].umask);
+        if (smolvm_ssh_download(ssh, remote, back, 0, 0, &err) < 0)
+            fail_msg("download: %s", smolvm_error_message(err));
+        assert_int_equal(stat(back, &st), 0);
+        if ((st.st_mode & 07777) != cases[i].host)
+            fail_msg("guest mode %04o, umask %03o: host file has %04o, expected %04o",
+                     cases[i].guest, cases[i].umask, st.st_mode & 07777, cases[i].host);
+        assert_false(st.st_mode & (S_ISUID | S_ISGID | S_ISVTX | S_IWOTH));
+        assert_int_equal(st.st_uid, 0); /* a root-owned file: the bits would have mattered */
+    }
+    (void)umask(old);
+}
+
+/* No file (not even part of one) in dir whose name starts with prefix. */
+static void assert_no_file_like(const char *dir, const char *prefix)
+{
+    char cmd[1200];
+
+    (void)snprintf(cmd, sizeof(cmd), "ls -A '%s' | grep -q '^%s'", dir, prefix);
+    if (system(cmd) == 0)
+        fail_msg("'%s' has a file starting with '%s'", dir, prefix);
+}
+
+/* Downloads and reads stop at their cap: from the size the guest gives and from what
+ * arrives when the size says less (a /proc file has size 0); nothing is left behind
+ * and a file already at the host path stays as it was (H4). */
+static void test_download_cap(void **state)
+{
+    smolvm_error *err = NULL;
+    char *remote = path_in("cap/five-k"), *dst = path_in("cap-back/f"), *data = NULL;
+    char maps[64];
+    size_t len;
+    int64_t t0;
+
+    (void)state;
+    data = calloc(1, 5000);
+    assert_non_null(data);
+    assert_int_equal(smolvm_ssh_write(ssh, remote, data, 5000, 0644, 0, &err), 0);
+    free(data);
+    data = NULL;
+    assert_int_equal(smolvm_mkdir_p(path_in("cap-back"), 0755, &err), 0);
+
+    assert_int_equal(smolvm_ssh_download(ssh, remote, dst, 4999, 0, &err), SMOLVM_ENOSPC);
+    assert_non_null(strstr(smolvm_error_message(err), "larger than 4999 bytes"));
+    err = smolvm_error_free(err);
+    assert_int_equal(access(dst, F_OK), -1);
+    assert_no_file_like(path_in("cap-back"), "f");
+    assert_int_equal(smolvm_ssh_download(ssh, remote, dst, 5000, 0, &err), 0);
+    assert_int_equal(access(dst, F_OK), 0);
+
+    /* sftp-server's own memory map: a regular file of size 0 with a few KiB in it. */
+    (void)snprintf(maps, sizeof(maps), "/proc/self/maps");
+    assert_int_equal(smolvm_write_file_atomic(dst, "kept", 4, 0644, &err), 0);
+    t0 = smolvm_now_ms();
+    assert_int_equal(smolvm_ssh_download(ssh, maps, dst, 256, 0, &err), SMOLVM_ENOSPC);
+    assert_non_null(strstr(smolvm_error_message(err), "larger than 256 bytes"));
+    err = smolvm_error_free(err);
+    assert_int_equal(smolvm_read_file(dst, 100, &data, &len, &err), 0);
+    assert_string_equal(data, "kept");
+    free(data);
+    data = NULL;
+    assert_no_file_like(path_in("cap-back"), "f.smolvm");
+    /* read_file: the same from what arrives. */
+    assert_int_equal(smolvm_ssh_read(ssh, maps, 256, &data, &len, 0, &err), SMOLVM_ENOSPC);
+    assert_null(data);
+    err = smolvm_error_free(err);
+    /* The session is fine after a refused transfer. */
+    assert_int_equal(smolvm_ssh_read(ssh, remote, 0, &data, &len, 0, &err), 0);
+    assert_int_equal(len, 5000);
+    free(data);
+    assert_true(smolvm_now_ms() - t0 < 10000);
+}
+
+/* ---------------------------------------------------------------- a slow peer */
+
+/* A TCP proxy in front of sshd that lets CHUNK bytes through per TICK_MS in each
+ * direction (25 KiB/s): a peer that keeps sending, just slowly. */
+#define PROXY_CHUNK 512
+#define PROXY_TICK_MS 20
+
+typedef struct slow_proxy {
+    int listen_fd, port, stop[2];
+    pthread_t thread;
+} slow_proxy;
+
+static bool pass_some(int from, int to)
+{
+    char buf[PROXY_CHUNK];
+    ssize_t n = read(from, buf, sizeof(buf));
+
+    if (n <= 0)
+        return false;
+    for (ssize_t off = 0; off < n;) {
+        ssize_t w = write(to, buf + off, (size_t)(n - off));
+
+        if (w <= 0)
+            return false;
+        off += w;
+    }
+    return true;
+}
+
+static void *proxy_main(void *arg)
+{
+    slow_proxy *p = arg;
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)sshd_port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct pollfd pa[2] = {{.fd = p->listen_fd, .events = POLLIN},
+                           {.fd = p->stop[0], .events = POLLIN}};
+    int c, up;
+
+    if (poll(pa, 2, 30000) != 1 || !(pa[0].revents & POLLIN))
+        return NULL;
+    c = accept(p->listen_fd, NULL, NULL);
+    up = socket(AF_INET, SOCK_STREAM, 0);
+    if (c >= 0 && up >= 0 && connect(up, (struct sockaddr *)&a, sizeof(a)) == 0) {
+        for (;;) {
+            struct pollfd f[3] = {{.fd = c, .events = POLLIN},
+                                  {.fd = up, .events = POLLIN},
+                                  {.fd = p->stop[0], .events = POLLIN}};
+            struct timespec tick = {0, PROXY_TICK_MS * 1000000L};
+
+            if (poll(f, 3, 30000) <= 0 || f[2].revents)
+                break;
+            if ((f[0].revents & (POLLIN | POLLHUP)) && !pass_some(c, up))
+                break;
+            if ((f[1].revents & (POLLIN | POLLHUP)) && !pass_some(up, c))
+                break;
+            (void)nanosleep(&tick, NULL); /* the rate limit itself */
+        }
+    }
+    if (c >= 0)
+        close(c);
+    if (up >= 0)
+        close(up);
+    return NULL;
+}
+
+static void proxy_start(slow_proxy *p)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+
+    p->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(p->listen_fd >= 0);
+    assert_int_equal(bind(p->listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(p->listen_fd, 1), 0);
+    assert_int_equal(getsockname(p->listen_fd, (struct sockaddr *)&a, &len), 0);
+    p->port = ntohs(a.sin_port);
+    assert_int_equal(pipe2(p->stop, O_CLOEXEC), 0);
+    assert_int_equal(pthread_create(&p->thread, NULL, proxy_main, p), 0);
+}
+
+static void proxy_stop(slow_proxy *p)
+{
+    (void)write(p->stop[1], "x", 1);
+    (void)pthread_join(p->thread, NULL);
+    close(p->listen_fd);
+    close(p->stop[0]);
+    close(p->stop[1]);
+}
+
+/* A session through a fresh slow proxy. */
+static smolvm_ssh *slow_session(slow_proxy *p)
+{
+    smolvm_error *err = NULL;
+    smolvm_ssh *s = NULL;
+    char *pin = slurp(path_in("hostkey.pub"));
+
+    proxy_start(p);
+    assert_non_null(pin);
+    if (smolvm_ssh_connect(&s, "127.0.0.1", p->port, client_key, pin, smolvm_now_ms() + 30000,
+                           &err) < 0)
+        fail_msg("connect through the slow proxy: %s", smolvm_error_message(err));
+    free(pin);
+    return s;
+}
+
+/* The call timed out near its deadline (not at the 30 s idle time, not after the 80 s
+ * the transfer would take), said so, and left the session broken. */
+static void assert_deadline_hit(int r, smolvm_error *err, int64_t t0, smolvm_ssh *s)
+{
+    int64_t took = smolvm_now_ms() - t0;
+    smolvm_run_result *res = NULL;
+    smolvm_error *e2 = NULL;
+
+    if (r != SMOLVM_ETIMEDOUT)
+        fail_msg("expected a timeout, got %d after %lld ms: %s", r, (long long)took,
+                 err ? smolvm_error_message(err) : "none");
+    assert_non_null(strstr(smolvm_error_message(err), "within the call's deadline (1500 ms)"));
+    /* Under valgrind (SMOLVM_TEST_NO_TIMING) everything is 20x slower, so only the lower
+     * bound holds there. */
+    if (took < 1400 || (took > 5000 && !getenv("SMOLVM_TEST_NO_TIMING")))
+        fail_msg("the call took %lld ms for a 1500 ms deadline", (long long)took);
+    assert_int_equal(smolvm_ssh_exec(s, "true", NULL, NULL, &res, &e2), SMOLVM_ESSH);
+    smolvm_error_free(e2);
+}
+
+/* A peer that trickles data never holds an SFTP call past the call's deadline: each
+ * chunk arrives well within the idle time, the transfer as a whole would take 80 s
+ * (M5). A file small enough for the same pace goes through. */
+static void test_sftp_deadline(void **state)
+{
+    size_t big = 2u << 20;
+    char *data = calloc(1, big), *got = NULL, *dst = path_in("slow-back/big");
+    smolvm_error *err = NULL;
+    slow_proxy p;
+    smolvm_ssh *s;
+    size_t len;
+    int64_t t0;
+    int r;
+
+    (void)state;
+    assert_non_null(data);
+    assert_int_equal(smolvm_ssh_write(ssh, path_in("slow/big"), data, big, 0644, 0, &err), 0);
+    assert_int_equal(smolvm_ssh_write(ssh, path_in("slow/small"), data, 4096, 0644, 0, &err), 0);
+    assert_int_equal(smolvm_write_file_atomic(path_in("slow-big-src"), data, big, 0644, &err), 0);
+
+    /* In time: through the same pace, 4 KiB in well under 10 s. */
+    s = slow_session(&p);
+    if (smolvm_ssh_read(s, path_in("slow/small"), 0, &got, &len, smolvm_now_ms() + 10000, &err) < 0)
+        fail_msg("read through the slow proxy: %s", smolvm_error_message(err));
+    assert_int_equal(len, 4096);
+    free(got);
+    got = NULL;
+
+    /* download */
+    t0 = smolvm_now_ms();
+    r = smolvm_ssh_download(s, path_in("slow/big"), dst, 0, t0 + 1500, &err);
+    assert_deadline_hit(r, err, t0, s);
+    err = smolvm_error_free(err);
+    assert_int_equal(access(dst, F_OK), -1);
+    assert_no_file_like(path_in("slow-back"), "big");
+    smolvm_ssh_free(s);
+    proxy_stop(&p);
+
+    /* read_file */
+    s = slow_session(&p);
+    t0 = smolvm_now_ms();
+    r = smolvm_ssh_read(s, path_in("slow/big"), 4u << 20, &got, &len, t0 + 1500, &err);
+    assert_deadline_hit(r, err, t0, s);
+    assert_null(got);
+    err = smolvm_error_free(err);
+    smolvm_ssh_free(s);
+    proxy_stop(&p);
+
+    /* upload and write */
+    s = slow_session(&p);
+    t0 = smolvm_now_ms();
+    r = smolvm_ssh_upload(s, path_in("slow-big-src"), path_in("slow/up"), t0 + 1500, &err);
+    assert_deadline_hit(r, err, t0, s);
+    err = smolvm_error_free(err);
+    smolvm_ssh_free(s);
+    proxy_stop(&p);
+    s = slow_session(&p);
+    t0 = smolvm_now_ms();
+    r = smolvm_ssh_write(s, path_in("slow/w"), data, big, 0644, t0 + 1500, &err);
+    assert_deadline_hit(r, err, t0, s);
+    err = smolvm_error_free(err);
+    smolvm_ssh_free(s);
+    proxy_stop(&p);
+    free(data);
 }
 
 static void test_write_read(void **state)
@@ -610,35 +900,35 @@ static void test_write_read(void **state)
     struct stat st;
 
     (void)state;
-    if (smolvm_ssh_write(ssh, remote, "hello\0world", 11, 0640, &err) < 0)
+    if (smolvm_ssh_write(ssh, remote, "hello\0world", 11, 0640, 0, &err) < 0)
         fail_msg("write: %s", smolvm_error_message(err));
     assert_int_equal(stat(remote, &st), 0);
     assert_int_equal(st.st_mode & 07777, 0640);
-    assert_int_equal(smolvm_ssh_read(ssh, remote, 0, &data, &len, &err), 0);
+    assert_int_equal(smolvm_ssh_read(ssh, remote, 0, &data, &len, 0, &err), 0);
     assert_int_equal(len, 11);
     assert_memory_equal(data, "hello\0world", 12); /* NUL-terminated too */
     free(data);
 
     /* Empty file, default mode. */
-    assert_int_equal(smolvm_ssh_write(ssh, path_in("w/empty"), "", 0, 0, &err), 0);
+    assert_int_equal(smolvm_ssh_write(ssh, path_in("w/empty"), "", 0, 0, 0, &err), 0);
     assert_int_equal(stat(path_in("w/empty"), &st), 0);
     assert_int_equal(st.st_mode & 07777, 0644);
-    assert_int_equal(smolvm_ssh_read(ssh, path_in("w/empty"), 0, &data, &len, &err), 0);
+    assert_int_equal(smolvm_ssh_read(ssh, path_in("w/empty"), 0, &data, &len, 0, &err), 0);
     assert_int_equal(len, 0);
     assert_string_equal(data, "");
     free(data);
 
     /* The read limit. */
     data = NULL;
-    assert_int_equal(smolvm_ssh_read(ssh, remote, 5, &data, &len, &err), SMOLVM_EINVAL);
+    assert_int_equal(smolvm_ssh_read(ssh, remote, 5, &data, &len, 0, &err), SMOLVM_ENOSPC);
     assert_null(data);
     assert_non_null(strstr(smolvm_error_message(err), "larger than 5 bytes"));
     err = smolvm_error_free(err);
-    assert_int_equal(smolvm_ssh_read(ssh, remote, 11, &data, &len, &err), 0);
+    assert_int_equal(smolvm_ssh_read(ssh, remote, 11, &data, &len, 0, &err), 0);
     free(data);
 
     /* A directory is not a file. */
-    assert_int_equal(smolvm_ssh_read(ssh, path_in("w"), 0, &data, &len, &err), SMOLVM_EINVAL);
+    assert_int_equal(smolvm_ssh_read(ssh, path_in("w"), 0, &data, &len, 0, &err), SMOLVM_EINVAL);
     smolvm_error_free(err);
 }
 
@@ -649,19 +939,20 @@ static void test_missing_paths(void **state)
     size_t len;
 
     (void)state;
-    assert_int_equal(smolvm_ssh_read(ssh, "/nope-smolvm", 0, &data, &len, &err), SMOLVM_ENOENT);
+    assert_int_equal(smolvm_ssh_read(ssh, "/nope-smolvm", 0, &data, &len, 0, &err), SMOLVM_ENOENT);
     assert_string_equal(smolvm_error_message(err), "read '/nope-smolvm' in guest: no such file");
     err = smolvm_error_free(err);
-    assert_int_equal(smolvm_ssh_download(ssh, "/nope-smolvm", path_in("dl"), &err), SMOLVM_ENOENT);
+    assert_int_equal(smolvm_ssh_download(ssh, "/nope-smolvm", path_in("dl"), 0, 0, &err),
+                     SMOLVM_ENOENT);
     assert_non_null(strstr(smolvm_error_message(err), "'/nope-smolvm'"));
     err = smolvm_error_free(err);
     assert_int_equal(access(path_in("dl"), F_OK), -1);
-    assert_int_equal(smolvm_ssh_upload(ssh, path_in("no-local"), path_in("x"), &err),
+    assert_int_equal(smolvm_ssh_upload(ssh, path_in("no-local"), path_in("x"), 0, &err),
                      SMOLVM_ENOENT);
     assert_non_null(strstr(smolvm_error_message(err), "no-local"));
     err = smolvm_error_free(err);
     /* A parent that is a file. */
-    assert_int_equal(smolvm_ssh_write(ssh, path_in("w/deep/er/f.txt/sub"), "x", 1, 0, &err),
+    assert_int_equal(smolvm_ssh_write(ssh, path_in("w/deep/er/f.txt/sub"), "x", 1, 0, 0, &err),
                      SMOLVM_EINVAL);
     assert_non_null(strstr(smolvm_error_message(err), "not a directory"));
     err = smolvm_error_free(err);
@@ -749,6 +1040,9 @@ int main(void)
         cmocka_unit_test(test_connect_refused_deadline),
         cmocka_unit_test(test_dropped_connection),
         cmocka_unit_test(test_upload_download),
+        cmocka_unit_test(test_download_modes),
+        cmocka_unit_test(test_download_cap),
+        cmocka_unit_test(test_sftp_deadline),
         cmocka_unit_test(test_write_read),
         cmocka_unit_test(test_missing_paths),
         cmocka_unit_test(test_keygen),

@@ -86,7 +86,7 @@ static void test_bad_options(void **state)
     o.env = env_bad;
     expect_bad(&o, "env: expected NAME=value");
     o.env = env_nl;
-    expect_bad(&o, "has a newline");
+    expect_bad(&o, "env: value of 'X' has control character 0x0a at byte 2");
     o.env = NULL;
     o.forwards = fw;
     o.n_forwards = 2;

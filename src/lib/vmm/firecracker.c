@@ -110,34 +110,6 @@ static void instance_id(const char *vm_id, char out[65])
     out[i] = '\0';
 }
 
-/* The command line with an overlay root: the base is mounted read-only ("rw" becomes
- * "ro") and the init is told which device holds the upper layer. */
-static char *overlay_cmdline(const char *cmdline, const char *dev)
-{
-    size_t n = strlen(cmdline);
-    char *out = malloc(n + strlen(dev) + 32), *o = out;
-    const char *p = cmdline;
-
-    if (!out)
-        return NULL;
-    while (*p) {
-        size_t tok = strcspn(p, " "), sp;
-
-        if (tok == 2 && strncmp(p, "rw", 2) == 0)
-            memcpy(o, "ro", 2);
-        else
-            memcpy(o, p, tok);
-        o += tok;
-        p += tok;
-        sp = strspn(p, " ");
-        memcpy(o, p, sp);
-        o += sp;
-        p += sp;
-    }
-    (void)sprintf(o, "%ssmolvm.overlay=%s", o > out && o[-1] != ' ' ? " " : "", dev);
-    return out;
-}
-
 /* A sparse raw file with an empty ext4 on it: costs milliseconds whatever its size. */
 static int create_overlay(const char *path, unsigned mib, int64_t deadline, smolvm_error **err)
 {
@@ -462,8 +434,10 @@ static int configure(const smolvm_vmm_config *c, const launched *l, int64_t dead
 
     if (!host_log || !host_metrics)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    if (c->overlay_disk) {
-        cmdline = overlay_cmdline(c->cmdline, c->config_disk ? "/dev/vdc" : "/dev/vdb");
+    if (c->overlay_disk || c->disk_read_only) {
+        cmdline = smolvm_vmm_ro_cmdline(c->cmdline, !c->overlay_disk ? NULL
+                                                    : c->config_disk ? "/dev/vdc"
+                                                                     : "/dev/vdb");
         root.read_only = 1;
     } else {
         cmdline = strdup(c->cmdline);

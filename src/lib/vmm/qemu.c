@@ -241,10 +241,13 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, bool incoming, con
     _cleanup_free_ char *disk = qemu_escape(c->disk);
     _cleanup_free_ char *config = c->config_disk ? qemu_escape(c->config_disk) : NULL;
     _cleanup_free_ char *mem_file = c->mem_file ? qemu_escape(c->mem_file) : NULL;
+    _cleanup_free_ char *ro_cmdline =
+        c->disk_read_only ? smolvm_vmm_ro_cmdline(c->cmdline, NULL) : NULL;
     bool backend = c->mem_fd >= 3 || c->mem_file;
     size_t i;
 
-    if (!disk || (c->config_disk && !config) || (c->mem_file && !mem_file))
+    if (!disk || (c->config_disk && !config) || (c->mem_file && !mem_file) ||
+        (c->disk_read_only && !ro_cmdline))
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
 
     argv_push(a, QEMU_BINARY);
@@ -295,11 +298,12 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, bool incoming, con
     argv_push(a, "-kernel");
     argv_push(a, c->kernel);
     argv_push(a, "-append");
-    argv_push(a, c->cmdline);
+    argv_push(a, ro_cmdline ? ro_cmdline : c->cmdline);
 
     /* Root disk first: it becomes /dev/vda. cache=writeback (QEMU's default, stated
      * so it is a decision): guest flushes reach the host file, so a VMM killed after
-     * the guest synced loses nothing and a qcow2 overlay stays consistent. */
+     * the guest synced loses nothing and a qcow2 overlay stays consistent. A shared
+     * base is opened read-only: QEMU refuses every guest write to it. */
     if (disk_fds[0] >= 0) {
         /* Through an fd set holding the file both read-write and read-only: QEMU reopens
          * the disk read-only when a migration ends (and read-write when the VM goes on),
@@ -318,8 +322,8 @@ static int build_argv(const smolvm_vmm_config *c, int qmp_fd, bool incoming, con
                    c->disk_format);
     } else {
         argv_push(a, "-drive");
-        argv_pushf(a, "file=%s,format=%s,if=none,id=root,cache=writeback,discard=unmap", disk,
-                   c->disk_format);
+        argv_pushf(a, "file=%s,format=%s,if=none,id=root,cache=writeback,%s", disk, c->disk_format,
+                   c->disk_read_only ? "readonly=on" : "discard=unmap");
     }
     argv_push(a, "-device");
     argv_push(a, "virtio-blk-device,drive=root");

@@ -17,6 +17,11 @@ bool smolvm_vmm_valid_mac(const char *mac);
 /* A Linux interface name of 1..15 characters of [A-Za-z0-9._-]? */
 bool smolvm_vmm_valid_ifname(const char *s);
 
+/* The kernel command line with its root mounted read-only ("rw" becomes "ro") and,
+ * when overlay_dev is set, smolvm.overlay=<overlay_dev> appended for the guest init.
+ * NULL when out of memory. Caller frees. */
+char *smolvm_vmm_ro_cmdline(const char *cmdline, const char *overlay_dev);
+
 /* Unlink dir/name for each name (missing files are fine). */
 void smolvm_vmm_remove_files(const char *dir, const char *const *names, size_t n);
 

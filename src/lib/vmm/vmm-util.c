@@ -2,6 +2,8 @@
 /* Helpers shared by the VMM backends (vmm-internal.h). */
 #include "util.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
@@ -11,6 +13,34 @@
 char *smolvm_vmm_path(const char *dir, const char *name)
 {
     return smolvm_strdupf("%s/%s", dir, name);
+}
+
+char *smolvm_vmm_ro_cmdline(const char *cmdline, const char *overlay_dev)
+{
+    size_t n = strlen(cmdline);
+    char *out = malloc(n + (overlay_dev ? strlen(overlay_dev) : 0) + 32), *o = out;
+    const char *p = cmdline;
+
+    if (!out)
+        return NULL;
+    while (*p) {
+        size_t tok = strcspn(p, " "), sp;
+
+        if (tok == 2 && strncmp(p, "rw", 2) == 0)
+            memcpy(o, "ro", 2);
+        else
+            memcpy(o, p, tok);
+        o += tok;
+        p += tok;
+        sp = strspn(p, " ");
+        memcpy(o, p, sp);
+        o += sp;
+        p += sp;
+    }
+    *o = '\0';
+    if (overlay_dev)
+        (void)sprintf(o, "%ssmolvm.overlay=%s", o > out && o[-1] != ' ' ? " " : "", overlay_dev);
+    return out;
 }
 
 bool smolvm_vmm_valid_mac(const char *mac)

@@ -60,6 +60,10 @@ typedef struct smolvm_vmm_config {
      * docs/guest-protocol.md); the backend creates it (sparse, mkfs.ext4) if missing. */
     const char *overlay_disk;
     unsigned overlay_mib; /* size of a created overlay_disk; 0: SMOLVM_VMM_OVERLAY_MIB */
+    /* disk = "shared": 'disk' is the base image itself, so the VMM opens it read-only
+     * (QEMU readonly=on, firecracker is_read_only) and the guest mounts it "ro": no
+     * guest write can reach it. The backend rewrites the command line's "rw". */
+    bool disk_read_only;
     /* ---- The guest's channels, open before the spawn (the supervisor's ends are the
      * other sides). The VMM gets them as they are; the backend never closes them. */
     int console_fd; /* serial output: the write end of a pipe */
