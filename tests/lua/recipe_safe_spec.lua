@@ -226,7 +226,7 @@ sandbox "web" {
     assert.is_nil(out:find("\27", 1, true), out)
     assert.is_nil(out:find("\255", 1, true), out)
     assert.truthy(err:find("\\x1b]0;owned\\x07 \239\191\189", 1, true), err)
-    out, err, rc = run("--safe --check --json", 'sandbox "a" { env = { X = "\\27[2J\\255" }, steps = { "echo \\27" } }')
+    out, err, rc = run("--safe --check --json", 'sandbox "a" { env = { X = "\\255" }, steps = { "echo \\27[2J" } }')
     assert.equal(0, rc, err)
     assert.is_nil(out:find("\27", 1, true), out)
     assert.is_nil(out:find("\255", 1, true), out)
