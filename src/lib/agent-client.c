@@ -263,7 +263,10 @@ static int pump(smolvm_agent *a, int64_t deadline, smolvm_error **err)
         (void)snprintf(msg, sizeof(msg), "protocol error from the server: %s", why);
         broken(a, SMOLVM_EIO, msg);
     }
-    return a->broken ? broken_err(a, err) : 0;
+    /* Frames that came before the end (a reply, then the GOAWAY of a VMM that powered
+     * off) are their streams' to read first: the end is reported by the next pump, to
+     * whoever still waits. */
+    return 0;
 }
 
 /* ---------------------------------------------------------------- connection */
@@ -291,6 +294,8 @@ int smolvm_agent_connect(smolvm_agent **out, const char *path, bool wait_ready, 
     }
     while (r == 0 && !a->hello)
         r = pump(a, deadline, err);
+    if (r == 0 && a->broken) /* a hello followed by the end is no connection */
+        r = broken_err(a, err);
     if (r == 0 && json_integer_value(json_object_get(a->hello, "version")) != SMOLVM_AGENT_VERSION)
         r = smolvm_err(err, SMOLVM_EIO, "the server speaks another agent protocol version");
     if (r < 0) {
