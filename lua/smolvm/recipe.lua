@@ -991,19 +991,23 @@ local function finish_job(out, run, err)
   record(out, run, end_result(res))
 end
 
--- Take everything the job's process has sent so far, without waiting.
+-- Take everything the job's process has sent so far, without waiting. Returns whether
+-- there was anything (output, or the end).
 local function pump_job(out, run)
-  local job = run.job
+  local job, took = run.job, false
   while true do
     local stream, chunk, code = op(job.proc.read, job.proc, { timeout = 0 })
     if stream then
       job.cap.add(stream, chunk)
+      took = true
     elseif chunk == nil then
-      return finish_job(out, run) -- both streams ended
+      finish_job(out, run) -- both streams ended
+      return true
     elseif code == "ETIMEDOUT" then
-      return
+      return took
     else
-      return finish_job(out, run, "reading its output: " .. with_code(chunk, code))
+      finish_job(out, run, "reading its output: " .. with_code(chunk, code))
+      return true
     end
   end
 end
@@ -1011,20 +1015,31 @@ end
 -- Wait until a job has output (or its deadline passes), at most until `limit`
 -- seconds from now (0: just look).
 local function wait_jobs(ctx, out, jobs, limit)
-  local fds, t = {}, now()
-  local wait = limit
-  for i, run in ipairs(jobs) do
-    fds[i] = run.job.proc:fd()
-    local left = run.job.deadline - t
-    if wait == nil or left < wait then wait = left end
-  end
-  if wait < 0 then wait = 0 end
-  -- A signal ends the wait early ("EINTR"): look at the jobs, then wait again. Under
-  -- smolvm-lua a SIGINT/SIGTERM raises "interrupted" at the next instruction.
-  local ok, msg, code = sys.poll(fds, math.floor(wait * 1000 + 0.5))
-  if not ok and code ~= "EINTR" then error("poll: " .. tostring(msg), 0) end
+  -- What arrived already (a fast command's whole output and exit can come in the same
+  -- read as its spawn's reply) makes no descriptor readable: take it before waiting,
+  -- and wait only when there was nothing.
+  local took = false
   for _, run in ipairs(jobs) do
-    if run.job then pump_job(out, run) end
+    if run.job and pump_job(out, run) then took = true end
+  end
+  if not took then
+    local fds, t = {}, now()
+    local wait = limit
+    for i, run in ipairs(jobs) do
+      fds[i] = run.job.proc:fd()
+      local left = run.job.deadline - t
+      if wait == nil or left < wait then wait = left end
+    end
+    if wait < 0 then wait = 0 end
+    -- A signal ends the wait early ("EINTR"): look at the jobs, then wait again. Under
+    -- smolvm-lua a SIGINT/SIGTERM raises "interrupted" at the next instruction.
+    local ok, msg, code = sys.poll(fds, math.floor(wait * 1000 + 0.5))
+    if not ok and code ~= "EINTR" then error("poll: " .. tostring(msg), 0) end
+    for _, run in ipairs(jobs) do
+      if run.job then pump_job(out, run) end
+    end
+  end
+  for _, run in ipairs(jobs) do
     if run.job and now() > run.job.deadline then
       -- The guest should have killed it at its timeout; the host stops waiting.
       pcall(run.job.proc.kill, run.job.proc, "KILL")

@@ -45,6 +45,28 @@ local function fake_smolvm(opts)
       end
       return { exit_code = tonumber(code), stdout = out, stderr = err, ok = code == "0" }
     end
+    if opts.streaming then
+      -- The agent transport: spawn, read as it comes, poll. The fake's whole output and
+      -- exit are already in hand when spawn returns (as when they come in the same read
+      -- as the spawn's reply), and its descriptor never becomes readable.
+      function vm:info() return { config = { transport = "agent" } } end
+      function vm:spawn(cmd)
+        log.runs[#log.runs + 1] = self.id .. ":" .. cmd
+        local out = cmd:match("^echo (.*)$")
+        local q = out and { { "stdout", out .. "\n" } } or {}
+        local proc = {}
+        function proc:read()
+          local e = table.remove(q, 1)
+          if e then return e[1], e[2] end
+          return nil, nil
+        end
+        function proc:fd() return opts.streaming end
+        function proc:wait() return { exit_code = 0 } end
+        function proc:kill() return true end
+        function proc:close() return true end
+        return proc
+      end
+    end
     return vm
   end
   setmetatable(VM, { __call = function(_, o)
@@ -78,6 +100,37 @@ local function run_recipe(decls, flags, fake_opts)
 end
 
 describe("recipe runner (stand-in smolvm)", function()
+  it("takes what a streamed command sent before it waits on its descriptor", function()
+    local sys = require "smolvm.sys"
+    if not sys.poll then pending("no smolvm.core poll") return end
+    -- A descriptor that never becomes readable: a FIFO this process holds open for
+    -- reading and writing, with nothing written. Its number, from /proc.
+    local dir = assert(require("smolvm.core").mkdtemp("/tmp/smolvm-lua-fifo."))
+    local fifo = dir .. "/f"
+    assert(os.execute("mkfifo " .. sh_quote(fifo)))
+    local fh = assert(io.open(fifo, "r+"))
+    local pid = assert(io.open("/proc/self/stat")):read("l"):match("^(%d+)")
+    local ls = assert(io.popen("ls -l /proc/" .. pid .. "/fd"))
+    local fd
+    for line in ls:lines() do
+      local n, target = line:match(" (%d+) %-> (.*)$")
+      if target == fifo then fd = tonumber(n) end
+    end
+    ls:close()
+    assert(fd, "the fifo's descriptor")
+    local t0 = sys.now()
+    local status, log, text = run_recipe({
+      { "a", { steps = { { run = "echo fast", timeout = 5 }, { run = "echo again", timeout = 5 } } } },
+    }, {}, { streaming = fd })
+    fh:close()
+    os.execute("rm -rf " .. sh_quote(dir))
+    assert.equal(0, status, text)
+    assert.same({ "a:echo fast", "a:echo again" }, log.runs)
+    assert.truthy(text:find("a | fast\n", 1, true), text)
+    -- Not after each step's timeout (5 s + the kill grace): at once.
+    assert.truthy(sys.now() - t0 < 2.5, ("took %.1f s"):format(sys.now() - t0))
+  end)
+
   it("runs sandboxes side by side, round-robin, and deletes them", function()
     local status, log, text = run_recipe({
       { "a", { steps = { "echo a1", "echo a2" } } },
