@@ -11,7 +11,7 @@ export SMOLVM_TEMPLATE_DIR="$state/templates"
 cleanup() {
     # Whatever a failed test left: kill VMMs of this state dir, then remove it.
     pkill -9 -f -- "$state/" 2>/dev/null || true
-    rm -rf "$state"
+    rm -rf "$state" "$state.out" "$state.rc"
 }
 trap cleanup EXIT INT TERM
 
@@ -27,9 +27,19 @@ fi
 # Network safety: the specs run in a network namespace of their own with only
 # loopback, so network = "auto" (nat when privileged) finds no uplink and no VM can
 # ever be NATed out of this machine; QEMU user networking stays on loopback.
+# The output is also kept, to check that busted got to its summary: an interpreter
+# that dies silently with status 0 (it happened: a vfork child under ASan) ran nothing.
+out="$state.out"
 if [ "$(id -u)" -eq 0 ]; then
-    status=0
-    unshare --net -- sh -c 'ip link set lo up && exec "$0" /usr/bin/busted --output=plainTerminal "$1"' "$interp" "$spec" || status=$?
-    exit $status
+    { unshare --net -- sh -c 'ip link set lo up && exec "$0" /usr/bin/busted --output=plainTerminal "$1"' "$interp" "$spec"
+      echo $? >"$state.rc"; } 2>&1 | tee "$out"
+else
+    { "$interp" /usr/bin/busted --output=plainTerminal "$spec"; echo $? >"$state.rc"; } 2>&1 | tee "$out"
 fi
-"$interp" /usr/bin/busted --output=plainTerminal "$spec"
+status=$(cat "$state.rc" 2>/dev/null || echo 1)
+if [ "$status" -eq 0 ] && ! grep -Eq '^[0-9]+ success(es)? / [0-9]+ failures? / ' "$out"; then
+    echo "run-spec: '$spec' ended with status 0 but busted printed no summary: it ran nothing" >&2
+    status=1
+fi
+rm -f "$out" "$state.rc"
+exit "$status"
