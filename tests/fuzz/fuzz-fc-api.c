@@ -95,13 +95,27 @@ static void *serve(void *arg)
     return NULL;
 }
 
+static char sock_dir[32];
+
+/* The socket and its directory go when the run ends (the replay in every ctest run,
+ * libFuzzer's exit). */
+static void cleanup(void)
+{
+    if (listen_fd >= 0)
+        (void)close(listen_fd);
+    (void)unlink(sock_path);
+    (void)rmdir(sock_dir);
+}
+
 static void setup(void)
 {
-    char dir[] = "/tmp/smolvm-fuzz-fc-XXXXXX";
+    char *dir = sock_dir;
     struct sockaddr_un a = {.sun_family = AF_UNIX};
 
+    (void)snprintf(sock_dir, sizeof(sock_dir), "/tmp/smolvm-fuzz-fc-XXXXXX");
     if (!mkdtemp(dir))
         abort();
+    (void)atexit(cleanup);
     (void)snprintf(sock_path, sizeof(sock_path), "%s/api.sock", dir);
     memcpy(a.sun_path, sock_path, strlen(sock_path) + 1);
     listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
