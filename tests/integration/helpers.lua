@@ -3,6 +3,22 @@
 local M = {}
 
 M.LUA = assert(os.getenv("SMOLVM_LUA"), "SMOLVM_LUA: path of smolvm-lua")
+
+-- Network safety: as root in this machine's own network namespace, a spec's VMs on
+-- network "auto" would be NATed out of its real uplink. The wrappers ctest uses
+-- (run-spec.sh, nat-netns.sh, slurm-cluster.sh) run specs in namespaces of their own
+-- and say so (SMOLVM_TEST_NETNS); started by hand as root without one, a spec refuses
+-- to run. image-test.sh, whose guests have network "none" and whose builds need the
+-- host's mirror, says so too (SMOLVM_TEST_HOST_NETNS_OK).
+do
+  local f = io.open("/proc/self/status")
+  local uid = f and f:read("a"):match("\nUid:%s*(%d+)")
+  if f then f:close() end
+  if uid == "0" and not os.getenv("SMOLVM_TEST_NETNS") and not os.getenv("SMOLVM_TEST_HOST_NETNS_OK") then
+    error("this spec runs VMs as root: run it through ctest, whose wrapper gives it a "
+          .. "network namespace of its own, not in this machine's", 0)
+  end
+end
 M.BOOT = 120 -- seconds; TCG boots take seconds, a loaded CI machine more
 
 --- Single-quote a word for sh.

@@ -115,6 +115,6 @@ if [ "$interp" = "--exec" ]; then
 else
     set -- "$interp" /usr/bin/busted --output=plainTerminal "$1"
 fi
-$H env SMOLVM_NAT_OUTSIDE_NS="$outside" SMOLVM_NAT_HOST_NS="$host" SMOLVM_DNS=198.51.100.53 \
+$H env SMOLVM_NAT_OUTSIDE_NS="$outside" SMOLVM_NAT_HOST_NS="$host" SMOLVM_DNS=198.51.100.53 SMOLVM_TEST_NETNS=1 \
     "$@" || status=$?
 exit $status

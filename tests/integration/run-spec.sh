@@ -31,7 +31,7 @@ fi
 # that dies silently with status 0 (it happened: a vfork child under ASan) ran nothing.
 out="$state.out"
 if [ "$(id -u)" -eq 0 ]; then
-    { unshare --net -- sh -c 'ip link set lo up && exec "$0" /usr/bin/busted --output=plainTerminal "$1"' "$interp" "$spec"
+    { SMOLVM_TEST_NETNS=1 unshare --net -- sh -c 'ip link set lo up && exec "$0" /usr/bin/busted --output=plainTerminal "$1"' "$interp" "$spec"
       echo $? >"$state.rc"; } 2>&1 | tee "$out"
 else
     { "$interp" /usr/bin/busted --output=plainTerminal "$spec"; echo $? >"$state.rc"; } 2>&1 | tee "$out"

@@ -167,7 +167,7 @@ mkdir -p "$tmp/node-scratch"
 export SMOLVM_SLURM_TMP="$tmp" SMOLVM_SLURM_NODES="node1=$n1 node2=$n2"
 export SMOLVM_SLURM_DIR="$tmp/node-scratch"
 status=0
-ip netns exec "$ctl" "$interp" /usr/bin/busted --output=plainTerminal "$spec" || status=$?
+SMOLVM_TEST_NETNS=1 ip netns exec "$ctl" "$interp" /usr/bin/busted --output=plainTerminal "$spec" || status=$?
 if [ "$status" -ne 0 ]; then
     echo "---- slurm logs (last lines) ----" >&2
     tail -n 30 "$tmp/log/"*.log >&2 || true
