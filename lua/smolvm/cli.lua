@@ -983,24 +983,28 @@ image_commands.rm = function(args, smolvm)
 end
 image_commands.remove, image_commands.list = image_commands.rm, image_commands.ls
 
-command("image", "image ls|build|rm [OPTIONS] [NAME...]",
-  "Guest images: list, build (as root; cached by definition), remove",
-function(args)
+-- `smolvm NAME SUB ...`: the subcommand SUB of group NAME (its functions in fns, the
+-- names offered in subs), called with the rest of the arguments and the module.
+local function subcommand(name, fns, subs, args)
   local sub = table.remove(args, 1)
   if sub == nil then
-    return usage_error("usage: smolvm image ls|build|rm ...", "image")
+    return usage_error("usage: smolvm " .. name .. " " .. table.concat(subs, "|") .. " ...", name)
   end
-  local fn = image_commands[sub]
+  local fn = fns[sub]
   if not fn then
     local schema = require "smolvm.schema"
-    local s = schema.suggest(sub, { "ls", "build", "rm" })
-    return usage_error("unknown image command '" .. sub .. "'"
-      .. (s and (" (did you mean '" .. s .. "'?)") or ""), "image")
+    local s = schema.suggest(sub, subs)
+    return usage_error("unknown " .. name .. " command '" .. sub .. "'"
+      .. (s and (" (did you mean '" .. s .. "'?)") or ""), name)
   end
   local smolvm, st = load_smolvm()
   if not smolvm then return st end
   return fn(args, smolvm)
-end)
+end
+
+command("image", "image ls|build|rm [OPTIONS] [NAME...]",
+  "Guest images: list, build (as root; cached by definition), remove",
+function(args) return subcommand("image", image_commands, { "ls", "build", "rm" }, args) end)
 commands.image.details = {
   "  smolvm image ls [--json] [-q]        name, built, size, agent, extra packages",
   "  smolvm image build NAME [--packages A,B] [--force] [--dry-run]",
@@ -1068,22 +1072,7 @@ template_commands.remove, template_commands.list = template_commands.rm, templat
 
 command("template", "template ls|rm [OPTIONS] [NAME...]",
   "Templates (prepared VMs clones start from): list, remove",
-function(args)
-  local sub = table.remove(args, 1)
-  if sub == nil then
-    return usage_error("usage: smolvm template ls|rm ...", "template")
-  end
-  local fn = template_commands[sub]
-  if not fn then
-    local schema = require "smolvm.schema"
-    local s = schema.suggest(sub, { "ls", "rm" })
-    return usage_error("unknown template command '" .. sub .. "'"
-      .. (s and (" (did you mean '" .. s .. "'?)") or ""), "template")
-  end
-  local smolvm, st = load_smolvm()
-  if not smolvm then return st end
-  return fn(args, smolvm)
-end)
+function(args) return subcommand("template", template_commands, { "ls", "rm" }, args) end)
 commands.template.details = {
   "  smolvm template ls [--json] [-q]     name, image, memory, created, size, why it is stale",
   "  smolvm template rm NAME...           refused while a sandbox or template is made from it",
