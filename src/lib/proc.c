@@ -326,6 +326,10 @@ static _Noreturn void exec_child(const smolvm_spawn_req *req, int msg_fd, int nu
             _exit(127);
         }
     }
+    if (req->cwd && chdir(req->cwd) < 0) {
+        send_msg(msg_fd, MSG_SETUP_ERRNO, errno);
+        _exit(127);
+    }
     if (req->confine) {
         int e = confine_child(req->confine);
 

@@ -65,6 +65,8 @@ typedef struct smolvm_spawn_req {
     bool detached;
     /* Appended: NULL for none. Borrowed for the call. */
     const smolvm_spawn_confine *confine;
+    /* Appended: the program's working directory; NULL: the caller's. */
+    const char *cwd;
 } smolvm_spawn_req;
 
 /* Returns the program's pid once it has exec'd (an exec failure is reported as an error

@@ -293,13 +293,21 @@ void smolvm_template_release(smolvm_ctx *ctx, const char *name)
 int smolvm_template_make_disk(const smolvm_template *t, const char *vm_dir, char **disk_path,
                               smolvm_error **err)
 {
-    _cleanup_free_ char *path = smolvm_strdupf("%s/disk.qcow2", vm_dir);
-    _cleanup_free_ char *base = smolvm_strdupf("%s/%s", t->dir, SMOLVM_TEMPLATE_DISK);
+    bool fc = t->backend == SMOLVM_BACKEND_FIRECRACKER;
+    _cleanup_free_ char *path =
+        smolvm_strdupf("%s/%s", vm_dir, fc ? SMOLVM_TEMPLATE_UPPER : "disk.qcow2");
+    _cleanup_free_ char *base =
+        smolvm_strdupf("%s/%s", t->dir, fc ? SMOLVM_TEMPLATE_UPPER : SMOLVM_TEMPLATE_DISK);
     int r;
 
     if (!path || !base)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
-    {
+    if (fc) {
+        /* No backing files for raw disks: the clone's upper disk is a copy, which costs
+         * what the template's steps wrote (holes stay holes; shared extents where the
+         * file system can). */
+        r = smolvm_copy_file(base, path, 0600, err);
+    } else {
         char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F",
                         "qcow2",    "-b",     base, path, NULL};
 
@@ -332,7 +340,7 @@ int smolvm_template_commit(smolvm_ctx *ctx, const char *staging, const char *nam
 static uint64_t dir_bytes(const char *dir)
 {
     static const char *const names[] = {SMOLVM_SAVED_STATE, SMOLVM_SAVED_MEM, SMOLVM_TEMPLATE_DISK,
-                                        SMOLVM_TEMPLATE_JSON};
+                                        SMOLVM_TEMPLATE_UPPER, SMOLVM_TEMPLATE_JSON};
     uint64_t total = 0;
 
     for (size_t i = 0; i < SMOLVM_ARRAY_SIZE(names); i++) {

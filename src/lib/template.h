@@ -6,6 +6,8 @@
  *   state           the VMM's device state (QEMU: its migration stream)
  *   mem             the guest memory, when it is not in the state ("memory": "shared")
  *   disk.qcow2      the disk, backed by the image's rootfs (or the parent template's disk)
+ *   upper.ext4      firecracker instead: the overlay's upper disk (the image's rootfs is
+ *                   the lower)
  * A suspended VM keeps the same files (without the disk) in <vm dir>/suspended/, with
  * the same JSON as saved.json, so one reader serves both.
  */
@@ -24,6 +26,9 @@
 #define SMOLVM_SAVED_STATE "state"
 #define SMOLVM_SAVED_MEM "mem"
 #define SMOLVM_TEMPLATE_DISK "disk.qcow2"
+/* Firecracker (no qcow2): the overlay's upper disk, copied (sparse) for each clone; the
+ * lower is the image's rootfs, which the template records. */
+#define SMOLVM_TEMPLATE_UPPER "upper.ext4"
 #define SMOLVM_SUSPENDED_DIR "suspended"
 
 typedef struct smolvm_template {

@@ -183,47 +183,101 @@ int smolvm_write_file_atomic(const char *path, const void *data, size_t len, uns
     return 0;
 }
 
-int smolvm_copy_file(const char *src, const char *dst, unsigned mode, smolvm_error **err)
+/* One data segment [pos, end) of in to the same offsets of out. */
+static int copy_range(int in, int out, off_t pos, off_t end, bool *plain, smolvm_error **err)
 {
-    _cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC);
+    while (pos < end) {
+        size_t want =
+            (size_t)(end - pos) < SMOLVM_COPY_CHUNK ? (size_t)(end - pos) : SMOLVM_COPY_CHUNK;
+        off_t opos = pos;
+        ssize_t n;
+
+        /* copy_file_range shares extents where the file system can (XFS, btrfs) and
+         * stays in the kernel elsewhere; across file systems it may refuse. */
+        if (*plain) {
+            if (lseek(out, pos, SEEK_SET) < 0)
+                return smolvm_err_errno(err, errno, "seek");
+            n = sendfile(out, in, &pos, want);
+        } else {
+            n = copy_file_range(in, &pos, out, &opos, want, 0);
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && !*plain && (errno == EXDEV || errno == EINVAL || errno == ENOSYS)) {
+            *plain = true;
+            continue;
+        }
+        if (n < 0)
+            return smolvm_err_errno(err, errno, "copy");
+        if (n == 0)
+            return smolvm_err(err, SMOLVM_EIO, "copy: short read");
+    }
+    return 0;
+}
+
+int smolvm_copy_fd_sparse(int in, int out, uint64_t size, uint64_t *copied, smolvm_error **err)
+{
+    bool plain = false;
+    off_t off = 0;
+    int r;
+
+    if (copied)
+        *copied = 0;
+    while ((uint64_t)off < size) {
+        off_t data = lseek(in, off, SEEK_DATA), hole;
+
+        if (data < 0 && errno == ENXIO)
+            break; /* only holes from here */
+        if (data < 0 && errno == EINVAL) {
+            data = off; /* no SEEK_DATA here: all of it is data */
+            hole = (off_t)size;
+        } else if (data < 0) {
+            return smolvm_err_errno(err, errno, "seek the data");
+        } else if ((hole = lseek(in, data, SEEK_HOLE)) < 0) {
+            return smolvm_err_errno(err, errno, "seek a hole");
+        }
+        if ((uint64_t)hole > size)
+            hole = (off_t)size;
+        if ((r = copy_range(in, out, data, hole, &plain, err)) < 0)
+            return r;
+        if (copied)
+            *copied += (uint64_t)(hole - data);
+        off = hole;
+    }
+    return 0;
+}
+
+int smolvm_copy_fd_to_file(int in, const char *dst, unsigned mode, smolvm_error **err)
+{
     _cleanup_close_ int out = -1;
     struct stat st;
-    off_t left;
-    bool plain = false;
+    int r;
 
-    if (in < 0)
-        return smolvm_err_errno(err, errno, "open '%s'", src);
     if (fstat(in, &st) < 0)
-        return smolvm_err_errno(err, errno, "stat '%s'", src);
+        return smolvm_err_errno(err, errno, "stat");
     out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
     if (out < 0)
         return smolvm_err_errno(err, errno, "create '%s'", dst);
-    for (left = st.st_size; left > 0;) {
-        /* copy_file_range shares extents where the file system can (XFS, btrfs) and
-         * stays in the kernel elsewhere; across file systems it may refuse. */
-        ssize_t n = plain ? sendfile(out, in, NULL, (size_t)left)
-                          : copy_file_range(in, NULL, out, NULL, (size_t)left, 0);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && !plain && (errno == EXDEV || errno == EINVAL || errno == ENOSYS)) {
-            plain = true;
-            continue;
-        }
-        if (n <= 0) {
-            int e = n < 0 ? errno : EIO;
-
-            (void)unlink(dst);
-            return smolvm_err_errno(err, e, "copy '%s' to '%s'", src, dst);
-        }
-        left -= n;
-    }
-    if (fsync(out) < 0) {
-        int e = errno;
-
+    /* Holes stay holes: a sparse 8 GiB overlay disk costs what it holds. */
+    if (ftruncate(out, st.st_size) < 0)
+        r = smolvm_err_errno(err, errno, "size '%s'", dst);
+    else
+        r = smolvm_copy_fd_sparse(in, out, (uint64_t)st.st_size, NULL, err);
+    if (r == 0 && fsync(out) < 0)
+        r = smolvm_err_errno(err, errno, "fsync '%s'", dst);
+    if (r < 0)
         (void)unlink(dst);
-        return smolvm_err_errno(err, e, "fsync '%s'", dst);
-    }
+    return r;
+}
+
+int smolvm_copy_file(const char *src, const char *dst, unsigned mode, smolvm_error **err)
+{
+    _cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC);
+
+    if (in < 0)
+        return smolvm_err_errno(err, errno, "open '%s'", src);
+    if (smolvm_copy_fd_to_file(in, dst, mode, err) < 0)
+        return smolvm_err_wrap(err, "copy '%s' to '%s'", src, dst);
     return 0;
 }
 

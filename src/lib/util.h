@@ -91,6 +91,14 @@ int smolvm_write_file_atomic(const char *path, const void *data, size_t len, uns
 /* Copy the file src to dst (created, must not exist; mode), synced. A failure leaves
  * no dst. */
 int smolvm_copy_file(const char *src, const char *dst, unsigned mode, smolvm_error **err);
+/* The same from an open file (its size from fstat). */
+int smolvm_copy_fd_to_file(int in, const char *dst, unsigned mode, smolvm_error **err);
+
+/* Copy the data of in (its first size bytes; holes stay holes: out must be sized
+ * already) to the same offsets of out. in and out may be on different file systems
+ * (a memfd and a disk file). *copied (may be NULL): bytes of data. */
+#define SMOLVM_COPY_CHUNK (64u << 20)
+int smolvm_copy_fd_sparse(int in, int out, uint64_t size, uint64_t *copied, smolvm_error **err);
 
 /* Fill buf with random bytes from getrandom(). */
 int smolvm_random(void *buf, size_t len, smolvm_error **err);

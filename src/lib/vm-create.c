@@ -74,10 +74,6 @@ static int clone_options(smolvm_vm_options *o, smolvm_template **out, smolvm_ctx
     if ((r = smolvm_template_open(&t, ctx, name, err)) < 0)
         return r;
 
-    if (t->backend != SMOLVM_BACKEND_QEMU)
-        return smolvm_err(err, SMOLVM_EINVAL,
-                          "template '%s': clones of %s templates are not supported yet", name,
-                          smolvm_backend_to_string(t->backend));
     if (opts->backend != SMOLVM_BACKEND_AUTO && opts->backend != t->backend)
         return smolvm_err(err, SMOLVM_EINVAL, "backend: a clone runs on its template's ('%s')",
                           smolvm_backend_to_string(t->backend));
@@ -138,7 +134,8 @@ static int prepare(smolvm_vm *vm, const smolvm_image *img, const smolvm_template
         return smolvm_err_wrap(err, "generate the guest host key");
     if ((r = smolvm_client_key(&client, &client_pub, vm->ctx, err)) < 0)
         return r;
-    /* qemu: a qcow2 overlay now; firecracker makes its overlay upper disk at start. */
+    /* qemu: a qcow2 overlay now; firecracker makes its overlay upper disk at start (a
+     * clone's is a copy of its template's). */
     if (tpl) {
         if ((r = smolvm_template_make_disk(tpl, dir, &disk, err)) < 0)
             return r;

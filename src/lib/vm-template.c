@@ -39,7 +39,7 @@ static int op(smolvm_vm *vm, json_t **reply, json_t *req, int64_t timeout_ms, sm
     return smolvm_sv_call(reply, vm->row->dir, req, smolvm_now_ms() + timeout_ms, err);
 }
 
-/* A VM that can be paused or saved: running (or paused), on QEMU, with an agent. */
+/* A VM that can be paused or saved: running (or paused), with an agent. */
 static int check_live(smolvm_vm *vm, const char *what, bool paused_ok, smolvm_error **err)
 {
     const char *st = smolvm_vm_status(vm);
@@ -172,10 +172,10 @@ static int make_template(smolvm_vm *vm, const char *name, bool ephemeral, smolvm
                           name ? name : "");
     if (smolvm_template_open(&existing, vm->ctx, name, NULL) == 0)
         return smolvm_err(err, SMOLVM_EEXIST, "template '%s' already exists", name);
-    if (vm->cfg->backend != SMOLVM_BACKEND_QEMU)
-        return smolvm_err(err, SMOLVM_EINVAL, "templates of %s vms are not supported yet",
-                          smolvm_backend_to_string(vm->cfg->backend));
-    if (vm->cfg->disk_format != SMOLVM_DISK_FORMAT_QCOW2)
+    if (vm->cfg->disk == SMOLVM_DISK_SHARED ||
+        (vm->cfg->backend == SMOLVM_BACKEND_QEMU &&
+         vm->cfg->disk_format != SMOLVM_DISK_FORMAT_QCOW2) ||
+        (vm->cfg->backend == SMOLVM_BACKEND_FIRECRACKER && !vm->cfg->overlay_disk))
         return smolvm_err(err, SMOLVM_EINVAL,
                           "a template needs the vm's own disk (disk 'isolated'), not the "
                           "shared image");
@@ -184,7 +184,13 @@ static int make_template(smolvm_vm *vm, const char *name, bool ephemeral, smolvm
         return r;
     staging = smolvm_strdupf("%s/.%s.tmp.%02x%02x%02x%02x", vm->ctx->template_dir, name, rnd[0],
                              rnd[1], rnd[2], rnd[3]);
-    disk = staging ? smolvm_strdupf("%s/%s", staging, SMOLVM_TEMPLATE_DISK) : NULL;
+    /* QEMU: the disk itself (the clones' backing file); firecracker: the overlay's
+     * upper disk (the lower is the image's rootfs). */
+    disk = staging ? smolvm_strdupf("%s/%s", staging,
+                                    vm->cfg->backend == SMOLVM_BACKEND_FIRECRACKER
+                                        ? SMOLVM_TEMPLATE_UPPER
+                                        : SMOLVM_TEMPLATE_DISK)
+                   : NULL;
     if (!disk)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     if (mkdir(staging, 0700) < 0)
@@ -195,7 +201,9 @@ static int make_template(smolvm_vm *vm, const char *name, bool ephemeral, smolvm
     /* The guest is paused and its disk flushed: the disk as it is now belongs to the
      * memory just saved. */
     if (r == 0)
-        r = smolvm_copy_file(vm->cfg->disk_path, disk, 0600, err);
+        r = smolvm_copy_file(vm->cfg->backend == SMOLVM_BACKEND_FIRECRACKER ? vm->cfg->overlay_disk
+                                                                            : vm->cfg->disk_path,
+                             disk, 0600, err);
     if (paused_by_us) {
         int rr = op(vm, NULL, json_pack("{s:s}", "op", "resume"), SV_OP_MS, r < 0 ? NULL : err);
 
@@ -315,9 +323,7 @@ int smolvm_vm_suspend(smolvm_vm *vm, smolvm_error **err)
 
     if ((r = check_live(vm, "suspend", true, err)) < 0)
         return r;
-    if (vm->cfg->backend != SMOLVM_BACKEND_QEMU)
-        return smolvm_err(err, SMOLVM_EINVAL, "suspend '%s': not supported on %s yet", vm->id,
-                          smolvm_backend_to_string(vm->cfg->backend));
+
     if ((r = smolvm_vm_lock(&lock, vm->row->dir, vm->id, "suspend", SMOLVM_LOCK_WAIT_MS, err)) < 0)
         return r;
     staging = smolvm_strdupf("%s/%s.tmp", vm->row->dir, SMOLVM_SUSPENDED_DIR);

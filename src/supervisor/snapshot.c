@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,7 +27,6 @@
 #define SNAPSHOT_TIMEOUT_MS 120000
 #define PAUSE_TIMEOUT_MS 5000
 #define ENTROPY_BYTES 64
-#define COPY_CHUNK (64u << 20)
 
 /* ---------------------------------------------------------------- memory */
 
@@ -49,42 +47,6 @@ int sv_mem_create(sv *s, smolvm_error **err)
     return 0;
 }
 
-/* Copy the data of in (holes stay holes) into out at the same offsets. in and out may
- * be on different file systems (a memfd and a disk file). *copied: bytes of data. */
-static int copy_sparse(int in, int out, uint64_t size, uint64_t *copied, smolvm_error **err)
-{
-    off_t off = 0;
-
-    *copied = 0;
-    while ((uint64_t)off < size) {
-        off_t data = lseek(in, off, SEEK_DATA), hole;
-
-        if (data < 0 && errno == ENXIO)
-            break; /* only holes from here */
-        if (data < 0)
-            return smolvm_err_errno(err, errno, "seek the guest memory");
-        hole = lseek(in, data, SEEK_HOLE);
-        if (hole < 0)
-            return smolvm_err_errno(err, errno, "seek the guest memory");
-        if (lseek(out, data, SEEK_SET) < 0)
-            return smolvm_err_errno(err, errno, "seek the memory file");
-        for (off_t pos = data; pos < hole;) {
-            size_t want = (size_t)(hole - pos) < COPY_CHUNK ? (size_t)(hole - pos) : COPY_CHUNK;
-            ssize_t n = sendfile(out, in, &pos, want);
-
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0)
-                return smolvm_err_errno(err, errno, "copy the guest memory");
-            if (n == 0)
-                return smolvm_err(err, SMOLVM_EIO, "copy the guest memory: short read");
-            *copied += (uint64_t)n;
-        }
-        off = hole;
-    }
-    return 0;
-}
-
 int sv_mem_load(sv *s, const char *path, smolvm_error **err)
 {
     _cleanup_close_ int in = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -98,7 +60,7 @@ int sv_mem_load(sv *s, const char *path, smolvm_error **err)
     if ((uint64_t)st.st_size != size)
         return smolvm_err(err, SMOLVM_EINVAL, "'%s' holds %lld bytes, not the vm's %u MiB", path,
                           (long long)st.st_size, s->spec->vmm.memory_mib);
-    return copy_sparse(in, s->mem_fd, size, &copied, err);
+    return smolvm_copy_fd_sparse(in, s->mem_fd, size, &copied, err);
 }
 
 /* ---------------------------------------------------------------- identity */
@@ -254,7 +216,7 @@ static int op_snapshot(sv *s, json_t *req, json_t **reply, smolvm_error **err)
         if (ftruncate(out, (off_t)size) < 0)
             r = smolvm_err_errno(err, errno, "size '%s'", mem);
         if (r == 0)
-            r = copy_sparse(s->mem_fd, out, size, &copied, err);
+            r = smolvm_copy_fd_sparse(s->mem_fd, out, size, &copied, err);
         if (r == 0 && fsync(out) < 0)
             r = smolvm_err_errno(err, errno, "fsync '%s'", mem);
         if (r < 0) {

@@ -612,8 +612,8 @@ static void test_lifecycle(void **state)
     assert_int_equal(fc->pause(dir, smolvm_now_ms() + 1000, &err), SMOLVM_ESTATE);
     err = smolvm_error_free(err);
 
-    /* The snapshot names this VM's vsock socket, which is still there: loaded as it is,
-     * firecracker would bind it again and fail. */
+    /* The snapshot names its drives relative to firecracker's working directory (the
+     * VM's <dir>/fc, or its chroot): a firecracker started elsewhere finds none. */
     {
         char *dir3 = new_vm("restore-raw");
         smolvm_fc_api *api = NULL;
@@ -621,10 +621,12 @@ static void test_lifecycle(void **state)
 
         bare_start(&b, dir3, "raw");
         assert_int_equal(smolvm_fc_api_new(&api, b.sock, &err), 0);
-        assert_int_equal(
-            smolvm_fc_snapshot_load(api, snap, mem, 1, NULL, smolvm_now_ms() + 5000, &err),
-            SMOLVM_EVMM);
-        assert_err_contains(err, "VsockUnixBackend: Error binding to host-side Unix socket");
+        smolvm_fc_load load = {.snapshot_path = snap, .mem_path = mem, .resume = 1};
+
+        assert_int_equal(smolvm_fc_snapshot_load(api, &load, smolvm_now_ms() + 5000, &err),
+                         SMOLVM_EVMM);
+        assert_err_contains(err, "BackingFile");
+        assert_err_contains(err, "\"rootfs\"");
         err = smolvm_error_free(err);
         api = smolvm_fc_api_free(api);
         bare_stop(&b);
@@ -1167,8 +1169,11 @@ static void test_contract_checks(void **state)
 
     /* Order rules: one start, no configuration after it, snapshot load only fresh. */
     assert_int_equal(smolvm_fc_put_boot_source(api, kernel, CMDLINE, dl, &err), 0);
-    assert_int_equal(smolvm_fc_snapshot_load(api, "/tmp/s", rootfs, 1, NULL, dl, &err),
-                     SMOLVM_EVMM);
+    {
+        smolvm_fc_load load = {.snapshot_path = "/tmp/s", .mem_path = rootfs, .resume = 1};
+
+        assert_int_equal(smolvm_fc_snapshot_load(api, &load, dl, &err), SMOLVM_EVMM);
+    }
     assert_err_contains(err, "not allowed after configuring");
     err = smolvm_error_free(err);
     /* The vsock device's socket is bound when it is configured; a second PUT replaces
@@ -1348,22 +1353,15 @@ static void test_jailer_lifecycle(void **state)
     assert_true(S_ISSOCK(st.st_mode));
     free(p);
 
-    /* Not supported jailed yet: said so, nothing half done. */
-    {
-        smolvm_vmm_snapshot s = {.state_path = "/tmp/s", .mem_path = "/tmp/m"};
-
-        assert_int_equal(fc->snapshot(dir, &s, smolvm_now_ms() + 3000, &err), SMOLVM_EINVAL);
-    }
-    assert_err_contains(err, "jailed");
-    err = smolvm_error_free(err);
     stop_vm(dir, &r);
 
     reqs = requests(dir);
     assert_no_violation(reqs);
     assert_string_equal(body_str(reqs, "PUT", "/boot-source", "kernel_image_path"), "/vmlinux");
-    assert_string_equal(body_str(reqs, "PUT", "/drives/rootfs", "path_on_host"), "/rootfs");
-    assert_string_equal(body_str(reqs, "PUT", "/drives/config", "path_on_host"), "/config");
-    assert_string_equal(body_str(reqs, "PUT", "/drives/overlay", "path_on_host"), "/overlay");
+    /* Drives by relative names (from the jail's "/"), so a snapshot restores elsewhere. */
+    assert_string_equal(body_str(reqs, "PUT", "/drives/rootfs", "path_on_host"), "rootfs");
+    assert_string_equal(body_str(reqs, "PUT", "/drives/config", "path_on_host"), "config");
+    assert_string_equal(body_str(reqs, "PUT", "/drives/overlay", "path_on_host"), "overlay");
     assert_string_equal(body_str(reqs, "PUT", "/logger", "log_path"), "/vmm.log");
     assert_string_equal(body_str(reqs, "PUT", "/metrics", "metrics_path"), "/fc-metrics.json");
     assert_string_equal(body_str(reqs, "PUT", "/vsock", "uds_path"), "/" SMOLVM_SV_VSOCK);
@@ -1396,6 +1394,216 @@ static void test_jailer_lifecycle(void **state)
     free(root);
     free(upper);
     free(dir);
+}
+
+/* The realpath of the file a snapshot load opened for drive `id` (the fake's note). */
+static const char *opened(json_t *reqs, const char *id)
+{
+    json_t *q = find_request(reqs, "PUT", "/snapshot/load");
+
+    assert_non_null(q);
+    return json_string_value(
+        json_object_get(json_object_get(json_object_get(q, "note"), "opened"), id));
+}
+
+/* ... is host_path: the same file (jailed, a hard link to it in the chroot). */
+static void assert_opened(json_t *reqs, const char *id, const char *host_path)
+{
+    const char *got = opened(reqs, id);
+    struct stat a, b;
+
+    if (!got || stat(got, &a) < 0 || stat(host_path, &b) < 0 || a.st_dev != b.st_dev ||
+        a.st_ino != b.st_ino)
+        fail_msg("snapshot load opened '%s' for drive %s, not '%s'", got ? got : "(nothing)", id,
+                 host_path);
+}
+
+/* A clone's own copies of the files a VM's firecracker writes or reads as its own. */
+static void clone_files(smolvm_vmm_config *c, const char *dir, const char *src_upper)
+{
+    char *cfg = path_in(dir, "config.img"), *upper = path_in(dir, "upper.ext4");
+
+    assert_int_equal(smolvm_copy_file(cfgdisk, cfg, 0644, NULL), 0);
+    assert_int_equal(smolvm_copy_file(src_upper, upper, 0600, NULL), 0);
+    c->dir = dir;
+    c->config_disk = cfg; /* freed by the caller */
+    c->overlay_disk = upper;
+    c->vsock_uds = vsock_path(dir);
+}
+
+/* Templates on firecracker (docs/firecracker.md, "Snapshots"): a snapshot taken
+ * unjailed and one taken jailed, each restored in other VMs' dirs, unjailed and jailed,
+ * after the source VM's dir is gone. Each restored firecracker opens that VM's own
+ * drives (by the relative names the snapshot holds), listens on its own vsock socket,
+ * and uses its own TAP; the shared memory file is never written, and a jailed snapshot
+ * comes out of the jail as root's files. */
+static void test_snapshot_clones(void **state)
+{
+    char *tdir = path_in(tmpdir, "tpl"), *snap = path_in(tdir, "state"),
+         *mem = path_in(tdir, "mem");
+    char *src_upper = path_in(tmpdir, "tpl-upper.ext4");
+    smolvm_error *err = NULL;
+    json_t *reqs, *q, *body;
+    struct stat st;
+    int pass;
+
+    (void)state;
+    for (pass = 0; pass < 2; pass++) {
+        bool jailed_src = pass == 1;
+        char *src = new_vm(jailed_src ? "snap-src-j" : "snap-src");
+        char *upper = path_in(src, "upper.ext4");
+        smolvm_vmm_config c;
+        running r = {.console = -1};
+        int lfd = agent_listener(src); /* jailed: linked into the chroot */
+
+        (void)smolvm_rm_rf(tdir, NULL);
+        assert_int_equal(mkdir(tdir, 0700), 0);
+        base_config(&c, src);
+        c.vm_id = "vm-snap-src";
+        c.overlay_disk = upper;
+        if (jailed_src) {
+            jail_env();
+        } else {
+            /* Unjailed, the TAP is only a name to the fake: network_overrides is checked. */
+            c.network = SMOLVM_NET_NAT;
+            c.tap_name = "smtap-src";
+            c.mac = "52:54:00:12:34:56";
+        }
+        start_vm(&c, &r);
+        {
+            smolvm_vmm_snapshot s = {.state_path = snap, .mem_path = mem};
+
+            if (fc->snapshot(src, &s, smolvm_now_ms() + 3000, &err) < 0)
+                fail_msg("snapshot: %s", smolvm_error_message(err));
+        }
+        /* Ours, whoever wrote them: the state private, the memory readable by the jail
+         * uid of a clone (its dir is 0700). */
+        assert_int_equal(stat(snap, &st), 0);
+        assert_int_equal(st.st_uid, getuid());
+        assert_int_equal(st.st_mode & 07777, 0600);
+        assert_int_equal(stat(mem, &st), 0);
+        assert_int_equal(st.st_uid, getuid());
+        assert_int_equal(st.st_mode & 07777, 0644);
+        assert_int_equal(st.st_size, 256 << 20);
+        assert_int_equal(st.st_nlink, 1);
+        if (jailed_src) {
+            char *left = smolvm_strdupf(
+                "%s/jail/fake-firecracker.py/vm-snap-src/root%s/snapshot.mem", src, src);
+
+            assert_int_equal(access(left, F_OK), -1); /* taken out, not copied */
+            free(left);
+            reqs = requests(src);
+            q = find_request(reqs, "PUT", "/snapshot/create");
+            body = json_object_get(q, "body");
+            /* Written where the jail uid may write: the API socket's dir in the chroot. */
+            assert_non_null(strstr(json_string_value(json_object_get(body, "snapshot_path")),
+                                   "/snapshot.state"));
+            assert_ptr_equal(strstr(json_string_value(json_object_get(body, "mem_file_path")), src),
+                             json_string_value(json_object_get(body, "mem_file_path")));
+            json_decref(reqs);
+        }
+        (void)unlink(src_upper);
+        assert_int_equal(smolvm_copy_file(upper, src_upper, 0600, NULL), 0);
+        assert_int_equal(kill(r.pid, SIGKILL), 0);
+        assert_int_equal(wait_child(r.pid, smolvm_now_ms() + 3000, &(int){0}), 0);
+        console_close(&r);
+        /* Nothing of the source VM is needed any more. */
+        (void)close(lfd);
+        assert_int_equal(smolvm_rm_rf(src, NULL), 0);
+        unjail_env();
+
+        for (int jailed = 0; jailed < 2; jailed++) {
+            char *dir;
+            smolvm_vmm_config k;
+            char line[64];
+            int s;
+
+            if (jailed && !jailed_src)
+                continue; /* a jailed clone of a NAT snapshot would need a real TAP */
+            dir = new_vm(jailed ? "clone-j" : "clone");
+            base_config(&k, dir);
+            k.vm_id = jailed ? "vm-clone-j" : "vm-clone";
+            clone_files(&k, dir, src_upper);
+            if (!jailed_src) {
+                k.network = SMOLVM_NET_NAT;
+                k.tap_name = "smtap-clone";
+                k.mac = "52:54:00:12:34:57";
+            }
+            if (jailed)
+                jail_env();
+            lfd = agent_listener(dir);
+            (void)setenv("FAKE_FC_GUEST_PORTS", "{\"52\": \"cat\"}", 1);
+
+            if (spawn_or_restore(&k, &r, snap, mem, smolvm_now_ms() + 10000, &err) < 0)
+                fail_msg("restore (%s snapshot, %s): %s", jailed_src ? "jailed" : "unjailed",
+                         jailed ? "jailed" : "unjailed", smolvm_error_message(err));
+            assert_string_equal(instance_state(dir), "Running");
+            reqs = requests(dir);
+            assert_no_violation(reqs);
+            assert_null(find_request(reqs, "PUT", "/boot-source"));
+            assert_opened(reqs, "rootfs", rootfs);
+            assert_opened(reqs, "config", k.config_disk);
+            assert_opened(reqs, "overlay", k.overlay_disk);
+            q = find_request(reqs, "PUT", "/snapshot/load");
+            body = json_object_get(q, "body");
+            assert_string_equal(json_string_value(json_object_get(
+                                    json_object_get(body, "mem_backend"), "backend_type")),
+                                "File");
+            if (!jailed_src)
+                assert_string_equal(
+                    json_string_value(json_object_get(
+                        json_object_get(json_object_get(q, "note"), "taps"), "eth0")),
+                    "smtap-clone");
+            if (jailed) {
+                char *root = smolvm_strdupf("%s/jail/fake-firecracker.py/%s/root", dir, k.vm_id);
+                char *m = path_in(root, "snapshot.mem");
+
+                assert_string_equal(json_string_value(json_object_get(body, "snapshot_path")),
+                                    "/snapshot.state");
+                assert_same_file(m, mem); /* linked, not copied */
+                free(m);
+                free(root);
+            }
+            json_decref(reqs);
+            /* The restored vsock device listens at this VM's socket (jailed: in its
+             * chroot). */
+            {
+                char *dev = jailed ? smolvm_strdupf("%s/jail/fake-firecracker.py/%s/root/%s", dir,
+                                                    k.vm_id, SMOLVM_SV_VSOCK)
+                                   : strdup(k.vsock_uds);
+
+                assert_int_equal(smolvm_unix_connect(dev, smolvm_now_ms() + 3000, &s, &err), 0);
+                free(dev);
+            }
+            assert_int_equal(write(s, "CONNECT 52\n", 11), 11);
+            assert_true(read_until(s, line, sizeof(line), "\n", smolvm_now_ms() + 3000) > 0);
+            assert_non_null(strstr(line, "OK "));
+            (void)close(s);
+            stop_vm(dir, &r);
+            assert_null(strstr(r.out, "Linux version")); /* no boot */
+            /* The template's memory is still the template's, not given to a jail uid. */
+            assert_int_equal(stat(mem, &st), 0);
+            assert_int_equal(st.st_uid, getuid());
+            assert_int_equal(st.st_mode & 07777, 0644);
+            unjail_env();
+            (void)close(lfd);
+            free((char *)k.config_disk);
+            free((char *)k.overlay_disk);
+            assert_int_equal(smolvm_rm_rf(dir, NULL), 0);
+            assert_int_equal(stat(mem, &st), 0);
+            assert_int_equal(st.st_nlink, 1); /* the clone's jail held a link only */
+            free(dir);
+        }
+        free(upper);
+        free(src);
+    }
+    assert_no_children();
+    (void)smolvm_rm_rf(tdir, NULL);
+    (void)unlink(src_upper);
+    free(src_upper);
+    free(snap);
+    free(mem);
+    free(tdir);
 }
 
 /* Refused before anything runs, each with what to do; failures after the spawn leave
@@ -1642,6 +1850,7 @@ static void test_jailer_contract_checks(void **state)
 
 static pid_t sv_pid;
 static bool sv_overlay; /* the VM gets an upper layer of its own (a read-only base) */
+static const smolvm_sv_restore *sv_restore; /* the VM continues from this snapshot */
 
 typedef struct sv_vm {
     char *dir;
@@ -1674,6 +1883,8 @@ static void sv_launch(sv_vm *v, char *dir, smolvm_sv_transport transport, char *
     spec.vmm.vm_id = spec.vm_id;
     upper = sv_overlay ? path_in(v->dir, "upper.ext4") : NULL;
     spec.vmm.overlay_disk = upper;
+    if (sv_restore)
+        spec.restore = *sv_restore;
     /* As root the supervisor jails firecracker by default (test_sv_jailed_by_default);
      * the other tests run it unjailed. */
     (void)setenv(SMOLVM_FC_JAILER_ENV, "0", 0);
@@ -1979,6 +2190,157 @@ static void test_sv_agent(void **state)
 /* As root, with SMOLVM_JAILER unset, firecracker runs jailed as the uid the supervisor
  * took for its VMM; without a jailer next to firecracker that is an error that says
  * how to run unjailed, and nothing is left running. */
+/* A template and its clone through the supervisor, as the library makes them
+ * (docs/templates.md): the snapshot op writes the state and firecracker's memory file
+ * into the template's dir; a second supervisor, in another dir with a copy of the
+ * upper disk, continues from them without a boot. Firecracker resets vsock on restore,
+ * so the guest's agent connects again and says hello; the clone takes its identity
+ * (the library's hostname, the host's entropy and clock) before it counts as ready,
+ * then runs commands. Unjailed, and jailed (as root) with the VMM's own uid. */
+static void test_sv_template(void **state)
+{
+    const char *why = NULL;
+    int pass;
+
+    (void)state;
+    for (pass = 0; pass < 2; pass++) {
+        bool jailed = pass == 1;
+        sv_vm v = {0}, k = {0};
+        smolvm_agent *a = NULL;
+        smolvm_error *err = NULL;
+        char report[512], *agent_cmd, *rec, *krec, *tdir, *state_path, *mem_path, *upper, *kdir,
+            *kupper, *idpath;
+        json_t *reply = NULL, *id, *identity;
+        cmd_result res;
+        smolvm_sv_restore rs;
+        struct stat st;
+
+        if (jailed && !smolvm_confine_uid_possible(&why)) {
+            print_message("jailed pass skipped: %s\n", why);
+            break;
+        }
+        unjail_env();
+        (void)setenv(SMOLVM_FC_JAILER_ENV, jailed ? fake_jailer : "0", 1);
+        tdir = path_in(tmpdir, jailed ? "sv-tpl-j" : "sv-tpl");
+        rec = path_in(tmpdir, jailed ? "sv-tpl-rec-j" : "sv-tpl-rec");
+        krec = path_in(tmpdir, jailed ? "sv-clone-rec-j" : "sv-clone-rec");
+        assert_int_equal(smolvm_mkdir_p(tdir, 0700, NULL), 0);
+        assert_int_equal(smolvm_mkdir_p(rec, 0777, NULL), 0);
+        assert_int_equal(smolvm_mkdir_p(krec, 0777, NULL), 0);
+        /* Jailed, the agent runs as the jail's uid: its record dirs must let it write. */
+        assert_int_equal(chmod(rec, 0777), 0);
+        assert_int_equal(chmod(krec, 0777), 0);
+
+        /* The template's VM: booted, then snapshotted into tdir. (new_vm resets the
+         * fake's switches: before FAKE_FC_AGENT.) */
+        v.dir = new_vm(jailed ? "sv-src-j" : "sv-src");
+        agent_cmd = smolvm_strdupf("'%s' --record '%s' --cwd '%s'", SMOLVM_AGENT_HOST, rec, rec);
+        (void)setenv("FAKE_FC_AGENT", agent_cmd, 1);
+        free(agent_cmd);
+        sv_overlay = true;
+        sv_launch(&v, v.dir, SMOLVM_SV_AGENT, report, sizeof(report));
+        if (!v.vmm)
+            fail_msg("supervisor: %s", report);
+        if (smolvm_agent_connect(&a, v.sock, true, smolvm_now_ms() + 10000, &err) < 0) {
+            char *cmd =
+                smolvm_strdupf("tail -n 5 '%s/%s' '%s/vmm.log' >&2", v.dir, SMOLVM_SV_LOG, v.dir);
+
+            (void)!system(cmd);
+            fail_msg("connect (%s): %s", jailed ? "jailed" : "unjailed", smolvm_error_message(err));
+        }
+        assert_int_equal(run_cmd(a, "echo template", NULL, &res, &err), 0);
+        assert_string_equal(res.out[0], "template\n");
+        if (smolvm_agent_call(&reply, a, json_pack("{s:s, s:s}", "op", "snapshot", "dir", tdir),
+                              smolvm_now_ms() + 10000, &err) < 0)
+            fail_msg("snapshot: %s", smolvm_error_message(err));
+        assert_string_equal(json_string_value(json_object_get(reply, "memory")), "file");
+        assert_true(json_integer_value(json_object_get(reply, "state_bytes")) > 0);
+        smolvm_agent_free(a);
+        a = NULL;
+        state_path = path_in(tdir, "state");
+        mem_path = path_in(tdir, "mem");
+        assert_int_equal(stat(state_path, &st), 0);
+        assert_int_equal(st.st_uid, getuid());
+        assert_int_equal(stat(mem_path, &st), 0);
+        assert_int_equal(st.st_size, 256 << 20);
+        /* The template's VM goes; its files are not needed by the clone. */
+        upper = path_in(v.dir, "upper.ext4");
+        kdir = path_in(tmpdir, jailed ? "sv-clone-j" : "sv-clone");
+        assert_int_equal(smolvm_mkdir_p(kdir, 0700, NULL), 0);
+        kupper = path_in(kdir, "upper.ext4");
+        assert_int_equal(smolvm_copy_file(upper, kupper, 0600, NULL), 0);
+        (void)kill(sv_pid, SIGTERM);
+        sv_wait_exit(smolvm_now_ms() + 10000);
+        assert_int_equal(smolvm_rm_rf(v.dir, NULL), 0);
+
+        /* The clone. */
+        free(new_vm(jailed ? "sv-clone-j" : "sv-clone")); /* its request log */
+        agent_cmd = smolvm_strdupf("'%s' --record '%s' --cwd '%s'", SMOLVM_AGENT_HOST, krec, krec);
+        (void)setenv("FAKE_FC_AGENT", agent_cmd, 1);
+        free(agent_cmd);
+        identity = json_pack("{s:s}", "hostname", "vm-fc-clone");
+        rs = (smolvm_sv_restore){
+            .set = true,
+            .state = state_path,
+            .mem = mem_path,
+            .mem_private = true,
+            .agent = json_object_get(reply, "agent"),
+            .next_stream = (uint32_t)json_integer_value(json_object_get(reply, "next_stream")),
+            .identity = identity};
+        sv_restore = &rs;
+        sv_launch(&k, kdir, SMOLVM_SV_AGENT, report, sizeof(report));
+        sv_restore = NULL;
+        sv_overlay = false;
+        if (!k.vmm)
+            fail_msg("clone's supervisor: %s", report);
+        if (smolvm_agent_connect(&a, k.sock, true, smolvm_now_ms() + 10000, &err) < 0)
+            fail_msg("connect to the clone: %s", smolvm_error_message(err));
+        /* Ready only with its identity applied by the (reconnected) agent. */
+        idpath = path_in(krec, "identity.json");
+        id = json_load_file(idpath, 0, NULL);
+        assert_non_null(id);
+        assert_string_equal(json_string_value(json_object_get(id, "hostname")), "vm-fc-clone");
+        assert_int_equal(json_integer_value(json_object_get(id, "entropy_len")), 64);
+        assert_true(json_is_true(json_object_get(id, "has_time")));
+        assert_true(llabs((long long)json_integer_value(json_object_get(id, "time_ms")) -
+                          (long long)smolvm_wall_ms()) < 10000);
+        json_decref(id);
+        assert_int_equal(run_cmd(a, "echo clone", NULL, &res, &err), 0);
+        assert_string_equal(res.out[0], "clone\n");
+        {
+            json_t *reqs = requests(kdir);
+            json_t *q;
+
+            assert_no_violation(reqs);
+            assert_null(find_request(reqs, "PUT", "/boot-source")); /* no boot */
+            q = find_request(reqs, "PUT", "/snapshot/load");
+            assert_non_null(q);
+            assert_opened(reqs, "overlay", kupper);
+            json_decref(reqs);
+        }
+        assert_false(file_contains(kdir, SMOLVM_VMM_CONSOLE_LOG, "smolvm: init "));
+        smolvm_agent_free(a);
+        (void)kill(sv_pid, SIGTERM);
+        sv_wait_exit(smolvm_now_ms() + 10000);
+        assert_false(smolvm_pid_alive(k.vmm, k.vmm_start));
+        json_decref(identity);
+        json_decref(reply);
+        free(idpath);
+        free(upper);
+        free(kupper);
+        free(state_path);
+        free(mem_path);
+        (void)smolvm_rm_rf(tdir, NULL);
+        free(tdir);
+        free(rec);
+        free(krec);
+        sv_free(&v);
+        sv_free(&k);
+    }
+    unjail_env();
+    assert_no_children();
+}
+
 static void test_sv_jailed_by_default(void **state)
 {
     sv_vm v = {0};
@@ -2551,9 +2913,11 @@ int main(void)
         cmocka_unit_test_teardown(test_jailer_errors, each_teardown),
         cmocka_unit_test_teardown(test_jailer_tap, each_teardown),
         cmocka_unit_test_teardown(test_jailer_contract_checks, each_teardown),
+        cmocka_unit_test_teardown(test_snapshot_clones, each_teardown),
         cmocka_unit_test_teardown(test_sv_agent, each_teardown),
         cmocka_unit_test_teardown(test_sv_ssh, each_teardown),
         cmocka_unit_test_teardown(test_sv_jailed_by_default, each_teardown),
+        cmocka_unit_test_teardown(test_sv_template, each_teardown),
         cmocka_unit_test_teardown(test_sv_boot_errors, each_teardown),
         cmocka_unit_test_teardown(test_sv_hostile_agent, each_teardown),
     };

@@ -333,15 +333,24 @@ int smolvm_fc_snapshot_create(smolvm_fc_api *api, const char *snapshot_path, con
                deadline, err);
 }
 
-int smolvm_fc_snapshot_load(smolvm_fc_api *api, const char *snapshot_path, const char *mem_path,
-                            int resume, const char *vsock_uds, int64_t deadline, smolvm_error **err)
+int smolvm_fc_snapshot_load(smolvm_fc_api *api, const smolvm_fc_load *l, int64_t deadline,
+                            smolvm_error **err)
 {
     /* mem_backend, not the deprecated mem_file_path. */
-    json_t *b = json_pack("{s:s, s:{s:s, s:s}, s:b}", "snapshot_path", snapshot_path, "mem_backend",
-                          "backend_type", "File", "backend_path", mem_path, "resume_vm", resume);
+    json_t *b =
+        json_pack("{s:s, s:{s:s, s:s}, s:b}", "snapshot_path", l->snapshot_path, "mem_backend",
+                  "backend_type", "File", "backend_path", l->mem_path, "resume_vm", l->resume);
 
-    if (b && vsock_uds &&
-        json_object_set_new(b, "vsock_override", json_pack("{s:s}", "uds_path", vsock_uds)) < 0) {
+    if (b && l->vsock_uds &&
+        json_object_set_new(b, "vsock_override", json_pack("{s:s}", "uds_path", l->vsock_uds)) <
+            0) {
+        json_decref(b);
+        b = NULL;
+    }
+    if (b && l->tap &&
+        json_object_set_new(
+            b, "network_overrides",
+            json_pack("[{s:s, s:s}]", "iface_id", "eth0", "host_dev_name", l->tap)) < 0) {
         json_decref(b);
         b = NULL;
     }

@@ -78,10 +78,19 @@ int smolvm_fc_patch_vm(smolvm_fc_api *api, int paused, int64_t deadline, smolvm_
 /* Full snapshot of a paused VM. */
 int smolvm_fc_snapshot_create(smolvm_fc_api *api, const char *snapshot_path, const char *mem_path,
                               int64_t deadline, smolvm_error **err);
-/* On a fresh process only; resume 1 runs the guest right away. vsock_uds (NULL: the
- * snapshot's own) is where the restored vsock device listens: vsock_override. */
-int smolvm_fc_snapshot_load(smolvm_fc_api *api, const char *snapshot_path, const char *mem_path,
-                            int resume, const char *vsock_uds, int64_t deadline,
+/* PUT /snapshot/load. */
+typedef struct smolvm_fc_load {
+    const char *snapshot_path;
+    const char *mem_path; /* mem_backend File: firecracker maps it privately */
+    int resume;           /* 1: the guest runs right away */
+    /* Where the restored vsock device listens (vsock_override); NULL: the snapshot's. */
+    const char *vsock_uds;
+    /* The TAP of interface "eth0" (network_overrides); NULL: the snapshot's. */
+    const char *tap;
+} smolvm_fc_load;
+
+/* On a fresh process only (after the logger and metrics at most). */
+int smolvm_fc_snapshot_load(smolvm_fc_api *api, const smolvm_fc_load *load, int64_t deadline,
                             smolvm_error **err);
 /* GET /: the InstanceInfo object (caller decrefs). */
 int smolvm_fc_describe(smolvm_fc_api *api, json_t **info, int64_t deadline, smolvm_error **err);
