@@ -129,7 +129,7 @@ static int jail_snapshot(const smolvm_fc_launched *l, const smolvm_vmm_snapshot 
     (void)unlink(host);
     if ((r = smolvm_copy_file(snap->state_path, host, 0600, err)) < 0)
         return smolvm_err_wrap(err, "jailer");
-    if (chown(host, l->jail.uid, l->jail.gid) < 0)
+    if (lchown(host, l->jail.uid, l->jail.gid) < 0)
         return smolvm_err_errno(err, errno, "jailer: chown '%s'", host);
     if (!(*state = strdup("/" FC_SNAP_STATE)))
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
