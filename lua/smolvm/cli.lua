@@ -149,6 +149,20 @@ local fmt_age = M.fmt_age
 local commands = {}
 local order = {}
 
+-- rows (arrays of strings, the first the header) in columns as wide as their widest
+-- cell, three spaces apart, on stdout.
+local function print_columns(rows)
+  local w = {}
+  for _, r in ipairs(rows) do
+    for i, c in ipairs(r) do w[i] = math.max(w[i] or 0, #c) end
+  end
+  for _, r in ipairs(rows) do
+    local cells = {}
+    for i, c in ipairs(r) do cells[i] = i < #r and (c .. string.rep(" ", w[i] - #c)) or c end
+    io.stdout:write((table.concat(cells, "   "):gsub("%s+$", "")), "\n")
+  end
+end
+
 local function command(name, usage, summary, fn)
   commands[name] = { name = name, usage = usage, summary = summary, fn = fn }
   order[#order + 1] = name
@@ -186,15 +200,7 @@ function(args)
       fmt_age(info.created_at),
     }
   end
-  local w = {}
-  for _, r in ipairs(rows) do
-    for i, c in ipairs(r) do w[i] = math.max(w[i] or 0, #c) end
-  end
-  for _, r in ipairs(rows) do
-    local cells = {}
-    for i, c in ipairs(r) do cells[i] = i < #r and (c .. string.rep(" ", w[i] - #c)) or c end
-    io.stdout:write((table.concat(cells, "   "):gsub("%s+$", "")), "\n")
-  end
+  print_columns(rows)
   return EXIT_OK
 end)
 
@@ -926,15 +932,7 @@ image_commands.ls = function(args, smolvm)
       #pk > 0 and table.concat(pk, ",") or "-",
     }
   end
-  local w = {}
-  for _, r in ipairs(rows) do
-    for i, c in ipairs(r) do w[i] = math.max(w[i] or 0, #c) end
-  end
-  for _, r in ipairs(rows) do
-    local cells = {}
-    for i, c in ipairs(r) do cells[i] = i < #r and (c .. string.rep(" ", w[i] - #c)) or c end
-    io.stdout:write((table.concat(cells, "   "):gsub("%s+$", "")), "\n")
-  end
+  print_columns(rows)
   return EXIT_OK
 end
 
@@ -1037,15 +1035,7 @@ template_commands.ls = function(args, smolvm)
       t.stale and (tostring(t.stale):gsub("%s+", " ")) or "-",
     }
   end
-  local w = {}
-  for _, r in ipairs(rows) do
-    for i, c in ipairs(r) do w[i] = math.max(w[i] or 0, #c) end
-  end
-  for _, r in ipairs(rows) do
-    local cells = {}
-    for i, c in ipairs(r) do cells[i] = i < #r and (c .. string.rep(" ", w[i] - #c)) or c end
-    io.stdout:write((table.concat(cells, "   "):gsub("%s+$", "")), "\n")
-  end
+  print_columns(rows)
   return EXIT_OK
 end
 

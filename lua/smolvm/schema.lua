@@ -752,6 +752,26 @@ local function image_prefix(name, line)
 end
 M.image_prefix = image_prefix
 
+-- One declaration's own errors and its name (valid, not reserved, not declared twice:
+-- names maps the names seen so far to their declarations), each appended to errs.
+local function check_declaration(d, prefix, kind, names, errs, reserved)
+  local where = d.line and (" (line " .. d.line .. ")") or ""
+  for _, e in ipairs(d.errors or {}) do errs[#errs + 1] = prefix .. e end
+  if d.name == nil and d.errors and #d.errors > 0 then
+    return -- the declaration error already says the name is missing
+  elseif type(d.name) ~= "string" or not M.valid_id(d.name) then
+    errs[#errs + 1] = prefix .. "name: expected string matching " .. M.ID_DESC
+      .. ", got " .. M.describe(d.name)
+  elseif reserved and reserved[d.name] then
+    errs[#errs + 1] = prefix .. "name: " .. quote(d.name) .. " is reserved"
+  elseif names[d.name] then
+    errs[#errs + 1] = prefix .. "duplicate " .. kind .. " name" .. where .. ", first declared"
+      .. (names[d.name].line and (" at line " .. names[d.name].line) or " earlier")
+  else
+    names[d.name] = d
+  end
+end
+
 --- Validate the images a recipe declared (same shape as validate_recipe's list).
 -- @return list of normalized images { name, line, packages } or nil and every error
 --         (each prefixed `image "name": `).
@@ -759,21 +779,7 @@ function M.validate_images(list)
   local errs, out, names = {}, {}, {}
   for _, d in ipairs(list or {}) do
     local prefix = image_prefix(d.name, d.line)
-    local where = d.line and (" (line " .. d.line .. ")") or ""
-    for _, e in ipairs(d.errors or {}) do errs[#errs + 1] = prefix .. e end
-    if d.name == nil and d.errors and #d.errors > 0 then
-      -- the declaration error already says the name is missing
-    elseif type(d.name) ~= "string" or not M.valid_id(d.name) then
-      errs[#errs + 1] = prefix .. "name: expected string matching " .. M.ID_DESC
-        .. ", got " .. M.describe(d.name)
-    elseif M.IMAGE_RESERVED[d.name] then
-      errs[#errs + 1] = prefix .. "name: " .. quote(d.name) .. " is reserved"
-    elseif names[d.name] then
-      errs[#errs + 1] = prefix .. "duplicate image name" .. where .. ", first declared"
-        .. (names[d.name].line and (" at line " .. names[d.name].line) or " earlier")
-    else
-      names[d.name] = d
-    end
+    check_declaration(d, prefix, "image", names, errs, M.IMAGE_RESERVED)
     if d.body ~= nil then
       local img, e = M.validate_image(d.body)
       if not img then
@@ -821,19 +827,7 @@ function M.validate_templates(list)
   end
   for _, d in ipairs(list) do
     local prefix = template_prefix(d.name, d.line)
-    local where = d.line and (" (line " .. d.line .. ")") or ""
-    for _, e in ipairs(d.errors or {}) do errs[#errs + 1] = prefix .. e end
-    if d.name == nil and d.errors and #d.errors > 0 then
-      -- the declaration error already says the name is missing
-    elseif type(d.name) ~= "string" or not valid_id(d.name) then
-      errs[#errs + 1] = prefix .. "name: expected string matching " .. M.ID_DESC
-        .. ", got " .. M.describe(d.name)
-    elseif names[d.name] then
-      errs[#errs + 1] = prefix .. "duplicate template name" .. where .. ", first declared"
-        .. (names[d.name].line and (" at line " .. names[d.name].line) or " earlier")
-    else
-      names[d.name] = d
-    end
+    check_declaration(d, prefix, "template", names, errs)
     if d.body ~= nil then
       local t, e = M.validate_template(d.body)
       if not t then
@@ -865,19 +859,7 @@ function M.validate_recipe(list)
   local names, ids, ports = {}, {}, {}
   for _, d in ipairs(list) do
     local prefix = sandbox_prefix(d.name, d.line)
-    local where = d.line and (" (line " .. d.line .. ")") or ""
-    for _, e in ipairs(d.errors or {}) do errs[#errs + 1] = prefix .. e end
-    if d.name == nil and d.errors and #d.errors > 0 then
-      -- the declaration error already says the name is missing
-    elseif type(d.name) ~= "string" or not valid_id(d.name) then
-      errs[#errs + 1] = prefix .. "name: expected string matching " .. M.ID_DESC
-        .. ", got " .. M.describe(d.name)
-    elseif names[d.name] then
-      errs[#errs + 1] = prefix .. "duplicate sandbox name" .. where .. ", first declared"
-        .. (names[d.name].line and (" at line " .. names[d.name].line) or " earlier")
-    else
-      names[d.name] = d
-    end
+    check_declaration(d, prefix, "sandbox", names, errs)
     if d.body ~= nil then
       local sb, e = M.validate_sandbox(d.body)
       if not sb then
