@@ -772,30 +772,20 @@ function(args)
   end)
 end)
 
-command("pause", "pause ID...", "Stop sandboxes' CPUs (no host CPU used; commands fail until resume)",
-function(args)
-  local o, rest = parse(args, {})
-  if not o then return usage_error(rest, "pause") end
-  if #rest == 0 then return usage_error("pause needs a sandbox ID", "pause") end
-  return each_vm(rest, "pause", function(vm) return vm:pause() end, state_hint)
-end)
+-- pause, resume, suspend: the verb, the same-named VM method, one ID or more.
+local function state_command(verb, summary)
+  command(verb, verb .. " ID...", summary, function(args)
+    local o, rest = parse(args, {})
+    if not o then return usage_error(rest, verb) end
+    if #rest == 0 then return usage_error(verb .. " needs a sandbox ID", verb) end
+    return each_vm(rest, verb, function(vm) return vm[verb](vm) end, state_hint)
+  end)
+end
 
-command("resume", "resume ID...", "Continue paused sandboxes",
-function(args)
-  local o, rest = parse(args, {})
-  if not o then return usage_error(rest, "resume") end
-  if #rest == 0 then return usage_error("resume needs a sandbox ID", "resume") end
-  return each_vm(rest, "resume", function(vm) return vm:resume() end, state_hint)
-end)
-
-command("suspend", "suspend ID...",
-  "Save running sandboxes to disk and end their VMM ('smolvm start' continues them)",
-function(args)
-  local o, rest = parse(args, {})
-  if not o then return usage_error(rest, "suspend") end
-  if #rest == 0 then return usage_error("suspend needs a sandbox ID", "suspend") end
-  return each_vm(rest, "suspend", function(vm) return vm:suspend() end, state_hint)
-end)
+state_command("pause", "Stop sandboxes' CPUs (no host CPU used; commands fail until resume)")
+state_command("resume", "Continue paused sandboxes")
+state_command("suspend",
+  "Save running sandboxes to disk and end their VMM ('smolvm start' continues them)")
 
 command("snapshot", "snapshot ID NAME",
   "Make template NAME of a running sandbox (it goes on running)",
