@@ -43,27 +43,21 @@
 int smolvm_fc_check_config(const smolvm_vmm_config *c, smolvm_error **err)
 {
     struct sockaddr_un sa;
+    int r;
 
-    if (!c->dir || c->dir[0] != '/')
-        return smolvm_err(err, SMOLVM_EINVAL, "vmm: the vm dir must be an absolute path");
+    if ((r = smolvm_vmm_check_machine(c, err)) < 0)
+        return r;
     if (strlen(c->dir) + sizeof("/" FC_API_SOCK) > sizeof(sa.sun_path))
         return smolvm_err(err, SMOLVM_EINVAL,
                           "socket path '%s/" FC_API_SOCK "' is longer than %zu bytes (use a "
                           "shorter state dir)",
                           c->dir, sizeof(sa.sun_path) - 1);
-    if (!c->kernel || !c->disk || !c->cmdline)
-        return smolvm_err(err, SMOLVM_EINVAL, "vmm: kernel, disk and cmdline are required");
     if (!c->disk_format || strcmp(c->disk_format, "raw") != 0)
         return smolvm_err(err, SMOLVM_EINVAL,
                           "firecracker: disk format '%s' is not supported (firecracker takes "
                           "raw files only)",
                           c->disk_format ? c->disk_format : "(null)");
-    if (c->vcpus < SMOLVM_VCPUS_MIN || c->vcpus > SMOLVM_VCPUS_MAX)
-        return smolvm_err(err, SMOLVM_EINVAL, "vmm: vcpus %u out of range %d..%d", c->vcpus,
-                          SMOLVM_VCPUS_MIN, SMOLVM_VCPUS_MAX);
-    if (c->memory_mib < SMOLVM_MEMORY_MIN || c->memory_mib > SMOLVM_MEMORY_MAX)
-        return smolvm_err(err, SMOLVM_EINVAL, "vmm: memory %u MiB out of range %d..%d",
-                          c->memory_mib, SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX);
+
     if (c->accel != SMOLVM_ACCEL_KVM)
         return smolvm_err(err, SMOLVM_EINVAL,
                           "firecracker runs only with accel 'kvm' (use backend 'qemu' for "

@@ -133,19 +133,11 @@ static int check_config(const smolvm_vmm_config *c, smolvm_error **err)
     size_t i;
     int r;
 
-    if (!c->dir || c->dir[0] != '/')
-        return smolvm_err(err, SMOLVM_EINVAL, "vmm: the vm dir must be an absolute path");
-    if (!c->kernel || !c->disk || !c->cmdline)
-        return smolvm_err(err, SMOLVM_EINVAL, "vmm: kernel, disk and cmdline are required");
+    if ((r = smolvm_vmm_check_machine(c, err)) < 0)
+        return r;
     if (!c->disk_format || (strcmp(c->disk_format, "qcow2") && strcmp(c->disk_format, "raw")))
         return smolvm_err(err, SMOLVM_EINVAL, "vmm: disk format '%s' is not 'qcow2' or 'raw'",
                           c->disk_format ? c->disk_format : "(null)");
-    if (c->vcpus < SMOLVM_VCPUS_MIN || c->vcpus > SMOLVM_VCPUS_MAX)
-        return smolvm_err(err, SMOLVM_EINVAL, "vmm: vcpus %u out of range %d..%d", c->vcpus,
-                          SMOLVM_VCPUS_MIN, SMOLVM_VCPUS_MAX);
-    if (c->memory_mib < SMOLVM_MEMORY_MIN || c->memory_mib > SMOLVM_MEMORY_MAX)
-        return smolvm_err(err, SMOLVM_EINVAL, "vmm: memory %u MiB out of range %d..%d",
-                          c->memory_mib, SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX);
     if (c->accel != SMOLVM_ACCEL_KVM && c->accel != SMOLVM_ACCEL_TCG)
         return smolvm_err(err, SMOLVM_EINVAL, "vmm: accel must be resolved to kvm or tcg");
     if (strlen(c->cmdline) > 4096)

@@ -8,9 +8,14 @@
 #include <stddef.h>
 
 #include "smolvm.h"
+#include "vmm/vmm.h"
 
 /* dir + "/" + name; NULL when out of memory. Caller frees. */
 char *smolvm_vmm_path(const char *dir, const char *name);
+
+/* What every backend requires of a config: an absolute VM dir, a kernel, a disk and
+ * a command line, vcpus and memory in range. SMOLVM_EINVAL naming the first fault. */
+int smolvm_vmm_check_machine(const smolvm_vmm_config *c, smolvm_error **err);
 
 /* "xx:xx:xx:xx:xx:xx" (hex)? */
 bool smolvm_vmm_valid_mac(const char *mac);

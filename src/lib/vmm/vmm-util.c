@@ -92,3 +92,18 @@ uint64_t smolvm_vmm_memory_limit(unsigned memory_mib, int accel)
         mib += SMOLVM_VMM_TCG_TB_MIB;
     return mib << 20;
 }
+
+int smolvm_vmm_check_machine(const smolvm_vmm_config *c, smolvm_error **err)
+{
+    if (!c->dir || c->dir[0] != '/')
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: the vm dir must be an absolute path");
+    if (!c->kernel || !c->disk || !c->cmdline)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: kernel, disk and cmdline are required");
+    if (c->vcpus < SMOLVM_VCPUS_MIN || c->vcpus > SMOLVM_VCPUS_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: vcpus %u out of range %d..%d", c->vcpus,
+                          SMOLVM_VCPUS_MIN, SMOLVM_VCPUS_MAX);
+    if (c->memory_mib < SMOLVM_MEMORY_MIN || c->memory_mib > SMOLVM_MEMORY_MAX)
+        return smolvm_err(err, SMOLVM_EINVAL, "vmm: memory %u MiB out of range %d..%d",
+                          c->memory_mib, SMOLVM_MEMORY_MIN, SMOLVM_MEMORY_MAX);
+    return 0;
+}
