@@ -160,6 +160,10 @@ static int make_template(smolvm_vm *vm, const char *name, bool ephemeral, smolvm
     _cleanup_(smolvm_template_freep) smolvm_template *existing = NULL;
     _cleanup_free_ char *staging = NULL, *disk = NULL;
     bool was_paused = strcmp(vm->row->status ? vm->row->status : "", "paused") == 0;
+    /* What a clone's disk is made from: QEMU, the disk itself (the clones' qcow2
+     * backing file); firecracker, the overlay's upper disk (the lower is the image's
+     * rootfs, which the template records). */
+    bool fc = vm->cfg->backend == SMOLVM_BACKEND_FIRECRACKER;
     bool paused_by_us = false;
     json_t *reply = NULL, *meta = NULL;
     unsigned char rnd[4];
@@ -173,9 +177,7 @@ static int make_template(smolvm_vm *vm, const char *name, bool ephemeral, smolvm
     if (smolvm_template_open(&existing, vm->ctx, name, NULL) == 0)
         return smolvm_err(err, SMOLVM_EEXIST, "template '%s' already exists", name);
     if (vm->cfg->disk == SMOLVM_DISK_SHARED ||
-        (vm->cfg->backend == SMOLVM_BACKEND_QEMU &&
-         vm->cfg->disk_format != SMOLVM_DISK_FORMAT_QCOW2) ||
-        (vm->cfg->backend == SMOLVM_BACKEND_FIRECRACKER && !vm->cfg->overlay_disk))
+        (fc ? !vm->cfg->overlay_disk : vm->cfg->disk_format != SMOLVM_DISK_FORMAT_QCOW2))
         return smolvm_err(err, SMOLVM_EINVAL,
                           "a template needs the vm's own disk (disk 'isolated'), not the "
                           "shared image");
@@ -184,13 +186,9 @@ static int make_template(smolvm_vm *vm, const char *name, bool ephemeral, smolvm
         return r;
     staging = smolvm_strdupf("%s/.%s.tmp.%02x%02x%02x%02x", vm->ctx->template_dir, name, rnd[0],
                              rnd[1], rnd[2], rnd[3]);
-    /* QEMU: the disk itself (the clones' backing file); firecracker: the overlay's
-     * upper disk (the lower is the image's rootfs). */
-    disk = staging ? smolvm_strdupf("%s/%s", staging,
-                                    vm->cfg->backend == SMOLVM_BACKEND_FIRECRACKER
-                                        ? SMOLVM_TEMPLATE_UPPER
-                                        : SMOLVM_TEMPLATE_DISK)
-                   : NULL;
+    disk = staging
+               ? smolvm_strdupf("%s/%s", staging, fc ? SMOLVM_TEMPLATE_UPPER : SMOLVM_TEMPLATE_DISK)
+               : NULL;
     if (!disk)
         return smolvm_err(err, SMOLVM_ENOMEM, "out of memory");
     if (mkdir(staging, 0700) < 0)
@@ -201,9 +199,7 @@ static int make_template(smolvm_vm *vm, const char *name, bool ephemeral, smolvm
     /* The guest is paused and its disk flushed: the disk as it is now belongs to the
      * memory just saved. */
     if (r == 0)
-        r = smolvm_copy_file(vm->cfg->backend == SMOLVM_BACKEND_FIRECRACKER ? vm->cfg->overlay_disk
-                                                                            : vm->cfg->disk_path,
-                             disk, 0600, err);
+        r = smolvm_copy_file(fc ? vm->cfg->overlay_disk : vm->cfg->disk_path, disk, 0600, err);
     if (paused_by_us) {
         int rr = op(vm, NULL, json_pack("{s:s}", "op", "resume"), SV_OP_MS, r < 0 ? NULL : err);
 
@@ -323,7 +319,6 @@ int smolvm_vm_suspend(smolvm_vm *vm, smolvm_error **err)
 
     if ((r = check_live(vm, "suspend", true, err)) < 0)
         return r;
-
     if ((r = smolvm_vm_lock(&lock, vm->row->dir, vm->id, "suspend", SMOLVM_LOCK_WAIT_MS, err)) < 0)
         return r;
     staging = smolvm_strdupf("%s/%s.tmp", vm->row->dir, SMOLVM_SUSPENDED_DIR);
