@@ -2269,6 +2269,33 @@ static void test_sv_template(void **state)
         assert_int_equal(smolvm_mkdir_p(kdir, 0700, NULL), 0);
         kupper = path_in(kdir, "upper.ext4");
         assert_int_equal(smolvm_copy_file(upper, kupper, 0600, NULL), 0);
+        /* As the library does after a snapshot: the VM resumed, and (the snapshot reset
+         * vsock) its agent back, so the stop's poweroff reaches it rather than the
+         * closed channel (which would leave the supervisor its 10 s grace, then a kill). */
+        {
+            smolvm_agent *c = NULL;
+            json_t *ok = NULL;
+            int64_t dl = smolvm_now_ms() + 10000;
+
+            if (smolvm_agent_connect(&c, v.sock, false, smolvm_now_ms() + 3000, &err) < 0 ||
+                smolvm_agent_call(&ok, c, json_pack("{s:s}", "op", "resume"),
+                                  smolvm_now_ms() + 3000, &err) < 0)
+                fail_msg("resume: %s", smolvm_error_message(err));
+            json_decref(ok);
+            smolvm_agent_free(c);
+            for (;;) {
+                struct timespec ts = {0, 20 * 1000 * 1000};
+                json_t *st_reply = sv_status(&v);
+                bool back = json_is_true(json_object_get(st_reply, "agent"));
+
+                json_decref(st_reply);
+                if (back)
+                    break;
+                if (smolvm_remaining_ms(dl) == 0)
+                    fail_msg("the template's agent did not connect again after the resume");
+                (void)nanosleep(&ts, NULL);
+            }
+        }
         (void)kill(sv_pid, SIGTERM);
         sv_wait_exit(smolvm_now_ms() + 10000);
         assert_int_equal(smolvm_rm_rf(v.dir, NULL), 0);
